@@ -1,0 +1,2 @@
+//! twistctl: a Twisted-style reactor on `mio`, and the network tools built on it.
+pub mod reactor;
