@@ -1,13 +1,570 @@
 //! The reactor: a Twisted-style event loop on `mio`.
-pub mod failure;
-pub mod protocol;
-pub mod time;
+//!
+//! One thread runs the loop. Everything else is a callback it calls: timers
+//! ([`Reactor::call_later`]), calls handed over from other threads
+//! ([`ReactorHandle::call_from_thread`]), system event triggers, and the protocols of
+//! connections. Callbacks get a cheap [`Reactor`] handle and may do anything with it,
+//! including stopping the reactor, from inside any callback; no reactor borrow is held
+//! while user code runs.
+//!
+//! One iteration of the loop (spec R-12): run the calls queued from other threads; admit
+//! the timers scheduled since the last iteration; run every timer due now; start the
+//! shutdown if `stop()` was called; poll I/O, sleeping no longer than the earliest timer,
+//! and dispatch what is ready.
+//!
+//! ```
+//! use std::time::Duration;
+//! use twistctl::reactor::Reactor;
+//!
+//! let reactor = Reactor::new()?;
+//! let r = reactor.clone();
+//! reactor.call_later(Duration::from_millis(10), move || {
+//!     println!("ten milliseconds later");
+//!     r.stop()
+//! });
+//! reactor.run()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+pub mod defer;
+pub mod failure;
+pub mod io;
+pub mod protocol;
+pub mod signal;
+pub mod thread;
+pub mod time;
+pub mod triggers;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use defer::{AlreadyCalledError, Deferred, Step};
 pub use failure::{Failure, MessageError};
+pub use io::{IoHandler, IoKey, Readiness};
 pub use protocol::{
     CloseReason, ConnectError, Factory, Producer, Protocol, ProtocolResult, Transport, TransportRef,
 };
+pub use signal::Signal;
+pub use thread::ReactorHandle;
 pub use time::{
     CallResult, Clock, DelayedCall, DelayedCallError, FakeClock, ManualClock, MonotonicClock,
     Scheduler,
 };
+pub use triggers::{Phase, SystemEvent, TriggerHandle, TriggerOutput, UnknownTrigger};
+
+use io::{IoRegistry, SIGNAL_TOKEN, WAKER_TOKEN};
+use signal::SignalSource;
+use thread::{ThreadQueue, WorkerPool};
+use time::{TimerQueue, logged};
+use triggers::Triggers;
+
+/// Errors from reactor operations used at the wrong moment, or from the poll itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ReactorError {
+    /// `run()` while the reactor is running (R-06).
+    #[error("the reactor is already running")]
+    AlreadyRunning,
+    /// `run()` after a completed `stop()` (R-07).
+    #[error("the reactor cannot be restarted")]
+    NotRestartable,
+    /// `stop()` when not running, or when a stop was already requested (R-08).
+    #[error("the reactor is not running")]
+    NotRunning,
+    /// The poll or another operation the loop cannot do without failed.
+    #[error("reactor I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why `run()` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `stop()` was called.
+    Stopped,
+    /// A handled signal stopped the reactor (see [`Reactor::handle_signals`]).
+    Signal(Signal),
+    /// `crash()` was called: no shutdown event fired.
+    Crashed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunState {
+    /// Made, or crashed out of: `run()` may be called.
+    Idle,
+    /// Inside `run()`, shutdown not requested.
+    Started,
+    /// Inside `run()`, shutdown requested or under way.
+    Stopping,
+    /// `run()` returned after a shutdown.
+    Ended,
+}
+
+struct Inner {
+    clock: Rc<dyn Clock>,
+    timers: TimerQueue,
+    poll: RefCell<mio::Poll>,
+    registry: mio::Registry,
+    io: RefCell<IoRegistry>,
+    thread_queue: Arc<ThreadQueue>,
+    /// Continuations the reactor itself schedules for the next iteration.
+    soon: RefCell<VecDeque<Box<dyn FnOnce()>>>,
+    triggers: Rc<Triggers>,
+    state: Cell<RunState>,
+    running: Cell<bool>,
+    stop_requested: Cell<bool>,
+    shutdown_begun: Cell<bool>,
+    exit_loop: Cell<bool>,
+    crash_requested: Cell<bool>,
+    stop_reason: Cell<StopReason>,
+    wants_signals: Cell<bool>,
+    signals: RefCell<Option<SignalSource>>,
+    workers: RefCell<Option<WorkerPool>>,
+    /// Deferreds waiting for a worker's result, by job id.
+    thread_results: RefCell<HashMap<u64, Box<dyn std::any::Any>>>,
+    next_job: Cell<u64>,
+}
+
+/// A handle on a reactor. Cheap to clone; every clone is the same reactor. Not `Send`:
+/// other threads use a [`ReactorHandle`].
+#[derive(Clone)]
+pub struct Reactor {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor")
+            .field("state", &self.inner.state.get())
+            .field("running", &self.inner.running.get())
+            .finish()
+    }
+}
+
+/// Poll at most this long in one go: Twisted's clamp (T-16), far beyond any real timer.
+const MAX_POLL_TIMEOUT: Duration = Duration::from_secs(2_147_483);
+
+impl Reactor {
+    /// A stopped reactor on the monotonic clock (R-01).
+    pub fn new() -> Result<Reactor, ReactorError> {
+        Reactor::with_clock(Rc::new(MonotonicClock::new()))
+    }
+
+    /// A stopped reactor reading time from `clock` (T-17).
+    pub fn with_clock(clock: Rc<dyn Clock>) -> Result<Reactor, ReactorError> {
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
+        Ok(Reactor {
+            inner: Rc::new(Inner {
+                timers: TimerQueue::new(clock.clone()),
+                clock,
+                poll: RefCell::new(poll),
+                registry,
+                io: RefCell::new(IoRegistry::default()),
+                thread_queue: Arc::new(ThreadQueue::new(waker)),
+                soon: RefCell::new(VecDeque::new()),
+                triggers: Rc::new(Triggers::default()),
+                state: Cell::new(RunState::Idle),
+                running: Cell::new(false),
+                stop_requested: Cell::new(false),
+                shutdown_begun: Cell::new(false),
+                exit_loop: Cell::new(false),
+                crash_requested: Cell::new(false),
+                stop_reason: Cell::new(StopReason::Stopped),
+                wants_signals: Cell::new(false),
+                signals: RefCell::new(None),
+                workers: RefCell::new(None),
+                thread_results: RefCell::new(HashMap::new()),
+                next_job: Cell::new(0),
+            }),
+        })
+    }
+
+    /// The reactor's monotonic time, from its clock's origin (T-17).
+    pub fn seconds(&self) -> Duration {
+        self.inner.clock.now()
+    }
+
+    /// True from the `During` phase of startup until shutdown's `Before` phase has
+    /// completed (R-02, R-10).
+    pub fn running(&self) -> bool {
+        self.inner.running.get()
+    }
+
+    /// Schedules `f` to run `delay` from now (T-01). It never runs inside this call, even
+    /// with a zero delay (T-02); calls due at the same time run in the order they were
+    /// scheduled (T-03). An `Err` returned by `f` is logged (T-15).
+    pub fn call_later<F, R>(&self, delay: Duration, f: F) -> DelayedCall
+    where
+        F: FnOnce() -> R + 'static,
+        R: CallResult,
+    {
+        self.inner
+            .timers
+            .schedule(delay, logged("a timer callback", f))
+    }
+
+    /// Calls neither run nor cancelled, in the order they will run (T-12).
+    pub fn delayed_calls(&self) -> Vec<DelayedCall> {
+        self.inner.timers.pending()
+    }
+
+    /// Runs `f` once the reactor is running: at once if it is (R-04, returning `None`),
+    /// else as an `After Startup` trigger whose handle is returned (R-03).
+    pub fn call_when_running<F, R>(&self, f: F) -> Option<TriggerHandle>
+    where
+        F: FnOnce() -> R + 'static,
+        R: CallResult,
+    {
+        if self.running() {
+            if let Err(failure) = f().into_call_result() {
+                log::error!("Unhandled error in a call_when_running callable: {failure}");
+            }
+            None
+        } else {
+            Some(
+                self.add_system_event_trigger(Phase::After, SystemEvent::Startup, move || {
+                    f().into_call_result()
+                }),
+            )
+        }
+    }
+
+    /// Registers `f` to run in `phase` of `event` (R-18). A `Before` trigger may return
+    /// a `Deferred<()>` to hold the event back until it fires (R-20).
+    pub fn add_system_event_trigger<F, R>(
+        &self,
+        phase: Phase,
+        event: SystemEvent,
+        f: F,
+    ) -> TriggerHandle
+    where
+        F: FnOnce() -> R + 'static,
+        R: TriggerOutput,
+    {
+        self.inner
+            .triggers
+            .add(phase, event, Box::new(move || f().into_trigger_output()))
+    }
+
+    /// Unregisters a trigger that has not run yet (R-21).
+    pub fn remove_system_event_trigger(&self, handle: TriggerHandle) -> Result<(), UnknownTrigger> {
+        self.inner.triggers.remove(handle)
+    }
+
+    /// A `Send` handle for other threads (R-14).
+    pub fn handle(&self) -> ReactorHandle {
+        ReactorHandle::new(self.inner.thread_queue.clone())
+    }
+
+    /// Queues `f` like [`ReactorHandle::call_from_thread`]; usable from the reactor
+    /// thread too (it then runs in the next iteration).
+    pub fn call_from_thread<F, R>(&self, f: F)
+    where
+        F: FnOnce(&Reactor) -> R + Send + 'static,
+        R: CallResult,
+    {
+        self.handle().call_from_thread(f)
+    }
+
+    /// Runs blocking `f` on a small pool of worker threads and fires the returned Deferred
+    /// with its result on the reactor thread. A panic in `f` becomes a failure.
+    pub fn defer_to_thread<T, E, F>(&self, f: F) -> Deferred<T>
+    where
+        T: Send + 'static,
+        E: Into<Failure> + Send + 'static,
+        F: FnOnce() -> Result<T, E> + Send + 'static,
+    {
+        let deferred = Deferred::new();
+        let id = self.inner.next_job.get();
+        self.inner.next_job.set(id + 1);
+        if let Err(error) = self.ensure_workers() {
+            let _ = deferred.errback(Failure::new(error));
+            return deferred;
+        }
+        self.inner
+            .thread_results
+            .borrow_mut()
+            .insert(id, Box::new(deferred.clone()));
+        let handle = self.handle();
+        let job = Box::new(move || {
+            let outcome = thread::run_caught(f);
+            handle.call_from_thread(move |reactor: &Reactor| {
+                let waiting = reactor.inner.thread_results.borrow_mut().remove(&id);
+                let Some(waiting) = waiting.and_then(|d| d.downcast::<Deferred<T>>().ok()) else {
+                    return;
+                };
+                let result = match outcome {
+                    Ok(Ok(value)) => waiting.callback(value),
+                    Ok(Err(error)) => waiting.errback(error.into()),
+                    Err(panic) => waiting.errback(Failure::msg(format!(
+                        "a job on a worker thread panicked: {panic}"
+                    ))),
+                };
+                // Cancelled meanwhile: the result has nowhere to go (D-19).
+                let _ = result;
+            });
+        });
+        let submitted = self
+            .inner
+            .workers
+            .borrow()
+            .as_ref()
+            .is_some_and(|pool| pool.submit(job));
+        if !submitted {
+            self.inner.thread_results.borrow_mut().remove(&id);
+            let _ = deferred.errback(Failure::msg("the worker threads have stopped"));
+        }
+        deferred
+    }
+
+    fn ensure_workers(&self) -> std::io::Result<()> {
+        let mut workers = self.inner.workers.borrow_mut();
+        if workers.is_none() {
+            *workers = Some(WorkerPool::start()?);
+        }
+        Ok(())
+    }
+
+    /// Opts in to turning SIGINT and SIGTERM into an orderly stop; `run()` then reports
+    /// the signal in its [`StopReason`] (R-23). The handlers are installed in the
+    /// `During Startup` phase and removed when `run()` returns.
+    pub fn handle_signals(&self) {
+        self.inner.wants_signals.set(true);
+    }
+
+    /// Requests shutdown and returns at once (R-09). Fails when the reactor is not
+    /// running or a stop was already requested (R-08).
+    pub fn stop(&self) -> Result<(), ReactorError> {
+        if self.inner.state.get() != RunState::Started {
+            return Err(ReactorError::NotRunning);
+        }
+        self.inner.state.set(RunState::Stopping);
+        self.inner.stop_requested.set(true);
+        Ok(())
+    }
+
+    /// Leaves the loop at the end of the current iteration without firing shutdown or
+    /// disconnecting anything; `run()` may be called again afterwards (R-13).
+    pub fn crash(&self) {
+        self.inner.crash_requested.set(true);
+    }
+
+    /// Registers an I/O source; `handler` is called when it is ready. For transports and
+    /// ports; protocols do not need this.
+    pub fn register_io(
+        &self,
+        source: &mut impl mio::event::Source,
+        interest: mio::Interest,
+        handler: Rc<dyn IoHandler>,
+    ) -> std::io::Result<IoKey> {
+        let key = self.inner.io.borrow_mut().insert(handler)?;
+        if let Err(error) = self.inner.registry.register(source, key.token(), interest) {
+            self.inner.io.borrow_mut().remove(key);
+            return Err(error);
+        }
+        Ok(key)
+    }
+
+    /// Changes the interest of a registered source.
+    pub fn reregister_io(
+        &self,
+        source: &mut impl mio::event::Source,
+        key: IoKey,
+        interest: mio::Interest,
+    ) -> std::io::Result<()> {
+        self.inner
+            .registry
+            .reregister(source, key.token(), interest)
+    }
+
+    /// Removes a source from the poll and frees its slot; later events carrying its old
+    /// token are ignored.
+    pub fn deregister_io(
+        &self,
+        source: &mut impl mio::event::Source,
+        key: IoKey,
+    ) -> std::io::Result<()> {
+        let removed = self.inner.io.borrow_mut().remove(key);
+        if removed {
+            self.inner.registry.deregister(source)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// How many I/O sources are registered.
+    pub fn io_source_count(&self) -> usize {
+        self.inner.io.borrow().len()
+    }
+
+    /// Runs the loop until `stop()` (or a handled signal) completes the shutdown, or
+    /// `crash()` (R-01, R-05).
+    pub fn run(&self) -> Result<StopReason, ReactorError> {
+        match self.inner.state.get() {
+            RunState::Idle => {}
+            RunState::Started | RunState::Stopping => return Err(ReactorError::AlreadyRunning),
+            RunState::Ended => return Err(ReactorError::NotRestartable),
+        }
+        self.inner.state.set(RunState::Started);
+        self.inner.exit_loop.set(false);
+        self.inner.crash_requested.set(false);
+        self.start_up();
+        let outcome = self.run_loop();
+        if let Some(signals) = self.inner.signals.borrow_mut().take() {
+            signals.uninstall(&self.inner.registry);
+        }
+        if self.inner.crash_requested.get() && !self.inner.exit_loop.get() {
+            self.inner.state.set(RunState::Idle);
+            self.inner.running.set(false);
+            outcome?;
+            return Ok(StopReason::Crashed);
+        }
+        self.inner.state.set(RunState::Ended);
+        outcome?;
+        Ok(self.inner.stop_reason.get())
+    }
+
+    fn start_up(&self) {
+        let reactor = self.clone();
+        let between = Box::new(move || {
+            reactor.inner.running.set(true);
+            if reactor.inner.wants_signals.get() {
+                match SignalSource::install(&reactor.inner.registry) {
+                    Ok(source) => *reactor.inner.signals.borrow_mut() = Some(source),
+                    Err(error) => log::error!("could not install signal handlers: {error}"),
+                }
+            }
+        });
+        triggers::fire(
+            &self.inner.triggers,
+            SystemEvent::Startup,
+            self.soon_queue(),
+            between,
+            Box::new(|| {}),
+        );
+    }
+
+    fn soon_queue(&self) -> Rc<dyn Fn(Box<dyn FnOnce()>)> {
+        let reactor = self.clone();
+        Rc::new(move |f| reactor.inner.soon.borrow_mut().push_back(f))
+    }
+
+    fn run_loop(&self) -> Result<(), ReactorError> {
+        let mut events = mio::Events::with_capacity(1024);
+        loop {
+            self.run_queued_calls();
+            self.inner.timers.admit();
+            self.inner.timers.run_due();
+            if self.inner.stop_requested.get() && !self.inner.shutdown_begun.get() {
+                self.inner.shutdown_begun.set(true);
+                self.shut_down();
+            }
+            if self.inner.exit_loop.get() || self.inner.crash_requested.get() {
+                return Ok(());
+            }
+            self.poll_io(&mut events)?;
+            if self.inner.crash_requested.get() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// R-12 step 1: the calls queued when the iteration began, FIFO (R-15).
+    fn run_queued_calls(&self) {
+        let soon = std::mem::take(&mut *self.inner.soon.borrow_mut());
+        for f in soon {
+            f();
+        }
+        for call in self.inner.thread_queue.take_all() {
+            call(self);
+        }
+    }
+
+    fn shut_down(&self) {
+        let reactor = self.clone();
+        let between = Box::new(move || {
+            reactor.inner.running.set(false);
+            // Every connection and port ends with ConnectionLost (R-10, P-28).
+            let handlers = reactor.inner.io.borrow().handlers();
+            for handler in handlers {
+                handler.shutdown(&reactor);
+            }
+        });
+        let reactor = self.clone();
+        let done = Box::new(move || reactor.inner.exit_loop.set(true));
+        triggers::fire(
+            &self.inner.triggers,
+            SystemEvent::Shutdown,
+            self.soon_queue(),
+            between,
+            done,
+        );
+    }
+
+    /// The poll timeout (T-16): none without timers, zero when work is already waiting,
+    /// else the time to the earliest timer rounded up to the next millisecond (rounding
+    /// down would spin on a timer a fraction of a millisecond away).
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.inner.soon.borrow().is_empty() || !self.inner.thread_queue.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = self.inner.timers.next_time()?;
+        let wait = next.saturating_sub(self.seconds());
+        let millis = wait.as_nanos().div_ceil(1_000_000);
+        let wait = Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX));
+        Some(wait.min(MAX_POLL_TIMEOUT))
+    }
+
+    fn poll_io(&self, events: &mut mio::Events) -> Result<(), ReactorError> {
+        let timeout = self.poll_timeout();
+        let polled = self.inner.poll.borrow_mut().poll(events, timeout);
+        match polled {
+            Ok(()) => {}
+            // A signal arrived: the next iteration recomputes the timeout.
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(error) => return Err(ReactorError::Io(error)),
+        }
+        for event in events.iter() {
+            let (token, readiness) = io::readiness(event);
+            match token {
+                WAKER_TOKEN => {}
+                SIGNAL_TOKEN => self.on_signals(),
+                token => {
+                    let handler = self.inner.io.borrow().get(token);
+                    if let Some(handler) = handler {
+                        handler.ready(self, readiness);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_signals(&self) {
+        let arrived = match self.inner.signals.borrow_mut().as_mut() {
+            Some(source) => source.drain(),
+            None => return,
+        };
+        for signal in arrived {
+            // A second signal while stopping is ignored (R-23).
+            if self.inner.state.get() == RunState::Started {
+                log::info!("received {signal:?}, stopping");
+                self.inner.stop_reason.set(StopReason::Signal(signal));
+                let _ = self.stop();
+            }
+        }
+    }
+}
+
+impl Scheduler for Reactor {
+    fn seconds(&self) -> Duration {
+        Reactor::seconds(self)
+    }
+
+    fn schedule(&self, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall {
+        self.inner.timers.schedule(delay, f)
+    }
+}

@@ -92,9 +92,9 @@ impl CallResult for () {
     }
 }
 
-impl<E: Into<Failure>> CallResult for Result<(), E> {
+impl<E: std::error::Error + 'static> CallResult for Result<(), E> {
     fn into_call_result(self) -> Result<(), Failure> {
-        self.map_err(Into::into)
+        self.map_err(Failure::new)
     }
 }
 
