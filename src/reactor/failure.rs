@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn d29_failure_keeps_the_original_error_object() {
-        let failure = Failure::new(io::Error::new(io::ErrorKind::Other, "disk on fire"));
+        let failure = Failure::new(io::Error::other("disk on fire"));
         let copy = failure.clone();
         assert!(Rc::ptr_eq(failure.error(), copy.error()));
         assert_eq!(failure.error_message(), "disk on fire");

@@ -125,6 +125,17 @@ impl IoRegistry {
         true
     }
 
+    /// Puts `handler` in the slot of `key`; false if `key` is stale.
+    pub(crate) fn replace(&mut self, key: IoKey, handler: Rc<dyn IoHandler>) -> bool {
+        match self.slots.get_mut(key.index as usize) {
+            Some(slot) if slot.generation == key.generation && slot.handler.is_some() => {
+                slot.handler = Some(handler);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The handler behind a token, unless the token is stale.
     pub(crate) fn get(&self, token: mio::Token) -> Option<Rc<dyn IoHandler>> {
         let key = IoKey::from_token(token);

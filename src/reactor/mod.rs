@@ -31,6 +31,7 @@ pub mod failure;
 pub mod io;
 pub mod protocol;
 pub mod signal;
+pub mod tcp;
 pub mod thread;
 pub mod time;
 pub mod triggers;
@@ -102,7 +103,6 @@ enum RunState {
 }
 
 struct Inner {
-    clock: Rc<dyn Clock>,
     timers: TimerQueue,
     poll: RefCell<mio::Poll>,
     registry: mio::Registry,
@@ -124,6 +124,19 @@ struct Inner {
     /// Deferreds waiting for a worker's result, by job id.
     thread_results: RefCell<HashMap<u64, Box<dyn std::any::Any>>>,
     next_job: Cell<u64>,
+    /// How many ports and connectors use each factory, by the factory's address (P-01).
+    factory_users: RefCell<HashMap<usize, usize>>,
+}
+
+/// A handle that does not keep the reactor alive: what long-lived objects owned by the
+/// reactor (transports, ports) hold, so that no reference cycle forms.
+#[derive(Clone)]
+pub(crate) struct WeakReactor(std::rc::Weak<Inner>);
+
+impl WeakReactor {
+    pub(crate) fn upgrade(&self) -> Option<Reactor> {
+        self.0.upgrade().map(|inner| Reactor { inner })
+    }
 }
 
 /// A handle on a reactor. Cheap to clone; every clone is the same reactor. Not `Send`:
@@ -158,8 +171,7 @@ impl Reactor {
         let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
         Ok(Reactor {
             inner: Rc::new(Inner {
-                timers: TimerQueue::new(clock.clone()),
-                clock,
+                timers: TimerQueue::new(clock),
                 poll: RefCell::new(poll),
                 registry,
                 io: RefCell::new(IoRegistry::default()),
@@ -178,13 +190,14 @@ impl Reactor {
                 workers: RefCell::new(None),
                 thread_results: RefCell::new(HashMap::new()),
                 next_job: Cell::new(0),
+                factory_users: RefCell::new(HashMap::new()),
             }),
         })
     }
 
     /// The reactor's monotonic time, from its clock's origin (T-17).
     pub fn seconds(&self) -> Duration {
-        self.inner.clock.now()
+        self.inner.timers.now()
     }
 
     /// True from the `During` phase of startup until shutdown's `Before` phase has
@@ -395,6 +408,49 @@ impl Reactor {
         }
     }
 
+    /// Hands the source behind `key` to another handler (a connector's attempt becoming
+    /// a connection keeps its registration). False if `key` is stale.
+    pub fn replace_io_handler(&self, key: IoKey, handler: Rc<dyn IoHandler>) -> bool {
+        self.inner.io.borrow_mut().replace(key, handler)
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakReactor {
+        WeakReactor(Rc::downgrade(&self.inner))
+    }
+
+    /// Runs `f` at the start of the next iteration, before anything else; the poll in
+    /// between does not sleep. For the reactor's own deferred work (flushes, close
+    /// notifications), which must never run inside the call that caused it.
+    pub(crate) fn call_soon(&self, f: Box<dyn FnOnce()>) {
+        self.inner.soon.borrow_mut().push_back(f);
+    }
+
+    /// Counts one more user of `factory`; true when it is the first (P-01: call
+    /// `start_factory` then).
+    pub(crate) fn factory_user_added(&self, factory_address: usize) -> bool {
+        let mut users = self.inner.factory_users.borrow_mut();
+        let count = users.entry(factory_address).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Counts one user less; true when it was the last (P-01: call `stop_factory` then).
+    /// A factory with no users stays at zero.
+    pub(crate) fn factory_user_removed(&self, factory_address: usize) -> bool {
+        let mut users = self.inner.factory_users.borrow_mut();
+        match users.get_mut(&factory_address) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                users.remove(&factory_address);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// How many I/O sources are registered.
     pub fn io_source_count(&self) -> usize {
         self.inner.io.borrow().len()
@@ -447,7 +503,7 @@ impl Reactor {
         );
     }
 
-    fn soon_queue(&self) -> Rc<dyn Fn(Box<dyn FnOnce()>)> {
+    fn soon_queue(&self) -> triggers::Soon {
         let reactor = self.clone();
         Rc::new(move |f| reactor.inner.soon.borrow_mut().push_back(f))
     }

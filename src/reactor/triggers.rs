@@ -64,6 +64,12 @@ impl<E: std::error::Error + 'static> TriggerOutput for Result<(), E> {
     }
 }
 
+/// How the reactor takes work to run at the start of its next iteration.
+pub(crate) type Soon = Rc<dyn Fn(Box<dyn FnOnce()>)>;
+
+/// The rest of an event's firing, run once by whichever `Before` Deferred fires last.
+type Continuation = Rc<RefCell<Option<Box<dyn FnOnce()>>>>;
+
 type TriggerFn = Box<dyn FnOnce() -> Result<Option<Deferred<()>>, Failure>>;
 
 struct Trigger {
@@ -145,7 +151,7 @@ impl Triggers {
 pub(crate) fn fire(
     triggers: &Rc<Triggers>,
     event: SystemEvent,
-    soon: Rc<dyn Fn(Box<dyn FnOnce()>)>,
+    soon: Soon,
     between: Box<dyn FnOnce()>,
     done: Box<dyn FnOnce()>,
 ) {
@@ -162,7 +168,7 @@ pub(crate) fn fire(
         return;
     }
     let remaining = Rc::new(Cell::new(waits.len()));
-    let rest: Rc<RefCell<Option<Box<dyn FnOnce()>>>> = Rc::new(RefCell::new(Some(Box::new(rest))));
+    let rest: Continuation = Rc::new(RefCell::new(Some(Box::new(rest))));
     for wait in waits {
         let remaining = remaining.clone();
         let rest = rest.clone();

@@ -1,0 +1,1264 @@
+//! TCP on the reactor: listening ports ([`Reactor::listen_tcp`]), outgoing connections
+//! ([`Reactor::connect_tcp`] and its [`Connector`]), and the connection's transport
+//! ([`TcpTransport`]).
+//!
+//! Ownership: the reactor's I/O registry owns each [`Connection`], which owns its
+//! protocol; the protocol holds the transport (an `Rc<TcpTransport>`), and the transport
+//! reaches back to its connection only through a `Weak`. So nothing forms a cycle, and a
+//! connection is freed once it is closed and deregistered.
+//!
+//! Everything a transport method asks for happens later, from the loop: writes are
+//! flushed at the start of the next iteration (or when the socket turns writable), and
+//! `connection_lost` is never called inside `lose_connection` or `abort_connection`
+//!
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use mio::Interest;
+use mio::net::{TcpListener, TcpStream};
+
+use super::defer::Deferred;
+use super::failure::Failure;
+use super::io::{IoHandler, IoKey, Readiness};
+use super::protocol::{
+    CloseReason, ConnectError, Factory, Producer, Protocol, Transport, TransportRef,
+};
+use super::time::DelayedCall;
+use super::{Reactor, WeakReactor};
+
+/// Outgoing bytes above which a registered producer is told to pause.
+pub const HIGH_WATER_MARK: usize = 64 * 1024;
+
+/// Outgoing bytes above which a connection is aborted instead of buffering more: a peer
+/// that does not read cannot make us hold unbounded memory.
+pub const WRITE_BUFFER_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads per readiness event before yielding to other connections; the rest is read
+/// in the next iteration.
+const READS_PER_EVENT: usize = 16;
+
+/// How long accepting pauses after the process ran out of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options of a listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// The accept queue length passed to `listen`.
+    pub backlog: i32,
+    /// For an IPv6 address: accept only IPv6 (`true`) or IPv4 too (`false`, dual
+    /// stack). `None` leaves the system's default.
+    pub v6_only: Option<bool>,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            backlog: 1024,
+            v6_only: None,
+        }
+    }
+}
+
+/// `listen_tcp` could not bind or listen (Twisted's CannotListenError, P-06).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address}: {source}")]
+pub struct CannotListenError {
+    /// The address asked for.
+    pub address: SocketAddr,
+    /// What the OS said.
+    #[source]
+    pub source: io::Error,
+}
+
+/// `stop_connecting` was called on a connector that is not connecting (P-18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the connector is not connecting")]
+pub struct NotConnectingError;
+
+/// `connect` was called on a connector that is not disconnected (P-17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the connector is already connecting or connected")]
+pub struct AlreadyConnectingError;
+
+/// A factory for outgoing connections: a [`Factory`] that is also told how the attempt
+/// went (P-11..P-14).
+pub trait ClientFactory: Factory {
+    /// An attempt has started; `connector.stop_connecting()` may be called here (P-11).
+    fn started_connecting(&self, connector: &Connector) {
+        let _ = connector;
+    }
+
+    /// The attempt failed; `connector.connect()` here tries again (P-13, P-17).
+    fn client_connection_failed(&self, connector: &Connector, reason: &ConnectError) {
+        let _ = (connector, reason);
+    }
+
+    /// An established connection ended, after its protocol's `connection_lost`;
+    /// `connector.connect()` here reconnects (P-14, P-17).
+    fn client_connection_lost(&self, connector: &Connector, reason: &CloseReason) {
+        let _ = (connector, reason);
+    }
+}
+
+fn factory_address(factory: &Rc<impl ?Sized>) -> usize {
+    Rc::as_ptr(factory) as *const () as usize
+}
+
+/// P-01: `start_factory` on the first user only.
+fn factory_do_start(reactor: &Reactor, factory: &Rc<dyn Factory>) {
+    if reactor.factory_user_added(factory_address(factory)) {
+        factory.start_factory();
+    }
+}
+
+/// P-01: `stop_factory` after the last user only.
+fn factory_do_stop(reactor: &Reactor, factory: &Rc<dyn Factory>) {
+    if reactor.factory_user_removed(factory_address(factory)) {
+        factory.stop_factory();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The transport
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteSide {
+    Open,
+    /// `lose_write_connection` was called; shut down once the buffer is flushed.
+    ShutdownRequested,
+    Closed,
+}
+
+struct TransportState {
+    /// Unsent bytes are `out[sent..]`. Empty `Vec`s do not allocate, so an idle
+    /// connection holds no buffer (design: no buffer before data needs one).
+    out: Vec<u8>,
+    sent: usize,
+    flush_scheduled: bool,
+    write_interest: bool,
+    disconnecting: bool,
+    aborted: bool,
+    write_side: WriteSide,
+    read_paused: bool,
+    read_eof: bool,
+    closed: bool,
+    producer: Option<Rc<dyn Producer>>,
+    producer_paused: bool,
+    /// The reason to report when the close completes, if not the natural one.
+    reason: Option<CloseReason>,
+}
+
+impl TransportState {
+    fn pending(&self) -> usize {
+        self.out.len() - self.sent
+    }
+}
+
+/// The transport of one TCP connection; what protocols receive as their
+/// [`TransportRef`].
+pub struct TcpTransport {
+    reactor: WeakReactor,
+    connection: Weak<Connection>,
+    stream: RefCell<Option<TcpStream>>,
+    key: Cell<Option<IoKey>>,
+    peer: SocketAddr,
+    host: SocketAddr,
+    state: RefCell<TransportState>,
+}
+
+impl fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("peer", &self.peer)
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+impl TcpTransport {
+    /// Bytes written but not yet sent.
+    pub fn buffered(&self) -> usize {
+        self.state.borrow().pending()
+    }
+
+    /// Arranges a flush at the start of the next iteration, once per batch of writes.
+    fn schedule_flush(&self) {
+        {
+            let mut state = self.state.borrow_mut();
+            if state.flush_scheduled || state.closed {
+                return;
+            }
+            state.flush_scheduled = true;
+        }
+        self.schedule(|connection| {
+            connection.transport.state.borrow_mut().flush_scheduled = false;
+            connection.flush();
+        });
+    }
+
+    /// Runs `f` on the connection from the loop, later.
+    fn schedule(&self, f: impl FnOnce(&Rc<Connection>) + 'static) {
+        let (Some(reactor), Some(connection)) = (self.reactor.upgrade(), self.connection.upgrade())
+        else {
+            return;
+        };
+        reactor.call_soon(Box::new(move || f(&connection)));
+    }
+
+    fn set_interest(&self, readable: bool, writable: bool) {
+        let Some(reactor) = self.reactor.upgrade() else {
+            return;
+        };
+        let Some(key) = self.key.get() else { return };
+        let interest = match (readable, writable) {
+            (_, false) => Interest::READABLE,
+            (false, true) => Interest::WRITABLE,
+            (true, true) => Interest::READABLE | Interest::WRITABLE,
+        };
+        if let Some(stream) = self.stream.borrow_mut().as_mut()
+            && let Err(error) = reactor.reregister_io(stream, key, interest)
+        {
+            log::debug!("could not change interest of {}: {error}", self.peer);
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn write(&self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let producer_to_pause;
+        {
+            let mut state = self.state.borrow_mut();
+            if state.closed || state.aborted || state.write_side != WriteSide::Open {
+                return;
+            }
+            if state.pending() + data.len() > WRITE_BUFFER_LIMIT {
+                drop(state);
+                log::warn!(
+                    "write buffer to {} would exceed {WRITE_BUFFER_LIMIT} bytes; aborting",
+                    self.peer
+                );
+                self.state.borrow_mut().reason = Some(CloseReason::Lost(Some(Rc::new(
+                    io::Error::other(format!(
+                        "the peer did not read: write buffer limit of {WRITE_BUFFER_LIMIT} bytes exceeded"
+                    )),
+                ))));
+                self.abort_connection();
+                return;
+            }
+            if state.sent > 0 && state.sent == state.out.len() {
+                state.out.clear();
+                state.sent = 0;
+            }
+            state.out.extend_from_slice(data);
+            producer_to_pause = if state.pending() > HIGH_WATER_MARK && !state.producer_paused {
+                state.producer_paused = state.producer.is_some();
+                state.producer.clone()
+            } else {
+                None
+            };
+        }
+        // Called with no borrow held: the producer may write again.
+        if let Some(producer) = producer_to_pause {
+            producer.pause_producing();
+        }
+        self.schedule_flush();
+    }
+
+    fn write_sequence(&self, chunks: &[&[u8]]) {
+        for chunk in chunks {
+            self.write(chunk);
+        }
+    }
+
+    fn lose_connection(&self) {
+        {
+            let mut state = self.state.borrow_mut();
+            if state.disconnecting || state.closed {
+                return;
+            }
+            state.disconnecting = true;
+        }
+        // The flush closes the connection once the buffer is empty.
+        self.schedule(|connection| connection.flush());
+    }
+
+    fn abort_connection(&self) {
+        {
+            let mut state = self.state.borrow_mut();
+            if state.aborted || state.closed {
+                return;
+            }
+            state.aborted = true;
+            state.disconnecting = true;
+            state.out = Vec::new();
+            state.sent = 0;
+        }
+        if let Some(stream) = self.stream.borrow().as_ref() {
+            // Linger 0 makes the close send a reset.
+            if let Err(error) = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO)) {
+                log::debug!("could not set SO_LINGER on {}: {error}", self.peer);
+            }
+        }
+        self.schedule(|connection| {
+            let reason = connection
+                .transport
+                .state
+                .borrow_mut()
+                .reason
+                .take()
+                .unwrap_or(CloseReason::Aborted);
+            connection.close(reason);
+        });
+    }
+
+    fn lose_write_connection(&self) {
+        {
+            let mut state = self.state.borrow_mut();
+            if state.closed || state.write_side != WriteSide::Open {
+                return;
+            }
+            state.write_side = WriteSide::ShutdownRequested;
+        }
+        self.schedule(|connection| connection.flush());
+    }
+
+    fn is_disconnecting(&self) -> bool {
+        let state = self.state.borrow();
+        state.disconnecting || state.closed
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn host(&self) -> SocketAddr {
+        self.host
+    }
+
+    fn pause_producing(&self) {
+        self.state.borrow_mut().read_paused = true;
+    }
+
+    fn resume_producing(&self) {
+        {
+            let mut state = self.state.borrow_mut();
+            if !state.read_paused {
+                return;
+            }
+            state.read_paused = false;
+        }
+        // Edge-triggered: bytes that arrived while paused raise no new event, so look now.
+        self.schedule(|connection| connection.read_ready());
+    }
+
+    fn register_producer(&self, producer: Rc<dyn Producer>) {
+        let pause_now = {
+            let mut state = self.state.borrow_mut();
+            state.producer = Some(producer.clone());
+            state.producer_paused = state.pending() > HIGH_WATER_MARK;
+            state.producer_paused
+        };
+        if pause_now {
+            producer.pause_producing();
+        }
+    }
+
+    fn unregister_producer(&self) {
+        let mut state = self.state.borrow_mut();
+        state.producer = None;
+        state.producer_paused = false;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The connection: socket events, the protocol, and the end of the connection
+
+/// Called once after the protocol's `connection_lost` (a client connector's hook).
+type LostHook = Box<dyn FnOnce(&CloseReason)>;
+
+/// One TCP connection as the reactor sees it: the I/O handler that owns the protocol.
+pub struct Connection {
+    transport: Rc<TcpTransport>,
+    transport_ref: TransportRef,
+    protocol: RefCell<Option<Box<dyn Protocol>>>,
+    on_lost: RefCell<Option<LostHook>>,
+}
+
+impl Connection {
+    /// Wraps an accepted or connected stream. The caller registers it and starts it.
+    fn new(
+        reactor: &Reactor,
+        stream: TcpStream,
+        peer: SocketAddr,
+        protocol: Box<dyn Protocol>,
+    ) -> Rc<Connection> {
+        let host = stream.local_addr().unwrap_or(peer);
+        Rc::new_cyclic(|weak| {
+            let transport = Rc::new(TcpTransport {
+                reactor: reactor.downgrade(),
+                connection: weak.clone(),
+                stream: RefCell::new(Some(stream)),
+                key: Cell::new(None),
+                peer,
+                host,
+                state: RefCell::new(TransportState {
+                    out: Vec::new(),
+                    sent: 0,
+                    flush_scheduled: false,
+                    write_interest: false,
+                    disconnecting: false,
+                    aborted: false,
+                    write_side: WriteSide::Open,
+                    read_paused: false,
+                    read_eof: false,
+                    closed: false,
+                    producer: None,
+                    producer_paused: false,
+                    reason: None,
+                }),
+            });
+            Connection {
+                transport_ref: transport.clone(),
+                transport,
+                protocol: RefCell::new(Some(protocol)),
+                on_lost: RefCell::new(None),
+            }
+        })
+    }
+
+    /// The connection's transport.
+    pub fn transport(&self) -> &Rc<TcpTransport> {
+        &self.transport
+    }
+
+    /// Runs `f` on the protocol, unless the connection has ended. Errors close the
+    /// connection with the error as reason (P-22).
+    fn with_protocol(
+        &self,
+        f: impl FnOnce(&mut dyn Protocol, &TransportRef) -> Result<(), Failure>,
+    ) {
+        let result = {
+            let Ok(mut slot) = self.protocol.try_borrow_mut() else {
+                log::error!(
+                    "protocol of {} re-entered; event dropped",
+                    self.transport.peer
+                );
+                return;
+            };
+            let Some(protocol) = slot.as_mut() else {
+                return;
+            };
+            f(protocol.as_mut(), &self.transport_ref)
+        };
+        if let Err(failure) = result {
+            self.protocol_failed(failure);
+        }
+    }
+
+    fn protocol_failed(&self, failure: Failure) {
+        log::error!(
+            "protocol error on connection with {}: {failure}",
+            self.transport.peer
+        );
+        {
+            let mut state = self.transport.state.borrow_mut();
+            if state.reason.is_none() {
+                state.reason = Some(CloseReason::Protocol(failure));
+            }
+        }
+        self.transport.lose_connection();
+    }
+
+    /// Registers the socket and calls `connection_made` (P-03, P-07, P-12).
+    fn start(self: &Rc<Self>, reactor: &Reactor, key: Option<IoKey>) -> io::Result<()> {
+        let key = match key {
+            Some(key) => {
+                let handler: Rc<dyn IoHandler> = self.clone();
+                reactor.replace_io_handler(key, handler);
+                if let Some(stream) = self.transport.stream.borrow_mut().as_mut() {
+                    reactor.reregister_io(stream, key, Interest::READABLE)?;
+                }
+                key
+            }
+            None => {
+                let mut stream = self.transport.stream.borrow_mut();
+                let Some(stream) = stream.as_mut() else {
+                    return Err(io::Error::other("connection has no socket"));
+                };
+                reactor.register_io(stream, Interest::READABLE, self.clone())?
+            }
+        };
+        self.transport.key.set(Some(key));
+        self.with_protocol(|protocol, transport| protocol.connection_made(transport));
+        // Bytes may have arrived before registration; an edge may not come again.
+        self.transport
+            .schedule(|connection| connection.read_ready());
+        Ok(())
+    }
+
+    fn may_read(&self) -> bool {
+        let state = self.transport.state.borrow();
+        !(state.closed || state.read_paused || state.disconnecting || state.read_eof)
+    }
+
+    /// Reads until `WouldBlock`, or a budget, handing each chunk to the protocol.
+    fn read_ready(self: &Rc<Self>) {
+        let mut buffer = [0u8; READ_CHUNK];
+        for _ in 0..READS_PER_EVENT {
+            if !self.may_read() {
+                return;
+            }
+            let read = match self.transport.stream.borrow_mut().as_mut() {
+                Some(stream) => stream.read(&mut buffer),
+                None => return,
+            };
+            match read {
+                Ok(0) => return self.read_eof(),
+                Ok(n) => self.with_protocol(|protocol, transport| {
+                    protocol.data_received(transport, &buffer[..n])
+                }),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(reason_from_io(e)),
+            }
+        }
+        // Budget spent with data perhaps left: go on next iteration, after the others.
+        self.transport
+            .schedule(|connection| connection.read_ready());
+    }
+
+    /// The peer shut down its write side.
+    fn read_eof(self: &Rc<Self>) {
+        self.transport.state.borrow_mut().read_eof = true;
+        let half_close = self
+            .protocol
+            .try_borrow()
+            .map(|p| p.as_ref().is_some_and(|p| p.wants_half_close()))
+            .unwrap_or(false);
+        if !half_close {
+            return self.close(CloseReason::Done);
+        }
+        let mut failed = None;
+        self.with_protocol(|protocol, transport| {
+            let result = protocol.read_connection_lost(transport);
+            if let Err(failure) = &result {
+                failed = Some(failure.clone());
+            }
+            Ok(())
+        });
+        if let Some(failure) = failed {
+            // an error here closes the connection completely.
+            log::error!("error in read_connection_lost: {failure}");
+            self.close(CloseReason::Protocol(failure));
+        } else if self.transport.state.borrow().write_side == WriteSide::Closed {
+            // Both directions are now shut: nothing more can happen on this connection.
+            self.close(CloseReason::Done);
+        }
+    }
+
+    /// Sends what is buffered; then finishes a requested half-close or close.
+    fn flush(self: &Rc<Self>) {
+        loop {
+            let result = {
+                let mut state = self.transport.state.borrow_mut();
+                if state.closed || state.aborted {
+                    return;
+                }
+                if state.pending() == 0 {
+                    break;
+                }
+                let mut stream = self.transport.stream.borrow_mut();
+                let Some(stream) = stream.as_mut() else {
+                    return;
+                };
+                let from = state.sent;
+                let written = stream.write(&state.out[from..]);
+                if let Ok(n) = written {
+                    state.sent += n;
+                    if state.sent == state.out.len() {
+                        // Drained: give the memory back rather than keep the peak.
+                        state.out = Vec::new();
+                        state.sent = 0;
+                    } else if state.sent > state.out.len() / 2 {
+                        let sent = state.sent;
+                        state.out.drain(..sent);
+                        state.sent = 0;
+                    }
+                }
+                written
+            };
+            match result {
+                Ok(0) => return self.close(CloseReason::Lost(None)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.want_writable(true);
+                    return self.maybe_resume_producer();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(reason_from_io(e)),
+            }
+        }
+        self.want_writable(false);
+        self.maybe_resume_producer();
+        self.finish_write_side();
+    }
+
+    fn want_writable(&self, writable: bool) {
+        let readable = {
+            let mut state = self.transport.state.borrow_mut();
+            if state.write_interest == writable {
+                return;
+            }
+            state.write_interest = writable;
+            !state.closed
+        };
+        self.transport.set_interest(readable, writable);
+    }
+
+    fn maybe_resume_producer(&self) {
+        let producer = {
+            let mut state = self.transport.state.borrow_mut();
+            if !state.producer_paused || state.pending() > HIGH_WATER_MARK / 2 {
+                return;
+            }
+            state.producer_paused = false;
+            state.producer.clone()
+        };
+        if let Some(producer) = producer {
+            producer.resume_producing();
+        }
+    }
+
+    /// With the buffer empty: close if asked to, or shut the write side if asked to.
+    fn finish_write_side(self: &Rc<Self>) {
+        let (disconnecting, shutdown_write, read_eof) = {
+            let state = self.transport.state.borrow();
+            (
+                state.disconnecting,
+                state.write_side == WriteSide::ShutdownRequested,
+                state.read_eof,
+            )
+        };
+        if disconnecting {
+            let reason = self.transport.state.borrow_mut().reason.take();
+            return self.close(reason.unwrap_or(CloseReason::Done));
+        }
+        if !shutdown_write {
+            return;
+        }
+        self.transport.state.borrow_mut().write_side = WriteSide::Closed;
+        if let Some(stream) = self.transport.stream.borrow().as_ref()
+            && let Err(error) = stream.shutdown(Shutdown::Write)
+        {
+            // The peer is already gone (X-13: quiet); the read side will tell.
+            log::debug!("shutdown(write) to {}: {error}", self.transport.peer);
+        }
+        let mut failed = None;
+        self.with_protocol(|protocol, transport| {
+            if let Err(failure) = protocol.write_connection_lost(transport) {
+                failed = Some(failure);
+            }
+            Ok(())
+        });
+        if let Some(failure) = failed {
+            log::error!("error in write_connection_lost: {failure}");
+            return self.close(CloseReason::Protocol(failure));
+        }
+        if read_eof {
+            self.close(CloseReason::Done);
+        }
+    }
+
+    /// Ends the connection: closes the socket, then `connection_lost` exactly once, then
+    /// the client connector's hook. Only ever called from the loop.
+    fn close(self: &Rc<Self>, reason: CloseReason) {
+        let (producer, aborted) = {
+            let mut state = self.transport.state.borrow_mut();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            state.disconnecting = true;
+            state.out = Vec::new();
+            state.sent = 0;
+            (state.producer.take(), state.aborted)
+        };
+        if let Some(mut stream) = self.transport.stream.borrow_mut().take() {
+            if let (Some(reactor), Some(key)) =
+                (self.transport.reactor.upgrade(), self.transport.key.take())
+                && let Err(error) = reactor.deregister_io(&mut stream, key)
+            {
+                log::debug!("deregistering {}: {error}", self.transport.peer);
+            }
+            if !aborted {
+                drain_unread(&mut stream);
+            }
+            drop(stream);
+        }
+        if let Some(producer) = producer {
+            producer.stop_producing();
+        }
+        let protocol = self.protocol.borrow_mut().take();
+        if let Some(mut protocol) = protocol {
+            protocol.connection_lost(&reason);
+        }
+        let hook = self.on_lost.borrow_mut().take();
+        if let Some(hook) = hook {
+            hook(&reason);
+        }
+    }
+}
+
+/// Reads and discards what the peer sent that nobody will read: closing a socket with
+/// unread bytes makes the kernel send a reset instead of a FIN, which would destroy data
+/// still in flight to the peer.
+fn drain_unread(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..64 {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+fn reason_from_io(error: io::Error) -> CloseReason {
+    match error.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => CloseReason::Reset(Rc::new(error)),
+        _ => CloseReason::Lost(Some(Rc::new(error))),
+    }
+}
+
+impl IoHandler for Connection {
+    fn ready(&self, _reactor: &Reactor, readiness: Readiness) {
+        // `ready` has `&self`; the connection is always owned by an Rc (the registry's).
+        let Some(this) = self.transport.connection.upgrade() else {
+            return;
+        };
+        if readiness.error {
+            let error = self
+                .transport
+                .stream
+                .borrow()
+                .as_ref()
+                .and_then(|s| s.take_error().ok().flatten());
+            if let Some(error) = error {
+                return this.close(reason_from_io(error));
+            }
+        }
+        if readiness.writable {
+            this.flush();
+        }
+        if readiness.readable || readiness.read_closed {
+            this.read_ready();
+        }
+    }
+
+    fn shutdown(&self, _reactor: &Reactor) {
+        if let Some(this) = self.transport.connection.upgrade() {
+            this.close(CloseReason::Lost(None)); // R-10, P-28
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Listening
+
+struct PortInner {
+    reactor: WeakReactor,
+    listener: RefCell<Option<TcpListener>>,
+    key: Cell<Option<IoKey>>,
+    factory: Rc<dyn Factory>,
+    address: SocketAddr,
+    accept_paused: Cell<bool>,
+    stopped: Cell<bool>,
+    this: Weak<PortInner>,
+}
+
+/// A listening TCP port (Twisted's `IListeningPort`).
+#[derive(Clone)]
+pub struct ListeningPort {
+    inner: Rc<PortInner>,
+}
+
+impl fmt::Debug for ListeningPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListeningPort")
+            .field("address", &self.inner.address)
+            .finish()
+    }
+}
+
+impl ListeningPort {
+    /// The listening address, with the port the OS chose for port 0 (P-10, X-15).
+    pub fn host(&self) -> SocketAddr {
+        self.inner.address
+    }
+
+    /// Stops accepting. The socket closes later, then the factory's `stop_factory` runs
+    /// if this was its last user, then the returned Deferred fires (P-09). Connections
+    /// already accepted stay open.
+    pub fn stop_listening(&self) -> Deferred<()> {
+        let done = Deferred::new();
+        let Some(reactor) = self.inner.reactor.upgrade() else {
+            let _ = done.callback(());
+            return done;
+        };
+        let inner = self.inner.clone();
+        let fired = done.clone();
+        reactor.call_soon(Box::new(move || {
+            inner.close();
+            let _ = fired.callback(());
+        }));
+        done
+    }
+}
+
+impl PortInner {
+    fn close(&self) {
+        if self.stopped.replace(true) {
+            return;
+        }
+        let reactor = self.reactor.upgrade();
+        if let Some(mut listener) = self.listener.borrow_mut().take()
+            && let (Some(reactor), Some(key)) = (&reactor, self.key.take())
+            && let Err(error) = reactor.deregister_io(&mut listener, key)
+        {
+            log::debug!("deregistering port {}: {error}", self.address);
+        }
+        if let Some(reactor) = reactor {
+            factory_do_stop(&reactor, &self.factory);
+        }
+    }
+
+    fn accept_all(&self, reactor: &Reactor) {
+        loop {
+            if self.stopped.get() || self.accept_paused.get() {
+                return;
+            }
+            let accepted = match self.listener.borrow().as_ref() {
+                Some(listener) => listener.accept(),
+                None => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.serve(reactor, stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM...: the pending connection stays
+                    // queued and would fail again at once; pause rather than spin.
+                    log::error!("accept on {} failed: {e}; pausing accepts", self.address);
+                    self.accept_paused.set(true);
+                    let port = self.this.clone();
+                    reactor.call_later(ACCEPT_BACKOFF, move || {
+                        if let Some(port) = port.upgrade() {
+                            port.accept_paused.set(false);
+                            if let Some(reactor) = port.reactor.upgrade() {
+                                port.accept_all(&reactor);
+                            }
+                        }
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// P-07, P-08: build the protocol, or refuse the connection.
+    fn serve(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
+        let Some(protocol) = self.factory.build_protocol(peer) else {
+            drop(stream); // P-08: the client sees a connect, then an orderly close.
+            return;
+        };
+        let connection = Connection::new(reactor, stream, peer, protocol);
+        if let Err(error) = connection.start(reactor, None) {
+            log::error!("could not register connection from {peer}: {error}");
+            connection.close(CloseReason::Lost(Some(Rc::new(error))));
+        }
+    }
+}
+
+impl IoHandler for PortInner {
+    fn ready(&self, reactor: &Reactor, _readiness: Readiness) {
+        self.accept_all(reactor);
+    }
+
+    fn shutdown(&self, _reactor: &Reactor) {
+        self.close(); // P-28
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connecting
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectorState {
+    Disconnected,
+    Connecting,
+    Connected,
+}
+
+struct Attempt {
+    stream: TcpStream,
+    key: IoKey,
+    timer: Option<DelayedCall>,
+}
+
+struct ConnectorInner {
+    reactor: WeakReactor,
+    destination: SocketAddr,
+    factory: Rc<dyn ClientFactory>,
+    timeout: Option<Duration>,
+    state: Cell<ConnectorState>,
+    attempt: RefCell<Option<Attempt>>,
+    connection: RefCell<Weak<Connection>>,
+    /// Attempts started so far; a timer or event of an older attempt is ignored.
+    generation: Cell<u64>,
+}
+
+/// An outgoing connection's handle, passed to every `ClientFactory` callback (P-16).
+#[derive(Clone)]
+pub struct Connector {
+    inner: Rc<ConnectorInner>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("destination", &self.inner.destination)
+            .field("state", &self.inner.state.get())
+            .finish()
+    }
+}
+
+impl PartialEq for Connector {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Connector {
+    /// The address as requested (P-16).
+    pub fn destination(&self) -> SocketAddr {
+        self.inner.destination
+    }
+
+    /// True while an attempt is under way.
+    pub fn is_connecting(&self) -> bool {
+        self.inner.state.get() == ConnectorState::Connecting
+    }
+
+    /// True while a connection made by this connector is open.
+    pub fn is_connected(&self) -> bool {
+        self.inner.state.get() == ConnectorState::Connected
+    }
+
+    /// Starts a new attempt; valid only while disconnected, e.g. from
+    /// `client_connection_failed` or `client_connection_lost` (P-17).
+    pub fn connect(&self) -> Result<(), AlreadyConnectingError> {
+        if self.inner.state.get() != ConnectorState::Disconnected {
+            return Err(AlreadyConnectingError);
+        }
+        self.begin();
+        Ok(())
+    }
+
+    /// Abandons the attempt under way: `client_connection_failed(UserAborted)` and the
+    /// factory's stop run before this returns (P-18).
+    pub fn stop_connecting(&self) -> Result<(), NotConnectingError> {
+        if self.inner.state.get() != ConnectorState::Connecting {
+            return Err(NotConnectingError);
+        }
+        self.fail(ConnectError::UserAborted);
+        Ok(())
+    }
+
+    /// Stops connecting, or closes the connection, whichever applies (P-19).
+    pub fn disconnect(&self) {
+        match self.inner.state.get() {
+            ConnectorState::Connecting => {
+                let _ = self.stop_connecting();
+            }
+            ConnectorState::Connected => {
+                if let Some(connection) = self.inner.connection.borrow().upgrade() {
+                    connection.transport.lose_connection();
+                }
+            }
+            ConnectorState::Disconnected => {}
+        }
+    }
+
+    fn factory(&self) -> Rc<dyn Factory> {
+        // Upcast to the base trait, for the usage counter shared with ports.
+        let factory: Rc<dyn Factory> = self.inner.factory.clone();
+        factory
+    }
+
+    /// Starts an attempt: socket, non-blocking connect, timer, `started_connecting`
+    /// (P-11). Failures are reported from the loop, never from here (P-13).
+    fn begin(&self) {
+        let Some(reactor) = self.inner.reactor.upgrade() else {
+            return;
+        };
+        self.inner.state.set(ConnectorState::Connecting);
+        let generation = self.inner.generation.get() + 1;
+        self.inner.generation.set(generation);
+        match TcpStream::connect(self.inner.destination) {
+            Ok(mut stream) => {
+                let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
+                    connector: self.inner.clone(),
+                    generation,
+                });
+                match reactor.register_io(&mut stream, Interest::WRITABLE, handler) {
+                    Ok(key) => {
+                        let timer = self.inner.timeout.map(|timeout| {
+                            let connector = Rc::downgrade(&self.inner);
+                            reactor.call_later(timeout, move || {
+                                if let Some(inner) = connector.upgrade() {
+                                    let connector = Connector { inner };
+                                    if connector.inner.generation.get() == generation {
+                                        connector.fail(ConnectError::TimedOut);
+                                    }
+                                }
+                            })
+                        });
+                        *self.inner.attempt.borrow_mut() = Some(Attempt { stream, key, timer });
+                    }
+                    Err(error) => self.fail_later(&reactor, generation, error),
+                }
+            }
+            Err(error) => self.fail_later(&reactor, generation, error),
+        }
+        self.inner.factory.started_connecting(self);
+    }
+
+    fn fail_later(&self, reactor: &Reactor, generation: u64, error: io::Error) {
+        let connector = self.clone();
+        reactor.call_soon(Box::new(move || {
+            if connector.inner.generation.get() == generation && connector.is_connecting() {
+                connector.fail(ConnectError::from_io(error));
+            }
+        }));
+    }
+
+    /// Drops the attempt's socket and timer.
+    fn end_attempt(&self) -> Option<TcpStream> {
+        let attempt = self.inner.attempt.borrow_mut().take()?;
+        if let Some(timer) = attempt.timer {
+            let _ = timer.cancel();
+        }
+        let mut stream = attempt.stream;
+        if let Some(reactor) = self.inner.reactor.upgrade()
+            && let Err(error) = reactor.deregister_io(&mut stream, attempt.key)
+        {
+            log::debug!("deregistering attempt: {error}");
+        }
+        Some(stream)
+    }
+
+    /// P-13: `client_connection_failed`, then the factory's stop unless it reconnected.
+    fn fail(&self, reason: ConnectError) {
+        drop(self.end_attempt());
+        self.inner.state.set(ConnectorState::Disconnected);
+        self.inner.factory.client_connection_failed(self, &reason);
+        self.stop_factory_unless_reconnected();
+    }
+
+    fn stop_factory_unless_reconnected(&self) {
+        if self.inner.state.get() == ConnectorState::Disconnected
+            && let Some(reactor) = self.inner.reactor.upgrade()
+        {
+            factory_do_stop(&reactor, &self.factory());
+        }
+    }
+
+    /// The socket is writable (or in error): find out how the connect went.
+    fn attempt_ready(&self) {
+        let outcome = {
+            let attempt = self.inner.attempt.borrow();
+            let Some(attempt) = attempt.as_ref() else {
+                return;
+            };
+            match attempt.stream.take_error() {
+                Ok(Some(error)) | Err(error) => Err(error),
+                Ok(None) => match attempt.stream.peer_addr() {
+                    Ok(peer) => Ok(peer),
+                    // Not connected yet: a spurious wake-up; wait for the next event.
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        match outcome {
+            Ok(peer) => self.connected(peer),
+            Err(error) => self.fail(ConnectError::from_io(error)),
+        }
+    }
+
+    /// P-12 and P-20.
+    fn connected(&self, peer: SocketAddr) {
+        let Some(reactor) = self.inner.reactor.upgrade() else {
+            return;
+        };
+        let Some(attempt) = self.inner.attempt.borrow_mut().take() else {
+            return;
+        };
+        if let Some(timer) = attempt.timer {
+            let _ = timer.cancel();
+        }
+        self.inner.state.set(ConnectorState::Connected);
+        let Some(protocol) = self.inner.factory.build_protocol(peer) else {
+            let mut stream = attempt.stream;
+            if let Err(error) = reactor.deregister_io(&mut stream, attempt.key) {
+                log::debug!("deregistering refused connection: {error}");
+            }
+            drop(stream);
+            self.lost(&CloseReason::Done);
+            return;
+        };
+        let connection = Connection::new(&reactor, attempt.stream, peer, protocol);
+        *self.inner.connection.borrow_mut() = Rc::downgrade(&connection);
+        let connector = self.clone();
+        *connection.on_lost.borrow_mut() = Some(Box::new(move |reason| connector.lost(reason)));
+        if let Err(error) = connection.start(&reactor, Some(attempt.key)) {
+            connection.close(CloseReason::Lost(Some(Rc::new(error))));
+        }
+    }
+
+    /// P-14: after the protocol's `connection_lost`.
+    fn lost(&self, reason: &CloseReason) {
+        self.inner.state.set(ConnectorState::Disconnected);
+        self.inner.factory.client_connection_lost(self, reason);
+        self.stop_factory_unless_reconnected();
+    }
+}
+
+/// The registry's handler for a connect in progress. It holds the connector strongly:
+/// a caller may drop the `Connector` that `connect_tcp` returned, and the attempt must
+/// go on.
+struct AttemptHandler {
+    connector: Rc<ConnectorInner>,
+    generation: u64,
+}
+
+impl IoHandler for AttemptHandler {
+    fn ready(&self, _reactor: &Reactor, _readiness: Readiness) {
+        if self.connector.generation.get() == self.generation {
+            let inner = self.connector.clone();
+            Connector { inner }.attempt_ready();
+        }
+    }
+
+    fn shutdown(&self, _reactor: &Reactor) {
+        if self.connector.generation.get() == self.generation {
+            let inner = self.connector.clone();
+            let error = io::Error::other("the reactor is shutting down");
+            Connector { inner }.fail(ConnectError::Other(Rc::new(error)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The reactor's TCP methods
+
+impl Reactor {
+    /// Listens on `address` with default options; see [`Reactor::listen_tcp_with`].
+    pub fn listen_tcp(
+        &self,
+        address: SocketAddr,
+        factory: Rc<dyn Factory>,
+    ) -> Result<ListeningPort, CannotListenError> {
+        self.listen_tcp_with(address, factory, ListenOptions::default())
+    }
+
+    /// Binds and listens at once (failure: `CannotListenError`, factory untouched), then
+    /// starts the factory (P-06). Port 0 picks a free port; see
+    /// [`ListeningPort::host`] (P-10).
+    pub fn listen_tcp_with(
+        &self,
+        address: SocketAddr,
+        factory: Rc<dyn Factory>,
+        options: ListenOptions,
+    ) -> Result<ListeningPort, CannotListenError> {
+        let fail = |source| CannotListenError { address, source };
+        let mut listener = bind_listener(address, options).map_err(fail)?;
+        let bound = listener.local_addr().map_err(fail)?;
+        let inner = Rc::new_cyclic(|this| PortInner {
+            reactor: self.downgrade(),
+            listener: RefCell::new(None),
+            key: Cell::new(None),
+            factory: factory.clone(),
+            address: bound,
+            accept_paused: Cell::new(false),
+            stopped: Cell::new(false),
+            this: this.clone(),
+        });
+        let key = self
+            .register_io(&mut listener, Interest::READABLE, inner.clone())
+            .map_err(fail)?;
+        inner.key.set(Some(key));
+        *inner.listener.borrow_mut() = Some(listener);
+        factory_do_start(self, &factory);
+        Ok(ListeningPort { inner })
+    }
+
+    /// Connects to `address` (P-11): starts the factory if this connector is its first
+    /// user, begins a non-blocking connect with `timeout` (`None`: no timeout, P-21),
+    /// calls `started_connecting`, and returns. Everything else is reported later
+    /// through the factory.
+    pub fn connect_tcp(
+        &self,
+        address: SocketAddr,
+        factory: Rc<dyn ClientFactory>,
+        timeout: Option<Duration>,
+    ) -> Connector {
+        let connector = Connector {
+            inner: Rc::new(ConnectorInner {
+                reactor: self.downgrade(),
+                destination: address,
+                factory,
+                timeout,
+                state: Cell::new(ConnectorState::Disconnected),
+                attempt: RefCell::new(None),
+                connection: RefCell::new(Weak::new()),
+                generation: Cell::new(0),
+            }),
+        };
+        factory_do_start(self, &connector.factory());
+        connector.begin();
+        connector
+    }
+}
+
+fn bind_listener(address: SocketAddr, options: ListenOptions) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if let (SocketAddr::V6(_), Some(v6_only)) = (address, options.v6_only) {
+        socket.set_only_v6(v6_only)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(options.backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
