@@ -1,2 +1,29 @@
 //! twistctl: a Twisted-style reactor on `mio`, and the network tools built on it.
+//!
+//! - [`reactor`]: the event loop, timers, Deferreds, protocols, TCP.
+//! - [`commands`]: the subcommands; [`cli`]: their command line.
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod logging;
 pub mod reactor;
+
+use clap::Parser;
+
+/// Parses the command line, starts logging, runs the subcommand; returns the exit status.
+pub fn main_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are not errors; clap knows which is which.
+            let _ = error.print();
+            return error.exit_code();
+        }
+    };
+    logging::init(cli.verbose, cli.quiet);
+    commands::run(cli).code()
+}

@@ -1,0 +1,285 @@
+//! The command line: clap definitions, the single source of `--help` (and of the
+//! completions and man pages generated from it).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Parses a duration written the humantime way: `1.5s`, `250ms`, `2m`, `1m 30s`.
+/// A bare number is taken as seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("empty duration (examples: 1.5s, 250ms, 2m)".to_string());
+    }
+    if let Ok(seconds) = trimmed.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("'{text}' is not a valid duration (examples: 1.5s, 250ms, 2m)"));
+    }
+    if let Some(seconds) = trimmed
+        .strip_suffix('s')
+        .filter(|n| !n.ends_with('m') && !n.ends_with('n') && !n.ends_with('u'))
+        .and_then(|n| n.parse::<f64>().ok())
+    {
+        // humantime takes no fractions ("1.5s"); these are common enough to accept.
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("'{text}' is not a valid duration (examples: 1.5s, 250ms, 2m)"));
+    }
+    humantime::parse_duration(trimmed)
+        .map_err(|e| format!("'{text}' is not a valid duration ({e}; examples: 1.5s, 250ms, 2m)"))
+}
+
+/// twistctl: network tools on a Twisted-style reactor.
+#[derive(Debug, Parser)]
+#[command(
+    name = "twistctl",
+    version,
+    about = "Network tools on a Twisted-style reactor: timers, port checks, line chat",
+    long_about = "twistctl is one binary with four tools, all running on one hand-rolled, \
+                  Twisted-style event loop: a callLater timer tour, a port-reachability checker \
+                  for people and shell scripts, and a line-chat server and client.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Print nothing but errors that stop the program; for conntest, print nothing at all.
+    #[arg(short = 'q', long = "quiet", global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// The tool to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s.
+    #[command(
+        long_about = "The classic callLater tour: prints the time at the given moments after \
+                      start (1s, 2s and 3s by default), then stops the reactor (at 5s by default). \
+                      With --every, prints on a LoopingCall instead: at once, then every interval, \
+                      --count times.",
+        after_long_help = concat!("EXAMPLES:
+    twistctl timer-demo
+    twistctl timer-demo --at 250ms 1.5s --stop-after 2s --precise
+    twistctl timer-demo --every 1s --count 5 --utc
+
+", "EXIT STATUS:
+    0    the reactor stopped normally
+    2    usage error (e.g. a bad duration)
+    130  interrupted by SIGINT (Ctrl-C)
+    143  terminated by SIGTERM")
+    )]
+    TimerDemo(TimerDemoArgs),
+
+    /// Is this port reachable? Exit status tells scripts what happened.
+    #[command(
+        long_about = "Checks whether TCP ports accept connections. A target is up when the TCP \
+                      handshake completes; the connection is then closed at once without sending \
+                      anything. Every address a name resolves to is tried, IPv6 and IPv4 \
+                      interleaved (Happy Eyeballs). All targets are checked concurrently.",
+        after_long_help = concat!("EXAMPLES:
+    twistctl conntest db 5432 && ./migrate
+    twistctl conntest --wait 30s db:5432 cache:6379 -- ./migrate
+    twistctl conntest --open --json 127.0.0.1 1-1024
+    twistctl conntest --any --wait 1m replica1:5432 replica2:5432
+
+", "EXIT STATUS:
+    0    every target is up (with --any: at least one)
+    1    refused, unreachable or reset
+    2    usage error (a bad target, port or option)
+    3    a name could not be resolved
+    124  timed out (an attempt's --timeout, or the --wait deadline)
+    130  interrupted by SIGINT (Ctrl-C)
+    143  terminated by SIGTERM
+    With several targets: the status of the first failed target in argument order.
+    With -- CMD: the status of CMD once it has run.")
+    )]
+    Conntest(ConntestArgs),
+
+    /// Line chat, server side: talk with every connected client from this console.
+    #[command(after_long_help = concat!("EXAMPLES:
+    twistctl talk-server --port 8000
+    twistctl talk-server --port 0 --echo --idle-timeout 5m
+
+", "EXIT STATUS:
+    0    /quit, Ctrl-D or end of input
+    1    runtime failure (e.g. the port could not be bound)
+    2    usage error
+    130  interrupted by SIGINT (Ctrl-C)
+    143  terminated by SIGTERM"))]
+    TalkServer(TalkServerArgs),
+
+    /// Line chat, client side: talk with the operator of a talk-server.
+    #[command(after_long_help = concat!("EXAMPLES:
+    twistctl talk-client localhost 8000
+    printf 'hello\\nbye\\n' | twistctl talk-client localhost 8000
+
+", "EXIT STATUS:
+    0    the conversation ended (bye, end of input, or the server closed)
+    1    the connection could not be made
+    2    usage error
+    130  interrupted by SIGINT (Ctrl-C)
+    143  terminated by SIGTERM"))]
+    TalkClient(TalkClientArgs),
+}
+
+/// Options of `twistctl timer-demo`.
+#[derive(Debug, Clone, Args)]
+pub struct TimerDemoArgs {
+    /// Moments after start at which to print the time.
+    #[arg(long, value_name = "DUR", num_args = 1.., value_parser = parse_duration,
+          default_values = ["1s", "2s", "3s"])]
+    pub at: Vec<Duration>,
+
+    /// When to stop the reactor.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5s")]
+    pub stop_after: Duration,
+
+    /// Print on a LoopingCall every DUR instead (the first print is at once).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "count")]
+    pub every: Option<Duration>,
+
+    /// With --every: how many times to print before stopping.
+    #[arg(long, value_name = "N", requires = "every",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Print UTC instead of local time.
+    #[arg(long)]
+    pub utc: bool,
+
+    /// Print milliseconds and how late each call fired.
+    #[arg(long)]
+    pub precise: bool,
+}
+
+/// Options of `twistctl conntest`.
+#[derive(Debug, Clone, Args)]
+pub struct ConntestArgs {
+    /// HOST PORTS, or one or more HOST:PORTS ([::1]:PORTS for IPv6). PORTS is a port, a
+    /// list (80,443), a range (8000-8100), a service name (ssh), or a mix.
+    #[arg(value_name = "TARGET", required = true)]
+    pub targets: Vec<String>,
+
+    /// Give up on one attempt after DUR.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+
+    /// Retry down targets until all are up or DUR has passed since start.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+
+    /// With --wait: time between retries of a down target.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "500ms")]
+    pub interval: Duration,
+
+    /// Succeed as soon as any one target is up.
+    #[arg(long)]
+    pub any: bool,
+
+    /// Print only targets that connected (scan mode); the exit status is unchanged.
+    #[arg(long)]
+    pub open: bool,
+
+    /// One JSON object per target per line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// At most N attempts in flight.
+    #[arg(long, value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+
+    /// IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// IPv6 only.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+
+    /// Run CMD once the targets are up, and exit with its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Options of `twistctl talk-server`.
+#[derive(Debug, Clone, Args)]
+pub struct TalkServerArgs {
+    /// The port to listen on (0: any free port).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// The address to listen on (default: every IPv4 and IPv6 address).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<std::net::IpAddr>,
+
+    /// At most N clients at once; the next one is told the server is full.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_clients: usize,
+
+    /// Longest line accepted from a client, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_line: usize,
+
+    /// Close clients that send nothing for DUR.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// No console: send every received line back to its sender.
+    #[arg(long)]
+    pub echo: bool,
+
+    /// The classic tutorial's wire format: no line delimiters.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// Options of `twistctl talk-client`.
+#[derive(Debug, Clone, Args)]
+pub struct TalkClientArgs {
+    /// The server's host name or address.
+    #[arg(default_value = "localhost")]
+    pub host: String,
+
+    /// The server's port.
+    #[arg(default_value_t = 8000)]
+    pub port: u16,
+
+    /// Give up connecting after DUR.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    pub timeout: Duration,
+
+    /// The classic tutorial's wire format: no line delimiters.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_accept_fractions_and_units_and_name_bad_values() {
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        let error = parse_duration("soon").unwrap_err();
+        assert!(error.contains("'soon'"), "{error}");
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
