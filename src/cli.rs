@@ -45,7 +45,7 @@ pub struct Cli {
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// Print nothing but errors that stop the program; for conntest, print nothing at all.
+    /// No log output; for conntest, no output at all (the exit status tells).
     #[arg(short = 'q', long = "quiet", global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
@@ -126,6 +126,21 @@ pub enum Command {
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM"))]
     TalkClient(TalkClientArgs),
+
+    /// Print a shell completion script to stdout.
+    #[command(after_long_help = "EXAMPLES:
+    source <(twistctl completions bash)
+    twistctl completions zsh > ~/.zfunc/_twistctl
+    twistctl completions fish > ~/.config/fish/completions/twistctl.fish")]
+    Completions(CompletionsArgs),
+}
+
+/// Options of `twistctl completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Options of `twistctl timer-demo`.

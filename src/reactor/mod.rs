@@ -124,6 +124,8 @@ struct Inner {
     /// Deferreds waiting for a worker's result, by job id.
     thread_results: RefCell<HashMap<u64, Box<dyn std::any::Any>>>,
     next_job: Cell<u64>,
+    /// Receivers of channels, by channel id (see [`Reactor::channel`]).
+    channels: RefCell<HashMap<u64, Box<dyn std::any::Any>>>,
     /// How many ports and connectors use each factory, by the factory's address (P-01).
     factory_users: RefCell<HashMap<usize, usize>>,
 }
@@ -152,6 +154,41 @@ impl std::fmt::Debug for Reactor {
             .field("state", &self.inner.state.get())
             .field("running", &self.inner.running.get())
             .finish()
+    }
+}
+
+type ChannelReceiver<T> = Rc<RefCell<dyn FnMut(&Reactor, T)>>;
+
+/// The sending end of a [`Reactor::channel`]: `Send` and cheap to clone.
+pub struct Sender<T: Send + 'static> {
+    id: u64,
+    handle: ReactorHandle,
+    _values: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Send + 'static> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        Sender {
+            id: self.id,
+            handle: self.handle.clone(),
+            _values: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Send + 'static> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender").field("channel", &self.id).finish()
+    }
+}
+
+impl<T: Send + 'static> Sender<T> {
+    /// Hands `value` to the channel's receiver on the reactor thread and wakes the
+    /// reactor. Values sent after the channel closed are dropped there.
+    pub fn send(&self, value: T) {
+        let id = self.id;
+        self.handle
+            .call_from_thread(move |reactor: &Reactor| reactor.deliver(id, value));
     }
 }
 
@@ -190,6 +227,7 @@ impl Reactor {
                 workers: RefCell::new(None),
                 thread_results: RefCell::new(HashMap::new()),
                 next_job: Cell::new(0),
+                channels: RefCell::new(HashMap::new()),
                 factory_users: RefCell::new(HashMap::new()),
             }),
         })
@@ -331,6 +369,53 @@ impl Reactor {
             let _ = deferred.errback(Failure::msg("the worker threads have stopped"));
         }
         deferred
+    }
+
+    /// A channel from any thread into the reactor: values sent on the returned
+    /// [`Sender`] reach `receiver` on the reactor thread, in order, through the
+    /// call-from-thread queue (calloop's channel). For a console thread handing over
+    /// typed lines, a resolver handing over answers. The receiver lives until
+    /// [`Reactor::close_channel`] or the reactor's end.
+    pub fn channel<T, F>(&self, receiver: F) -> Sender<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Reactor, T) + 'static,
+    {
+        let id = self.inner.next_job.get();
+        self.inner.next_job.set(id + 1);
+        let receiver: ChannelReceiver<T> = Rc::new(RefCell::new(receiver));
+        self.inner
+            .channels
+            .borrow_mut()
+            .insert(id, Box::new(receiver));
+        Sender {
+            id,
+            handle: self.handle(),
+            _values: std::marker::PhantomData,
+        }
+    }
+
+    /// Drops the receiver of `sender`'s channel; later values are discarded.
+    pub fn close_channel<T: Send + 'static>(&self, sender: &Sender<T>) {
+        let removed = self.inner.channels.borrow_mut().remove(&sender.id);
+        drop(removed);
+    }
+
+    fn deliver<T: 'static>(&self, id: u64, value: T) {
+        let receiver = self
+            .inner
+            .channels
+            .borrow()
+            .get(&id)
+            .and_then(|r| r.downcast_ref::<ChannelReceiver<T>>())
+            .cloned();
+        let Some(receiver) = receiver else {
+            return; // closed
+        };
+        // A receiver that sends to its own channel re-enters only through the queue.
+        if let Ok(mut receiver) = receiver.try_borrow_mut() {
+            (*receiver)(self, value);
+        };
     }
 
     fn ensure_workers(&self) -> std::io::Result<()> {
