@@ -35,8 +35,15 @@ fn generated_files() -> Vec<(PathBuf, Vec<u8>)> {
     for sub in command.get_subcommands() {
         let name = format!("twistctl-{}", sub.get_name());
         // The page's own name, so that `.TH` and NAME say twistctl-conntest.
-        let page = sub.clone().name(name.clone()).display_name(name.clone());
-        files.push((Path::new("man").join(format!("{name}.1")), render_man(&page)));
+        let page = sub
+            .clone()
+            .name(name.clone())
+            .display_name(name.clone())
+            .version(env!("CARGO_PKG_VERSION"));
+        files.push((
+            Path::new("man").join(format!("{name}.1")),
+            render_man(&page),
+        ));
     }
     files
 }
@@ -78,7 +85,14 @@ fn no_man_page_is_left_over_from_a_removed_subcommand() {
         .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     for entry in fs::read_dir(root().join("man")).expect("man/ exists") {
-        let name = entry.expect("dir entry").file_name().to_string_lossy().into_owned();
-        assert!(expected.contains(&name), "man/{name} is not generated any more; remove it");
+        let name = entry
+            .expect("dir entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            expected.contains(&name),
+            "man/{name} is not generated any more; remove it"
+        );
     }
 }

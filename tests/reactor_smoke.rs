@@ -38,7 +38,10 @@ fn r14_channel_values_from_threads_reach_the_receiver_in_order() {
     let watchdog = reactor.call_later(Duration::from_secs(10), move || r.stop());
     reactor.run().unwrap();
     threads.into_iter().for_each(|t| t.join().unwrap());
-    assert!(watchdog.active(), "stopped by the receiver, not the watchdog");
+    assert!(
+        watchdog.active(),
+        "stopped by the receiver, not the watchdog"
+    );
     let received = received.borrow();
     for t in 0..2 {
         let from_t: Vec<u32> = received.iter().filter(|v| v.0 == t).map(|v| v.1).collect();

@@ -1,0 +1,150 @@
+
+using namespace System.Management.Automation
+using namespace System.Management.Automation.Language
+
+Register-ArgumentCompleter -Native -CommandName 'twistctl' -ScriptBlock {
+    param($wordToComplete, $commandAst, $cursorPosition)
+
+    $commandElements = $commandAst.CommandElements
+    $command = @(
+        'twistctl'
+        for ($i = 1; $i -lt $commandElements.Count; $i++) {
+            $element = $commandElements[$i]
+            if ($element -isnot [StringConstantExpressionAst] -or
+                $element.StringConstantType -ne [StringConstantType]::BareWord -or
+                $element.Value.StartsWith('-') -or
+                $element.Value -eq $wordToComplete) {
+                break
+        }
+        $element.Value
+    }) -join ';'
+
+    $completions = @(switch ($command) {
+        'twistctl' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('timer-demo', 'timer-demo', [CompletionResultType]::ParameterValue, 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s')
+            [CompletionResult]::new('conntest', 'conntest', [CompletionResultType]::ParameterValue, 'Is this port reachable? Exit status tells scripts what happened')
+            [CompletionResult]::new('talk-server', 'talk-server', [CompletionResultType]::ParameterValue, 'Line chat, server side: talk with every connected client from this console')
+            [CompletionResult]::new('talk-client', 'talk-client', [CompletionResultType]::ParameterValue, 'Line chat, client side: talk with the operator of a talk-server')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'twistctl;timer-demo' {
+            [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'Moments after start at which to print the time')
+            [CompletionResult]::new('--stop-after', '--stop-after', [CompletionResultType]::ParameterName, 'When to stop the reactor')
+            [CompletionResult]::new('--every', '--every', [CompletionResultType]::ParameterName, 'Print on a LoopingCall every DUR instead (the first print is at once)')
+            [CompletionResult]::new('--count', '--count', [CompletionResultType]::ParameterName, 'With --every: how many times to print before stopping')
+            [CompletionResult]::new('--utc', '--utc', [CompletionResultType]::ParameterName, 'Print UTC instead of local time')
+            [CompletionResult]::new('--precise', '--precise', [CompletionResultType]::ParameterName, 'Print milliseconds and how late each call fired')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'twistctl;conntest' {
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Give up on one attempt after DUR')
+            [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'Retry down targets until all are up or DUR has passed since start')
+            [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'With --wait: time between retries of a down target')
+            [CompletionResult]::new('--concurrency', '--concurrency', [CompletionResultType]::ParameterName, 'At most N attempts in flight')
+            [CompletionResult]::new('--any', '--any', [CompletionResultType]::ParameterName, 'Succeed as soon as any one target is up')
+            [CompletionResult]::new('--open', '--open', [CompletionResultType]::ParameterName, 'Print only targets that connected (scan mode); the exit status is unchanged')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'One JSON object per target per line')
+            [CompletionResult]::new('-4', '-4', [CompletionResultType]::ParameterName, 'IPv4 only')
+            [CompletionResult]::new('-6', '-6', [CompletionResultType]::ParameterName, 'IPv6 only')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'twistctl;talk-server' {
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'The port to listen on (0: any free port)')
+            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'The address to listen on (default: every IPv4 and IPv6 address)')
+            [CompletionResult]::new('--max-clients', '--max-clients', [CompletionResultType]::ParameterName, 'At most N clients at once; the next one is told the server is full')
+            [CompletionResult]::new('--max-line', '--max-line', [CompletionResultType]::ParameterName, 'Longest line accepted from a client, in bytes')
+            [CompletionResult]::new('--idle-timeout', '--idle-timeout', [CompletionResultType]::ParameterName, 'Close clients that send nothing for DUR')
+            [CompletionResult]::new('--echo', '--echo', [CompletionResultType]::ParameterName, 'No console: send every received line back to its sender')
+            [CompletionResult]::new('--raw', '--raw', [CompletionResultType]::ParameterName, 'The classic tutorial''s wire format: no line delimiters')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'twistctl;talk-client' {
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Give up connecting after DUR')
+            [CompletionResult]::new('--raw', '--raw', [CompletionResultType]::ParameterName, 'The classic tutorial''s wire format: no line delimiters')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'twistctl;completions' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'No log output; for conntest, no output at all (the exit status tells)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'twistctl;help' {
+            [CompletionResult]::new('timer-demo', 'timer-demo', [CompletionResultType]::ParameterValue, 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s')
+            [CompletionResult]::new('conntest', 'conntest', [CompletionResultType]::ParameterValue, 'Is this port reachable? Exit status tells scripts what happened')
+            [CompletionResult]::new('talk-server', 'talk-server', [CompletionResultType]::ParameterValue, 'Line chat, server side: talk with every connected client from this console')
+            [CompletionResult]::new('talk-client', 'talk-client', [CompletionResultType]::ParameterValue, 'Line chat, client side: talk with the operator of a talk-server')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'twistctl;help;timer-demo' {
+            break
+        }
+        'twistctl;help;conntest' {
+            break
+        }
+        'twistctl;help;talk-server' {
+            break
+        }
+        'twistctl;help;talk-client' {
+            break
+        }
+        'twistctl;help;completions' {
+            break
+        }
+        'twistctl;help;help' {
+            break
+        }
+    })
+
+    $completions.Where{ $_.CompletionText -like "$wordToComplete*" } |
+        Sort-Object -Property ListItemText
+}

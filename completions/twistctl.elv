@@ -1,0 +1,132 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[twistctl] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'twistctl'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'twistctl'= {
+            cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand --verbose 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand -q 'No log output; for conntest, no output at all (the exit status tells)'
+            cand --quiet 'No log output; for conntest, no output at all (the exit status tells)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand timer-demo 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s'
+            cand conntest 'Is this port reachable? Exit status tells scripts what happened'
+            cand talk-server 'Line chat, server side: talk with every connected client from this console'
+            cand talk-client 'Line chat, client side: talk with the operator of a talk-server'
+            cand completions 'Print a shell completion script to stdout'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'twistctl;timer-demo'= {
+            cand --at 'Moments after start at which to print the time'
+            cand --stop-after 'When to stop the reactor'
+            cand --every 'Print on a LoopingCall every DUR instead (the first print is at once)'
+            cand --count 'With --every: how many times to print before stopping'
+            cand --utc 'Print UTC instead of local time'
+            cand --precise 'Print milliseconds and how late each call fired'
+            cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand --verbose 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand -q 'No log output; for conntest, no output at all (the exit status tells)'
+            cand --quiet 'No log output; for conntest, no output at all (the exit status tells)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'twistctl;conntest'= {
+            cand --timeout 'Give up on one attempt after DUR'
+            cand --wait 'Retry down targets until all are up or DUR has passed since start'
+            cand --interval 'With --wait: time between retries of a down target'
+            cand --concurrency 'At most N attempts in flight'
+            cand --any 'Succeed as soon as any one target is up'
+            cand --open 'Print only targets that connected (scan mode); the exit status is unchanged'
+            cand --json 'One JSON object per target per line'
+            cand -4 'IPv4 only'
+            cand -6 'IPv6 only'
+            cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand --verbose 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand -q 'No log output; for conntest, no output at all (the exit status tells)'
+            cand --quiet 'No log output; for conntest, no output at all (the exit status tells)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'twistctl;talk-server'= {
+            cand --port 'The port to listen on (0: any free port)'
+            cand --bind 'The address to listen on (default: every IPv4 and IPv6 address)'
+            cand --max-clients 'At most N clients at once; the next one is told the server is full'
+            cand --max-line 'Longest line accepted from a client, in bytes'
+            cand --idle-timeout 'Close clients that send nothing for DUR'
+            cand --echo 'No console: send every received line back to its sender'
+            cand --raw 'The classic tutorial''s wire format: no line delimiters'
+            cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand --verbose 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand -q 'No log output; for conntest, no output at all (the exit status tells)'
+            cand --quiet 'No log output; for conntest, no output at all (the exit status tells)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'twistctl;talk-client'= {
+            cand --timeout 'Give up connecting after DUR'
+            cand --raw 'The classic tutorial''s wire format: no line delimiters'
+            cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand --verbose 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand -q 'No log output; for conntest, no output at all (the exit status tells)'
+            cand --quiet 'No log output; for conntest, no output at all (the exit status tells)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'twistctl;completions'= {
+            cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand --verbose 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+            cand -q 'No log output; for conntest, no output at all (the exit status tells)'
+            cand --quiet 'No log output; for conntest, no output at all (the exit status tells)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'twistctl;help'= {
+            cand timer-demo 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s'
+            cand conntest 'Is this port reachable? Exit status tells scripts what happened'
+            cand talk-server 'Line chat, server side: talk with every connected client from this console'
+            cand talk-client 'Line chat, client side: talk with the operator of a talk-server'
+            cand completions 'Print a shell completion script to stdout'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'twistctl;help;timer-demo'= {
+        }
+        &'twistctl;help;conntest'= {
+        }
+        &'twistctl;help;talk-server'= {
+        }
+        &'twistctl;help;talk-client'= {
+        }
+        &'twistctl;help;completions'= {
+        }
+        &'twistctl;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

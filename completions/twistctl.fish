@@ -1,0 +1,86 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_twistctl_global_optspecs
+    string join \n v/verbose q/quiet h/help V/version
+end
+
+function __fish_twistctl_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_twistctl_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_twistctl_using_subcommand
+    set -l cmd (__fish_twistctl_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c twistctl -n "__fish_twistctl_needs_command" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+complete -c twistctl -n "__fish_twistctl_needs_command" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c twistctl -n "__fish_twistctl_needs_command" -s V -l version -d 'Print version'
+complete -c twistctl -n "__fish_twistctl_needs_command" -f -a "timer-demo" -d 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s'
+complete -c twistctl -n "__fish_twistctl_needs_command" -f -a "conntest" -d 'Is this port reachable? Exit status tells scripts what happened'
+complete -c twistctl -n "__fish_twistctl_needs_command" -f -a "talk-server" -d 'Line chat, server side: talk with every connected client from this console'
+complete -c twistctl -n "__fish_twistctl_needs_command" -f -a "talk-client" -d 'Line chat, client side: talk with the operator of a talk-server'
+complete -c twistctl -n "__fish_twistctl_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c twistctl -n "__fish_twistctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l at -d 'Moments after start at which to print the time' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l stop-after -d 'When to stop the reactor' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l every -d 'Print on a LoopingCall every DUR instead (the first print is at once)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l count -d 'With --every: how many times to print before stopping' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l utc -d 'Print UTC instead of local time'
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l precise -d 'Print milliseconds and how late each call fired'
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s V -l version -d 'Print version'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l timeout -d 'Give up on one attempt after DUR' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l wait -d 'Retry down targets until all are up or DUR has passed since start' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l interval -d 'With --wait: time between retries of a down target' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l concurrency -d 'At most N attempts in flight' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l any -d 'Succeed as soon as any one target is up'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l open -d 'Print only targets that connected (scan mode); the exit status is unchanged'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l json -d 'One JSON object per target per line'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 4 -d 'IPv4 only'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 6 -d 'IPv6 only'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s V -l version -d 'Print version'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l port -d 'The port to listen on (0: any free port)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l bind -d 'The address to listen on (default: every IPv4 and IPv6 address)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-clients -d 'At most N clients at once; the next one is told the server is full' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-line -d 'Longest line accepted from a client, in bytes' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l idle-timeout -d 'Close clients that send nothing for DUR' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console: send every received line back to its sender'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s V -l version -d 'Print version'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l timeout -d 'Give up connecting after DUR' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s V -l version -d 'Print version'
+complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c twistctl -n "__fish_twistctl_using_subcommand help; and not __fish_seen_subcommand_from timer-demo conntest talk-server talk-client completions help" -f -a "timer-demo" -d 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s'
+complete -c twistctl -n "__fish_twistctl_using_subcommand help; and not __fish_seen_subcommand_from timer-demo conntest talk-server talk-client completions help" -f -a "conntest" -d 'Is this port reachable? Exit status tells scripts what happened'
+complete -c twistctl -n "__fish_twistctl_using_subcommand help; and not __fish_seen_subcommand_from timer-demo conntest talk-server talk-client completions help" -f -a "talk-server" -d 'Line chat, server side: talk with every connected client from this console'
+complete -c twistctl -n "__fish_twistctl_using_subcommand help; and not __fish_seen_subcommand_from timer-demo conntest talk-server talk-client completions help" -f -a "talk-client" -d 'Line chat, client side: talk with the operator of a talk-server'
+complete -c twistctl -n "__fish_twistctl_using_subcommand help; and not __fish_seen_subcommand_from timer-demo conntest talk-server talk-client completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c twistctl -n "__fish_twistctl_using_subcommand help; and not __fish_seen_subcommand_from timer-demo conntest talk-server talk-client completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
