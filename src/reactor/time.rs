@@ -98,17 +98,24 @@ impl<E: Into<Failure>> CallResult for Result<(), E> {
     }
 }
 
+/// Logs the error of a callable the reactor ran on someone's behalf; nobody else will see it.
+pub(crate) fn log_result<R: CallResult>(what: &'static str, result: R) {
+    if let Err(failure) = result.into_call_result() {
+        log::error!("Unhandled error in {what}: {failure}");
+    }
+}
+
 /// Wraps a user callable so that its error, if any, is logged under `what`.
+#[allow(
+    dead_code,
+    reason = "for the reactor's boxed schedulers, which live elsewhere"
+)]
 pub(crate) fn logged<F, R>(what: &'static str, f: F) -> Box<dyn FnOnce()>
 where
     F: FnOnce() -> R + 'static,
     R: CallResult,
 {
-    Box::new(move || {
-        if let Err(failure) = f().into_call_result() {
-            log::error!("Unhandled error in {what}: {failure}");
-        }
-    })
+    Box::new(move || log_result(what, f()))
 }
 
 /// Anything that can schedule calls: the [`Reactor`](super::Reactor) and [`FakeClock`].
@@ -140,13 +147,38 @@ enum CallState {
     Cancelled,
 }
 
-struct CallInner {
+/// A call's callable, behind a trait so that the call's bookkeeping and its closure share
+/// one allocation: the closure's type is erased by unsizing the `Rc<CallInner<Slot<F>>>`.
+trait Callable {
+    /// Takes the callable out and runs it; does nothing if it is gone.
+    fn fire(&self);
+    /// Takes the callable out and drops it, releasing its captures.
+    fn release(&self);
+}
+
+/// A callable that runs at most once. A `Cell`, not a `RefCell`: taking the closure out
+/// leaves no borrow held while it runs or while its captures drop.
+struct Slot<F>(Cell<Option<F>>);
+
+impl<F: FnOnce()> Callable for Slot<F> {
+    fn fire(&self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+
+    fn release(&self) {
+        drop(self.0.take());
+    }
+}
+
+struct CallInner<S: ?Sized = dyn Callable> {
     time: Cell<u64>,
     /// Sequence number of the call's current heap key; a key with another is stale.
     seq: Cell<u64>,
     state: Cell<CallState>,
-    func: RefCell<Option<Box<dyn FnOnce()>>>,
     queue: Weak<QueueInner>,
+    func: S,
 }
 
 /// A handle on a scheduled call, returned by `call_later` (Twisted's `IDelayedCall`).
@@ -196,10 +228,10 @@ impl DelayedCall {
     pub fn cancel(&self) -> Result<(), DelayedCallError> {
         let queue = self.check_pending()?;
         self.inner.state.set(CallState::Cancelled);
-        let func = self.inner.func.borrow_mut().take();
         queue.mark_stale();
-        // Dropped outside every borrow: the callable's captures may own other handles.
-        drop(func);
+        // Released last, outside every borrow: the captures may own handles on other
+        // calls, and their drop code may cancel those.
+        self.inner.func.release();
         Ok(())
     }
 
@@ -229,6 +261,8 @@ impl DelayedCall {
     }
 }
 
+/// Whole nanoseconds, saturating: a delay of `Duration::MAX` (or a timer 2^128 s away,
+/// T-16) lands at the end of time instead of overflowing.
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -271,6 +305,10 @@ struct QueueInner {
     next_seq: Cell<u64>,
     /// Heap and incoming keys that no longer belong to a pending call.
     stale: Cell<usize>,
+    /// Stale keys popped (not purged) since the queue was made: what cancelled calls
+    /// cost at firing time (T-14).
+    #[cfg(test)]
+    stale_popped: Cell<usize>,
 }
 
 impl QueueInner {
@@ -288,33 +326,64 @@ impl QueueInner {
     fn reschedule(&self, call: &Rc<CallInner>, time: u64) {
         call.time.set(time);
         // The old key stays behind, stale; the new one carries a fresh sequence number.
-        self.mark_stale();
+        // Push first: until then the old key still looks current and a purge would keep it.
         self.push(call.clone());
+        self.mark_stale();
     }
 
     fn mark_stale(&self) {
         self.stale.set(self.stale.get() + 1);
-        let heap_len = self.heap.borrow().len() + self.incoming.borrow().len();
-        if self.stale.get() > 50 && self.stale.get() * 2 > heap_len {
+        let stored = self.heap.borrow().len() + self.incoming.borrow().len();
+        if self.stale.get() > 50 && self.stale.get() * 2 > stored {
             self.purge();
         }
     }
 
+    /// Drops every stale key. Runs only once stale keys are the majority, so its cost is
+    /// paid for by the cancellations that made them (amortised O(1) per cancel, T-14).
     fn purge(&self) {
-        let mut heap = self.heap.borrow_mut();
-        let keys = std::mem::take(&mut *heap).into_vec();
-        *heap = keys.into_iter().filter(|k| k.0.is_current()).collect();
+        self.heap.borrow_mut().retain(|k| k.0.is_current());
         self.incoming.borrow_mut().retain(Key::is_current);
         self.stale.set(0);
+    }
+
+    /// Accounts for a stale key popped off the heap.
+    fn popped_stale(&self) {
+        self.stale.set(self.stale.get().saturating_sub(1));
+        #[cfg(test)]
+        self.stale_popped.set(self.stale_popped.get() + 1);
+    }
+}
+
+impl Drop for QueueInner {
+    fn drop(&mut self) {
+        // Nothing can run the pending calls any more. Release their callables, so that a
+        // callable holding a handle on its own call (an Rc cycle) is freed, and mark them
+        // cancelled, which is what their handles' operations report from now on.
+        let heap = std::mem::take(self.heap.get_mut()).into_vec();
+        let incoming = std::mem::take(self.incoming.get_mut());
+        for key in heap.into_iter().map(|k| k.0).chain(incoming) {
+            if key.is_current() {
+                key.call.state.set(CallState::Cancelled);
+                key.call.func.release();
+            }
+        }
     }
 }
 
 /// The timer queue shared by the reactor and [`FakeClock`]. Cheap to clone (a handle).
+///
+/// One reactor iteration's timer step is [`admit`](TimerQueue::admit) then
+/// [`run_due`](TimerQueue::run_due) (R-12 steps 2 and 3).
 #[derive(Clone)]
 pub(crate) struct TimerQueue {
     inner: Rc<QueueInner>,
 }
 
+#[allow(
+    dead_code,
+    reason = "now, run_due and next_time serve the reactor loop, which lives elsewhere"
+)]
 impl TimerQueue {
     pub(crate) fn new(clock: Rc<dyn Clock>) -> TimerQueue {
         TimerQueue {
@@ -324,6 +393,8 @@ impl TimerQueue {
                 incoming: RefCell::new(Vec::new()),
                 next_seq: Cell::new(0),
                 stale: Cell::new(0),
+                #[cfg(test)]
+                stale_popped: Cell::new(0),
             }),
         }
     }
@@ -332,14 +403,23 @@ impl TimerQueue {
         self.inner.clock.now()
     }
 
+    /// Schedules a boxed callable (the [`Scheduler`] form).
     pub(crate) fn schedule(&self, delay: Duration, func: Box<dyn FnOnce()>) -> DelayedCall {
+        self.schedule_fn(delay, func)
+    }
+
+    /// Schedules `f` at `now + delay`. The call and its closure take one allocation.
+    pub(crate) fn schedule_fn<F>(&self, delay: Duration, f: F) -> DelayedCall
+    where
+        F: FnOnce() + 'static,
+    {
         let time = nanos(self.inner.clock.now()).saturating_add(nanos(delay));
-        let call = Rc::new(CallInner {
+        let call: Rc<CallInner> = Rc::new(CallInner {
             time: Cell::new(time),
             seq: Cell::new(0),
             state: Cell::new(CallState::Pending),
-            func: RefCell::new(Some(func)),
             queue: Rc::downgrade(&self.inner),
+            func: Slot(Cell::new(Some(f))),
         });
         self.inner.push(call.clone());
         DelayedCall { inner: call }
@@ -355,9 +435,9 @@ impl TimerQueue {
         heap.extend(incoming.into_iter().map(Reverse));
     }
 
-    /// Pops the earliest admitted call due at `now`, marking it called. Stale keys met on
-    /// the way are discarded.
-    fn pop_due(&self, now: u64) -> Option<Box<dyn FnOnce()>> {
+    /// Pops the earliest admitted call due at `now`, marking it called (K-14). Stale keys
+    /// met on the way are discarded.
+    fn pop_due(&self, now: u64) -> Option<Rc<CallInner>> {
         loop {
             let key = {
                 let mut heap = self.inner.heap.borrow_mut();
@@ -367,26 +447,20 @@ impl TimerQueue {
                 }
                 heap.pop()?.0
             };
-            if !key.is_current() {
-                self.inner
-                    .stale
-                    .set(self.inner.stale.get().saturating_sub(1));
-                continue;
+            if key.is_current() {
+                key.call.state.set(CallState::Called);
+                return Some(key.call);
             }
-            key.call.state.set(CallState::Called);
-            let func = key.call.func.borrow_mut().take();
-            if let Some(func) = func {
-                return Some(func);
-            }
+            self.inner.popped_stale();
         }
     }
 
     /// Runs every admitted call due at one sample of the clock (T-05). Calls scheduled
-    /// meanwhile wait for the next admission (T-04).
+    /// or rescheduled meanwhile wait for the next admission (T-04).
     pub(crate) fn run_due(&self) {
         let now = nanos(self.inner.clock.now());
-        while let Some(func) = self.pop_due(now) {
-            func();
+        while let Some(call) = self.pop_due(now) {
+            call.func.fire();
         }
     }
 
@@ -397,13 +471,14 @@ impl TimerQueue {
             self.admit();
             let now = nanos(self.inner.clock.now());
             match self.pop_due(now) {
-                Some(func) => func(),
+                Some(call) => call.func.fire(),
                 None => return,
             }
         }
     }
 
-    /// The time of the earliest pending call, admitted or not.
+    /// The time of the earliest pending call, admitted or not: what the reactor's poll
+    /// timeout is computed from (T-16).
     pub(crate) fn next_time(&self) -> Option<Duration> {
         let admitted = {
             let mut heap = self.inner.heap.borrow_mut();
@@ -413,9 +488,7 @@ impl TimerQueue {
                     Some(top) if top.0.is_current() => break Some(top.0.time),
                     Some(_) => {
                         heap.pop();
-                        self.inner
-                            .stale
-                            .set(self.inner.stale.get().saturating_sub(1));
+                        self.inner.popped_stale();
                     }
                 }
             }
@@ -452,10 +525,22 @@ impl TimerQueue {
             .collect()
     }
 
-    /// Number of stale keys awaiting purge (for tests of T-14).
+    /// Keys stored, current and stale, admitted or not (for tests of T-14).
     #[cfg(test)]
     pub(crate) fn stored_keys(&self) -> usize {
         self.inner.heap.borrow().len() + self.inner.incoming.borrow().len()
+    }
+
+    /// The queue's count of stale keys (for tests of T-14).
+    #[cfg(test)]
+    pub(crate) fn stale_keys(&self) -> usize {
+        self.inner.stale.get()
+    }
+
+    /// Stale keys popped since the queue was made (for tests of T-14).
+    #[cfg(test)]
+    pub(crate) fn stale_popped(&self) -> usize {
+        self.inner.stale_popped.get()
     }
 }
 
@@ -493,7 +578,8 @@ impl FakeClock {
         F: FnOnce() -> R + 'static,
         R: CallResult,
     {
-        self.queue.schedule(delay, logged("a timer callback", f))
+        self.queue
+            .schedule_fn(delay, move || log_result("a timer callback", f()))
     }
 
     /// Moves time forward by `by`, then runs every call due, earliest first, including
