@@ -1276,6 +1276,23 @@ mod tests {
     }
 
     #[test]
+    fn d07_waiting_on_a_deferred_whose_chain_is_running_resumes_when_it_ends() {
+        let inner = Deferred::new();
+        let outer = Deferred::new();
+        let o = outer.clone();
+        inner.add_callback(move |v: i32| {
+            // The outer one fires and waits on `inner` while this step is running.
+            o.callback(0).unwrap();
+            Step::Value(v + 1)
+        });
+        let i = inner.clone();
+        outer.add_callback(move |_| Step::Wait(i));
+        let seen = watch(&outer);
+        inner.callback(1).unwrap();
+        assert_eq!(*seen.borrow(), vec![Ok(2)]);
+    }
+
+    #[test]
     fn d08_the_inner_result_moves_to_the_outer_chain() {
         capture_log::start();
         let outer = Deferred::succeed(1);

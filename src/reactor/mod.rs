@@ -1,6 +1,7 @@
 //! The reactor: a Twisted-style event loop on `mio`.
 pub mod defer;
 pub mod failure;
+pub mod looping;
 pub mod protocol;
 pub mod time;
 
@@ -10,6 +11,7 @@ pub use defer::{
     first_success, gather_results, maybe_deferred,
 };
 pub use failure::{Failure, MessageError};
+pub use looping::{LoopStep, LoopingCall, LoopingCallError, WeakLoopingCall, defer_later};
 pub use protocol::{
     CloseReason, ConnectError, Factory, Producer, Protocol, ProtocolResult, Transport, TransportRef,
 };
