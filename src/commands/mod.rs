@@ -3,7 +3,6 @@
 
 pub mod completions;
 
-
 use crate::cli::{Cli, Command};
 use crate::exit::ExitStatus;
 
@@ -12,9 +11,7 @@ pub fn run(cli: Cli) -> ExitStatus {
     match cli.command {
         Command::TimerDemo(_) => ExitStatus::Failure,
         Command::Completions(args) => completions::run(&args),
-        Command::Conntest(_)
-        | Command::TalkServer(_)
-        | Command::TalkClient(_) => {
+        Command::Conntest(_) | Command::TalkServer(_) | Command::TalkClient(_) => {
             eprintln!("twistctl: this subcommand is not available in this build yet");
             ExitStatus::Failure
         }

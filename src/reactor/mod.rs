@@ -29,6 +29,7 @@
 pub mod defer;
 pub mod failure;
 pub mod io;
+pub mod looping;
 pub mod protocol;
 pub mod signal;
 pub mod tcp;
@@ -42,9 +43,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use defer::{AlreadyCalledError, Deferred, Step};
+pub use defer::{
+    AllFailedError, AlreadyCalledError, CancelledError, ChainingError, Deferred,
+    DeferredListOptions, FirstError, Outcome, Step, TimeoutError, WeakDeferred, deferred_list,
+    first_success, gather_results, maybe_deferred,
+};
 pub use failure::{Failure, MessageError};
 pub use io::{IoHandler, IoKey, Readiness};
+pub use looping::{LoopStep, LoopingCall, LoopingCallError, WeakLoopingCall, defer_later};
 pub use protocol::{
     CloseReason, ConnectError, Factory, Producer, Protocol, ProtocolResult, Transport, TransportRef,
 };
@@ -59,7 +65,7 @@ pub use triggers::{Phase, SystemEvent, TriggerHandle, TriggerOutput, UnknownTrig
 use io::{IoRegistry, SIGNAL_TOKEN, WAKER_TOKEN};
 use signal::SignalSource;
 use thread::{ThreadQueue, WorkerPool};
-use time::{TimerQueue, logged};
+use time::{TimerQueue, log_result};
 use triggers::Triggers;
 
 /// Errors from reactor operations used at the wrong moment, or from the poll itself.
@@ -254,7 +260,7 @@ impl Reactor {
     {
         self.inner
             .timers
-            .schedule(delay, logged("a timer callback", f))
+            .schedule_fn(delay, move || log_result("a timer callback", f()))
     }
 
     /// Calls neither run nor cancelled, in the order they will run (T-12).

@@ -105,19 +105,6 @@ pub(crate) fn log_result<R: CallResult>(what: &'static str, result: R) {
     }
 }
 
-/// Wraps a user callable so that its error, if any, is logged under `what`.
-#[allow(
-    dead_code,
-    reason = "for the reactor's boxed schedulers, which live elsewhere"
-)]
-pub(crate) fn logged<F, R>(what: &'static str, f: F) -> Box<dyn FnOnce()>
-where
-    F: FnOnce() -> R + 'static,
-    R: CallResult,
-{
-    Box::new(move || log_result(what, f()))
-}
-
 /// Anything that can schedule calls: the [`Reactor`](super::Reactor) and [`FakeClock`].
 ///
 /// Deferred timeouts, `LoopingCall` and `defer_later` are written against this trait, so
@@ -380,10 +367,6 @@ pub(crate) struct TimerQueue {
     inner: Rc<QueueInner>,
 }
 
-#[allow(
-    dead_code,
-    reason = "now, run_due and next_time serve the reactor loop, which lives elsewhere"
-)]
 impl TimerQueue {
     pub(crate) fn new(clock: Rc<dyn Clock>) -> TimerQueue {
         TimerQueue {
