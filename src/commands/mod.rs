@@ -2,6 +2,7 @@
 //! output.
 
 pub mod completions;
+pub mod timer_demo;
 
 use crate::cli::{Cli, Command};
 use crate::exit::ExitStatus;
@@ -9,7 +10,7 @@ use crate::exit::ExitStatus;
 /// Runs the chosen subcommand and returns its exit status.
 pub fn run(cli: Cli) -> ExitStatus {
     match cli.command {
-        Command::TimerDemo(_) => ExitStatus::Failure,
+        Command::TimerDemo(args) => timer_demo::run(&args),
         Command::Completions(args) => completions::run(&args),
         Command::Conntest(_) | Command::TalkServer(_) | Command::TalkClient(_) => {
             eprintln!("twistctl: this subcommand is not available in this build yet");
