@@ -207,6 +207,15 @@ impl TcpTransport {
         });
     }
 
+    /// Hands an emptied write buffer's memory to the reactor's spares.
+    fn release_buffer(&self, buffer: Vec<u8>) {
+        if buffer.capacity() > 0
+            && let Some(reactor) = self.reactor.upgrade()
+        {
+            reactor.give_buffer(buffer);
+        }
+    }
+
     /// Runs `f` on the connection from the loop, later.
     fn schedule(&self, f: impl FnOnce(&Rc<Connection>) + 'static) {
         let (Some(reactor), Some(connection)) = (self.reactor.upgrade(), self.connection.upgrade())
@@ -263,6 +272,11 @@ impl Transport for TcpTransport {
                 state.out.clear();
                 state.sent = 0;
             }
+            if state.out.capacity() == 0
+                && let Some(reactor) = self.reactor.upgrade()
+            {
+                state.out = reactor.take_buffer();
+            }
             state.out.extend_from_slice(data);
             producer_to_pause = if state.pending() > HIGH_WATER_MARK && !state.producer_paused {
                 state.producer_paused = state.producer.is_some();
@@ -304,7 +318,7 @@ impl Transport for TcpTransport {
             }
             state.aborted = true;
             state.disconnecting = true;
-            state.out = Vec::new();
+            self.release_buffer(std::mem::take(&mut state.out));
             state.sent = 0;
         }
         if let Some(stream) = self.stream.borrow().as_ref() {
@@ -590,8 +604,10 @@ impl Connection {
                 if let Ok(n) = written {
                     state.sent += n;
                     if state.sent == state.out.len() {
-                        // Drained: give the memory back rather than keep the peak.
-                        state.out = Vec::new();
+                        // Drained: an idle connection holds no buffer; the reactor keeps
+                        // the memory for the next burst of any connection.
+                        self.transport
+                            .release_buffer(std::mem::take(&mut state.out));
                         state.sent = 0;
                     } else if state.sent > state.out.len() / 2 {
                         let sent = state.sent;
@@ -693,7 +709,8 @@ impl Connection {
             }
             state.closed = true;
             state.disconnecting = true;
-            state.out = Vec::new();
+            self.transport
+                .release_buffer(std::mem::take(&mut state.out));
             state.sent = 0;
             (state.producer.take(), state.aborted)
         };
