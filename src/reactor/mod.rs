@@ -1,6 +1,7 @@
 //! The reactor: a Twisted-style event loop on `mio`.
 pub mod failure;
 pub mod protocol;
+pub mod testing;
 pub mod time;
 
 pub use failure::{Failure, MessageError};
