@@ -33,6 +33,7 @@ pub mod looping;
 pub mod protocol;
 pub mod signal;
 pub mod tcp;
+pub mod testing;
 pub mod thread;
 pub mod time;
 pub mod triggers;
