@@ -29,3 +29,8 @@ where
     logging::init(cli.verbose, cli.quiet);
     commands::run(cli).code()
 }
+
+/// The README's Rust examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
