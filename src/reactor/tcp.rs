@@ -41,6 +41,10 @@ pub const WRITE_BUFFER_LIMIT: usize = 64 * 1024 * 1024;
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Bytes sent per flush before yielding to other connections (X-04, Twisted's
+/// SEND_LIMIT); the rest is sent in the next iteration.
+const SEND_LIMIT: usize = 128 * 1024;
+
 /// Reads per readiness event before yielding to other connections; the rest is read
 /// in the next iteration.
 const READS_PER_EVENT: usize = 16;
@@ -313,16 +317,8 @@ impl Transport for TcpTransport {
                 log::debug!("could not set SO_LINGER on {}: {error}", self.peer);
             }
         }
-        self.schedule(|connection| {
-            let reason = connection
-                .transport
-                .state
-                .borrow_mut()
-                .reason
-                .take()
-                .unwrap_or(CloseReason::Aborted);
-            connection.close(reason);
-        });
+        // The reason is Aborted, or the write cap's error recorded before (see close).
+        self.schedule(|connection| connection.close(CloseReason::Aborted));
     }
 
     fn lose_write_connection(&self) {
@@ -570,8 +566,10 @@ impl Connection {
         }
     }
 
-    /// Sends what is buffered; then finishes a requested half-close or close.
+    /// Sends what is buffered, at most [`SEND_LIMIT`] bytes per call; then
+    /// finishes a requested half-close or close.
     fn flush(self: &Rc<Self>) {
+        let mut budget = SEND_LIMIT;
         loop {
             let result = {
                 let mut state = self.transport.state.borrow_mut();
@@ -579,42 +577,57 @@ impl Connection {
                     return;
                 }
                 if state.pending() == 0 {
-                    break;
-                }
-                let mut stream = self.transport.stream.borrow_mut();
-                let Some(stream) = stream.as_mut() else {
-                    return;
-                };
-                let from = state.sent;
-                let written = stream.write(&state.out[from..]);
-                if let Ok(n) = written {
-                    state.sent += n;
-                    if state.sent == state.out.len() {
-                        // Drained: give the memory back rather than keep the peak.
-                        state.out = Vec::new();
-                        state.sent = 0;
-                    } else if state.sent > state.out.len() / 2 {
-                        let sent = state.sent;
-                        state.out.drain(..sent);
-                        state.sent = 0;
+                    None
+                } else if budget == 0 {
+                    // More to send, and the socket may well take it: go on next
+                    // iteration, after the other connections had their turn.
+                    drop(state);
+                    self.transport.schedule_flush();
+                    return self.maybe_resume_producer();
+                } else {
+                    let mut stream = self.transport.stream.borrow_mut();
+                    let Some(stream) = stream.as_mut() else {
+                        return;
+                    };
+                    let from = state.sent;
+                    let to = state.out.len().min(from + budget);
+                    let written = stream.write(&state.out[from..to]);
+                    if let Ok(n) = written {
+                        budget = budget.saturating_sub(n);
+                        state.sent += n;
+                        if state.sent == state.out.len() {
+                            // Drained: give the memory back rather than keep the peak.
+                            state.out = Vec::new();
+                            state.sent = 0;
+                        } else if state.sent > state.out.len() / 2 {
+                            let sent = state.sent;
+                            state.out.drain(..sent);
+                            state.sent = 0;
+                        }
                     }
+                    Some(written)
                 }
-                written
             };
             match result {
-                Ok(0) => return self.close(CloseReason::Lost(None)),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Some(Ok(0)) => return self.close(CloseReason::Lost(None)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.want_writable(true);
                     return self.maybe_resume_producer();
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.close(reason_from_io(e)),
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Some(Err(e)) => return self.close(reason_from_io(e)),
+                None => {
+                    self.want_writable(false);
+                    // The producer may write again from inside its resume: send that
+                    // before finishing a close or half-close, or it would be lost.
+                    self.maybe_resume_producer();
+                    if self.transport.buffered() == 0 {
+                        return self.finish_write_side();
+                    }
+                }
             }
         }
-        self.want_writable(false);
-        self.maybe_resume_producer();
-        self.finish_write_side();
     }
 
     fn want_writable(&self, writable: bool) {
@@ -647,6 +660,10 @@ impl Connection {
     fn finish_write_side(self: &Rc<Self>) {
         let (disconnecting, shutdown_write, read_eof) = {
             let state = self.transport.state.borrow();
+            if state.pending() > 0 {
+                // Written meanwhile: the flush that write scheduled comes back here.
+                return;
+            }
             (
                 state.disconnecting,
                 state.write_side == WriteSide::ShutdownRequested,
@@ -654,8 +671,8 @@ impl Connection {
             )
         };
         if disconnecting {
-            let reason = self.transport.state.borrow_mut().reason.take();
-            return self.close(reason.unwrap_or(CloseReason::Done));
+            // A reason recorded earlier (a protocol error, P-22) takes precedence.
+            return self.close(CloseReason::Done);
         }
         if !shutdown_write {
             return;
@@ -667,9 +684,12 @@ impl Connection {
             // The peer is already gone (X-13: quiet); the read side will tell.
             log::debug!("shutdown(write) to {}: {error}", self.transport.peer);
         }
+        // only a protocol that opted into half-close hears of it.
         let mut failed = None;
         self.with_protocol(|protocol, transport| {
-            if let Err(failure) = protocol.write_connection_lost(transport) {
+            if protocol.wants_half_close()
+                && let Err(failure) = protocol.write_connection_lost(transport)
+            {
                 failed = Some(failure);
             }
             Ok(())
@@ -685,17 +705,26 @@ impl Connection {
 
     /// Ends the connection: closes the socket, then `connection_lost` exactly once, then
     /// the client connector's hook. Only ever called from the loop.
+    ///
+    /// `reason` is what ended it at this moment; the first cause wins over it: a
+    /// protocol error (P-22) or the write cap recorded earlier, or our own abort (an
+    /// error event racing with the abort must not turn it into a reset).
     fn close(self: &Rc<Self>, reason: CloseReason) {
-        let (producer, aborted) = {
+        let (producer, aborted, reason) = {
             let mut state = self.transport.state.borrow_mut();
             if state.closed {
                 return;
             }
+            let reason = match state.reason.take() {
+                Some(first) => first,
+                None if state.aborted => CloseReason::Aborted,
+                None => reason,
+            };
             state.closed = true;
             state.disconnecting = true;
             state.out = Vec::new();
             state.sent = 0;
-            (state.producer.take(), state.aborted)
+            (state.producer.take(), state.aborted, reason)
         };
         if let Some(mut stream) = self.transport.stream.borrow_mut().take() {
             if let (Some(reactor), Some(key)) =
