@@ -404,6 +404,34 @@ fn p07_server_lifecycle_order() {
 }
 
 #[test]
+fn p07_a_burst_of_connections_is_all_accepted() {
+    const N: usize = 150;
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let made = Rc::new(Cell::new(0));
+    let (m, r) = (made.clone(), reactor.clone());
+    let server = Fac::new("srvf", &new_log(), move |_| {
+        let (m, r) = (m.clone(), r.clone());
+        Some(Box::new(Rec::new("srv", &new_log()).made(move |_| {
+            m.set(m.get() + 1);
+            if m.get() == N {
+                stop(&r);
+            }
+            Ok(())
+        })))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    // All queued before the loop runs: one readiness edge for the lot.
+    let clients: Vec<StdStream> = (0..N)
+        .map(|_| StdStream::connect(port.host()).unwrap())
+        .collect();
+    run(&reactor);
+    assert_eq!(made.get(), N, "{:?}", events(&log));
+    drop(clients);
+}
+
+#[test]
 fn p06_listen_failure_leaves_factory_untouched() {
     let reactor = Reactor::new().unwrap();
     let log = new_log();
@@ -1796,6 +1824,45 @@ fn x12_peer_eof_without_half_close_is_done() {
 }
 
 #[test]
+fn x12_peer_half_close_still_gets_the_reply_before_done() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (l, r) = (log.clone(), reactor.clone());
+    let server = Fac::new("srvf", &log, move |_| {
+        let r = r.clone();
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .data(|t, data| {
+                    // Buffered; the peer's EOF is read in the same pass.
+                    t.write(&data.to_ascii_uppercase());
+                    Ok(())
+                })
+                .lost(move |_| stop(&r)),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let mut peer = StdStream::connect(port.host()).unwrap();
+    peer.write_all(b"request").unwrap();
+    peer.shutdown(Shutdown::Write).unwrap();
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:lost(Done)",
+            "srvf:stop"
+        ])
+    );
+    let mut reply = Vec::new();
+    peer.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"REQUEST");
+}
+
+#[test]
 fn x13_read_connection_lost_error_closes_completely() {
     let reactor = Reactor::new().unwrap();
     let log = new_log();
@@ -2236,6 +2303,60 @@ fn x19_producer_paused_above_high_water_mark_and_resumed_when_drained() {
     let received = received.borrow();
     assert_eq!(received.len(), total);
     assert!(*received == pattern(0, total), "bytes in order, none lost");
+}
+
+/// A producer that only logs what it is told.
+struct Quiet(Log);
+
+impl Producer for Quiet {
+    fn pause_producing(&self) {
+        push(&self.0, "pause");
+    }
+    fn resume_producing(&self) {
+        push(&self.0, "resume");
+    }
+    fn stop_producing(&self) {
+        push(&self.0, "stop_producing");
+    }
+}
+
+#[test]
+fn x19_producer_is_stopped_when_the_connection_ends() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let kept = slot();
+    let (l, k, r) = (log.clone(), kept.clone(), reactor.clone());
+    let server = Fac::new("srvf", &new_log(), move |_| {
+        let (l, l2, k, k2, r) = (l.clone(), l.clone(), k.clone(), k.clone(), r.clone());
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .made(move |t| {
+                    t.register_producer(Rc::new(Quiet(l2.clone())));
+                    *k.borrow_mut() = Some(t.clone());
+                    t.lose_connection();
+                    Ok(())
+                })
+                .lost(move |_| {
+                    // Registering on a closed transport stops the producer at once.
+                    let t = k2.borrow().clone().expect("transport");
+                    t.register_producer(Rc::new(Quiet(l.clone())));
+                    stop(&r);
+                }),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let _peer = StdStream::connect(port.host()).unwrap();
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srv:made",
+            "stop_producing",
+            "srv:lost(Done)",
+            "stop_producing"
+        ])
+    );
 }
 
 #[test]

@@ -49,6 +49,10 @@ const SEND_LIMIT: usize = 128 * 1024;
 /// in the next iteration.
 const READS_PER_EVENT: usize = 16;
 
+/// Connections accepted per readiness event before yielding to the connections already
+/// open (Twisted accepts at most 100 per pass); the rest are accepted next iteration.
+const ACCEPTS_PER_EVENT: usize = 100;
+
 /// How long accepting pauses after the process ran out of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -362,6 +366,11 @@ impl Transport for TcpTransport {
     }
 
     fn register_producer(&self, producer: Rc<dyn Producer>) {
+        if self.state.borrow().closed {
+            // Nothing will ever drain or stop it: stop it now (as Twisted does).
+            producer.stop_producing();
+            return;
+        }
         let pause_now = {
             let mut state = self.state.borrow_mut();
             state.producer = Some(producer.clone());
@@ -479,31 +488,62 @@ impl Connection {
         self.transport.lose_connection();
     }
 
-    /// Registers the socket and calls `connection_made` (P-03, P-07, P-12).
-    fn start(self: &Rc<Self>, reactor: &Reactor, key: Option<IoKey>) -> io::Result<()> {
-        let key = match key {
+    /// Registers the socket, installs the connector's hook, and calls
+    /// `connection_made` (P-03, P-07, P-12).
+    ///
+    /// If the socket cannot be registered, nothing of the protocol has run, so it is
+    /// dropped unheard (P-04: no `connection_lost` without `connection_made`), the
+    /// socket is closed, and the caller reports the error.
+    fn start(
+        self: &Rc<Self>,
+        reactor: &Reactor,
+        key: Option<IoKey>,
+        on_lost: Option<LostHook>,
+    ) -> io::Result<()> {
+        // A connector's socket is registered already: its key must be freed on failure.
+        self.transport.key.set(key);
+        let registered = match key {
             Some(key) => {
                 let handler: Rc<dyn IoHandler> = self.clone();
-                reactor.replace_io_handler(key, handler);
-                if let Some(stream) = self.transport.stream.borrow_mut().as_mut() {
-                    reactor.reregister_io(stream, key, Interest::READABLE)?;
+                if !reactor.replace_io_handler(key, handler) {
+                    Err(io::Error::other("the connection's registration is gone"))
+                } else {
+                    match self.transport.stream.borrow_mut().as_mut() {
+                        Some(stream) => reactor.reregister_io(stream, key, Interest::READABLE),
+                        None => Err(io::Error::other("connection has no socket")),
+                    }
+                    .map(|()| key)
                 }
-                key
             }
-            None => {
-                let mut stream = self.transport.stream.borrow_mut();
-                let Some(stream) = stream.as_mut() else {
-                    return Err(io::Error::other("connection has no socket"));
-                };
-                reactor.register_io(stream, Interest::READABLE, self.clone())?
+            None => match self.transport.stream.borrow_mut().as_mut() {
+                Some(stream) => reactor.register_io(stream, Interest::READABLE, self.clone()),
+                None => Err(io::Error::other("connection has no socket")),
+            },
+        };
+        let key = match registered {
+            Ok(key) => key,
+            Err(error) => {
+                drop(self.protocol.borrow_mut().take());
+                self.close(CloseReason::Lost(None));
+                return Err(error);
             }
         };
         self.transport.key.set(Some(key));
+        *self.on_lost.borrow_mut() = on_lost;
         self.with_protocol(|protocol, transport| protocol.connection_made(transport));
         // Bytes may have arrived before registration; an edge may not come again.
         self.transport
             .schedule(|connection| connection.read_ready());
         Ok(())
+    }
+
+    /// A socket error as a close reason. After the peer's FIN, a reset only says that
+    /// it did not want what we were still sending: it had closed in an orderly way.
+    fn reason_from_io(&self, error: io::Error) -> CloseReason {
+        match reason_from_io(error) {
+            CloseReason::Reset(_) if self.transport.state.borrow().read_eof => CloseReason::Done,
+            reason => reason,
+        }
     }
 
     fn may_read(&self) -> bool {
@@ -546,7 +586,18 @@ impl Connection {
             .map(|p| p.as_ref().is_some_and(|p| p.wants_half_close()))
             .unwrap_or(false);
         if !half_close {
-            return self.close(CloseReason::Done);
+            // the connection ends with Done. The peer only shut its write side and
+            // still reads, so what the protocol wrote (a reply to the peer's last bytes,
+            // say) is sent first, as for lose_connection.
+            let flushed = {
+                let mut state = self.transport.state.borrow_mut();
+                state.disconnecting = true;
+                state.pending() == 0
+            };
+            if flushed {
+                return self.close(CloseReason::Done);
+            }
+            return self.flush();
         }
         let mut failed = None;
         self.with_protocol(|protocol, transport| {
@@ -616,7 +667,7 @@ impl Connection {
                     return self.maybe_resume_producer();
                 }
                 Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Some(Err(e)) => return self.close(reason_from_io(e)),
+                Some(Err(e)) => return self.close(self.reason_from_io(e)),
                 None => {
                     self.want_writable(false);
                     // The producer may write again from inside its resume: send that
@@ -788,7 +839,7 @@ impl IoHandler for Connection {
                 .as_ref()
                 .and_then(|s| s.take_error().ok().flatten());
             if let Some(error) = error {
-                return this.close(reason_from_io(error));
+                return this.close(self.reason_from_io(error));
             }
         }
         if readiness.writable {
@@ -877,7 +928,7 @@ impl PortInner {
     }
 
     fn accept_all(&self, reactor: &Reactor) {
-        loop {
+        for _ in 0..ACCEPTS_PER_EVENT {
             if self.stopped.get() || self.accept_paused.get() {
                 return;
             }
@@ -911,6 +962,16 @@ impl PortInner {
                 }
             }
         }
+        // Budget spent with connections perhaps still queued: no new edge will come for
+        // them, so look again next iteration.
+        let port = self.this.clone();
+        reactor.call_soon(Box::new(move || {
+            if let Some(port) = port.upgrade()
+                && let Some(reactor) = port.reactor.upgrade()
+            {
+                port.accept_all(&reactor);
+            }
+        }));
     }
 
     /// P-07, P-08: build the protocol, or refuse the connection.
@@ -920,9 +981,9 @@ impl PortInner {
             return;
         };
         let connection = Connection::new(reactor, stream, peer, protocol);
-        if let Err(error) = connection.start(reactor, None) {
+        if let Err(error) = connection.start(reactor, None, None) {
+            // The protocol never started, so there is nobody else to tell.
             log::error!("could not register connection from {peer}: {error}");
-            connection.close(CloseReason::Lost(Some(Rc::new(error))));
         }
     }
 }
@@ -1168,9 +1229,10 @@ impl Connector {
         let connection = Connection::new(&reactor, attempt.stream, peer, protocol);
         *self.inner.connection.borrow_mut() = Rc::downgrade(&connection);
         let connector = self.clone();
-        *connection.on_lost.borrow_mut() = Some(Box::new(move |reason| connector.lost(reason)));
-        if let Err(error) = connection.start(&reactor, Some(attempt.key)) {
-            connection.close(CloseReason::Lost(Some(Rc::new(error))));
+        let hook: LostHook = Box::new(move |reason| connector.lost(reason));
+        if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(hook)) {
+            // No protocol method ran: to the factory the attempt failed (P-13).
+            self.fail(ConnectError::Other(Rc::new(error)));
         }
     }
 
