@@ -1461,6 +1461,62 @@ fn x01_x02_write_is_buffered_and_sent_later_in_order() {
 }
 
 #[test]
+fn x04_a_flush_sends_a_bounded_amount_per_pass() {
+    const TOTAL: usize = 1024 * 1024;
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let peer: Rc<RefCell<Option<StdStream>>> = Rc::new(RefCell::new(None));
+    let reader: Rc<RefCell<Option<std::thread::JoinHandle<Vec<u8>>>>> = Rc::new(RefCell::new(None));
+    let (l, p, rd, r) = (log.clone(), peer.clone(), reader.clone(), reactor.clone());
+    let done = countdown(&reactor, 2);
+    let server = Fac::new("srvf", &new_log(), move |_| {
+        let (l, p, rd, r) = (l.clone(), p.clone(), rd.clone(), r.clone());
+        let (d1, d2) = (done.clone(), done.clone());
+        let made = move |t: &TransportRef| {
+            t.write(&pattern(0, TOTAL));
+            t.lose_connection();
+            let (l, p, rd, d1) = (l.clone(), p.clone(), rd.clone(), d1.clone());
+            // Runs in the next iteration, right after its first flush pass.
+            r.call_later(Duration::ZERO, move || {
+                let mut stream = p.borrow_mut().take().expect("peer");
+                let mut first = Vec::new();
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buffer) {
+                        Ok(0) => break,
+                        Ok(n) => first.extend_from_slice(&buffer[..n]),
+                        Err(_) => break, // WouldBlock: all there is for now
+                    }
+                }
+                push(&l, format!("after one pass: {} KiB", first.len() / 1024));
+                stream.set_nonblocking(false).unwrap();
+                *rd.borrow_mut() = Some(std::thread::spawn(move || {
+                    let mut rest = Vec::new();
+                    let _ = stream.read_to_end(&mut rest);
+                    first.extend_from_slice(&rest);
+                    first
+                }));
+                d1();
+            });
+            Ok(())
+        };
+        Some(Box::new(
+            Rec::new("srv", &new_log()).made(made).lost(move |_| d2()),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let client = StdStream::connect(port.host()).unwrap();
+    client.set_nonblocking(true).unwrap();
+    *peer.borrow_mut() = Some(client);
+    run(&reactor);
+    assert_eq!(events(&log), seq(&["after one pass: 128 KiB"]));
+    let handle = reader.borrow_mut().take().expect("reader");
+    let all = handle.join().unwrap();
+    assert!(all == pattern(0, TOTAL), "all bytes, in order");
+}
+
+#[test]
 fn x05_lose_connection_delivers_buffered_data() {
     const BIG: usize = 10 * 1024 * 1024;
     let reactor = Reactor::new().unwrap();

@@ -200,7 +200,8 @@ impl TcpTransport {
         self.state.borrow().pending()
     }
 
-    /// Arranges a flush at the start of the next iteration, once per batch of writes.
+    /// Arranges a flush at the start of the next iteration, once per batch of writes
+    /// and closes (one bounded pass per iteration, X-04).
     fn schedule_flush(&self) {
         {
             let mut state = self.state.borrow_mut();
@@ -259,11 +260,16 @@ impl Transport for TcpTransport {
                     "write buffer to {} would exceed {WRITE_BUFFER_LIMIT} bytes; aborting",
                     self.peer
                 );
-                self.state.borrow_mut().reason = Some(CloseReason::Lost(Some(Rc::new(
-                    io::Error::other(format!(
-                        "the peer did not read: write buffer limit of {WRITE_BUFFER_LIMIT} bytes exceeded"
-                    )),
-                ))));
+                let mut state = self.state.borrow_mut();
+                // An earlier cause, a protocol error waiting for its flush, stays first.
+                if state.reason.is_none() {
+                    state.reason = Some(CloseReason::Lost(Some(Rc::new(io::Error::other(
+                        format!(
+                            "the peer did not read: write buffer limit of {WRITE_BUFFER_LIMIT} bytes exceeded"
+                        ),
+                    )))));
+                }
+                drop(state);
                 self.abort_connection();
                 return;
             }
@@ -301,7 +307,7 @@ impl Transport for TcpTransport {
             state.disconnecting = true;
         }
         // The flush closes the connection once the buffer is empty.
-        self.schedule(|connection| connection.flush());
+        self.schedule_flush();
     }
 
     fn abort_connection(&self) {
@@ -333,7 +339,7 @@ impl Transport for TcpTransport {
             }
             state.write_side = WriteSide::ShutdownRequested;
         }
-        self.schedule(|connection| connection.flush());
+        self.schedule_flush();
     }
 
     fn is_disconnecting(&self) -> bool {
