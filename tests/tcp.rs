@@ -973,6 +973,42 @@ fn p17_connect_again_from_client_connection_lost() {
 }
 
 #[test]
+fn p17_connect_later_starts_the_factory_again() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (_refusing, refused) = refusing_port();
+    let attempts = Rc::new(Cell::new(0));
+    let (a, r) = (attempts.clone(), reactor.clone());
+    let factory = Fac::new("cf", &log, |_| None)
+        .failed(move |c, _| {
+            a.set(a.get() + 1);
+            let (c, r) = (c.clone(), r.clone());
+            if a.get() < 2 {
+                // Not from inside the callback: the factory stops in between.
+                r.call_later(Duration::from_millis(10), move || c.connect());
+            } else {
+                r.clone().call_later(Duration::ZERO, move || stop(&r));
+            }
+        })
+        .rc();
+    connect(&reactor, refused, factory);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:failed(Refused)",
+            "cf:stop",
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:failed(Refused)",
+            "cf:stop",
+        ])
+    );
+}
+
+#[test]
 fn p18_stop_connecting_inside_started_connecting() {
     let reactor = Reactor::new().unwrap();
     let server_log = new_log();

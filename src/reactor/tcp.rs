@@ -1030,6 +1030,9 @@ struct ConnectorInner {
     connection: RefCell<Weak<Connection>>,
     /// Attempts started so far; a timer or event of an older attempt is ignored.
     generation: Cell<u64>,
+    /// Whether this connector counts as a user of its factory now (P-01): from the
+    /// start of an attempt until the failure or loss after which nobody reconnected.
+    factory_started: Cell<bool>,
 }
 
 /// An outgoing connection's handle, passed to every `ClientFactory` callback (P-16).
@@ -1117,6 +1120,11 @@ impl Connector {
             return;
         };
         self.inner.state.set(ConnectorState::Connecting);
+        // P-11, P-17: a connect() made later than inside the failure or loss callback
+        // finds the factory stopped, and starts it again (as Twisted's connector does).
+        if !self.inner.factory_started.replace(true) {
+            factory_do_start(&reactor, &self.factory());
+        }
         let generation = self.inner.generation.get() + 1;
         self.inner.generation.set(generation);
         match TcpStream::connect(self.inner.destination) {
@@ -1182,6 +1190,7 @@ impl Connector {
 
     fn stop_factory_unless_reconnected(&self) {
         if self.inner.state.get() == ConnectorState::Disconnected
+            && self.inner.factory_started.replace(false)
             && let Some(reactor) = self.inner.reactor.upgrade()
         {
             factory_do_stop(&reactor, &self.factory());
@@ -1339,9 +1348,9 @@ impl Reactor {
                 attempt: RefCell::new(None),
                 connection: RefCell::new(Weak::new()),
                 generation: Cell::new(0),
+                factory_started: Cell::new(false),
             }),
         };
-        factory_do_start(self, &connector.factory());
         connector.begin();
         connector
     }
