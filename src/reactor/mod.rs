@@ -30,6 +30,7 @@ pub mod defer;
 pub mod failure;
 pub mod io;
 pub mod protocol;
+pub mod reconnect;
 pub mod signal;
 pub mod tcp;
 pub mod thread;
