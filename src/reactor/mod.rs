@@ -31,6 +31,7 @@ pub mod failure;
 pub mod io;
 pub mod looping;
 pub mod protocol;
+pub mod reconnect;
 pub mod signal;
 pub mod tcp;
 pub mod testing;
