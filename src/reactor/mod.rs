@@ -566,7 +566,15 @@ impl Reactor {
             signals.uninstall(&self.inner.registry);
         }
         if self.inner.crash_requested.get() && !self.inner.exit_loop.get() {
-            self.inner.state.set(RunState::Idle);
+            // Once stop() was called the shutdown has (partly) happened and cannot be
+            // run again, so, as in Twisted, a crash after stop() leaves the reactor
+            // unrestartable instead of restarting it with its shutdown state spent.
+            let next = if self.inner.stop_requested.get() {
+                RunState::Ended
+            } else {
+                RunState::Idle
+            };
+            self.inner.state.set(next);
             self.inner.running.set(false);
             outcome?;
             return Ok(StopReason::Crashed);
