@@ -613,6 +613,11 @@ impl Reactor {
         let mut events = mio::Events::with_capacity(1024);
         loop {
             self.run_queued_calls();
+            // The shutdown finished in a continuation: its after triggers are the last
+            // thing that runs, so no timer of this iteration may follow them.
+            if self.inner.exit_loop.get() {
+                return Ok(());
+            }
             self.inner.timers.admit();
             self.inner.timers.run_due();
             if self.inner.stop_requested.get() && !self.inner.shutdown_begun.get() {
@@ -633,7 +638,13 @@ impl Reactor {
     fn run_queued_calls(&self) {
         let soon = std::mem::take(&mut *self.inner.soon.borrow_mut());
         for f in soon {
+            if self.inner.exit_loop.get() {
+                return;
+            }
             f();
+        }
+        if self.inner.exit_loop.get() {
+            return;
         }
         for call in self.inner.thread_queue.take_all() {
             call(self);
