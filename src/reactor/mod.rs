@@ -76,7 +76,8 @@ pub enum ReactorError {
     /// `run()` while the reactor is running.
     #[error("the reactor is already running")]
     AlreadyRunning,
-    /// `run()` after a completed `stop()`.
+    /// `run()` after a completed `stop()`, or after a `crash()` that interrupted
+    /// the shutdown `stop()` began.
     #[error("the reactor cannot be restarted")]
     NotRestartable,
     /// `stop()` when not running, or when a stop was already requested.
@@ -453,7 +454,8 @@ impl Reactor {
     }
 
     /// Leaves the loop at the end of the current iteration without firing shutdown or
-    /// disconnecting anything; `run()` may be called again afterwards.
+    /// disconnecting anything; `run()` may be called again afterwards, unless
+    /// `stop()` had been called: its shutdown cannot be started twice (as in Twisted).
     pub fn crash(&self) {
         self.inner.crash_requested.set(true);
     }
