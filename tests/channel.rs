@@ -1,5 +1,4 @@
 //! `Reactor::channel`: values sent from other threads reach the reactor thread.
-use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 use twistctl::reactor::Reactor;
