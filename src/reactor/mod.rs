@@ -437,7 +437,9 @@ impl Reactor {
 
     /// Opts in to turning SIGINT and SIGTERM into an orderly stop; `run()` then reports
     /// the signal in its [`StopReason`]. The handlers are installed in the
-    /// `During Startup` phase and removed when `run()` returns.
+    /// `During Startup` phase and removed when `run()` returns; from then on the process
+    /// ignores both signals (the signal library cannot restore the default action), which
+    /// suits a program that exits after `run()` or waits for a child it started.
     pub fn handle_signals(&self) {
         self.inner.wants_signals.set(true);
     }
