@@ -1,11 +1,13 @@
 //! twistctl: a Twisted-style reactor on `mio`, and the network tools built on it.
 //!
 //! - [`reactor`]: the event loop, timers, Deferreds, protocols, TCP.
+//! - [`protocols`]: reusable protocols on the reactor (line framing).
 //! - [`commands`]: the subcommands; [`cli`]: their command line.
 pub mod cli;
 pub mod commands;
 pub mod exit;
 pub mod logging;
+pub mod protocols;
 pub mod reactor;
 
 use clap::Parser;
@@ -27,3 +29,8 @@ where
     logging::init(cli.verbose, cli.quiet);
     commands::run(cli).code()
 }
+
+/// The README's Rust examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

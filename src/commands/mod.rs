@@ -2,6 +2,7 @@
 //! output.
 
 pub mod completions;
+pub mod talk;
 pub mod timer_demo;
 
 use crate::cli::{Cli, Command};

@@ -41,9 +41,17 @@ pub const WRITE_BUFFER_LIMIT: usize = 64 * 1024 * 1024;
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Bytes sent per flush before yielding to other connections (X-04, Twisted's
+/// SEND_LIMIT); the rest is sent in the next iteration.
+const SEND_LIMIT: usize = 128 * 1024;
+
 /// Reads per readiness event before yielding to other connections; the rest is read
 /// in the next iteration.
 const READS_PER_EVENT: usize = 16;
+
+/// Connections accepted per readiness event before yielding to the connections already
+/// open (Twisted accepts at most 100 per pass); the rest are accepted next iteration.
+const ACCEPTS_PER_EVENT: usize = 100;
 
 /// How long accepting pauses after the process ran out of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -192,7 +200,8 @@ impl TcpTransport {
         self.state.borrow().pending()
     }
 
-    /// Arranges a flush at the start of the next iteration, once per batch of writes.
+    /// Arranges a flush at the start of the next iteration, once per batch of writes
+    /// and closes (one bounded pass per iteration, X-04).
     fn schedule_flush(&self) {
         {
             let mut state = self.state.borrow_mut();
@@ -260,11 +269,16 @@ impl Transport for TcpTransport {
                     "write buffer to {} would exceed {WRITE_BUFFER_LIMIT} bytes; aborting",
                     self.peer
                 );
-                self.state.borrow_mut().reason = Some(CloseReason::Lost(Some(Rc::new(
-                    io::Error::other(format!(
-                        "the peer did not read: write buffer limit of {WRITE_BUFFER_LIMIT} bytes exceeded"
-                    )),
-                ))));
+                let mut state = self.state.borrow_mut();
+                // An earlier cause, a protocol error waiting for its flush, stays first.
+                if state.reason.is_none() {
+                    state.reason = Some(CloseReason::Lost(Some(Rc::new(io::Error::other(
+                        format!(
+                            "the peer did not read: write buffer limit of {WRITE_BUFFER_LIMIT} bytes exceeded"
+                        ),
+                    )))));
+                }
+                drop(state);
                 self.abort_connection();
                 return;
             }
@@ -307,7 +321,7 @@ impl Transport for TcpTransport {
             state.disconnecting = true;
         }
         // The flush closes the connection once the buffer is empty.
-        self.schedule(|connection| connection.flush());
+        self.schedule_flush();
     }
 
     fn abort_connection(&self) {
@@ -327,16 +341,8 @@ impl Transport for TcpTransport {
                 log::debug!("could not set SO_LINGER on {}: {error}", self.peer);
             }
         }
-        self.schedule(|connection| {
-            let reason = connection
-                .transport
-                .state
-                .borrow_mut()
-                .reason
-                .take()
-                .unwrap_or(CloseReason::Aborted);
-            connection.close(reason);
-        });
+        // The reason is Aborted, or the write cap's error recorded before (see close).
+        self.schedule(|connection| connection.close(CloseReason::Aborted));
     }
 
     fn lose_write_connection(&self) {
@@ -347,7 +353,7 @@ impl Transport for TcpTransport {
             }
             state.write_side = WriteSide::ShutdownRequested;
         }
-        self.schedule(|connection| connection.flush());
+        self.schedule_flush();
     }
 
     fn is_disconnecting(&self) -> bool {
@@ -380,6 +386,11 @@ impl Transport for TcpTransport {
     }
 
     fn register_producer(&self, producer: Rc<dyn Producer>) {
+        if self.state.borrow().closed {
+            // Nothing will ever drain or stop it: stop it now (as Twisted does).
+            producer.stop_producing();
+            return;
+        }
         let pause_now = {
             let mut state = self.state.borrow_mut();
             state.producer = Some(producer.clone());
@@ -497,31 +508,62 @@ impl Connection {
         self.transport.lose_connection();
     }
 
-    /// Registers the socket and calls `connection_made` (P-03, P-07, P-12).
-    fn start(self: &Rc<Self>, reactor: &Reactor, key: Option<IoKey>) -> io::Result<()> {
-        let key = match key {
+    /// Registers the socket, installs the connector's hook, and calls
+    /// `connection_made` (P-03, P-07, P-12).
+    ///
+    /// If the socket cannot be registered, nothing of the protocol has run, so it is
+    /// dropped unheard (P-04: no `connection_lost` without `connection_made`), the
+    /// socket is closed, and the caller reports the error.
+    fn start(
+        self: &Rc<Self>,
+        reactor: &Reactor,
+        key: Option<IoKey>,
+        on_lost: Option<LostHook>,
+    ) -> io::Result<()> {
+        // A connector's socket is registered already: its key must be freed on failure.
+        self.transport.key.set(key);
+        let registered = match key {
             Some(key) => {
                 let handler: Rc<dyn IoHandler> = self.clone();
-                reactor.replace_io_handler(key, handler);
-                if let Some(stream) = self.transport.stream.borrow_mut().as_mut() {
-                    reactor.reregister_io(stream, key, Interest::READABLE)?;
+                if !reactor.replace_io_handler(key, handler) {
+                    Err(io::Error::other("the connection's registration is gone"))
+                } else {
+                    match self.transport.stream.borrow_mut().as_mut() {
+                        Some(stream) => reactor.reregister_io(stream, key, Interest::READABLE),
+                        None => Err(io::Error::other("connection has no socket")),
+                    }
+                    .map(|()| key)
                 }
-                key
             }
-            None => {
-                let mut stream = self.transport.stream.borrow_mut();
-                let Some(stream) = stream.as_mut() else {
-                    return Err(io::Error::other("connection has no socket"));
-                };
-                reactor.register_io(stream, Interest::READABLE, self.clone())?
+            None => match self.transport.stream.borrow_mut().as_mut() {
+                Some(stream) => reactor.register_io(stream, Interest::READABLE, self.clone()),
+                None => Err(io::Error::other("connection has no socket")),
+            },
+        };
+        let key = match registered {
+            Ok(key) => key,
+            Err(error) => {
+                drop(self.protocol.borrow_mut().take());
+                self.close(CloseReason::Lost(None));
+                return Err(error);
             }
         };
         self.transport.key.set(Some(key));
+        *self.on_lost.borrow_mut() = on_lost;
         self.with_protocol(|protocol, transport| protocol.connection_made(transport));
         // Bytes may have arrived before registration; an edge may not come again.
         self.transport
             .schedule(|connection| connection.read_ready());
         Ok(())
+    }
+
+    /// A socket error as a close reason. After the peer's FIN, a reset only says that
+    /// it did not want what we were still sending: it had closed in an orderly way.
+    fn reason_from_io(&self, error: io::Error) -> CloseReason {
+        match reason_from_io(error) {
+            CloseReason::Reset(_) if self.transport.state.borrow().read_eof => CloseReason::Done,
+            reason => reason,
+        }
     }
 
     fn may_read(&self) -> bool {
@@ -564,7 +606,18 @@ impl Connection {
             .map(|p| p.as_ref().is_some_and(|p| p.wants_half_close()))
             .unwrap_or(false);
         if !half_close {
-            return self.close(CloseReason::Done);
+            // the connection ends with Done. The peer only shut its write side and
+            // still reads, so what the protocol wrote (a reply to the peer's last bytes,
+            // say) is sent first, as for lose_connection.
+            let flushed = {
+                let mut state = self.transport.state.borrow_mut();
+                state.disconnecting = true;
+                state.pending() == 0
+            };
+            if flushed {
+                return self.close(CloseReason::Done);
+            }
+            return self.flush();
         }
         let mut failed = None;
         self.with_protocol(|protocol, transport| {
@@ -584,8 +637,10 @@ impl Connection {
         }
     }
 
-    /// Sends what is buffered; then finishes a requested half-close or close.
+    /// Sends what is buffered, at most [`SEND_LIMIT`] bytes per call; then
+    /// finishes a requested half-close or close.
     fn flush(self: &Rc<Self>) {
+        let mut budget = SEND_LIMIT;
         loop {
             let result = {
                 let mut state = self.transport.state.borrow_mut();
@@ -593,44 +648,59 @@ impl Connection {
                     return;
                 }
                 if state.pending() == 0 {
-                    break;
-                }
-                let mut stream = self.transport.stream.borrow_mut();
-                let Some(stream) = stream.as_mut() else {
-                    return;
-                };
-                let from = state.sent;
-                let written = stream.write(&state.out[from..]);
-                if let Ok(n) = written {
-                    state.sent += n;
-                    if state.sent == state.out.len() {
-                        // Drained: an idle connection holds no buffer; the reactor keeps
-                        // the memory for the next burst of any connection.
-                        self.transport
-                            .release_buffer(std::mem::take(&mut state.out));
-                        state.sent = 0;
-                    } else if state.sent > state.out.len() / 2 {
-                        let sent = state.sent;
-                        state.out.drain(..sent);
-                        state.sent = 0;
+                    None
+                } else if budget == 0 {
+                    // More to send, and the socket may well take it: go on next
+                    // iteration, after the other connections had their turn.
+                    drop(state);
+                    self.transport.schedule_flush();
+                    return self.maybe_resume_producer();
+                } else {
+                    let mut stream = self.transport.stream.borrow_mut();
+                    let Some(stream) = stream.as_mut() else {
+                        return;
+                    };
+                    let from = state.sent;
+                    let to = state.out.len().min(from + budget);
+                    let written = stream.write(&state.out[from..to]);
+                    if let Ok(n) = written {
+                        budget = budget.saturating_sub(n);
+                        state.sent += n;
+                        if state.sent == state.out.len() {
+                            // Drained: an idle connection holds no buffer; the reactor
+                            // keeps the memory for the next burst of any connection.
+                            self.transport
+                                .release_buffer(std::mem::take(&mut state.out));
+                            state.sent = 0;
+                        } else if state.sent > state.out.len() / 2 {
+                            let sent = state.sent;
+                            state.out.drain(..sent);
+                            state.sent = 0;
+                        }
                     }
+                    Some(written)
                 }
-                written
             };
             match result {
-                Ok(0) => return self.close(CloseReason::Lost(None)),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Some(Ok(0)) => return self.close(CloseReason::Lost(None)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.want_writable(true);
                     return self.maybe_resume_producer();
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.close(reason_from_io(e)),
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Some(Err(e)) => return self.close(self.reason_from_io(e)),
+                None => {
+                    self.want_writable(false);
+                    // The producer may write again from inside its resume: send that
+                    // before finishing a close or half-close, or it would be lost.
+                    self.maybe_resume_producer();
+                    if self.transport.buffered() == 0 {
+                        return self.finish_write_side();
+                    }
+                }
             }
         }
-        self.want_writable(false);
-        self.maybe_resume_producer();
-        self.finish_write_side();
     }
 
     fn want_writable(&self, writable: bool) {
@@ -663,6 +733,10 @@ impl Connection {
     fn finish_write_side(self: &Rc<Self>) {
         let (disconnecting, shutdown_write, read_eof) = {
             let state = self.transport.state.borrow();
+            if state.pending() > 0 {
+                // Written meanwhile: the flush that write scheduled comes back here.
+                return;
+            }
             (
                 state.disconnecting,
                 state.write_side == WriteSide::ShutdownRequested,
@@ -670,8 +744,8 @@ impl Connection {
             )
         };
         if disconnecting {
-            let reason = self.transport.state.borrow_mut().reason.take();
-            return self.close(reason.unwrap_or(CloseReason::Done));
+            // A reason recorded earlier (a protocol error, P-22) takes precedence.
+            return self.close(CloseReason::Done);
         }
         if !shutdown_write {
             return;
@@ -683,9 +757,12 @@ impl Connection {
             // The peer is already gone (X-13: quiet); the read side will tell.
             log::debug!("shutdown(write) to {}: {error}", self.transport.peer);
         }
+        // only a protocol that opted into half-close hears of it.
         let mut failed = None;
         self.with_protocol(|protocol, transport| {
-            if let Err(failure) = protocol.write_connection_lost(transport) {
+            if protocol.wants_half_close()
+                && let Err(failure) = protocol.write_connection_lost(transport)
+            {
                 failed = Some(failure);
             }
             Ok(())
@@ -701,18 +778,27 @@ impl Connection {
 
     /// Ends the connection: closes the socket, then `connection_lost` exactly once, then
     /// the client connector's hook. Only ever called from the loop.
+    ///
+    /// `reason` is what ended it at this moment; the first cause wins over it: a
+    /// protocol error (P-22) or the write cap recorded earlier, or our own abort (an
+    /// error event racing with the abort must not turn it into a reset).
     fn close(self: &Rc<Self>, reason: CloseReason) {
-        let (producer, aborted) = {
+        let (producer, aborted, reason) = {
             let mut state = self.transport.state.borrow_mut();
             if state.closed {
                 return;
             }
+            let reason = match state.reason.take() {
+                Some(first) => first,
+                None if state.aborted => CloseReason::Aborted,
+                None => reason,
+            };
             state.closed = true;
             state.disconnecting = true;
             self.transport
                 .release_buffer(std::mem::take(&mut state.out));
             state.sent = 0;
-            (state.producer.take(), state.aborted)
+            (state.producer.take(), state.aborted, reason)
         };
         if let Some(mut stream) = self.transport.stream.borrow_mut().take() {
             if let (Some(reactor), Some(key)) =
@@ -776,7 +862,7 @@ impl IoHandler for Connection {
                 .as_ref()
                 .and_then(|s| s.take_error().ok().flatten());
             if let Some(error) = error {
-                return this.close(reason_from_io(error));
+                return this.close(self.reason_from_io(error));
             }
         }
         if readiness.writable {
@@ -865,7 +951,7 @@ impl PortInner {
     }
 
     fn accept_all(&self, reactor: &Reactor) {
-        loop {
+        for _ in 0..ACCEPTS_PER_EVENT {
             if self.stopped.get() || self.accept_paused.get() {
                 return;
             }
@@ -899,6 +985,16 @@ impl PortInner {
                 }
             }
         }
+        // Budget spent with connections perhaps still queued: no new edge will come for
+        // them, so look again next iteration.
+        let port = self.this.clone();
+        reactor.call_soon(Box::new(move || {
+            if let Some(port) = port.upgrade()
+                && let Some(reactor) = port.reactor.upgrade()
+            {
+                port.accept_all(&reactor);
+            }
+        }));
     }
 
     /// P-07, P-08: build the protocol, or refuse the connection.
@@ -908,9 +1004,9 @@ impl PortInner {
             return;
         };
         let connection = Connection::new(reactor, stream, peer, protocol);
-        if let Err(error) = connection.start(reactor, None) {
+        if let Err(error) = connection.start(reactor, None, None) {
+            // The protocol never started, so there is nobody else to tell.
             log::error!("could not register connection from {peer}: {error}");
-            connection.close(CloseReason::Lost(Some(Rc::new(error))));
         }
     }
 }
@@ -951,6 +1047,9 @@ struct ConnectorInner {
     connection: RefCell<Weak<Connection>>,
     /// Attempts started so far; a timer or event of an older attempt is ignored.
     generation: Cell<u64>,
+    /// Whether this connector counts as a user of its factory now (P-01): from the
+    /// start of an attempt until the failure or loss after which nobody reconnected.
+    factory_started: Cell<bool>,
 }
 
 /// An outgoing connection's handle, passed to every `ClientFactory` callback (P-16).
@@ -1038,6 +1137,11 @@ impl Connector {
             return;
         };
         self.inner.state.set(ConnectorState::Connecting);
+        // P-11, P-17: a connect() made later than inside the failure or loss callback
+        // finds the factory stopped, and starts it again (as Twisted's connector does).
+        if !self.inner.factory_started.replace(true) {
+            factory_do_start(&reactor, &self.factory());
+        }
         let generation = self.inner.generation.get() + 1;
         self.inner.generation.set(generation);
         match TcpStream::connect(self.inner.destination) {
@@ -1103,6 +1207,7 @@ impl Connector {
 
     fn stop_factory_unless_reconnected(&self) {
         if self.inner.state.get() == ConnectorState::Disconnected
+            && self.inner.factory_started.replace(false)
             && let Some(reactor) = self.inner.reactor.upgrade()
         {
             factory_do_stop(&reactor, &self.factory());
@@ -1156,9 +1261,10 @@ impl Connector {
         let connection = Connection::new(&reactor, attempt.stream, peer, protocol);
         *self.inner.connection.borrow_mut() = Rc::downgrade(&connection);
         let connector = self.clone();
-        *connection.on_lost.borrow_mut() = Some(Box::new(move |reason| connector.lost(reason)));
-        if let Err(error) = connection.start(&reactor, Some(attempt.key)) {
-            connection.close(CloseReason::Lost(Some(Rc::new(error))));
+        let hook: LostHook = Box::new(move |reason| connector.lost(reason));
+        if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(hook)) {
+            // No protocol method ran: to the factory the attempt failed (P-13).
+            self.fail(ConnectError::Other(Rc::new(error)));
         }
     }
 
@@ -1259,9 +1365,9 @@ impl Reactor {
                 attempt: RefCell::new(None),
                 connection: RefCell::new(Weak::new()),
                 generation: Cell::new(0),
+                factory_started: Cell::new(false),
             }),
         };
-        factory_do_start(self, &connector.factory());
         connector.begin();
         connector
     }

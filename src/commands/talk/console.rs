@@ -1,0 +1,311 @@
+//! The operator's console for the talk commands, read on its own thread so the reactor
+//! never waits for a person to type.
+//!
+//! Interactive only when stdin *and* stdout are terminals: then rustyline shows the
+//! prompt, and incoming messages are printed above it with rustyline's external printer,
+//! so a half-typed line is never garbled. Otherwise stdin is read as plain lines (a pipe
+//! or a file: scripts), with no prompt and no escape sequences. Either way each line
+//! reaches the reactor through a [`Sender`] (the reactor's call-from-thread queue).
+//!
+//! The terminal mode is saved at start and restored by [`Console::restore`] (also on
+//! drop), because the process may end while rustyline holds the terminal in raw mode
+//! on the console thread.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::sync::mpsc;
+use std::thread;
+
+use rustyline::ExternalPrinter;
+use rustyline::error::ReadlineError;
+
+use crate::reactor::Sender;
+
+/// What the console thread hands to the reactor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleEvent {
+    /// A line the operator typed (or a line of piped input), without its newline.
+    Line(String),
+    /// End of input: Ctrl-D on an empty line, or the end of the pipe or file.
+    Eof,
+    /// Ctrl-C at the prompt (the terminal sends no SIGINT while rustyline reads).
+    Interrupted,
+}
+
+/// Longest line read from piped input; a longer one arrives in pieces of this size, so
+/// a file without newlines cannot make the console hold unbounded memory.
+const MAX_PIPED_LINE: u64 = 1024 * 1024;
+
+type Printer = Box<dyn ExternalPrinter + Send>;
+
+/// The console: a reading thread plus the means to print around its prompt.
+pub struct Console {
+    printer: RefCell<Option<Printer>>,
+    saved_terminal: Option<nix::sys::termios::Termios>,
+    restored: Cell<bool>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("interactive", &self.is_interactive())
+            .finish()
+    }
+}
+
+/// True when the console should be interactive: stdin and stdout both terminals, and a
+/// terminal rustyline can drive (`TERM=dumb` cannot).
+pub fn wants_interactive() -> bool {
+    let dumb = matches!(
+        std::env::var("TERM").as_deref(),
+        Ok("dumb") | Ok("cons25") | Ok("emacs")
+    );
+    io::stdin().is_terminal() && io::stdout().is_terminal() && !dumb
+}
+
+impl Console {
+    /// Starts the console thread; its lines go to `events`. Interactive with `prompt`
+    /// when [`wants_interactive`], plain lines otherwise.
+    pub fn start(prompt: &str, events: Sender<ConsoleEvent>) -> io::Result<Console> {
+        if wants_interactive() {
+            // Saved before rustyline touches the terminal, to put it back on any exit.
+            let saved_terminal = nix::sys::termios::tcgetattr(io::stdin()).ok();
+            match start_interactive(prompt.to_string(), events.clone()) {
+                Ok(printer) => {
+                    return Ok(Console {
+                        printer: RefCell::new(Some(printer)),
+                        saved_terminal,
+                        restored: Cell::new(false),
+                    });
+                }
+                Err(error) => {
+                    log::info!("no interactive console ({error}); reading plain lines");
+                }
+            }
+        }
+        start_plain(events)?;
+        Ok(Console {
+            printer: RefCell::new(None),
+            saved_terminal: None,
+            restored: Cell::new(true),
+        })
+    }
+
+    /// True when rustyline drives the terminal (prompt shown, printing above it).
+    pub fn is_interactive(&self) -> bool {
+        self.printer.borrow().is_some()
+    }
+
+    /// Prints one line on stdout (above the prompt when interactive). A closed stdout
+    /// is ignored: the conversation goes on without a reader.
+    pub fn print(&self, line: &str) {
+        if self.print_above_prompt(line) {
+            return;
+        }
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
+
+    /// Prints one line on stderr, or above the prompt when interactive (where stderr
+    /// would garble the line being typed).
+    pub fn eprint(&self, line: &str) {
+        if self.print_above_prompt(line) {
+            return;
+        }
+        let mut out = io::stderr().lock();
+        let _ = writeln!(out, "{line}");
+    }
+
+    fn print_above_prompt(&self, line: &str) -> bool {
+        let mut printer = self.printer.borrow_mut();
+        let Some(printer) = printer.as_mut() else {
+            return false;
+        };
+        // Always end with a newline: between two reads the printer writes as it is.
+        match printer.print(format!("{line}\n")) {
+            Ok(()) => true,
+            Err(error) => {
+                log::debug!("external printer failed: {error}");
+                false
+            }
+        }
+    }
+
+    /// Puts the terminal back as it was (cooked mode, bracketed paste off, the prompt
+    /// line cleared) and prints directly from then on. Idempotent.
+    pub fn restore(&self) {
+        if self.restored.replace(true) {
+            return;
+        }
+        self.printer.borrow_mut().take();
+        if let Some(saved) = &self.saved_terminal
+            && let Err(error) =
+                nix::sys::termios::tcsetattr(io::stdin(), nix::sys::termios::SetArg::TCSANOW, saved)
+        {
+            log::debug!("could not restore the terminal: {error}");
+        }
+        let mut out = io::stdout().lock();
+        let _ = out
+            .write_all(b"\x1b[?2004l\r\x1b[K")
+            .and_then(|()| out.flush());
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+/// Starts rustyline on its own thread and returns its external printer.
+fn start_interactive(prompt: String, events: Sender<ConsoleEvent>) -> io::Result<Printer> {
+    let (printer_tx, printer_rx) = mpsc::channel::<io::Result<Printer>>();
+    thread::Builder::new()
+        .name("twistctl-console".to_string())
+        .spawn(move || {
+            // The editor lives on this thread; only its printer crosses to the reactor.
+            let mut editor = match rustyline::DefaultEditor::new() {
+                Ok(editor) => editor,
+                Err(error) => {
+                    let _ = printer_tx.send(Err(io::Error::other(error)));
+                    return;
+                }
+            };
+            match editor.create_external_printer() {
+                Ok(printer) => {
+                    let _ = printer_tx.send(Ok(Box::new(printer)));
+                }
+                Err(error) => {
+                    let _ = printer_tx.send(Err(io::Error::other(error)));
+                    return;
+                }
+            }
+            loop {
+                match editor.readline(&prompt) {
+                    Ok(line) => {
+                        if !line.trim().is_empty() {
+                            let _ = editor.add_history_entry(line.as_str());
+                        }
+                        events.send(ConsoleEvent::Line(line));
+                    }
+                    Err(ReadlineError::Interrupted) => {
+                        events.send(ConsoleEvent::Interrupted);
+                        return;
+                    }
+                    Err(ReadlineError::Eof) => {
+                        events.send(ConsoleEvent::Eof);
+                        return;
+                    }
+                    Err(error) => {
+                        log::error!("cannot read the console: {error}");
+                        events.send(ConsoleEvent::Eof);
+                        return;
+                    }
+                }
+            }
+        })?;
+    printer_rx
+        .recv()
+        .map_err(|_| io::Error::other("the console thread ended at start"))?
+}
+
+/// Reads stdin as plain lines on its own thread.
+fn start_plain(events: Sender<ConsoleEvent>) -> io::Result<()> {
+    thread::Builder::new()
+        .name("twistctl-stdin".to_string())
+        .spawn(move || {
+            let stdin = io::stdin();
+            let mut input = stdin.lock();
+            read_lines(&mut input, |event| events.send(event));
+        })?;
+    Ok(())
+}
+
+/// Splits `input` into [`ConsoleEvent::Line`]s (`\n` or `\r\n`, invalid UTF-8 replaced)
+/// and ends with [`ConsoleEvent::Eof`].
+fn read_lines(input: &mut impl BufRead, mut emit: impl FnMut(ConsoleEvent)) {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match input
+            .by_ref()
+            .take(MAX_PIPED_LINE)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) => break,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                emit(ConsoleEvent::Line(
+                    String::from_utf8_lossy(&line).into_owned(),
+                ));
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                log::error!("cannot read standard input: {error}");
+                break;
+            }
+        }
+    }
+    emit(ConsoleEvent::Eof);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events_of(input: &[u8]) -> Vec<ConsoleEvent> {
+        let mut events = Vec::new();
+        read_lines(&mut io::Cursor::new(input.to_vec()), |e| events.push(e));
+        events
+    }
+
+    fn line(text: &str) -> ConsoleEvent {
+        ConsoleEvent::Line(text.to_string())
+    }
+
+    #[test]
+    fn piped_input_gives_lines_then_eof() {
+        assert_eq!(
+            events_of(b"hello\r\nworld\nlast"),
+            [
+                line("hello"),
+                line("world"),
+                line("last"),
+                ConsoleEvent::Eof
+            ]
+        );
+        assert_eq!(events_of(b""), [ConsoleEvent::Eof]);
+        assert_eq!(events_of(b"\n"), [line(""), ConsoleEvent::Eof]);
+    }
+
+    #[test]
+    fn invalid_utf8_in_piped_input_is_replaced_not_fatal() {
+        assert_eq!(
+            events_of(b"caf\xe9\nok\n"),
+            [line("caf\u{fffd}"), line("ok"), ConsoleEvent::Eof]
+        );
+    }
+
+    #[test]
+    fn an_endless_line_arrives_in_bounded_pieces() {
+        let big = vec![b'x'; (MAX_PIPED_LINE as usize) * 2 + 10];
+        let events = events_of(&big);
+        assert_eq!(events.len(), 4);
+        let lengths: Vec<usize> = events
+            .iter()
+            .filter_map(|e| match e {
+                ConsoleEvent::Line(l) => Some(l.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lengths,
+            [MAX_PIPED_LINE as usize, MAX_PIPED_LINE as usize, 10]
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! The talk commands: a line chat between an operator at the server and one at each
+//! client. The console and the display rules are shared by both sides.
+
+pub mod console;
+pub mod escape;

@@ -1,0 +1,2619 @@
+//! The TCP layer against spec items P-01..P-23, P-28 and X-01..X-19, on real sockets on
+//! loopback (127.0.0.1, and ::1 where the machine has it).
+//!
+//! Each test records lifecycle events into a shared log and compares whole sequences, so
+//! an event out of order, missing or doubled fails the test. Every run is bounded by a
+//! watchdog timer that stops the reactor and fails the test after 5 s.
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::rc::Rc;
+use std::time::Duration;
+
+use twistctl::reactor::tcp::{
+    ClientFactory, Connector, DEFAULT_CONNECT_TIMEOUT, HIGH_WATER_MARK, ListeningPort,
+    WRITE_BUFFER_LIMIT,
+};
+use twistctl::reactor::{
+    CloseReason, ConnectError, Factory, Failure, Producer, Protocol, ProtocolResult, Reactor, Step,
+    TransportRef,
+};
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+
+type Log = Rc<RefCell<Vec<String>>>;
+
+fn new_log() -> Log {
+    Rc::new(RefCell::new(Vec::new()))
+}
+
+fn push(log: &Log, event: impl Into<String>) {
+    log.borrow_mut().push(event.into());
+}
+
+fn events(log: &Log) -> Vec<String> {
+    log.borrow().clone()
+}
+
+/// `expected` as owned strings, for comparing with a log.
+fn seq(expected: &[&str]) -> Vec<String> {
+    expected.iter().map(|s| s.to_string()).collect()
+}
+
+const WATCHDOG: Duration = Duration::from_secs(5);
+
+/// Runs the reactor until the test stops it; fails if the watchdog had to.
+fn run(reactor: &Reactor) {
+    let fired = Rc::new(Cell::new(false));
+    let (flag, r) = (fired.clone(), reactor.clone());
+    let dog = reactor.call_later(WATCHDOG, move || {
+        flag.set(true);
+        r.stop()
+    });
+    reactor.run().expect("the reactor ran");
+    let _ = dog.cancel();
+    assert!(!fired.get(), "watchdog: the test did not finish within 5 s");
+}
+
+fn stop(reactor: &Reactor) {
+    reactor.stop().expect("the reactor was running");
+}
+
+/// Stops the reactor on the `n`th call: for tests that wait for events on both sides.
+fn countdown(reactor: &Reactor, n: usize) -> Rc<dyn Fn()> {
+    let left = Rc::new(Cell::new(n));
+    let r = reactor.clone();
+    Rc::new(move || {
+        left.set(left.get() - 1);
+        if left.get() == 0 {
+            stop(&r);
+        }
+    })
+}
+
+fn reason(reason: &CloseReason) -> String {
+    match reason {
+        CloseReason::Done => "Done".into(),
+        CloseReason::Lost(_) => "Lost".into(),
+        CloseReason::Reset(_) => "Reset".into(),
+        CloseReason::Aborted => "Aborted".into(),
+        CloseReason::Protocol(failure) => format!("Protocol({})", failure.error_message()),
+    }
+}
+
+fn connect_error(error: &ConnectError) -> String {
+    match error {
+        ConnectError::Refused(_) => "Refused".into(),
+        ConnectError::TimedOut => "TimedOut".into(),
+        ConnectError::KernelTimedOut(_) => "KernelTimedOut".into(),
+        ConnectError::Unreachable(_) => "Unreachable".into(),
+        ConnectError::Dns(_) => "Dns".into(),
+        ConnectError::UserAborted => "UserAborted".into(),
+        ConnectError::Bind(_) => "Bind".into(),
+        ConnectError::Other(e) => format!("Other({e})"),
+    }
+}
+
+fn v4() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// `[::1]:0` if this machine can bind it; otherwise says why and returns `None`.
+fn v6() -> Option<SocketAddr> {
+    let address: SocketAddr = "[::1]:0".parse().unwrap();
+    match StdListener::bind(address) {
+        Ok(_) => Some(address),
+        Err(error) => {
+            eprintln!("skipping the IPv6 part: cannot bind [::1]:0: {error}");
+            None
+        }
+    }
+}
+
+/// A local port nobody listens on, kept that way while the socket lives: it is bound, so
+/// no one else can take it, but not listening, so connects to it are refused.
+fn refusing_port() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&v4().into()).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, address)
+}
+
+/// `len` bytes of a pattern whose every position is checkable.
+fn pattern(start: usize, len: usize) -> Vec<u8> {
+    (start..start + len).map(|i| (i % 251) as u8).collect()
+}
+
+type MadeHook = Box<dyn FnMut(&TransportRef) -> ProtocolResult>;
+type DataHook = Box<dyn FnMut(&TransportRef, &[u8]) -> ProtocolResult>;
+type LostHook = Box<dyn FnMut(&CloseReason)>;
+type BuildFn = Box<dyn Fn(SocketAddr) -> Option<Box<dyn Protocol>>>;
+type FailedHook = Box<dyn Fn(&Connector, &ConnectError)>;
+type ClientLostHook = Box<dyn Fn(&Connector, &CloseReason)>;
+
+/// A protocol that logs its events as `tag:event`, keeps what it received, and runs
+/// optional hooks. A run of `data_received` calls is logged once, as `tag:data`, because
+/// chunk boundaries are not a contract (X-17).
+struct Rec {
+    tag: &'static str,
+    log: Log,
+    received: Rc<RefCell<Vec<u8>>>,
+    in_data: bool,
+    half_close: bool,
+    on_made: Option<MadeHook>,
+    on_data: Option<DataHook>,
+    on_lost: Option<LostHook>,
+    on_read_lost: Option<MadeHook>,
+}
+
+impl Rec {
+    fn new(tag: &'static str, log: &Log) -> Rec {
+        Rec {
+            tag,
+            log: log.clone(),
+            received: Rc::new(RefCell::new(Vec::new())),
+            in_data: false,
+            half_close: false,
+            on_made: None,
+            on_data: None,
+            on_lost: None,
+            on_read_lost: None,
+        }
+    }
+
+    fn into_received(mut self, received: &Rc<RefCell<Vec<u8>>>) -> Rec {
+        self.received = received.clone();
+        self
+    }
+
+    fn made(mut self, f: impl FnMut(&TransportRef) -> ProtocolResult + 'static) -> Rec {
+        self.on_made = Some(Box::new(f));
+        self
+    }
+
+    fn data(mut self, f: impl FnMut(&TransportRef, &[u8]) -> ProtocolResult + 'static) -> Rec {
+        self.on_data = Some(Box::new(f));
+        self
+    }
+
+    fn lost(mut self, f: impl FnMut(&CloseReason) + 'static) -> Rec {
+        self.on_lost = Some(Box::new(f));
+        self
+    }
+
+    fn half_close(mut self, f: impl FnMut(&TransportRef) -> ProtocolResult + 'static) -> Rec {
+        self.half_close = true;
+        self.on_read_lost = Some(Box::new(f));
+        self
+    }
+
+    fn event(&mut self, what: &str) {
+        self.in_data = false;
+        push(&self.log, format!("{}:{what}", self.tag));
+    }
+}
+
+impl Protocol for Rec {
+    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.event("made");
+        match &mut self.on_made {
+            Some(f) => f(transport),
+            None => Ok(()),
+        }
+    }
+
+    fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
+        if !self.in_data {
+            push(&self.log, format!("{}:data", self.tag));
+            self.in_data = true;
+        }
+        self.received.borrow_mut().extend_from_slice(data);
+        match &mut self.on_data {
+            Some(f) => f(transport, data),
+            None => Ok(()),
+        }
+    }
+
+    fn connection_lost(&mut self, why: &CloseReason) {
+        self.event(&format!("lost({})", reason(why)));
+        if let Some(f) = &mut self.on_lost {
+            f(why);
+        }
+    }
+
+    fn wants_half_close(&self) -> bool {
+        self.half_close
+    }
+
+    fn read_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.event("read_lost");
+        match &mut self.on_read_lost {
+            Some(f) => f(transport),
+            None => Ok(()),
+        }
+    }
+
+    fn write_connection_lost(&mut self, _transport: &TransportRef) -> ProtocolResult {
+        self.event("write_lost");
+        Ok(())
+    }
+}
+
+/// A factory, usable for listening and for connecting, that logs as `tag:event`.
+struct Fac {
+    tag: &'static str,
+    log: Log,
+    build: BuildFn,
+    on_started: Box<dyn Fn(&Connector)>,
+    on_failed: FailedHook,
+    on_lost: ClientLostHook,
+}
+
+impl Fac {
+    fn new(
+        tag: &'static str,
+        log: &Log,
+        build: impl Fn(SocketAddr) -> Option<Box<dyn Protocol>> + 'static,
+    ) -> Fac {
+        Fac {
+            tag,
+            log: log.clone(),
+            build: Box::new(build),
+            on_started: Box::new(|_| {}),
+            on_failed: Box::new(|_, _| {}),
+            on_lost: Box::new(|_, _| {}),
+        }
+    }
+
+    fn started(mut self, f: impl Fn(&Connector) + 'static) -> Fac {
+        self.on_started = Box::new(f);
+        self
+    }
+
+    fn failed(mut self, f: impl Fn(&Connector, &ConnectError) + 'static) -> Fac {
+        self.on_failed = Box::new(f);
+        self
+    }
+
+    fn lost(mut self, f: impl Fn(&Connector, &CloseReason) + 'static) -> Fac {
+        self.on_lost = Box::new(f);
+        self
+    }
+
+    fn rc(self) -> Rc<Fac> {
+        Rc::new(self)
+    }
+
+    fn push(&self, what: &str) {
+        push(&self.log, format!("{}:{what}", self.tag));
+    }
+}
+
+impl Factory for Fac {
+    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+        let protocol = (self.build)(addr);
+        self.push(if protocol.is_some() {
+            "build"
+        } else {
+            "build(None)"
+        });
+        protocol
+    }
+
+    fn start_factory(&self) {
+        self.push("start");
+    }
+
+    fn stop_factory(&self) {
+        self.push("stop");
+    }
+}
+
+impl ClientFactory for Fac {
+    fn started_connecting(&self, connector: &Connector) {
+        self.push(&format!(
+            "started(connecting={})",
+            connector.is_connecting()
+        ));
+        (self.on_started)(connector);
+    }
+
+    fn client_connection_failed(&self, connector: &Connector, why: &ConnectError) {
+        self.push(&format!("failed({})", connect_error(why)));
+        (self.on_failed)(connector, why);
+    }
+
+    fn client_connection_lost(&self, connector: &Connector, why: &CloseReason) {
+        self.push(&format!("client_lost({})", reason(why)));
+        (self.on_lost)(connector, why);
+    }
+}
+
+fn listen(reactor: &Reactor, address: SocketAddr, factory: Rc<Fac>) -> ListeningPort {
+    reactor.listen_tcp(address, factory).expect("listening")
+}
+
+fn connect(reactor: &Reactor, address: SocketAddr, factory: Rc<Fac>) -> Connector {
+    reactor.connect_tcp(address, factory, Some(Duration::from_secs(4)))
+}
+
+/// A shared slot for a transport handed from one callback to another.
+type Slot = Rc<RefCell<Option<TransportRef>>>;
+
+fn slot() -> Slot {
+    Rc::new(RefCell::new(None))
+}
+
+// ---------------------------------------------------------------------------------------
+// P — server side
+
+#[test]
+fn p07_server_lifecycle_order() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (l, rcv, r) = (log.clone(), received.clone(), reactor.clone());
+    let port_slot: Rc<RefCell<Option<ListeningPort>>> = Rc::new(RefCell::new(None));
+    let ps = port_slot.clone();
+    let factory = Fac::new("srvf", &log, move |_| {
+        let (l2, r2, ps2) = (l.clone(), r.clone(), ps.clone());
+        Some(Box::new(Rec::new("srv", &l).into_received(&rcv).lost(
+            move |_| {
+                // P-09: the port closes later, then the factory stops, then this fires.
+                let port = ps2.borrow().clone().expect("port");
+                let l3 = l2.clone();
+                let r3 = r2.clone();
+                port.stop_listening().add_both(move |result| {
+                    push(&l3, format!("stop_listening fired ok={}", result.is_ok()));
+                    stop(&r3);
+                    Step::Value(())
+                });
+                push(&l2, "stop_listening returned");
+            },
+        )))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), factory);
+    push(&log, "listen_tcp returned");
+    *port_slot.borrow_mut() = Some(port.clone());
+    let mut client = StdStream::connect(port.host()).unwrap();
+    client.write_all(b"hello").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(events(&log), seq(&["srvf:start", "listen_tcp returned"]));
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srvf:start",
+            "listen_tcp returned",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:lost(Done)",
+            "stop_listening returned",
+            "srvf:stop",
+            "stop_listening fired ok=true",
+        ])
+    );
+    assert_eq!(&*received.borrow(), b"hello");
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "the client saw an orderly close");
+}
+
+#[test]
+fn p07_a_burst_of_connections_is_all_accepted() {
+    const N: usize = 150;
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let made = Rc::new(Cell::new(0));
+    let (m, r) = (made.clone(), reactor.clone());
+    let server = Fac::new("srvf", &new_log(), move |_| {
+        let (m, r) = (m.clone(), r.clone());
+        Some(Box::new(Rec::new("srv", &new_log()).made(move |_| {
+            m.set(m.get() + 1);
+            if m.get() == N {
+                stop(&r);
+            }
+            Ok(())
+        })))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    // All queued before the loop runs: one readiness edge for the lot.
+    let clients: Vec<StdStream> = (0..N)
+        .map(|_| StdStream::connect(port.host()).unwrap())
+        .collect();
+    run(&reactor);
+    assert_eq!(made.get(), N, "{:?}", events(&log));
+    drop(clients);
+}
+
+#[test]
+fn p06_listen_failure_leaves_factory_untouched() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let taken = StdListener::bind(v4()).unwrap();
+    let address = taken.local_addr().unwrap();
+    let factory = Fac::new("f", &log, |_| None).rc();
+    let error = reactor.listen_tcp(address, factory).unwrap_err();
+    assert_eq!(error.address, address);
+    assert_eq!(error.source.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(
+        events(&log).is_empty(),
+        "no start_factory: {:?}",
+        events(&log)
+    );
+    assert_eq!(reactor.io_source_count(), 0);
+}
+
+#[test]
+fn p08_server_build_protocol_none_closes_cleanly() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let client_log = new_log();
+    let port = listen(&reactor, v4(), Fac::new("srvf", &server_log, |_| None).rc());
+    let (l, r) = (client_log.clone(), reactor.clone());
+    let client = Fac::new("cf", &client_log, move |_| {
+        Some(Box::new(Rec::new("cli", &l)))
+    })
+    .lost(move |_, _| {
+        let r = r.clone();
+        // Give a wrongly built server protocol the chance to show up in the log.
+        r.clone()
+            .call_later(Duration::from_millis(50), move || stop(&r));
+    })
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&server_log),
+        seq(&["srvf:start", "srvf:build(None)", "srvf:stop"])
+    );
+    assert_eq!(
+        events(&client_log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+}
+
+#[test]
+fn p09_stop_listening_fires_keeps_connections_and_port_rebinds() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let server_transport = slot();
+    let (l, st) = (log.clone(), server_transport.clone());
+    let port_slot: Rc<RefCell<Option<ListeningPort>>> = Rc::new(RefCell::new(None));
+    let ps = port_slot.clone();
+    let server = Fac::new("srvf", &log, move |_| {
+        let (st, ps, l2) = (st.clone(), ps.clone(), l.clone());
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .made(move |t| {
+                    *st.borrow_mut() = Some(t.clone());
+                    let port = ps.borrow().clone().expect("port");
+                    let l3 = l2.clone();
+                    let address = port.host();
+                    let t = t.clone();
+                    port.stop_listening().add_both(move |_| {
+                        push(&l3, "stopped");
+                        // P-09: once fired, the same port number can be bound again.
+                        let again = StdListener::bind(address);
+                        push(&l3, format!("rebind ok={}", again.is_ok()));
+                        // The accepted connection stays open and usable.
+                        t.write(b"still here");
+                        t.lose_connection();
+                        Step::Value(())
+                    });
+                    Ok(())
+                })
+                .data(|_, _| Ok(())),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    *port_slot.borrow_mut() = Some(port.clone());
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (l, rcv, r) = (log.clone(), received.clone(), reactor.clone());
+    let client = Fac::new("cf", &log, move |_| {
+        Some(Box::new(Rec::new("cli", &l).into_received(&rcv)))
+    })
+    .lost(move |_, _| stop(&r))
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    let log = events(&log);
+    let server_side: Vec<String> = log
+        .iter()
+        .filter(|e| !e.starts_with("c"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        server_side,
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srvf:stop",
+            "stopped",
+            "rebind ok=true",
+            "srv:lost(Done)",
+        ])
+    );
+    assert!(log.contains(&"cf:client_lost(Done)".to_string()), "{log:?}");
+    assert_eq!(&*received.borrow(), b"still here");
+    assert!(server_transport.borrow().is_some());
+}
+
+#[test]
+fn p10_port_zero_reports_the_chosen_port() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let port = listen(&reactor, v4(), Fac::new("f", &log, |_| None).rc());
+    assert_ne!(port.host().port(), 0);
+    assert_eq!(port.host().ip(), v4().ip());
+    // The port really listens there.
+    assert!(StdStream::connect(port.host()).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------
+// P — factory start/stop
+
+#[test]
+fn p01_factory_start_stop_counted_across_two_ports() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let factory = Fac::new("f", &log, |_| None).rc();
+    let one = listen(&reactor, v4(), factory.clone());
+    let two = listen(&reactor, v4(), factory);
+    push(&log, "listening twice");
+    let (l, r, two2) = (log.clone(), reactor.clone(), two.clone());
+    reactor.call_when_running(move || {
+        let l2 = l.clone();
+        one.stop_listening().add_both(move |_| {
+            push(&l2, "one stopped");
+            let (l3, r3) = (l2.clone(), r.clone());
+            two2.stop_listening().add_both(move |_| {
+                push(&l3, "two stopped");
+                stop(&r3);
+                Step::Value(())
+            });
+            Step::Value(())
+        });
+    });
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "f:start",
+            "listening twice",
+            "one stopped",
+            "f:stop",
+            "two stopped"
+        ])
+    );
+    drop(two);
+}
+
+#[test]
+fn p01_factory_start_stop_counted_across_port_and_connector() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (_refusing, refused) = refusing_port();
+    let port_slot: Rc<RefCell<Option<ListeningPort>>> = Rc::new(RefCell::new(None));
+    let (l, r, ps) = (log.clone(), reactor.clone(), port_slot.clone());
+    let factory = Fac::new("f", &log, |_| None)
+        .failed(move |_, _| {
+            // The port still uses the factory: no stop here.
+            let (l, r) = (l.clone(), r.clone());
+            let port = ps.borrow().clone().expect("port");
+            r.clone().call_later(Duration::ZERO, move || {
+                port.stop_listening().add_both(move |_| {
+                    push(&l, "port stopped");
+                    stop(&r);
+                    Step::Value(())
+                });
+            });
+        })
+        .rc();
+    let port = listen(&reactor, v4(), factory.clone());
+    *port_slot.borrow_mut() = Some(port);
+    push(&log, "listening");
+    reactor.connect_tcp(refused, factory, Some(Duration::from_secs(4)));
+    push(&log, "connecting");
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "f:start",
+            "listening",
+            "f:started(connecting=true)",
+            "connecting",
+            "f:failed(Refused)",
+            "f:stop",
+            "port stopped",
+        ])
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// P — client side
+
+#[test]
+fn p11_p12_p14_client_lifecycle_order() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let sl = server_log.clone();
+    let server = Fac::new("srvf", &server_log, move |_| {
+        Some(Box::new(Rec::new("srv", &sl).data(|t, data| {
+            t.write(data);
+            t.lose_connection();
+            Ok(())
+        })))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let returned: Rc<RefCell<Option<Connector>>> = Rc::new(RefCell::new(None));
+    let (l, rcv) = (log.clone(), received.clone());
+    let (ret1, ret2, r) = (returned.clone(), returned.clone(), reactor.clone());
+    let client = Fac::new("cf", &log, move |_| {
+        Some(Box::new(Rec::new("cli", &l).into_received(&rcv).made(
+            |t| {
+                t.write(b"ping");
+                Ok(())
+            },
+        )))
+    })
+    .started(move |c| {
+        // P-16: not yet returned, but the same connector is passed everywhere.
+        assert!(ret1.borrow().is_none());
+        assert!(!c.is_connected());
+    })
+    .lost(move |c, _| {
+        assert!(
+            ret2.borrow().as_ref() == Some(c),
+            "P-16: the same connector"
+        );
+        assert!(!c.is_connected() && !c.is_connecting());
+        stop(&r);
+    })
+    .rc();
+    let connector = connect(&reactor, port.host(), client);
+    push(&log, "connect_tcp returned");
+    assert!(connector.is_connecting());
+    assert_eq!(connector.destination(), port.host());
+    *returned.borrow_mut() = Some(connector.clone());
+    // P-11: nothing else happens synchronously.
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "connect_tcp returned"
+        ])
+    );
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "connect_tcp returned",
+            "cf:build",
+            "cli:made",
+            "cli:data",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+    assert_eq!(&*received.borrow(), b"ping");
+    assert_eq!(
+        events(&server_log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:lost(Done)",
+            "srvf:stop"
+        ])
+    );
+}
+
+#[test]
+fn p13_client_failure_order() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (_refusing, refused) = refusing_port();
+    let returned: Rc<RefCell<Option<Connector>>> = Rc::new(RefCell::new(None));
+    let (ret, r) = (returned.clone(), reactor.clone());
+    let factory = Fac::new("cf", &log, |_| panic!("P-13: no protocol is built"))
+        .failed(move |c, why| {
+            assert!(ret.borrow().as_ref() == Some(c), "P-16: the same connector");
+            assert!(matches!(why, ConnectError::Refused(_)));
+            assert!(!c.is_connecting());
+            let r = r.clone();
+            r.clone().call_later(Duration::ZERO, move || stop(&r));
+        })
+        .rc();
+    let connector = connect(&reactor, refused, factory);
+    push(&log, "connect_tcp returned");
+    *returned.borrow_mut() = Some(connector.clone());
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "connect_tcp returned",
+            "cf:failed(Refused)",
+            "cf:stop",
+        ])
+    );
+    assert_eq!(connector.destination(), refused);
+    assert_eq!(reactor.io_source_count(), 0, "the attempt's socket is gone");
+}
+
+/// A listener that completes no more handshakes: backlog 0, never accepting, its queue
+/// filled by a connection made first; the kernel then drops new SYNs.
+fn black_hole() -> (socket2::Socket, Vec<StdStream>, socket2::Socket, SocketAddr) {
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener.bind(&v4().into()).unwrap();
+    listener.listen(0).unwrap();
+    let address = listener.local_addr().unwrap().as_socket().unwrap();
+    let filler = StdStream::connect_timeout(&address, Duration::from_secs(2)).unwrap();
+    // A second one whose SYN is already being dropped, to be sure the queue is full.
+    let extra = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    extra.set_nonblocking(true).unwrap();
+    let _ = extra.connect(&address.into());
+    (listener, vec![filler], extra, address)
+}
+
+#[test]
+fn x14_connect_timeout_fails_with_timed_out_not_before_the_timeout() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let _hole = black_hole();
+    let address = _hole.3;
+    let started_at = reactor.seconds();
+    let failed_at = Rc::new(Cell::new(None));
+    let (f, r) = (failed_at.clone(), reactor.clone());
+    let factory = Fac::new("cf", &log, |_| panic!("no connection expected"))
+        .failed(move |_, _| {
+            f.set(Some(r.seconds()));
+            stop(&r);
+        })
+        .rc();
+    reactor.connect_tcp(address, factory, Some(Duration::from_millis(300)));
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:failed(TimedOut)",
+            "cf:stop"
+        ])
+    );
+    let elapsed = failed_at.get().expect("failed") - started_at;
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    assert_eq!(
+        reactor.io_source_count(),
+        0,
+        "the attempt's socket is closed"
+    );
+}
+
+#[test]
+fn p21_x14_timeout_none_sets_no_timer_and_default_is_30s() {
+    assert_eq!(DEFAULT_CONNECT_TIMEOUT, Duration::from_secs(30));
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let hole = black_hole();
+    let factory = Fac::new("cf", &log, |_| None).rc();
+    let none = reactor.connect_tcp(hole.3, factory.clone(), None);
+    assert!(reactor.delayed_calls().is_empty(), "timeout None: no timer");
+    let start = reactor.seconds();
+    let timed = reactor.connect_tcp(hole.3, factory, Some(DEFAULT_CONNECT_TIMEOUT));
+    let calls = reactor.delayed_calls();
+    assert_eq!(calls.len(), 1);
+    // P-21: measured from connect_tcp.
+    let due = calls[0].time() - start;
+    assert!(
+        due >= DEFAULT_CONNECT_TIMEOUT && due < DEFAULT_CONNECT_TIMEOUT + Duration::from_secs(1)
+    );
+    // Stopping the attempts cancels the timer and reports UserAborted.
+    none.stop_connecting().unwrap();
+    timed.stop_connecting().unwrap();
+    assert!(!calls[0].active());
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:started(connecting=true)",
+            "cf:failed(UserAborted)",
+            "cf:failed(UserAborted)",
+            "cf:stop",
+        ])
+    );
+}
+
+#[test]
+fn p15_refused_connect_is_connect_error_refused() {
+    let reactor = Reactor::new().unwrap();
+    let (_refusing, refused) = refusing_port();
+    let got: Rc<RefCell<Option<ConnectError>>> = Rc::new(RefCell::new(None));
+    let (g, r) = (got.clone(), reactor.clone());
+    let factory = Fac::new("cf", &new_log(), |_| None)
+        .failed(move |_, why| {
+            *g.borrow_mut() = Some(why.clone());
+            stop(&r);
+        })
+        .rc();
+    connect(&reactor, refused, factory);
+    run(&reactor);
+    match got.borrow().as_ref() {
+        Some(ConnectError::Refused(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused)
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn p17_connect_again_from_client_connection_failed() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (_refusing, refused) = refusing_port();
+    let attempts = Rc::new(Cell::new(0));
+    let (a, l, l2, r) = (attempts.clone(), log.clone(), log.clone(), reactor.clone());
+    let factory = Fac::new("cf", &log, |_| None)
+        .started(move |c| {
+            // P-17: connect() while connecting is an error.
+            push(
+                &l2,
+                format!("connect while connecting: {}", c.connect().is_err()),
+            );
+        })
+        .failed(move |c, _| {
+            a.set(a.get() + 1);
+            if a.get() < 2 {
+                push(&l, format!("reconnect ok={}", c.connect().is_ok()));
+            } else {
+                let r = r.clone();
+                r.clone().call_later(Duration::ZERO, move || stop(&r));
+            }
+        })
+        .rc();
+    connect(&reactor, refused, factory);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "connect while connecting: true",
+            "cf:failed(Refused)",
+            "cf:started(connecting=true)",
+            "connect while connecting: true",
+            "reconnect ok=true",
+            "cf:failed(Refused)",
+            "cf:stop",
+        ])
+    );
+}
+
+#[test]
+fn p17_connect_again_from_client_connection_lost() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let sl = server_log.clone();
+    let server = Fac::new("srvf", &server_log, move |_| {
+        Some(Box::new(Rec::new("srv", &sl).made(|t| {
+            t.lose_connection();
+            Ok(())
+        })))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let lost_count = Rc::new(Cell::new(0));
+    let (l, l2, n, r) = (
+        log.clone(),
+        log.clone(),
+        lost_count.clone(),
+        reactor.clone(),
+    );
+    let client = Fac::new("cf", &log, move |_| Some(Box::new(Rec::new("cli", &l))))
+        .lost(move |c, _| {
+            n.set(n.get() + 1);
+            if n.get() < 2 {
+                push(&l2, format!("reconnect ok={}", c.connect().is_ok()));
+            } else {
+                let r = r.clone();
+                r.clone().call_later(Duration::ZERO, move || stop(&r));
+            }
+        })
+        .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:started(connecting=true)",
+            "reconnect ok=true",
+            "cf:build",
+            "cli:made",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+}
+
+#[test]
+fn p17_connect_later_starts_the_factory_again() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (_refusing, refused) = refusing_port();
+    let attempts = Rc::new(Cell::new(0));
+    let (a, r) = (attempts.clone(), reactor.clone());
+    let factory = Fac::new("cf", &log, |_| None)
+        .failed(move |c, _| {
+            a.set(a.get() + 1);
+            let (c, r) = (c.clone(), r.clone());
+            if a.get() < 2 {
+                // Not from inside the callback: the factory stops in between.
+                r.call_later(Duration::from_millis(10), move || c.connect());
+            } else {
+                r.clone().call_later(Duration::ZERO, move || stop(&r));
+            }
+        })
+        .rc();
+    connect(&reactor, refused, factory);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:failed(Refused)",
+            "cf:stop",
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:failed(Refused)",
+            "cf:stop",
+        ])
+    );
+}
+
+#[test]
+fn p18_stop_connecting_inside_started_connecting() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let port = listen(&reactor, v4(), Fac::new("srvf", &server_log, |_| None).rc());
+    let log = new_log();
+    let l = log.clone();
+    let factory = Fac::new("cf", &log, |_| panic!("no connection expected"))
+        .started(move |c| {
+            let result = c.stop_connecting();
+            push(
+                &l,
+                format!("stop_connecting returned ok={}", result.is_ok()),
+            );
+            push(
+                &l,
+                format!("again is error: {}", c.stop_connecting().is_err()),
+            );
+        })
+        .rc();
+    let connector = connect(&reactor, port.host(), factory);
+    push(&log, "connect_tcp returned");
+    assert!(!connector.is_connecting());
+    let r = reactor.clone();
+    // Nothing may follow: give a stray attempt time to show up.
+    reactor.call_later(Duration::from_millis(100), move || stop(&r));
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:failed(UserAborted)",
+            "cf:stop",
+            "stop_connecting returned ok=true",
+            "again is error: true",
+            "connect_tcp returned",
+        ])
+    );
+    // The server may have seen the SYN, but no protocol was built on the client side.
+    assert!(
+        !events(&server_log).contains(&"srvf:build".to_string()),
+        "{:?}",
+        events(&server_log)
+    );
+}
+
+#[test]
+fn p19_disconnect_while_connecting_and_while_connected() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let sl = server_log.clone();
+    let port = listen(
+        &reactor,
+        v4(),
+        Fac::new("srvf", &server_log, move |_| {
+            Some(Box::new(Rec::new("srv", &sl)))
+        })
+        .rc(),
+    );
+    let log = new_log();
+    let connector_slot: Rc<RefCell<Option<Connector>>> = Rc::new(RefCell::new(None));
+    let (l, cs, r) = (log.clone(), connector_slot.clone(), reactor.clone());
+    let client = Fac::new("cf", &log, move |_| {
+        let cs = cs.clone();
+        Some(Box::new(Rec::new("cli", &l).made(move |_| {
+            // While connected: disconnect() is lose_connection().
+            cs.borrow().as_ref().expect("connector").disconnect();
+            Ok(())
+        })))
+    })
+    .failed(|c, _| {
+        // Reconnect after the disconnect() while connecting.
+        assert!(c.connect().is_ok());
+    })
+    .lost(move |_, _| stop(&r))
+    .rc();
+    let connector = connect(&reactor, port.host(), client);
+    connector.disconnect(); // while connecting = stop_connecting
+    *connector_slot.borrow_mut() = Some(connector.clone());
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:failed(UserAborted)",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+    connector.disconnect(); // disconnected: nothing
+    assert!(!connector.is_connecting());
+}
+
+#[test]
+fn p20_client_build_protocol_none_closes_cleanly() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let (sl, r) = (server_log.clone(), reactor.clone());
+    let server = Fac::new("srvf", &server_log, move |_| {
+        let r = r.clone();
+        Some(Box::new(Rec::new("srv", &sl).lost(move |_| stop(&r))))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let client = Fac::new("cf", &log, |_| None).rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build(None)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+    assert_eq!(
+        events(&server_log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:lost(Done)",
+            "srvf:stop"
+        ])
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// P — errors in protocol callbacks
+
+#[test]
+fn p22_data_received_error_closes_with_protocol_reason() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let sl = server_log.clone();
+    let server_received = Rc::new(RefCell::new(Vec::new()));
+    let srcv = server_received.clone();
+    let done = countdown(&reactor, 2);
+    let d = done.clone();
+    let server = Fac::new("srvf", &server_log, move |_| {
+        let d = d.clone();
+        Some(Box::new(
+            Rec::new("srv", &sl)
+                .into_received(&srcv)
+                .made(|t| {
+                    t.write(b"trigger");
+                    Ok(())
+                })
+                .lost(move |_| d()),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let failures: Rc<RefCell<Vec<Failure>>> = Rc::new(RefCell::new(Vec::new()));
+    let (l, f1, f2) = (log.clone(), failures.clone(), failures.clone());
+    let client = Fac::new("cf", &log, move |_| {
+        let f1 = f1.clone();
+        Some(Box::new(
+            Rec::new("cli", &l)
+                .data(|t, _| {
+                    // Written before the error: still flushed (an orderly close).
+                    t.write(b"last words");
+                    Err(Failure::msg("bad input"))
+                })
+                .lost(move |why| {
+                    if let CloseReason::Protocol(f) = why {
+                        f1.borrow_mut().push(f.clone());
+                    }
+                }),
+        ))
+    })
+    .lost(move |_, why| {
+        if let CloseReason::Protocol(f) = why {
+            f2.borrow_mut().push(f.clone());
+        }
+        done();
+    })
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:data",
+            "cli:lost(Protocol(bad input))",
+            "cf:client_lost(Protocol(bad input))",
+            "cf:stop",
+        ])
+    );
+    let failures = failures.borrow();
+    assert_eq!(failures.len(), 2);
+    assert!(
+        Rc::ptr_eq(failures[0].error(), failures[1].error()),
+        "client_connection_lost gets the same failure"
+    );
+    // The peer sees an orderly close, after the bytes written before the error.
+    assert_eq!(
+        events(&server_log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:lost(Done)",
+            "srvf:stop"
+        ])
+    );
+    assert_eq!(&*server_received.borrow(), b"last words");
+}
+
+#[test]
+fn p22_protocol_error_stays_the_reason_when_the_peer_then_resets() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let peer: Rc<RefCell<Option<StdStream>>> = Rc::new(RefCell::new(None));
+    let (l, p, r) = (log.clone(), peer.clone(), reactor.clone());
+    let server = Fac::new("srvf", &log, move |_| {
+        let (p, r) = (p.clone(), r.clone());
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .data(move |t, _| {
+                    t.write(b"unsendable");
+                    // The peer resets before the orderly close can flush.
+                    let peer = p.borrow_mut().take().expect("peer");
+                    socket2::SockRef::from(&peer)
+                        .set_linger(Some(Duration::ZERO))
+                        .unwrap();
+                    drop(peer);
+                    Err(Failure::msg("bad request"))
+                })
+                .lost(move |_| stop(&r)),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let mut client = StdStream::connect(port.host()).unwrap();
+    client.write_all(b"request").unwrap();
+    *peer.borrow_mut() = Some(client);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:lost(Protocol(bad request))",
+            "srvf:stop",
+        ])
+    );
+}
+
+#[test]
+fn p22_client_connection_made_error_closes_with_protocol_reason() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let sl = server_log.clone();
+    let done = countdown(&reactor, 2);
+    let (d1, d2) = (done.clone(), done);
+    let server = Fac::new("srvf", &server_log, move |_| {
+        let d = d1.clone();
+        Some(Box::new(Rec::new("srv", &sl).lost(move |_| d())))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let l = log.clone();
+    let client = Fac::new("cf", &log, move |_| {
+        Some(Box::new(
+            Rec::new("cli", &l).made(|_| Err(Failure::msg("no thanks"))),
+        ))
+    })
+    .lost(move |_, _| d2())
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:lost(Protocol(no thanks))",
+            "cf:client_lost(Protocol(no thanks))",
+            "cf:stop",
+        ])
+    );
+    assert_eq!(
+        events(&server_log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:lost(Done)",
+            "srvf:stop"
+        ])
+    );
+}
+
+#[test]
+fn p23_server_connection_made_error_closes_with_protocol_reason() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let sl = server_log.clone();
+    let done = countdown(&reactor, 2);
+    let (d1, d2) = (done.clone(), done);
+    let server = Fac::new("srvf", &server_log, move |_| {
+        let d = d1.clone();
+        Some(Box::new(
+            Rec::new("srv", &sl)
+                .made(|t| {
+                    t.write(b"sorry");
+                    Err(Failure::msg("refusing service"))
+                })
+                .lost(move |_| d()),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (l, rcv) = (log.clone(), received.clone());
+    let client = Fac::new("cf", &log, move |_| {
+        Some(Box::new(Rec::new("cli", &l).into_received(&rcv)))
+    })
+    .lost(move |_, _| d2())
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&server_log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:lost(Protocol(refusing service))",
+            "srvf:stop",
+        ])
+    );
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:data",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+    assert_eq!(&*received.borrow(), b"sorry");
+}
+
+// ---------------------------------------------------------------------------------------
+// P-28 — shutdown
+
+#[test]
+fn p28_shutdown_loses_connections_and_closes_ports() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let made = Rc::new(Cell::new(0));
+    let sl = log.clone();
+    let (m1, r1) = (made.clone(), reactor.clone());
+    let server = Fac::new("srvf", &log, move |_| {
+        let (m, r) = (m1.clone(), r1.clone());
+        Some(Box::new(Rec::new("srv", &sl).made(move |_| {
+            m.set(m.get() + 1);
+            if m.get() == 2 {
+                stop(&r);
+            }
+            Ok(())
+        })))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let (l, m2, r2) = (log.clone(), made.clone(), reactor.clone());
+    let client = Fac::new("cf", &log, move |_| {
+        let (m, r) = (m2.clone(), r2.clone());
+        Some(Box::new(Rec::new("cli", &l).made(move |_| {
+            m.set(m.get() + 1);
+            if m.get() == 2 {
+                stop(&r);
+            }
+            Ok(())
+        })))
+    })
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    let log = events(&log);
+    let of = |prefix: &str| -> Vec<String> {
+        log.iter()
+            .filter(|e| e.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    // Whether the port or the connection goes first is not specified.
+    assert_eq!(of("srv:"), seq(&["srv:made", "srv:lost(Lost)"]));
+    assert_eq!(of("srvf:"), seq(&["srvf:start", "srvf:build", "srvf:stop"]));
+    assert_eq!(
+        of("c"),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:lost(Lost)",
+            "cf:client_lost(Lost)",
+            "cf:stop",
+        ])
+    );
+    assert_eq!(reactor.io_source_count(), 0, "every socket closed: {log:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// X — writing
+
+#[test]
+fn x01_x02_write_is_buffered_and_sent_later_in_order() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let peer: Rc<RefCell<Option<StdStream>>> = Rc::new(RefCell::new(None));
+    let (l, p, r) = (log.clone(), peer.clone(), reactor.clone());
+    let server = Fac::new("srvf", &log, move |_| {
+        let (p, l2, r) = (p.clone(), l.clone(), r.clone());
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .made(move |t| {
+                    t.write(b"");
+                    t.write(b"one ");
+                    t.write_sequence(&[b"two ", b"", b"three"]);
+                    // X-01: nothing reached the peer yet.
+                    let mut peer = p.borrow_mut();
+                    let peer = peer.as_mut().expect("peer");
+                    let mut buffer = [0u8; 64];
+                    let early = peer.read(&mut buffer);
+                    let would_block = matches!(
+                        &early,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                    );
+                    push(&l2, format!("nothing sent synchronously: {would_block}"));
+                    t.lose_connection();
+                    Ok(())
+                })
+                .lost(move |_| stop(&r)),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let client = StdStream::connect(port.host()).unwrap();
+    client.set_nonblocking(true).unwrap();
+    *peer.borrow_mut() = Some(client);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "nothing sent synchronously: true",
+            "srv:lost(Done)",
+            "srvf:stop",
+        ])
+    );
+    let mut client = peer.borrow_mut().take().unwrap();
+    client.set_nonblocking(false).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"one two three");
+}
+
+#[test]
+fn x04_a_flush_sends_a_bounded_amount_per_pass() {
+    const TOTAL: usize = 1024 * 1024;
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let peer: Rc<RefCell<Option<StdStream>>> = Rc::new(RefCell::new(None));
+    let reader: Rc<RefCell<Option<std::thread::JoinHandle<Vec<u8>>>>> = Rc::new(RefCell::new(None));
+    let (l, p, rd, r) = (log.clone(), peer.clone(), reader.clone(), reactor.clone());
+    let done = countdown(&reactor, 2);
+    let server = Fac::new("srvf", &new_log(), move |_| {
+        let (l, p, rd, r) = (l.clone(), p.clone(), rd.clone(), r.clone());
+        let (d1, d2) = (done.clone(), done.clone());
+        let made = move |t: &TransportRef| {
+            t.write(&pattern(0, TOTAL));
+            t.lose_connection();
+            let (l, p, rd, d1) = (l.clone(), p.clone(), rd.clone(), d1.clone());
+            // Runs in the next iteration, right after its first flush pass.
+            r.call_later(Duration::ZERO, move || {
+                let mut stream = p.borrow_mut().take().expect("peer");
+                let mut first = Vec::new();
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buffer) {
+                        Ok(0) => break,
+                        Ok(n) => first.extend_from_slice(&buffer[..n]),
+                        Err(_) => break, // WouldBlock: all there is for now
+                    }
+                }
+                push(&l, format!("after one pass: {} KiB", first.len() / 1024));
+                stream.set_nonblocking(false).unwrap();
+                *rd.borrow_mut() = Some(std::thread::spawn(move || {
+                    let mut rest = Vec::new();
+                    let _ = stream.read_to_end(&mut rest);
+                    first.extend_from_slice(&rest);
+                    first
+                }));
+                d1();
+            });
+            Ok(())
+        };
+        Some(Box::new(
+            Rec::new("srv", &new_log()).made(made).lost(move |_| d2()),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let client = StdStream::connect(port.host()).unwrap();
+    client.set_nonblocking(true).unwrap();
+    *peer.borrow_mut() = Some(client);
+    run(&reactor);
+    assert_eq!(events(&log), seq(&["after one pass: 128 KiB"]));
+    let handle = reader.borrow_mut().take().expect("reader");
+    let all = handle.join().unwrap();
+    assert!(all == pattern(0, TOTAL), "all bytes, in order");
+}
+
+#[test]
+fn x05_lose_connection_delivers_buffered_data() {
+    const BIG: usize = 10 * 1024 * 1024;
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let sl = server_log.clone();
+    let server = Fac::new("srvf", &server_log, move |_| {
+        let l = sl.clone();
+        Some(Box::new(Rec::new("srv", &sl).made(move |t| {
+            t.write(&pattern(0, BIG));
+            push(
+                &l,
+                format!("disconnecting before: {}", t.is_disconnecting()),
+            );
+            t.lose_connection();
+            // X-07: at once, and a second call is a no-op.
+            push(&l, format!("disconnecting after: {}", t.is_disconnecting()));
+            t.lose_connection();
+            // X-05: written after lose_connection but before the flush: still sent.
+            t.write(&pattern(BIG, 10));
+            push(&l, "lose_connection returned");
+            Ok(())
+        })))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let biggest = Rc::new(Cell::new(0));
+    let (l, rcv, b, r) = (
+        log.clone(),
+        received.clone(),
+        biggest.clone(),
+        reactor.clone(),
+    );
+    let client = Fac::new("cf", &log, move |_| {
+        let b = b.clone();
+        Some(Box::new(Rec::new("cli", &l).into_received(&rcv).data(
+            move |_, data| {
+                b.set(b.get().max(data.len()));
+                Ok(())
+            },
+        )))
+    })
+    .lost(move |_, _| stop(&r))
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&server_log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "disconnecting before: false",
+            "disconnecting after: true",
+            "lose_connection returned",
+            "srv:lost(Done)",
+            "srvf:stop",
+        ])
+    );
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:data",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+    let received = received.borrow();
+    assert_eq!(received.len(), BIG + 10);
+    assert!(
+        *received == pattern(0, BIG + 10),
+        "bytes in order, none lost"
+    );
+    // X-17: each read is a bounded chunk.
+    assert!(biggest.get() <= 64 * 1024, "chunk of {}", biggest.get());
+}
+
+#[test]
+fn x08_x09_abort_drops_buffered_data_and_peer_sees_reset() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let sl = server_log.clone();
+    let server = Fac::new("srvf", &server_log, move |_| {
+        let l = sl.clone();
+        Some(Box::new(Rec::new("srv", &sl).data(move |t, _| {
+            t.write(&pattern(0, 10 * 1024 * 1024));
+            t.abort_connection();
+            push(&l, format!("disconnecting: {}", t.is_disconnecting()));
+            // X-09: harmless repeats; later writes never sent.
+            t.abort_connection();
+            t.lose_connection();
+            t.write(b"never");
+            push(&l, "abort returned");
+            Ok(())
+        })))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let peer_reason = Rc::new(RefCell::new(String::new()));
+    let (l, rcv, pr, r) = (
+        log.clone(),
+        received.clone(),
+        peer_reason.clone(),
+        reactor.clone(),
+    );
+    let client = Fac::new("cf", &log, move |_| {
+        Some(Box::new(Rec::new("cli", &l).into_received(&rcv).made(
+            |t| {
+                t.write(b"go");
+                Ok(())
+            },
+        )))
+    })
+    .lost(move |_, why| {
+        *pr.borrow_mut() = reason(why);
+        stop(&r)
+    })
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&server_log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "disconnecting: true",
+            "abort returned",
+            "srv:lost(Aborted)",
+            "srvf:stop",
+        ])
+    );
+    let peer_reason = peer_reason.borrow().clone();
+    assert!(
+        peer_reason == "Reset" || peer_reason == "Lost",
+        "the peer sees a reset, not {peer_reason}"
+    );
+    assert!(
+        received.borrow().is_empty(),
+        "buffered data was dropped, {} bytes arrived",
+        received.borrow().len()
+    );
+}
+
+#[test]
+fn x10_peer_reset_reaches_connection_lost_as_reset() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let peer: Rc<RefCell<Option<StdStream>>> = Rc::new(RefCell::new(None));
+    let (l, p, r) = (log.clone(), peer.clone(), reactor.clone());
+    let got: Rc<RefCell<Option<CloseReason>>> = Rc::new(RefCell::new(None));
+    let g = got.clone();
+    let server = Fac::new("srvf", &log, move |_| {
+        let (p, r, g) = (p.clone(), r.clone(), g.clone());
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .made(move |_| {
+                    // The peer closes with SO_LINGER 0: a reset.
+                    let peer = p.borrow_mut().take().expect("peer");
+                    socket2::SockRef::from(&peer)
+                        .set_linger(Some(Duration::ZERO))
+                        .unwrap();
+                    drop(peer);
+                    Ok(())
+                })
+                .lost(move |why| {
+                    *g.borrow_mut() = Some(why.clone());
+                    stop(&r)
+                }),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    *peer.borrow_mut() = Some(StdStream::connect(port.host()).unwrap());
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:lost(Reset)",
+            "srvf:stop"
+        ])
+    );
+    match got.borrow().as_ref() {
+        Some(CloseReason::Reset(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset)
+        }
+        other => panic!("expected Reset, got {other:?}"),
+    }
+}
+
+#[test]
+fn x11_x12_half_close_delivers_eof_and_reading_continues_both_ways() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let server_received = Rc::new(RefCell::new(Vec::new()));
+    let (sl, srcv) = (server_log.clone(), server_received.clone());
+    let server = Fac::new("srvf", &server_log, move |_| {
+        Some(Box::new(
+            Rec::new("srv", &sl)
+                .into_received(&srcv)
+                .data(|t, data| {
+                    // Reading and writing go on after the peer's half-close.
+                    t.write(&data.to_ascii_uppercase());
+                    Ok(())
+                })
+                .half_close(|t| {
+                    t.write(b"|bye");
+                    t.lose_connection();
+                    Ok(())
+                }),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (l, rcv, r) = (log.clone(), received.clone(), reactor.clone());
+    let client = Fac::new("cf", &log, move |_| {
+        let l2 = l.clone();
+        Some(Box::new(
+            Rec::new("cli", &l)
+                .into_received(&rcv)
+                .made(move |t| {
+                    t.write(b"abc");
+                    t.lose_write_connection();
+                    // X-03: discarded after the half-close.
+                    t.write(b"discarded");
+                    push(&l2, format!("disconnecting: {}", t.is_disconnecting()));
+                    Ok(())
+                })
+                .half_close(|_| Ok(())),
+        ))
+    })
+    .lost(move |_, _| stop(&r))
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "disconnecting: false",
+            "cli:write_lost",
+            "cli:data",
+            "cli:read_lost",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+    assert_eq!(&*received.borrow(), b"ABC|bye");
+    assert_eq!(
+        events(&server_log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:read_lost",
+            "srv:lost(Done)",
+            "srvf:stop",
+        ])
+    );
+    assert_eq!(&*server_received.borrow(), b"abc");
+}
+
+#[test]
+fn x11_lose_write_connection_without_half_close_opt_in() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let sl = server_log.clone();
+    let server_received = Rc::new(RefCell::new(Vec::new()));
+    let srcv = server_received.clone();
+    let server = Fac::new("srvf", &server_log, move |_| {
+        Some(Box::new(Rec::new("srv", &sl).into_received(&srcv)))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let log = new_log();
+    let (l, r) = (log.clone(), reactor.clone());
+    let client = Fac::new("cf", &log, move |_| {
+        Some(Box::new(Rec::new("cli", &l).made(|t| {
+            t.write(b"abc");
+            t.lose_write_connection();
+            Ok(())
+        })))
+    })
+    .lost(move |_, _| stop(&r))
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    // No write_connection_lost for a protocol that did not opt in; the server, not
+    // half-close aware either, closes on EOF and the client then sees the close.
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+    assert_eq!(
+        events(&server_log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:lost(Done)",
+            "srvf:stop"
+        ])
+    );
+    assert_eq!(&*server_received.borrow(), b"abc");
+}
+
+#[test]
+fn x12_peer_eof_without_half_close_is_done() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (l, r) = (log.clone(), reactor.clone());
+    let server = Fac::new("srvf", &log, move |_| {
+        let r = r.clone();
+        Some(Box::new(Rec::new("srv", &l).lost(move |_| stop(&r))))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let mut peer = StdStream::connect(port.host()).unwrap();
+    peer.write_all(b"x").unwrap();
+    peer.shutdown(Shutdown::Write).unwrap();
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:lost(Done)",
+            "srvf:stop"
+        ])
+    );
+}
+
+#[test]
+fn x12_peer_half_close_still_gets_the_reply_before_done() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (l, r) = (log.clone(), reactor.clone());
+    let server = Fac::new("srvf", &log, move |_| {
+        let r = r.clone();
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .data(|t, data| {
+                    // Buffered; the peer's EOF is read in the same pass.
+                    t.write(&data.to_ascii_uppercase());
+                    Ok(())
+                })
+                .lost(move |_| stop(&r)),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let mut peer = StdStream::connect(port.host()).unwrap();
+    peer.write_all(b"request").unwrap();
+    peer.shutdown(Shutdown::Write).unwrap();
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:lost(Done)",
+            "srvf:stop"
+        ])
+    );
+    let mut reply = Vec::new();
+    peer.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"REQUEST");
+}
+
+#[test]
+fn x13_read_connection_lost_error_closes_completely() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (l, r) = (log.clone(), reactor.clone());
+    let server = Fac::new("srvf", &log, move |_| {
+        let r = r.clone();
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .half_close(|_| Err(Failure::msg("cannot cope")))
+                .lost(move |_| stop(&r)),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let mut peer = StdStream::connect(port.host()).unwrap();
+    peer.shutdown(Shutdown::Write).unwrap();
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:read_lost",
+            "srv:lost(Protocol(cannot cope))",
+            "srvf:stop",
+        ])
+    );
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed completely: the peer sees EOF");
+}
+
+// ---------------------------------------------------------------------------------------
+// X — addresses
+
+fn check_addresses(address: SocketAddr) {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let seen: Rc<RefCell<Vec<(SocketAddr, SocketAddr)>>> = Rc::new(RefCell::new(Vec::new()));
+    let built_for: Rc<RefCell<Vec<SocketAddr>>> = Rc::new(RefCell::new(Vec::new()));
+    let (l, s, b) = (log.clone(), seen.clone(), built_for.clone());
+    let server = Fac::new("srvf", &log, move |addr| {
+        b.borrow_mut().push(addr);
+        let s = s.clone();
+        Some(Box::new(Rec::new("srv", &l).made(move |t| {
+            s.borrow_mut().push((t.peer(), t.host()));
+            t.lose_connection();
+            Ok(())
+        })))
+    })
+    .rc();
+    let port = listen(&reactor, address, server);
+    let (l, s, b, r) = (
+        log.clone(),
+        seen.clone(),
+        built_for.clone(),
+        reactor.clone(),
+    );
+    let client = Fac::new("cf", &log, move |addr| {
+        b.borrow_mut().push(addr);
+        let s = s.clone();
+        Some(Box::new(Rec::new("cli", &l).made(move |t| {
+            s.borrow_mut().push((t.peer(), t.host()));
+            Ok(())
+        })))
+    })
+    .lost(move |_, _| stop(&r))
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    let listening = port.host();
+    assert_eq!(listening.ip(), address.ip());
+    assert_ne!(listening.port(), 0, "P-10");
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 2, "{:?}", events(&log));
+    // The server made its protocol first or second: find each side by its host.
+    let server_side = seen.iter().find(|(_, host)| *host == listening).copied();
+    let client_side = seen.iter().find(|(peer, _)| *peer == listening).copied();
+    let (server_peer, server_host) = server_side.expect("server side");
+    let (client_peer, client_host) = client_side.expect("client side");
+    assert_eq!(
+        server_host, listening,
+        "server host = the accepted socket's address"
+    );
+    assert_eq!(
+        client_peer, listening,
+        "client peer = the address connected to"
+    );
+    assert_eq!(
+        server_peer, client_host,
+        "server peer = the client's address"
+    );
+    assert_eq!(client_host.ip(), address.ip());
+    assert_ne!(client_host.port(), 0);
+    // build_protocol gets the peer's address on both sides.
+    let built_for = built_for.borrow();
+    assert!(built_for.contains(&client_host) && built_for.contains(&listening));
+}
+
+#[test]
+fn x15_p10_peer_and_host_addresses_ipv4() {
+    check_addresses(v4());
+}
+
+#[test]
+fn x15_p10_peer_and_host_addresses_ipv6() {
+    if let Some(address) = v6() {
+        check_addresses(address);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// X — reading
+
+/// A peer that writes `len` bytes from its own thread and then waits for EOF.
+fn spawn_writer(address: SocketAddr, len: usize) -> std::thread::JoinHandle<usize> {
+    let stream = StdStream::connect(address).unwrap();
+    std::thread::spawn(move || {
+        let mut stream = stream;
+        let mut sent = 0;
+        let data = pattern(0, 64 * 1024);
+        while sent < len {
+            match stream.write(&data[..data.len().min(len - sent)]) {
+                Ok(n) => sent += n,
+                Err(_) => break, // closed on us: expected in these tests
+            }
+        }
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        sent
+    })
+}
+
+fn no_data_after_closing(abort: bool) {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let (l, r) = (log.clone(), reactor.clone());
+    let calls = Rc::new(Cell::new(0));
+    let c = calls.clone();
+    let server = Fac::new("srvf", &log, move |_| {
+        let (r, c, l2) = (r.clone(), c.clone(), l.clone());
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .data(move |t, _| {
+                    c.set(c.get() + 1);
+                    if abort {
+                        t.abort_connection();
+                    } else {
+                        t.lose_connection();
+                    }
+                    push(&l2, "closed inside data_received");
+                    Ok(())
+                })
+                .lost(move |_| stop(&r)),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    // Plenty of input queued: more than one read's worth.
+    let writer = spawn_writer(port.host(), 4 * 1024 * 1024);
+    run(&reactor);
+    let expected_reason = if abort {
+        "srv:lost(Aborted)"
+    } else {
+        "srv:lost(Done)"
+    };
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "closed inside data_received",
+            expected_reason,
+            "srvf:stop",
+        ])
+    );
+    assert_eq!(calls.get(), 1, "X-16: no data_received after closing");
+    writer.join().unwrap();
+}
+
+#[test]
+fn x16_close_inside_data_received_stops_delivery() {
+    no_data_after_closing(false);
+}
+
+#[test]
+fn x16_abort_inside_data_received_stops_delivery() {
+    no_data_after_closing(true);
+}
+
+// ---------------------------------------------------------------------------------------
+// X — flow control
+
+#[test]
+fn x18_pause_producing_stops_reading_until_resume() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let client_transport = slot();
+    let (l, ct) = (log.clone(), client_transport.clone());
+    let server = Fac::new("srvf", &new_log(), move |_| {
+        let (l, ct) = (l.clone(), ct.clone());
+        Some(Box::new(
+            Rec::new("srv", &new_log())
+                .data(|t, _| {
+                    // The client is paused by now: it wrote before pausing.
+                    t.write(b"sent while the peer is paused");
+                    t.lose_connection();
+                    Ok(())
+                })
+                .lost(move |_| {
+                    // Everything is in the client's socket by now (FIN included).
+                    push(&l, "srv lost");
+                    let t = ct.borrow().clone().expect("client transport");
+                    push(&l, "resume");
+                    t.resume_producing();
+                }),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (l, rcv, ct, r) = (
+        log.clone(),
+        received.clone(),
+        client_transport.clone(),
+        reactor.clone(),
+    );
+    let client = Fac::new("cf", &log, move |_| {
+        let ct = ct.clone();
+        Some(Box::new(Rec::new("cli", &l).into_received(&rcv).made(
+            move |t| {
+                t.write(b"x");
+                // Pausing inside connection_made is honoured.
+                t.pause_producing();
+                *ct.borrow_mut() = Some(t.clone());
+                Ok(())
+            },
+        )))
+    })
+    .lost(move |_, _| stop(&r))
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "srv lost",
+            "resume",
+            "cli:data",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
+        ])
+    );
+    assert_eq!(&*received.borrow(), b"sent while the peer is paused");
+}
+
+/// Writes 16 KiB chunks while not paused; stops for good after `extra` more bytes once
+/// it has been stalled (paused with the peer not reading).
+struct Streamer {
+    transport: TransportRef,
+    reactor: Reactor,
+    log: Log,
+    paused: Cell<bool>,
+    written: Cell<usize>,
+    first_pause_at: Cell<Option<usize>>,
+    pauses: Cell<usize>,
+    resumes: Cell<usize>,
+    stall_timer: RefCell<Option<twistctl::reactor::DelayedCall>>,
+    /// Set once stalled: the total to write before finishing.
+    finish_at: Cell<Option<usize>>,
+    peer: Slot,
+    this: RefCell<std::rc::Weak<Streamer>>,
+}
+
+const CHUNK: usize = 16 * 1024;
+
+impl Streamer {
+    fn produce(&self) {
+        while !self.paused.get() {
+            if let Some(end) = self.finish_at.get()
+                && self.written.get() >= end
+            {
+                push(&self.log, "producer done");
+                self.transport.unregister_producer();
+                self.transport.lose_connection();
+                return;
+            }
+            let start = self.written.get();
+            self.written.set(start + CHUNK);
+            self.transport.write(&pattern(start, CHUNK));
+        }
+    }
+}
+
+impl Producer for Streamer {
+    fn pause_producing(&self) {
+        self.paused.set(true);
+        self.pauses.set(self.pauses.get() + 1);
+        if self.first_pause_at.get().is_none() {
+            self.first_pause_at.set(Some(self.written.get()));
+        }
+        if self.finish_at.get().is_some() {
+            return;
+        }
+        // Paused for 200 ms with the peer not reading: stalled. Let the peer read.
+        let this = self.this.borrow().clone();
+        let timer = self
+            .reactor
+            .call_later(Duration::from_millis(200), move || {
+                let Some(this) = this.upgrade() else { return };
+                if this.paused.get() && this.finish_at.get().is_none() {
+                    push(&this.log, "stalled while paused");
+                    this.finish_at.set(Some(this.written.get() + 1024 * 1024));
+                    let peer = this.peer.borrow().clone().expect("peer");
+                    peer.resume_producing();
+                }
+            });
+        if let Some(old) = self.stall_timer.borrow_mut().replace(timer) {
+            let _ = old.cancel();
+        }
+    }
+
+    fn resume_producing(&self) {
+        self.resumes.set(self.resumes.get() + 1);
+        if let Some(timer) = self.stall_timer.borrow_mut().take() {
+            let _ = timer.cancel();
+        }
+        if self.finish_at.get().is_some() && self.resumes.get() > 0 {
+            let logged = self.log.borrow().iter().any(|e| e == "resumed after stall");
+            if !logged {
+                push(&self.log, "resumed after stall");
+            }
+        }
+        self.paused.set(false);
+        self.produce();
+    }
+
+    fn stop_producing(&self) {
+        push(&self.log, "stop_producing");
+    }
+}
+
+#[test]
+fn x19_producer_paused_above_high_water_mark_and_resumed_when_drained() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let peer = slot();
+    let streamer: Rc<RefCell<Option<Rc<Streamer>>>> = Rc::new(RefCell::new(None));
+    let (l, p, s, r) = (log.clone(), peer.clone(), streamer.clone(), reactor.clone());
+    let server = Fac::new("srvf", &new_log(), move |_| {
+        let (l, p, s, r) = (l.clone(), p.clone(), s.clone(), r.clone());
+        let l2 = l.clone();
+        Some(Box::new(
+            Rec::new("srv", &new_log())
+                .data(move |t, _| {
+                    if s.borrow().is_some() {
+                        return Ok(());
+                    }
+                    // The peer has paused by now: it wrote before pausing.
+                    let streamer = Rc::new(Streamer {
+                        transport: t.clone(),
+                        reactor: r.clone(),
+                        log: l.clone(),
+                        paused: Cell::new(false),
+                        written: Cell::new(0),
+                        first_pause_at: Cell::new(None),
+                        pauses: Cell::new(0),
+                        resumes: Cell::new(0),
+                        stall_timer: RefCell::new(None),
+                        finish_at: Cell::new(None),
+                        peer: p.clone(),
+                        this: RefCell::new(std::rc::Weak::new()),
+                    });
+                    *streamer.this.borrow_mut() = Rc::downgrade(&streamer);
+                    *s.borrow_mut() = Some(streamer.clone());
+                    t.register_producer(streamer.clone());
+                    streamer.produce();
+                    Ok(())
+                })
+                .lost(move |why| push(&l2, format!("srv lost({})", reason(why)))),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (l, rcv, p, r) = (log.clone(), received.clone(), peer.clone(), reactor.clone());
+    let client = Fac::new("cf", &new_log(), move |_| {
+        let (p, l2) = (p.clone(), l.clone());
+        Some(Box::new(
+            Rec::new("cli", &new_log())
+                .into_received(&rcv)
+                .made(move |t| {
+                    t.write(b"x");
+                    // A peer that does not read, until the producer has stalled.
+                    t.pause_producing();
+                    *p.borrow_mut() = Some(t.clone());
+                    Ok(())
+                })
+                .lost(move |why| push(&l2, format!("cli lost({})", reason(why)))),
+        ))
+    })
+    .lost(move |_, _| stop(&r))
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "stalled while paused",
+            "resumed after stall",
+            "producer done",
+            "srv lost(Done)",
+            "cli lost(Done)",
+        ])
+    );
+    let streamer = streamer.borrow().clone().expect("streamer");
+    // Paused by the write that first took the buffer above the mark, not before.
+    let first = streamer.first_pause_at.get().expect("paused");
+    assert!(
+        first > HIGH_WATER_MARK && first <= HIGH_WATER_MARK + CHUNK,
+        "{first}"
+    );
+    assert!(streamer.resumes.get() >= 1);
+    assert_eq!(
+        streamer.pauses.get(),
+        streamer.resumes.get(),
+        "resumed after each pause"
+    );
+    let total = streamer.written.get();
+    let received = received.borrow();
+    assert_eq!(received.len(), total);
+    assert!(*received == pattern(0, total), "bytes in order, none lost");
+}
+
+/// A producer that only logs what it is told.
+struct Quiet(Log);
+
+impl Producer for Quiet {
+    fn pause_producing(&self) {
+        push(&self.0, "pause");
+    }
+    fn resume_producing(&self) {
+        push(&self.0, "resume");
+    }
+    fn stop_producing(&self) {
+        push(&self.0, "stop_producing");
+    }
+}
+
+#[test]
+fn x19_producer_is_stopped_when_the_connection_ends() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let kept = slot();
+    let (l, k, r) = (log.clone(), kept.clone(), reactor.clone());
+    let server = Fac::new("srvf", &new_log(), move |_| {
+        let (l, l2, k, k2, r) = (l.clone(), l.clone(), k.clone(), k.clone(), r.clone());
+        Some(Box::new(
+            Rec::new("srv", &l)
+                .made(move |t| {
+                    t.register_producer(Rc::new(Quiet(l2.clone())));
+                    *k.borrow_mut() = Some(t.clone());
+                    t.lose_connection();
+                    Ok(())
+                })
+                .lost(move |_| {
+                    // Registering on a closed transport stops the producer at once.
+                    let t = k2.borrow().clone().expect("transport");
+                    t.register_producer(Rc::new(Quiet(l.clone())));
+                    stop(&r);
+                }),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let _peer = StdStream::connect(port.host()).unwrap();
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        seq(&[
+            "srv:made",
+            "stop_producing",
+            "srv:lost(Done)",
+            "stop_producing"
+        ])
+    );
+}
+
+#[test]
+fn x19_write_buffer_limit_aborts_a_peer_that_never_reads() {
+    const STEP: usize = 1024 * 1024;
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let written_at_abort = Rc::new(Cell::new(0usize));
+    let server_reason: Rc<RefCell<Option<CloseReason>>> = Rc::new(RefCell::new(None));
+    let (l, w, sr) = (log.clone(), written_at_abort.clone(), server_reason.clone());
+    let r = reactor.clone();
+    let server = Fac::new("srvf", &new_log(), move |_| {
+        let (l, w, sr, r) = (l.clone(), w.clone(), sr.clone(), r.clone());
+        let l2 = l.clone();
+        Some(Box::new(
+            Rec::new("srv", &new_log())
+                .made(move |t| {
+                    fn feed(t: TransportRef, r: Reactor, w: Rc<Cell<usize>>, l: Log, sent: usize) {
+                        let chunk = vec![7u8; STEP];
+                        t.write(&chunk);
+                        let sent = sent + STEP;
+                        if t.is_disconnecting() {
+                            w.set(sent);
+                            push(&l, "aborted by the cap");
+                            return;
+                        }
+                        assert!(sent <= 2 * WRITE_BUFFER_LIMIT, "the buffer kept growing");
+                        let r2 = r.clone();
+                        r.call_later(Duration::ZERO, move || feed(t, r2, w, l, sent));
+                    }
+                    feed(t.clone(), r.clone(), w.clone(), l.clone(), 0);
+                    Ok(())
+                })
+                .lost(move |why| {
+                    push(&l2, format!("srv lost({})", reason(why)));
+                    *sr.borrow_mut() = Some(why.clone());
+                }),
+        ))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let (l, r) = (log.clone(), reactor.clone());
+    let client = Fac::new("cf", &new_log(), move |_| {
+        let l = l.clone();
+        Some(Box::new(
+            Rec::new("cli", &new_log())
+                .made(|t| {
+                    t.pause_producing();
+                    Ok(())
+                })
+                .lost(move |why| push(&l, format!("cli lost({})", reason(why)))),
+        ))
+    })
+    .lost(move |_, _| stop(&r))
+    .rc();
+    connect(&reactor, port.host(), client);
+    run(&reactor);
+    let log = events(&log);
+    assert_eq!(
+        log[..2],
+        seq(&["aborted by the cap", "srv lost(Lost)"]),
+        "{log:?}"
+    );
+    assert!(
+        log[2] == "cli lost(Reset)" || log[2] == "cli lost(Lost)",
+        "{log:?}"
+    );
+    let sent = written_at_abort.get();
+    assert!(
+        sent > WRITE_BUFFER_LIMIT,
+        "aborted only past the cap: {sent}"
+    );
+    match server_reason.borrow().as_ref() {
+        Some(CloseReason::Lost(Some(e))) => {
+            assert!(e.to_string().contains("write buffer limit"), "{e}")
+        }
+        other => panic!("expected Lost with the cap's error, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Accept errors (EMFILE), in a child process with a low descriptor limit
+
+const EMFILE_CHILD: &str = "TWISTCTL_TCP_EMFILE_CHILD";
+
+/// Runs only as the child of `accept_emfile_pauses_and_recovers` (which sets the
+/// environment variable and lowers the descriptor limit); in a normal run it returns.
+#[test]
+fn accept_emfile_child_process() {
+    if std::env::var_os(EMFILE_CHILD).is_none() {
+        return;
+    }
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let made_at: Rc<RefCell<Vec<Duration>>> = Rc::new(RefCell::new(Vec::new()));
+    let (l, m, r) = (log.clone(), made_at.clone(), reactor.clone());
+    let server = Fac::new("srvf", &log, move |_| {
+        let (m, r) = (m.clone(), r.clone());
+        Some(Box::new(Rec::new("srv", &l).made(move |_| {
+            m.borrow_mut().push(r.seconds());
+            if m.borrow().len() == 3 {
+                stop(&r);
+            }
+            Ok(())
+        })))
+    })
+    .rc();
+    let port = listen(&reactor, v4(), server);
+    let clients: Vec<StdStream> = (0..3)
+        .map(|_| StdStream::connect(port.host()).unwrap())
+        .collect();
+    // Use up every descriptor left, so that accept fails with EMFILE.
+    let mut hogs = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => hogs.push(file),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(24), "EMFILE: {e}");
+                break;
+            }
+        }
+    }
+    let hogs = Rc::new(RefCell::new(hogs));
+    let h = hogs.clone();
+    let freed_at = Rc::new(Cell::new(Duration::ZERO));
+    let (f, r) = (freed_at.clone(), reactor.clone());
+    reactor.call_later(Duration::from_millis(350), move || {
+        h.borrow_mut().clear();
+        f.set(r.seconds());
+    });
+    run(&reactor);
+    let made_at = made_at.borrow();
+    assert_eq!(made_at.len(), 3, "{:?}", events(&log));
+    assert!(freed_at.get() > Duration::ZERO);
+    for at in made_at.iter() {
+        assert!(
+            *at >= freed_at.get(),
+            "accepted only once descriptors were free"
+        );
+    }
+    drop(clients);
+    println!("EMFILE-CHILD-OK");
+}
+
+#[test]
+fn accept_emfile_pauses_and_recovers() {
+    let exe = std::env::current_exe().unwrap();
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" "$@""#)
+        .arg(&exe)
+        .args([
+            "accept_emfile_child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(EMFILE_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("EMFILE-CHILD-OK"),
+        "child failed: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+}
