@@ -7,8 +7,8 @@
 mod bench;
 
 use bench::{
-    Common, ConnectArgs, EchoArgs, IdleArgs, Outcome, TimersArgs, Workload, cancel_threshold,
-    lcg_delays_ms,
+    Common, ConnectArgs, EchoArgs, IdleArgs, LinesArgs, Outcome, TimersArgs, Workload,
+    cancel_threshold, lcg_delays_ms,
 };
 use serde_json::Value;
 
@@ -62,6 +62,17 @@ fn assert_ok(outcome: &Outcome, value: &Value, workload: &str) {
     assert!(outcome.ok);
 }
 
+/// Runs the workload on its own thread, failing the test instead of hanging it if the
+/// run does not end.
+fn run(workload: Workload) -> Outcome {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(workload.run());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the workload ended within 30 s")
+}
+
 fn common() -> Common {
     Common { timeout: 30 }
 }
@@ -87,7 +98,7 @@ fn timers_smoke() {
             cancel_ratio: ratio,
             common: common(),
         });
-        let outcome = workload.run();
+        let outcome = run(workload);
         let v = parse_in_order(
             &outcome,
             &["scheduled", "cancelled", "fired", "delay_ms_sum"],
@@ -105,13 +116,12 @@ fn timers_smoke() {
 
 #[test]
 fn timers_rejects_bad_parameters() {
-    let outcome = Workload::Timers(TimersArgs {
+    let outcome = run(Workload::Timers(TimersArgs {
         count: 0,
         spread_ms: 200,
         cancel_ratio: 0.0,
         common: common(),
-    })
-    .run();
+    }));
     let v = parse_in_order(&outcome, &[]);
     assert_eq!(v["check"], "fail: bad parameters");
     assert!(!outcome.ok);
@@ -119,12 +129,11 @@ fn timers_rejects_bad_parameters() {
 
 #[test]
 fn connect_smoke() {
-    let outcome = Workload::Connect(ConnectArgs {
+    let outcome = run(Workload::Connect(ConnectArgs {
         count: 60,
         concurrency: 7,
         common: common(),
-    })
-    .run();
+    }));
     let v = parse_in_order(&outcome, &["completed", "server_accepted", "conns_per_s"]);
     assert_ok(&outcome, &v, "connect");
     assert_eq!(v["completed"], 60);
@@ -137,14 +146,13 @@ fn echo_smoke() {
         // Not a multiple of the connection count or of the chunk: uneven targets and a
         // short last chunk.
         let bytes = 1_000_003;
-        let outcome = Workload::Echo(EchoArgs {
+        let outcome = run(Workload::Echo(EchoArgs {
             connections,
             bytes,
             chunk: 65536,
             window: 262144,
             common: common(),
-        })
-        .run();
+        }));
         let v = parse_in_order(&outcome, &["bytes_echoed", "bytes_per_s", "mb_per_s"]);
         assert_ok(&outcome, &v, "echo");
         assert_eq!(v["bytes_echoed"], bytes);
@@ -153,13 +161,33 @@ fn echo_smoke() {
 }
 
 #[test]
+fn lines_smoke() {
+    // Batches below the transport's 64 KiB high-water mark, and above it (which pauses
+    // the producer after every batch).
+    for batch_lines in [1000, 4000] {
+        let outcome = run(Workload::Lines(LinesArgs {
+            count: 20_005,
+            line_bytes: 32,
+            batch_lines,
+            common: common(),
+        }));
+        let v = parse_in_order(
+            &outcome,
+            &["lines_counted", "bytes_sent", "lines_per_s", "notes"],
+        );
+        assert_ok(&outcome, &v, "lines");
+        assert_eq!(v["lines_counted"], 20_005);
+        assert_eq!(v["bytes_sent"], 20_005 * 34);
+    }
+}
+
+#[test]
 fn idle_smoke() {
-    let outcome = Workload::Idle(IdleArgs {
+    let outcome = run(Workload::Idle(IdleArgs {
         connections: 40,
         pending: 7,
         common: common(),
-    })
-    .run();
+    }));
     let v = parse_in_order(
         &outcome,
         &[
