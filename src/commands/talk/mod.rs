@@ -1,5 +1,6 @@
 //! The talk commands: a line chat between an operator at the server and one at each
 //! client. The console and the display rules are shared by both sides.
 
+pub mod client;
 pub mod console;
 pub mod escape;
