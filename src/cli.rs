@@ -121,7 +121,8 @@ pub enum Command {
 
 ", "EXIT STATUS:
     0    the conversation ended (bye, end of input, or the server closed)
-    1    the connection could not be made
+    1    the connection could not be made, or it broke (a reset, or a line over
+         64 KiB from the server)
     2    usage error
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM"))]
