@@ -131,8 +131,9 @@ impl Console {
         }
     }
 
-    /// Puts the terminal back as it was (cooked mode, bracketed paste off, the prompt
-    /// line cleared) and prints directly from then on. Idempotent.
+    /// Puts the terminal back as it was (cooked mode, bracketed paste and synchronized
+    /// output off, the prompt line cleared) and prints directly from then on.
+    /// Idempotent.
     pub fn restore(&self) {
         if self.restored.replace(true) {
             return;
@@ -144,9 +145,12 @@ impl Console {
         {
             log::debug!("could not restore the terminal: {error}");
         }
+        // The console thread may be in the middle of a redraw, which rustyline wraps in
+        // synchronized output (`?2026`): end it, or the terminal may hold back what the
+        // shell prints after us. Terminals ignore modes they do not know.
         let mut out = io::stdout().lock();
         let _ = out
-            .write_all(b"\x1b[?2004l\r\x1b[K")
+            .write_all(b"\x1b[?2026l\x1b[?2004l\r\x1b[K")
             .and_then(|()| out.flush());
     }
 }
