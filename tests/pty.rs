@@ -174,6 +174,27 @@ fn bye_at_the_prompt_ends_with_status_0() {
 }
 
 #[test]
+fn ctrl_d_half_closes_and_shows_replies_until_the_server_closes() {
+    let (listener, port) = listen();
+    let mut session = client_in_pty(port);
+    let mut server = accept(listener);
+    session.exp_string("Client: ").expect("the prompt");
+    session.send_control('d').expect("Ctrl-D");
+    assert_eq!(read_to_eof(&mut server), b"", "EOF, nothing sent");
+    server
+        .write_all(b"still here\n")
+        .expect("the client still reads");
+    session
+        .exp_string("Server: still here")
+        .expect("a reply after Ctrl-D is shown");
+    drop(server);
+    session
+        .exp_string("Connection lost - goodbye!")
+        .expect("the farewell");
+    assert_eq!(exit_code(&mut session), 0);
+}
+
+#[test]
 fn ctrl_c_at_the_prompt_exits_130() {
     let (listener, port) = listen();
     let mut session = client_in_pty(port);
