@@ -13,7 +13,8 @@ pub fn run(cli: Cli) -> ExitStatus {
     match cli.command {
         Command::TimerDemo(args) => timer_demo::run(&args),
         Command::Completions(args) => completions::run(&args),
-        Command::Conntest(_) | Command::TalkServer(_) | Command::TalkClient(_) => {
+        Command::TalkServer(args) => talk::talk_server::run(&args),
+        Command::Conntest(_) | Command::TalkClient(_) => {
             eprintln!("twistctl: this subcommand is not available in this build yet");
             ExitStatus::Failure
         }
