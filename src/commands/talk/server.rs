@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use super::client::{Client, ClientEvents, ClientSettings, Disconnect, Flow, plain_address};
 use super::commands::{self, OperatorCommand};
 use super::escape::escape_peer_text;
 use super::registry::Registry;
+use super::server_client::{Client, ClientEvents, ClientSettings, Disconnect, Flow, plain_address};
 use crate::reactor::{Deferred, Factory, Protocol, ProtocolResult, Scheduler, TransportRef};
 
 /// Where the server's lines go: the console (above its prompt when interactive), or a
@@ -166,7 +166,7 @@ impl TalkServer {
 
     /// Begins the orderly end: no new clients; every client is closed after what is
     /// buffered for it has been sent. The Deferred fires once all are gone (each gets
-    /// at most [`CLOSE_GRACE`](super::client::CLOSE_GRACE) to take its data).
+    /// at most [`CLOSE_GRACE`](super::server_client::CLOSE_GRACE) to take its data).
     pub fn shut_down(&self) -> Deferred<()> {
         let state = &self.state;
         state.stopping.set(true);
@@ -335,7 +335,7 @@ impl Protocol for Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::talk::client::{CLOSE_GRACE, OUTGOING_LIMIT};
+    use crate::commands::talk::server_client::{CLOSE_GRACE, OUTGOING_LIMIT};
     use crate::reactor::testing::{ProtocolDriver, StringTransport};
     use crate::reactor::{CloseReason, FakeClock, Transport};
     use std::io;
