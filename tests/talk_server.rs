@@ -730,3 +730,95 @@ fn out_of_descriptors_the_server_survives_idles_cheaply_and_serves_again() {
     server.type_line(&format!("/to {n} yes"));
     assert_eq!(newcomer.read_line(), "yes\r\n");
 }
+
+// ---------------------------------------------------------------------------------------
+// In a pseudo-terminal: the prompt, and printing above it
+
+#[test]
+fn pty_prompt_shows_client_lines_above_a_half_typed_line_and_quit_exits_0() {
+    use rexpect::process::WaitStatus;
+
+    let mut command = Command::new(binary());
+    command
+        .args(["talk-server", "--port", "0"])
+        .env("TERM", "xterm");
+    let timeout_ms = u64::try_from(PATIENCE.as_millis()).unwrap();
+    let mut session = rexpect::session::spawn_command(command, Some(timeout_ms)).expect("spawn");
+    session.process_mut().set_kill_timeout(Some(timeout_ms));
+    let (_, listening) = session
+        .exp_regex(r"Listening on \S+:[0-9]+")
+        .expect("the listening line");
+    let port: u16 = listening.rsplit(':').next().unwrap().parse().unwrap();
+    session.exp_string("Server: ").expect("the prompt");
+
+    let mut peer = Peer::connect(port);
+    session
+        .exp_string(&format!(
+            "* client 1 connected from 127.0.0.1:{}",
+            peer.local_port()
+        ))
+        .expect("the connect line");
+    peer.send(b"hello\n");
+    session
+        .exp_string("Client 1: hello")
+        .expect("the client's line");
+    session.send("hi\r").unwrap();
+    session.flush().unwrap();
+    assert_eq!(peer.read_line(), "hi\r\n");
+
+    // A line arriving while the operator is half-way through typing one.
+    session.send("par").unwrap();
+    session.flush().unwrap();
+    session
+        .exp_string("par")
+        .expect("the typed characters echoed");
+    peer.send(b"meanwhile\n");
+    session
+        .exp_string("Client 1: meanwhile")
+        .expect("printed above the prompt");
+    session.send("tial\r").unwrap();
+    session.flush().unwrap();
+    assert_eq!(
+        peer.read_line(),
+        "partial\r\n",
+        "the half-typed line survived"
+    );
+
+    session.send("/quit\r").unwrap();
+    session.flush().unwrap();
+    peer.expect_closed();
+    session.exp_eof().expect("the server exits");
+    match session.process().wait() {
+        Ok(WaitStatus::Exited(_, code)) => assert_eq!(code, 0),
+        other => panic!("unexpected end: {other:?}"),
+    }
+}
+
+#[test]
+fn pty_ctrl_c_at_the_prompt_closes_clients_and_exits_130() {
+    use rexpect::process::WaitStatus;
+
+    let mut command = Command::new(binary());
+    command
+        .args(["talk-server", "--port", "0"])
+        .env("TERM", "xterm");
+    let timeout_ms = u64::try_from(PATIENCE.as_millis()).unwrap();
+    let mut session = rexpect::session::spawn_command(command, Some(timeout_ms)).expect("spawn");
+    session.process_mut().set_kill_timeout(Some(timeout_ms));
+    let (_, listening) = session
+        .exp_regex(r"Listening on \S+:[0-9]+")
+        .expect("the listening line");
+    let port: u16 = listening.rsplit(':').next().unwrap().parse().unwrap();
+    session.exp_string("Server: ").expect("the prompt");
+    let mut peer = Peer::connect(port);
+    session
+        .exp_string("* client 1 connected from 127.0.0.1:")
+        .expect("the connect line");
+    session.send_control('c').unwrap();
+    peer.expect_closed();
+    session.exp_eof().expect("the server exits");
+    match session.process().wait() {
+        Ok(WaitStatus::Exited(_, code)) => assert_eq!(code, 130),
+        other => panic!("unexpected end: {other:?}"),
+    }
+}
