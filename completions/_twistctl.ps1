@@ -80,7 +80,7 @@ Register-ArgumentCompleter -Native -CommandName 'twistctl' -ScriptBlock {
             [CompletionResult]::new('--max-clients', '--max-clients', [CompletionResultType]::ParameterName, 'At most N clients at once; the next one is told the server is full')
             [CompletionResult]::new('--max-line', '--max-line', [CompletionResultType]::ParameterName, 'Longest line accepted from a client, in bytes')
             [CompletionResult]::new('--idle-timeout', '--idle-timeout', [CompletionResultType]::ParameterName, 'Close clients that send nothing for DUR')
-            [CompletionResult]::new('--echo', '--echo', [CompletionResultType]::ParameterName, 'No console: send every received line back to its sender')
+            [CompletionResult]::new('--echo', '--echo', [CompletionResultType]::ParameterName, 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either')
             [CompletionResult]::new('--raw', '--raw', [CompletionResultType]::ParameterName, 'The classic tutorial''s wire format: no line delimiters')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')

@@ -74,7 +74,7 @@ set edit:completion:arg-completer[twistctl] = {|@words|
             cand --max-clients 'At most N clients at once; the next one is told the server is full'
             cand --max-line 'Longest line accepted from a client, in bytes'
             cand --idle-timeout 'Close clients that send nothing for DUR'
-            cand --echo 'No console: send every received line back to its sender'
+            cand --echo 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either'
             cand --raw 'The classic tutorial''s wire format: no line delimiters'
             cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
             cand --verbose 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'

@@ -62,7 +62,7 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l bind -
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-clients -d 'At most N clients at once; the next one is told the server is full' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-line -d 'Longest line accepted from a client, in bytes' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l idle-timeout -d 'Close clients that send nothing for DUR' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console: send every received line back to its sender'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'

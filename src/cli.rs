@@ -102,7 +102,16 @@ pub enum Command {
     Conntest(ConntestArgs),
 
     /// Line chat, server side: talk with every connected client from this console.
-    #[command(after_long_help = concat!("EXAMPLES:
+    #[command(
+        long_about = "Line chat, server side: talk with every connected client from this \
+                      console. Clients are numbered from 1; their lines print as \
+                      'Client 1: hello', with control characters escaped. A typed line goes \
+                      to the client that spoke last (or the only one). At the 'Server: ' \
+                      prompt: /to N text, /all text, /who, /kick N, /quit, /help; //text \
+                      sends /text; a line 'bye' closes the client it is sent to. When stdin \
+                      is not a terminal its lines are typed lines, and its end means /quit. \
+                      The first line of output is 'Listening on ADDRESS:PORT'.",
+        after_long_help = concat!("EXAMPLES:
     twistctl talk-server --port 8000
     twistctl talk-server --port 0 --echo --idle-timeout 5m
 
@@ -111,7 +120,8 @@ pub enum Command {
     1    runtime failure (e.g. the port could not be bound)
     2    usage error
     130  interrupted by SIGINT (Ctrl-C)
-    143  terminated by SIGTERM"))]
+    143  terminated by SIGTERM")
+    )]
     TalkServer(TalkServerArgs),
 
     /// Line chat, client side: talk with the operator of a talk-server.
@@ -247,7 +257,8 @@ pub struct TalkServerArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
 
-    /// No console: send every received line back to its sender.
+    /// No console (stdin is ignored): send every received line back to its sender, until
+    /// SIGINT or SIGTERM. A client that does not read is not read from either.
     #[arg(long)]
     pub echo: bool,
 

@@ -13,8 +13,9 @@ pub fn run(cli: Cli) -> ExitStatus {
     match cli.command {
         Command::TimerDemo(args) => timer_demo::run(&args),
         Command::Completions(args) => completions::run(&args),
+        Command::TalkServer(args) => talk::talk_server::run(&args),
         Command::TalkClient(args) => talk::client::run(&args),
-        Command::Conntest(_) | Command::TalkServer(_) => {
+        Command::Conntest(_) => {
             eprintln!("twistctl: this subcommand is not available in this build yet");
             ExitStatus::Failure
         }

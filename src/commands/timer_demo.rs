@@ -85,6 +85,7 @@ impl<S: Scheduler + Clone + 'static> Tour<S> {
 
     fn print_time(&self, due: Duration) {
         let now = self.scheduler.seconds();
+        log::debug!("call due at {due:?} ran at {now:?}");
         let text = if self.precise {
             let late = now.saturating_sub(due).as_millis();
             format!("Current time is {} ({late} ms late)", (self.clock)(true))
@@ -176,6 +177,20 @@ pub fn run(args: &TimerDemoArgs) -> ExitStatus {
     reactor.handle_signals();
     let out: Output = Rc::new(RefCell::new(io::stdout()));
     let plan = TourPlan::from(args);
+    if plan.every.is_none() {
+        for late in plan.at.iter().filter(|at| **at >= plan.stop_after) {
+            log::warn!(
+                "--at {} is not before --stop-after {}; it will not print",
+                humantime::format_duration(*late),
+                humantime::format_duration(plan.stop_after)
+            );
+        }
+    }
+    log::info!(
+        "tour: {} moment(s), stop after {}",
+        plan.every.map_or(plan.at.len() as u64, |(_, count)| count),
+        humantime::format_duration(plan.stop_after)
+    );
     let print = |out: &Output, text: &str| {
         let mut out = out.borrow_mut();
         let _ = writeln!(out, "{text}").and_then(|()| out.flush());

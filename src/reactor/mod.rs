@@ -76,7 +76,8 @@ pub enum ReactorError {
     /// `run()` while the reactor is running.
     #[error("the reactor is already running")]
     AlreadyRunning,
-    /// `run()` after a completed `stop()`.
+    /// `run()` after a completed `stop()`, or after a `crash()` that interrupted
+    /// the shutdown `stop()` began.
     #[error("the reactor cannot be restarted")]
     NotRestartable,
     /// `stop()` when not running, or when a stop was already requested.
@@ -436,7 +437,9 @@ impl Reactor {
 
     /// Opts in to turning SIGINT and SIGTERM into an orderly stop; `run()` then reports
     /// the signal in its [`StopReason`]. The handlers are installed in the
-    /// `During Startup` phase and removed when `run()` returns.
+    /// `During Startup` phase and removed when `run()` returns; from then on the process
+    /// ignores both signals (the signal library cannot restore the default action), which
+    /// suits a program that exits after `run()` or waits for a child it started.
     pub fn handle_signals(&self) {
         self.inner.wants_signals.set(true);
     }
@@ -453,7 +456,8 @@ impl Reactor {
     }
 
     /// Leaves the loop at the end of the current iteration without firing shutdown or
-    /// disconnecting anything; `run()` may be called again afterwards.
+    /// disconnecting anything; `run()` may be called again afterwards, unless
+    /// `stop()` had been called: its shutdown cannot be started twice (as in Twisted).
     pub fn crash(&self) {
         self.inner.crash_requested.set(true);
     }
@@ -566,7 +570,15 @@ impl Reactor {
             signals.uninstall(&self.inner.registry);
         }
         if self.inner.crash_requested.get() && !self.inner.exit_loop.get() {
-            self.inner.state.set(RunState::Idle);
+            // Once stop() was called the shutdown has (partly) happened and cannot be
+            // run again, so, as in Twisted, a crash after stop() leaves the reactor
+            // unrestartable instead of restarting it with its shutdown state spent.
+            let next = if self.inner.stop_requested.get() {
+                RunState::Ended
+            } else {
+                RunState::Idle
+            };
+            self.inner.state.set(next);
             self.inner.running.set(false);
             outcome?;
             return Ok(StopReason::Crashed);
@@ -605,6 +617,11 @@ impl Reactor {
         let mut events = mio::Events::with_capacity(1024);
         loop {
             self.run_queued_calls();
+            // The shutdown finished in a continuation: its after triggers are the last
+            // thing that runs, so no timer of this iteration may follow them.
+            if self.inner.exit_loop.get() {
+                return Ok(());
+            }
             self.inner.timers.admit();
             self.inner.timers.run_due();
             if self.inner.stop_requested.get() && !self.inner.shutdown_begun.get() {
@@ -625,7 +642,13 @@ impl Reactor {
     fn run_queued_calls(&self) {
         let soon = std::mem::take(&mut *self.inner.soon.borrow_mut());
         for f in soon {
+            if self.inner.exit_loop.get() {
+                return;
+            }
             f();
+        }
+        if self.inner.exit_loop.get() {
+            return;
         }
         for call in self.inner.thread_queue.take_all() {
             call(self);

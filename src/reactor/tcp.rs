@@ -53,8 +53,13 @@ const READS_PER_EVENT: usize = 16;
 /// open (Twisted accepts at most 100 per pass); the rest are accepted next iteration.
 const ACCEPTS_PER_EVENT: usize = 100;
 
-/// How long accepting pauses after the process ran out of descriptors or memory.
+/// How long accepting pauses after the process ran out of descriptors or memory; each
+/// further failure in a row doubles the pause, up to [`ACCEPT_BACKOFF_MAX`]. A connection
+/// of the port closing ends the pause at once (a descriptor is free again).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest pause of accepting after repeated failures.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -873,6 +878,10 @@ struct PortInner {
     factory: Rc<dyn Factory>,
     address: SocketAddr,
     accept_paused: Cell<bool>,
+    /// The next pause after an accept failure (see [`ACCEPT_BACKOFF`]).
+    accept_backoff: Cell<Duration>,
+    /// The timer that ends the current pause.
+    accept_retry: RefCell<Option<DelayedCall>>,
     stopped: Cell<bool>,
     this: Weak<PortInner>,
 }
@@ -943,7 +952,10 @@ impl PortInner {
                 None => return,
             };
             match accepted {
-                Ok((stream, peer)) => self.serve(reactor, stream, peer),
+                Ok((stream, peer)) => {
+                    self.accept_backoff.set(ACCEPT_BACKOFF);
+                    self.serve(reactor, stream, peer);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -953,17 +965,22 @@ impl PortInner {
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM...: the pending connection stays
                     // queued and would fail again at once; pause rather than spin.
-                    log::error!("accept on {} failed: {e}; pausing accepts", self.address);
+                    let delay = self.accept_backoff.get();
+                    if delay == ACCEPT_BACKOFF {
+                        log::error!("accept on {} failed: {e}; pausing accepts", self.address);
+                    } else {
+                        log::debug!("accept on {} failed again: {e}", self.address);
+                    }
+                    self.accept_backoff
+                        .set(delay.saturating_mul(2).min(ACCEPT_BACKOFF_MAX));
                     self.accept_paused.set(true);
                     let port = self.this.clone();
-                    reactor.call_later(ACCEPT_BACKOFF, move || {
+                    let retry = reactor.call_later(delay, move || {
                         if let Some(port) = port.upgrade() {
-                            port.accept_paused.set(false);
-                            if let Some(reactor) = port.reactor.upgrade() {
-                                port.accept_all(&reactor);
-                            }
+                            port.resume_accepting();
                         }
                     });
+                    *self.accept_retry.borrow_mut() = Some(retry);
                     return;
                 }
             }
@@ -980,6 +997,19 @@ impl PortInner {
         }));
     }
 
+    /// Ends a pause of accepting (its timer ran, or a descriptor was freed).
+    fn resume_accepting(&self) {
+        let retry = self.accept_retry.borrow_mut().take();
+        if let Some(retry) = retry {
+            let _ = retry.cancel(); // already run, when this is the timer
+        }
+        if self.accept_paused.replace(false)
+            && let Some(reactor) = self.reactor.upgrade()
+        {
+            self.accept_all(&reactor);
+        }
+    }
+
     /// P-07, P-08: build the protocol, or refuse the connection.
     fn serve(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
         let Some(protocol) = self.factory.build_protocol(peer) else {
@@ -987,7 +1017,17 @@ impl PortInner {
             return;
         };
         let connection = Connection::new(reactor, stream, peer, protocol);
-        if let Err(error) = connection.start(reactor, None, None) {
+        // Its socket closed: if accepting is paused for want of descriptors, try now.
+        let port = self.this.clone();
+        let on_lost: LostHook = Box::new(move |_| {
+            let Some(port) = port.upgrade() else { return };
+            if port.accept_paused.get()
+                && let Some(reactor) = port.reactor.upgrade()
+            {
+                reactor.call_soon(Box::new(move || port.resume_accepting()));
+            }
+        });
+        if let Err(error) = connection.start(reactor, None, Some(on_lost)) {
             // The protocol never started, so there is nobody else to tell.
             log::error!("could not register connection from {peer}: {error}");
         }
@@ -1316,6 +1356,8 @@ impl Reactor {
             factory: factory.clone(),
             address: bound,
             accept_paused: Cell::new(false),
+            accept_backoff: Cell::new(ACCEPT_BACKOFF),
+            accept_retry: RefCell::new(None),
             stopped: Cell::new(false),
             this: this.clone(),
         });

@@ -2,5 +2,10 @@
 //! client. The console and the display rules are shared by both sides.
 
 pub mod client;
+pub mod commands;
 pub mod console;
 pub mod escape;
+pub mod registry;
+pub mod server;
+pub mod server_client;
+pub mod talk_server;
