@@ -286,3 +286,69 @@ fn the_terminal_is_restored_after_the_server_closes_and_after_ctrl_c() {
     shell.send_line("exit").expect("leave the shell");
     shell.exp_eof().expect("the shell exits");
 }
+
+/// `twistctl talk-server --port 0` on loopback in a pseudo-terminal, and its port.
+fn server_in_pty() -> (PtySession, u16) {
+    let mut command = Command::new(TWISTCTL);
+    command
+        .args(["talk-server", "--port", "0", "--bind", "127.0.0.1"])
+        .env("TERM", "xterm")
+        .env_remove("RUST_LOG");
+    let mut session = spawn_command(command, Some(EXPECT_MS)).expect("spawn in a pty");
+    session.process_mut().set_kill_timeout(Some(2000));
+    let (_, listening) = session
+        .exp_regex(r"Listening on 127\.0\.0\.1:[0-9]+")
+        .expect("the listening line");
+    let port = listening
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port in the listening line");
+    (session, port)
+}
+
+#[test]
+fn talk_server_and_talk_client_in_two_terminals_talk_until_bye() {
+    let (mut server, port) = server_in_pty();
+    server.exp_string("Server: ").expect("the server prompt");
+    let mut client = client_in_pty(port);
+    client.exp_string("Client: ").expect("the client prompt");
+    server
+        .exp_string("* client 1 connected from 127.0.0.1:")
+        .expect("the server sees the client");
+
+    client.send("hello\r").expect("type at the client");
+    client.flush().expect("flush");
+    server
+        .exp_string("Client 1: hello")
+        .expect("the line at the server");
+
+    // The operator types half a line, the client speaks meanwhile, the operator ends it.
+    server.send("h").expect("type at the server");
+    server.flush().expect("flush");
+    server.exp_string("h").expect("echoed");
+    client.send("are you there?\r").expect("type at the client");
+    client.flush().expect("flush");
+    server
+        .exp_string("Client 1: are you there?")
+        .expect("printed above the server prompt");
+    server.send("i\r").expect("finish the line");
+    server.flush().expect("flush");
+    client
+        .exp_string("Server: hi")
+        .expect("the operator's line at the client");
+
+    client.send("bye\r").expect("type bye");
+    client.flush().expect("flush");
+    server
+        .exp_string("* client 1 disconnected: bye")
+        .expect("the server closes on bye");
+    client
+        .exp_string("Connection lost - goodbye!")
+        .expect("the client's farewell");
+    assert_eq!(exit_code(&mut client), 0);
+
+    server.send("/quit\r").expect("quit the server");
+    server.flush().expect("flush");
+    assert_eq!(exit_code(&mut server), 0);
+}

@@ -102,7 +102,8 @@ fn read_until_contains(stream: &mut TcpStream, wanted: &[u8]) -> Vec<u8> {
     received
 }
 
-/// A running talk-client with its stdout read line by line as it comes.
+/// A running twistctl (a talk-client, or the talk-server it talks to) with its stdout
+/// read line by line as it comes.
 struct Client {
     pid: Pid,
     stdin: Option<ChildStdin>,
@@ -132,9 +133,16 @@ impl Finished {
 }
 
 impl Client {
+    /// `twistctl talk-client ARGS...`.
     fn spawn(args: &[&str]) -> Client {
+        let mut all = vec!["talk-client"];
+        all.extend_from_slice(args);
+        Client::spawn_twistctl(&all)
+    }
+
+    /// `twistctl ARGS...`, any subcommand.
+    fn spawn_twistctl(args: &[&str]) -> Client {
         let mut child = twistctl()
-            .arg("talk-client")
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
@@ -569,5 +577,54 @@ fn sigterm_exits_143_and_sigint_130() {
         assert!(finished.stdout.is_empty(), "{:?}", finished.stdout_text());
         let (_, ended) = served.join().expect("the server thread");
         let _ = ended; // EOF or reset: either way the connection is gone
+    }
+}
+
+/// Reads lines until one starts with `prefix` (bounded by [`STEP`] per line).
+fn line_starting_with(process: &Client, prefix: &str) -> String {
+    for _ in 0..20 {
+        let line = process.next_line();
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+    panic!("no line starting with {prefix:?}");
+}
+
+#[test]
+fn talk_client_and_talk_server_chat_over_pipes_in_line_and_raw_mode() {
+    for raw in [false, true] {
+        let mode: &[&str] = if raw { &["--raw"] } else { &[] };
+        let mut server_args = vec!["talk-server", "--port", "0", "--bind", "127.0.0.1"];
+        server_args.extend_from_slice(mode);
+        let mut server = Client::spawn_twistctl(&server_args);
+        let listening = server.next_line();
+        let port = listening
+            .strip_prefix("Listening on 127.0.0.1:")
+            .unwrap_or_else(|| panic!("the first line names the port: {listening}"))
+            .to_string();
+        let mut client_args = vec!["127.0.0.1", port.as_str()];
+        client_args.extend_from_slice(mode);
+        let mut client = Client::spawn(&client_args);
+        line_starting_with(&server, "* client 1 connected from 127.0.0.1:");
+
+        client.type_text("hello\n");
+        assert_eq!(server.next_line(), "Client 1: hello", "raw: {raw}");
+        server.type_text("hi\n");
+        assert_eq!(client.next_line(), "Server: hi", "raw: {raw}");
+        client.type_text("bye\n");
+        let finished = client.finish();
+        assert_eq!(
+            finished.stdout_text(),
+            ["Connection lost - goodbye!"],
+            "raw: {raw}: {}",
+            finished.stderr
+        );
+        assert_eq!(finished.code, Some(0), "raw: {raw}");
+        line_starting_with(&server, "* client 1 disconnected");
+
+        server.close_stdin();
+        let stopped = server.finish();
+        assert_eq!(stopped.code, Some(0), "raw: {raw}: {}", stopped.stderr);
     }
 }
