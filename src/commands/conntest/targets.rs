@@ -95,6 +95,9 @@ pub fn parse_targets(
         let (host, port_part) = split_target(host_arg)?;
         if port_part.is_none() {
             let host = Rc::new(check_family(host, family)?);
+            if ports.is_empty() {
+                return Err(UsageError(format!("empty port list for host '{host_arg}'")));
+            }
             return expand(host, ports, ports, services);
         }
     }
