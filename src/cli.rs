@@ -107,6 +107,7 @@ pub enum Command {
     2    usage error (a bad target, port or option)
     3    a name could not be resolved
     124  timed out (an attempt's --timeout, or the --wait deadline)
+    126  CMD could not be run; 127: CMD was not found
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM
     With several targets: the status of the first failed target in argument order.
@@ -174,9 +175,14 @@ pub struct TimerDemoArgs {
 /// Options of `twistctl conntest`.
 #[derive(Debug, Clone, Args)]
 pub struct ConntestArgs {
-    /// HOST PORTS, or one or more HOST:PORTS ([::1]:PORTS for IPv6). PORTS is a port, a
-    /// list (80,443), a range (8000-8100), a service name (ssh), or a mix.
-    #[arg(value_name = "TARGET", required = true)]
+    /// The targets: `HOST PORTS`, or one or more `HOST:PORTS` (IPv6 literals in
+    /// brackets).
+    #[arg(
+        value_name = "TARGET",
+        required = true,
+        help = "HOST PORTS, or one or more HOST:PORTS ([::1]:PORTS for IPv6). PORTS is a port, \
+                a list (80,443), a range (8000-8100), a service name (ssh), or a mix"
+    )]
     pub targets: Vec<String>,
 
     /// Give up on one connection attempt, or one name lookup, after DUR.
