@@ -99,6 +99,11 @@ impl Check {
         *self.race.borrow_mut() = Some(race);
     }
 
+    /// The address the check is trying, or tried last; `None` while resolving.
+    pub fn last_tried(&self) -> Option<SocketAddr> {
+        self.race.borrow().as_ref().and_then(Race::last_tried)
+    }
+
     /// Stops the check; its `on_done` is not called.
     pub fn cancel(&self) {
         self.cancelled.set(true);

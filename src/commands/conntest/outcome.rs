@@ -120,8 +120,9 @@ impl Outcome {
     }
 
     /// The `--wait` deadline passed with the target down; `last` is what its last
-    /// finished attempt saw, if any attempt finished.
-    pub fn gave_up(last: Option<Outcome>, waited: Duration) -> Outcome {
+    /// finished attempt saw, if any attempt finished, and `trying` the address an
+    /// unfinished attempt was trying.
+    pub fn gave_up(last: Option<Outcome>, trying: Option<SocketAddr>, waited: Duration) -> Outcome {
         let waited = humantime::format_duration(waited);
         match last {
             Some(last) => Outcome {
@@ -134,7 +135,7 @@ impl Outcome {
             },
             None => Outcome {
                 status: Status::Timeout,
-                addr: None,
+                addr: trying,
                 reason: Some(format!("No answer within the --wait time of {waited}")),
                 gave_up_waiting: true,
             },
@@ -249,15 +250,16 @@ mod tests {
             &ConnectError::Refused(Rc::new(io::Error::from_raw_os_error(libc::ECONNREFUSED))),
             Duration::from_secs(1),
         );
-        let gave_up = Outcome::gave_up(Some(refused), Duration::from_secs(5));
+        let gave_up = Outcome::gave_up(Some(refused), None, Duration::from_secs(5));
         assert_eq!(gave_up.status, Status::Refused);
         assert_eq!(
             gave_up.reason.as_deref(),
             Some("Connection refused (still down after waiting 5s)")
         );
         assert_eq!(gave_up.exit_status(), ExitStatus::TimedOut);
-        let nothing = Outcome::gave_up(None, Duration::from_millis(1500));
+        let nothing = Outcome::gave_up(None, addr(), Duration::from_millis(1500));
         assert_eq!(nothing.status, Status::Timeout);
+        assert_eq!(nothing.addr, addr());
         assert_eq!(nothing.exit_status(), ExitStatus::TimedOut);
         assert!(nothing.reason.unwrap().contains("1s 500ms"));
     }

@@ -165,6 +165,11 @@ impl Race {
         self.finish(RaceOutcome::Cancelled { last_tried });
     }
 
+    /// The address of the attempt started last, if any has started.
+    pub fn last_tried(&self) -> Option<SocketAddr> {
+        self.inner.state.borrow().last_tried
+    }
+
     /// True once the outcome has been delivered.
     pub fn is_done(&self) -> bool {
         self.inner.state.borrow().on_done.is_none()

@@ -33,6 +33,8 @@ enum Slot {
     Checking { check: Check, last: Option<Outcome> },
     /// Under `--wait`: down, and checked again when the timer fires.
     Retrying { timer: DelayedCall, last: Outcome },
+    /// Under `--wait`: down, and no retry fits before the deadline, which decides.
+    Down { last: Outcome },
     /// The result is in.
     Final(Outcome),
 }
@@ -188,8 +190,11 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
         let deadline = self.inner.started_at + wait;
         let retry_at = self.reactor().seconds() + self.inner.options.interval;
         if retry_at >= deadline {
-            // No retry can happen before the deadline: nothing more to learn.
-            self.finalize(index, Outcome::gave_up(Some(outcome), wait));
+            // No retry fits before the deadline; the deadline reports it, so that
+            // "still down after waiting 5s" is true.
+            if let Some(slot) = self.inner.slots.borrow_mut().get_mut(index) {
+                *slot = Slot::Down { last: outcome };
+            }
             return;
         }
         let this = self.clone();
@@ -252,9 +257,11 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
         self.inner.ctx.gate.close();
         for index in self.unfinished_indices() {
             let last_addr = match &self.inner.slots.borrow()[index] {
-                Slot::Checking { last, .. } => last.as_ref().and_then(|o| o.addr),
-                Slot::Retrying { last, .. } => last.addr,
-                _ => None,
+                Slot::Checking { check, last } => check
+                    .last_tried()
+                    .or_else(|| last.as_ref().and_then(|o| o.addr)),
+                Slot::Retrying { last, .. } | Slot::Down { last } => last.addr,
+                Slot::Starting | Slot::Final(_) => None,
             };
             self.finalize(index, Outcome::cancelled(last_addr));
         }
@@ -268,12 +275,12 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
         self.inner.deadline.borrow_mut().take();
         self.inner.ctx.gate.close();
         for index in self.unfinished_indices() {
-            let last = match &self.inner.slots.borrow()[index] {
-                Slot::Checking { last, .. } => last.clone(),
-                Slot::Retrying { last, .. } => Some(last.clone()),
-                _ => None,
+            let (last, trying) = match &self.inner.slots.borrow()[index] {
+                Slot::Checking { check, last } => (last.clone(), check.last_tried()),
+                Slot::Retrying { last, .. } | Slot::Down { last } => (Some(last.clone()), None),
+                Slot::Starting | Slot::Final(_) => (None, None),
             };
-            self.finalize(index, Outcome::gave_up(last, wait));
+            self.finalize(index, Outcome::gave_up(last, trying, wait));
         }
     }
 
@@ -316,6 +323,6 @@ fn stop_slot(slot: Slot) {
         Slot::Retrying { timer, .. } => {
             let _ = timer.cancel();
         }
-        Slot::Starting | Slot::Final(_) => {}
+        Slot::Starting | Slot::Down { .. } | Slot::Final(_) => {}
     }
 }
