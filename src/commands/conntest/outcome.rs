@@ -160,11 +160,13 @@ impl Outcome {
 
 /// An OS error's message without the " (os error 111)" that Rust appends.
 pub fn os_words(error: &std::io::Error) -> String {
-    let text = error.to_string();
-    match text.rfind(" (os error ") {
-        Some(at) if text.ends_with(')') => text[..at].to_string(),
-        _ => text,
+    let mut text = error.to_string();
+    if let Some(at) = text.rfind(" (os error ")
+        && text.ends_with(')')
+    {
+        text.truncate(at);
     }
+    text
 }
 
 #[cfg(test)]

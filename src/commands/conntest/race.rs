@@ -64,6 +64,10 @@ pub enum RaceOutcome {
 /// The order to try addresses in: duplicates removed, families alternating, starting
 /// with the family of the first address (RFC 8305 section 4).
 pub fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    if addrs.len() < 2 {
+        // The common case (an IP literal): nothing to reorder.
+        return addrs.to_vec();
+    }
     let mut unique: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
     for addr in addrs {
         if !unique.contains(addr) {

@@ -35,8 +35,8 @@ enum Slot {
     Retrying { timer: DelayedCall, last: Outcome },
     /// Under `--wait`: down, and no retry fits before the deadline, which decides.
     Down { last: Outcome },
-    /// The result is in.
-    Final(Outcome),
+    /// The result is in (the outcome itself went to the printer).
+    Final { up: bool, exit: ExitStatus },
 }
 
 struct Inner<O: Write, E: Write> {
@@ -129,17 +129,15 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
     /// order that is not up; with `--any`, success if any one is up.
     pub fn exit_status(&self) -> ExitStatus {
         let slots = self.inner.slots.borrow();
-        let outcomes = slots.iter().filter_map(|slot| match slot {
-            Slot::Final(outcome) => Some(outcome),
-            _ => None,
-        });
         let mut first_failure = None;
         let mut any_up = false;
-        for outcome in outcomes {
-            if outcome.status == Status::Open {
-                any_up = true;
-            } else if first_failure.is_none() {
-                first_failure = Some(outcome.exit_status());
+        for slot in slots.iter() {
+            match *slot {
+                Slot::Final { up: true, .. } => any_up = true,
+                Slot::Final { up: false, exit } if first_failure.is_none() => {
+                    first_failure = Some(exit);
+                }
+                _ => {}
             }
         }
         match first_failure {
@@ -223,11 +221,15 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
     /// Records a target's result, prints what the order allows, and ends the run when
     /// it was the last one.
     fn finalize(&self, index: usize, outcome: Outcome) {
+        let done = Slot::Final {
+            up: outcome.status == Status::Open,
+            exit: outcome.exit_status(),
+        };
         let previous = match self.inner.slots.borrow_mut().get_mut(index) {
-            Some(slot) => std::mem::replace(slot, Slot::Final(outcome.clone())),
+            Some(slot) => std::mem::replace(slot, done),
             None => return,
         };
-        if matches!(previous, Slot::Final(_)) {
+        if matches!(previous, Slot::Final { .. }) {
             // Already counted; keep the first result.
             if let Some(slot) = self.inner.slots.borrow_mut().get_mut(index) {
                 *slot = previous;
@@ -261,7 +263,7 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
                     .last_tried()
                     .or_else(|| last.as_ref().and_then(|o| o.addr)),
                 Slot::Retrying { last, .. } | Slot::Down { last } => last.addr,
-                Slot::Starting | Slot::Final(_) => None,
+                Slot::Starting | Slot::Final { .. } => None,
             };
             self.finalize(index, Outcome::cancelled(last_addr));
         }
@@ -278,7 +280,7 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
             let (last, trying) = match &self.inner.slots.borrow()[index] {
                 Slot::Checking { check, last } => (last.clone(), check.last_tried()),
                 Slot::Retrying { last, .. } | Slot::Down { last } => (Some(last.clone()), None),
-                Slot::Starting | Slot::Final(_) => (None, None),
+                Slot::Starting | Slot::Final { .. } => (None, None),
             };
             self.finalize(index, Outcome::gave_up(last, trying, wait));
         }
@@ -290,7 +292,7 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
             .borrow()
             .iter()
             .enumerate()
-            .filter(|(_, slot)| !matches!(slot, Slot::Final(_)))
+            .filter(|(_, slot)| !matches!(slot, Slot::Final { .. }))
             .map(|(index, _)| index)
             .collect()
     }
@@ -323,6 +325,6 @@ fn stop_slot(slot: Slot) {
         Slot::Retrying { timer, .. } => {
             let _ = timer.cancel();
         }
-        Slot::Starting | Slot::Down { .. } | Slot::Final(_) => {}
+        Slot::Starting | Slot::Down { .. } | Slot::Final { .. } => {}
     }
 }
