@@ -1167,7 +1167,16 @@ impl Connector {
         }
         let generation = self.inner.generation.get() + 1;
         self.inner.generation.set(generation);
-        match TcpStream::connect(self.inner.destination) {
+        // On loopback a refusal is often known before connect() returns: report it
+        // (later, P-13) without registering a socket that is already dead. Reading the
+        // socket's error clears it, so it is read once, here.
+        let connected = TcpStream::connect(self.inner.destination).and_then(|stream| match stream
+            .take_error()
+        {
+            Ok(None) => Ok(stream),
+            Ok(Some(error)) | Err(error) => Err(error),
+        });
+        match connected {
             Ok(mut stream) => {
                 let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
                     connector: self.inner.clone(),
@@ -1206,23 +1215,24 @@ impl Connector {
     }
 
     /// Drops the attempt's socket and timer.
-    fn end_attempt(&self) -> Option<TcpStream> {
-        let attempt = self.inner.attempt.borrow_mut().take()?;
+    /// Drops the attempt's socket and timer. The socket is closed, which also takes it
+    /// out of the poll, so only its registry slot needs freeing.
+    fn end_attempt(&self) {
+        let Some(attempt) = self.inner.attempt.borrow_mut().take() else {
+            return;
+        };
         if let Some(timer) = attempt.timer {
             let _ = timer.cancel();
         }
-        let mut stream = attempt.stream;
-        if let Some(reactor) = self.inner.reactor.upgrade()
-            && let Err(error) = reactor.deregister_io(&mut stream, attempt.key)
-        {
-            log::debug!("deregistering attempt: {error}");
+        if let Some(reactor) = self.inner.reactor.upgrade() {
+            reactor.forget_io(attempt.key);
         }
-        Some(stream)
+        drop(attempt.stream);
     }
 
     /// P-13: `client_connection_failed`, then the factory's stop unless it reconnected.
     fn fail(&self, reason: ConnectError) {
-        drop(self.end_attempt());
+        self.end_attempt();
         self.inner.state.set(ConnectorState::Disconnected);
         self.inner.factory.client_connection_failed(self, &reason);
         self.stop_factory_unless_reconnected();
