@@ -25,7 +25,7 @@ function __fish_twistctl_using_subcommand
 end
 
 complete -c twistctl -n "__fish_twistctl_needs_command" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_needs_command" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_needs_command" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_needs_command" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_needs_command" -f -a "timer-demo" -d 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s'
@@ -41,20 +41,20 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l count -
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l utc -d 'Print UTC instead of local time'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l precise -d 'Print milliseconds and how late each call fired'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s V -l version -d 'Print version'
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l timeout -d 'Give up on one attempt after DUR' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l wait -d 'Retry down targets until all are up or DUR has passed since start' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l timeout -d 'Give up on one connection attempt, or one name lookup, after DUR' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l wait -d 'Retry down targets every --interval until all are up, or until DUR has passed since the start (then exit 124)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l interval -d 'With --wait: time between retries of a down target' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l concurrency -d 'At most N attempts in flight' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l any -d 'Succeed as soon as any one target is up'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l concurrency -d 'At most N connection attempts in flight (never more than the open-file limit allows)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l any -d 'Succeed as soon as any one target is up; the others are cancelled (wait for one of these replicas)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l open -d 'Print only targets that connected (scan mode); the exit status is unchanged'
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l json -d 'One JSON object per target per line'
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 4 -d 'IPv4 only'
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 6 -d 'IPv6 only'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l json -d 'One JSON object per target per line on stdout: host, port, addr, status, error, elapsed_ms'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 4 -d 'Use IPv4 addresses only'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 6 -d 'Use IPv6 addresses only'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l port -d 'The port to listen on (0: any free port)' -r
@@ -62,20 +62,20 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l bind -
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-clients -d 'At most N clients at once; the next one is told the server is full' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-line -d 'Longest line accepted from a client, in bytes' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l idle-timeout -d 'Close clients that send nothing for DUR' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console: send every received line back to its sender'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l timeout -d 'Give up connecting after DUR' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s q -l quiet -d 'No log output; for conntest, no output at all (the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand help; and not __fish_seen_subcommand_from timer-demo conntest talk-server talk-client completions help" -f -a "timer-demo" -d 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s'

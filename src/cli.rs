@@ -29,6 +29,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("'{text}' is not a valid duration ({e}; examples: 1.5s, 250ms, 2m)"))
 }
 
+/// Like [`parse_duration`], but zero is refused: for a timeout or an interval, zero
+/// would mean giving up at once or retrying in a busy loop.
+pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!(
+            "'{text}' is zero; give a duration above zero (e.g. 500ms)"
+        ));
+    }
+    Ok(duration)
+}
+
 /// twistctl: network tools on a Twisted-style reactor.
 #[derive(Debug, Parser)]
 #[command(
@@ -45,7 +57,8 @@ pub struct Cli {
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// No log output; for conntest, no output at all (the exit status tells).
+    /// No log output; for conntest, no results either (usage errors still print; the
+    /// exit status tells).
     #[arg(short = 'q', long = "quiet", global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
@@ -94,6 +107,7 @@ pub enum Command {
     2    usage error (a bad target, port or option)
     3    a name could not be resolved
     124  timed out (an attempt's --timeout, or the --wait deadline)
+    126  CMD could not be run; 127: CMD was not found
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM
     With several targets: the status of the first failed target in argument order.
@@ -102,7 +116,16 @@ pub enum Command {
     Conntest(ConntestArgs),
 
     /// Line chat, server side: talk with every connected client from this console.
-    #[command(after_long_help = concat!("EXAMPLES:
+    #[command(
+        long_about = "Line chat, server side: talk with every connected client from this \
+                      console. Clients are numbered from 1; their lines print as \
+                      'Client 1: hello', with control characters escaped. A typed line goes \
+                      to the client that spoke last (or the only one). At the 'Server: ' \
+                      prompt: /to N text, /all text, /who, /kick N, /quit, /help; //text \
+                      sends /text; a line 'bye' closes the client it is sent to. When stdin \
+                      is not a terminal its lines are typed lines, and its end means /quit. \
+                      The first line of output is 'Listening on ADDRESS:PORT'.",
+        after_long_help = concat!("EXAMPLES:
     twistctl talk-server --port 8000
     twistctl talk-server --port 0 --echo --idle-timeout 5m
 
@@ -111,7 +134,8 @@ pub enum Command {
     1    runtime failure (e.g. the port could not be bound)
     2    usage error
     130  interrupted by SIGINT (Ctrl-C)
-    143  terminated by SIGTERM"))]
+    143  terminated by SIGTERM")
+    )]
     TalkServer(TalkServerArgs),
 
     /// Line chat, client side: talk with the operator of a talk-server.
@@ -121,7 +145,8 @@ pub enum Command {
 
 ", "EXIT STATUS:
     0    the conversation ended (bye, end of input, or the server closed)
-    1    the connection could not be made
+    1    the connection could not be made, or it broke (a reset, or a line over
+         64 KiB from the server)
     2    usage error
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM"))]
@@ -176,24 +201,32 @@ pub struct TimerDemoArgs {
 /// Options of `twistctl conntest`.
 #[derive(Debug, Clone, Args)]
 pub struct ConntestArgs {
-    /// HOST PORTS, or one or more HOST:PORTS ([::1]:PORTS for IPv6). PORTS is a port, a
-    /// list (80,443), a range (8000-8100), a service name (ssh), or a mix.
-    #[arg(value_name = "TARGET", required = true)]
+    /// The targets: `HOST PORTS`, or one or more `HOST:PORTS` (IPv6 literals in
+    /// brackets).
+    #[arg(
+        value_name = "TARGET",
+        required = true,
+        help = "HOST PORTS, or one or more HOST:PORTS ([::1]:PORTS for IPv6). PORTS is a port, \
+                a list (80,443), a range (8000-8100), a service name (ssh), or a mix"
+    )]
     pub targets: Vec<String>,
 
-    /// Give up on one attempt after DUR.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
+    /// Give up on one connection attempt, or one name lookup, after DUR.
+    #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration, default_value = "10s")]
     pub timeout: Duration,
 
-    /// Retry down targets until all are up or DUR has passed since start.
+    /// Retry down targets every --interval until all are up, or until DUR has passed
+    /// since the start (then exit 124).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub wait: Option<Duration>,
 
     /// With --wait: time between retries of a down target.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "500ms")]
+    #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration,
+          default_value = "500ms", requires = "wait")]
     pub interval: Duration,
 
-    /// Succeed as soon as any one target is up.
+    /// Succeed as soon as any one target is up; the others are cancelled (wait for one
+    /// of these replicas).
     #[arg(long)]
     pub any: bool,
 
@@ -201,24 +234,27 @@ pub struct ConntestArgs {
     #[arg(long)]
     pub open: bool,
 
-    /// One JSON object per target per line.
+    /// One JSON object per target per line on stdout: host, port, addr, status, error,
+    /// elapsed_ms.
     #[arg(long)]
     pub json: bool,
 
-    /// At most N attempts in flight.
+    /// At most N connection attempts in flight (never more than the open-file limit
+    /// allows).
     #[arg(long, value_name = "N", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
 
-    /// IPv4 only.
+    /// Use IPv4 addresses only.
     #[arg(short = '4', conflicts_with = "ipv6")]
     pub ipv4: bool,
 
-    /// IPv6 only.
+    /// Use IPv6 addresses only.
     #[arg(short = '6')]
     pub ipv6: bool,
 
-    /// Run CMD once the targets are up, and exit with its status.
+    /// Once every target (with --any: one) is up, run CMD in place of twistctl (exec):
+    /// its exit status is the result. Not run otherwise.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -246,7 +282,8 @@ pub struct TalkServerArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
 
-    /// No console: send every received line back to its sender.
+    /// No console (stdin is ignored): send every received line back to its sender, until
+    /// SIGINT or SIGTERM. A client that does not read is not read from either.
     #[arg(long)]
     pub echo: bool,
 

@@ -3,6 +3,7 @@
 //! - [`reactor`]: the event loop, timers, Deferreds, protocols, TCP.
 //! - [`protocols`]: reusable protocols on the reactor (line framing).
 //! - [`commands`]: the subcommands; [`cli`]: their command line.
+#![warn(missing_docs)]
 pub mod cli;
 pub mod commands;
 pub mod exit;

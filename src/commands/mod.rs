@@ -2,6 +2,7 @@
 //! output.
 
 pub mod completions;
+pub mod conntest;
 pub mod talk;
 pub mod timer_demo;
 
@@ -12,10 +13,9 @@ use crate::exit::ExitStatus;
 pub fn run(cli: Cli) -> ExitStatus {
     match cli.command {
         Command::TimerDemo(args) => timer_demo::run(&args),
+        Command::Conntest(args) => conntest::run(&args, cli.quiet),
         Command::Completions(args) => completions::run(&args),
-        Command::Conntest(_) | Command::TalkServer(_) | Command::TalkClient(_) => {
-            eprintln!("twistctl: this subcommand is not available in this build yet");
-            ExitStatus::Failure
-        }
+        Command::TalkServer(args) => talk::talk_server::run(&args),
+        Command::TalkClient(args) => talk::client::run(&args),
     }
 }

@@ -1,7 +1,7 @@
 //! `twistctl timer-demo`: the classic callLater tour.
 //!
-//! The tour is written against [`Scheduler`], so tests drive it on a [`FakeClock`]
-//! (crate::reactor::FakeClock) and check the exact lines and moments without sleeping;
+//! The tour is written against [`Scheduler`], so tests drive it on a
+//! [`FakeClock`](crate::reactor::FakeClock) and check the exact lines and moments without sleeping;
 //! the command runs the same tour on the real reactor.
 
 use std::cell::RefCell;

@@ -15,7 +15,7 @@
 //!   for over-long lines (L-02). The delimiter is searched for only in bytes not yet
 //!   searched, and the buffer is compacted lazily, so a stream costs O(its length) however
 //!   it is chunked and however long its lines are.
-//! - **[ours]** Over-long lines. A line is too long when its delimiter has not arrived
+//! - **\[ours\]** Over-long lines. A line is too long when its delimiter has not arrived
 //!   within `max_length + allowance` bytes, where the allowance is the delimiter's length
 //!   (plus one in newline mode, for the optional `\r`): exactly `max_length` is fine,
 //!   longer is rejected (L-07), and a maximum-length line whose delimiter is still

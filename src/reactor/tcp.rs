@@ -53,8 +53,13 @@ const READS_PER_EVENT: usize = 16;
 /// open (Twisted accepts at most 100 per pass); the rest are accepted next iteration.
 const ACCEPTS_PER_EVENT: usize = 100;
 
-/// How long accepting pauses after the process ran out of descriptors or memory.
+/// How long accepting pauses after the process ran out of descriptors or memory; each
+/// further failure in a row doubles the pause, up to [`ACCEPT_BACKOFF_MAX`]. A connection
+/// of the port closing ends the pause at once (a descriptor is free again).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest pause of accepting after repeated failures.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -442,8 +447,29 @@ impl Transport for TcpTransport {
 pub struct Connection {
     transport: Rc<TcpTransport>,
     protocol: RefCell<Option<Box<dyn Protocol>>>,
-    /// The client connector to tell after the protocol's `connection_lost` (P-14).
-    connector: Cell<Option<Connector>>,
+    /// Who to tell after the protocol's `connection_lost`.
+    lost_notice: Cell<Option<LostNotice>>,
+}
+
+/// Who hears of a connection's end after its protocol: a client connection's connector
+/// (P-14), or the port that accepted a server connection (its socket is free again).
+/// An enum rather than a boxed closure: every connection carries one.
+enum LostNotice {
+    Connector(Connector),
+    Port(Weak<PortInner>),
+}
+
+impl LostNotice {
+    fn send(self, reason: &CloseReason) {
+        match self {
+            LostNotice::Connector(connector) => connector.lost(reason),
+            LostNotice::Port(port) => {
+                if let Some(port) = port.upgrade() {
+                    port.connection_closed();
+                }
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -482,7 +508,7 @@ impl Connection {
             Connection {
                 transport,
                 protocol: RefCell::new(Some(protocol)),
-                connector: Cell::new(None),
+                lost_notice: Cell::new(None),
             }
         })
     }
@@ -543,7 +569,7 @@ impl Connection {
         self: &Rc<Self>,
         reactor: &Reactor,
         key: Option<IoKey>,
-        connector: Option<Connector>,
+        lost_notice: Option<LostNotice>,
     ) -> io::Result<()> {
         // A connector's socket is registered already: its key must be freed on failure.
         self.transport.key.set(key);
@@ -574,7 +600,7 @@ impl Connection {
             }
         };
         self.transport.key.set(Some(key));
-        self.connector.set(connector);
+        self.lost_notice.set(lost_notice);
         self.with_protocol(|protocol, transport| protocol.connection_made(transport));
         // Bytes may have arrived before registration; an edge may not come again.
         self.transport
@@ -844,8 +870,8 @@ impl Connection {
         if let Some(mut protocol) = protocol {
             protocol.connection_lost(&reason);
         }
-        if let Some(connector) = self.connector.take() {
-            connector.lost(&reason);
+        if let Some(notice) = self.lost_notice.take() {
+            notice.send(&reason);
         }
     }
 }
@@ -914,6 +940,10 @@ struct PortInner {
     factory: Rc<dyn Factory>,
     address: SocketAddr,
     accept_paused: Cell<bool>,
+    /// The next pause after an accept failure (see [`ACCEPT_BACKOFF`]).
+    accept_backoff: Cell<Duration>,
+    /// The timer that ends the current pause.
+    accept_retry: RefCell<Option<DelayedCall>>,
     stopped: Cell<bool>,
     this: Weak<PortInner>,
 }
@@ -984,7 +1014,10 @@ impl PortInner {
                 None => return,
             };
             match accepted {
-                Ok((stream, peer)) => self.serve(reactor, stream, peer),
+                Ok((stream, peer)) => {
+                    self.accept_backoff.set(ACCEPT_BACKOFF);
+                    self.serve(reactor, stream, peer);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -994,17 +1027,22 @@ impl PortInner {
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM...: the pending connection stays
                     // queued and would fail again at once; pause rather than spin.
-                    log::error!("accept on {} failed: {e}; pausing accepts", self.address);
+                    let delay = self.accept_backoff.get();
+                    if delay == ACCEPT_BACKOFF {
+                        log::error!("accept on {} failed: {e}; pausing accepts", self.address);
+                    } else {
+                        log::debug!("accept on {} failed again: {e}", self.address);
+                    }
+                    self.accept_backoff
+                        .set(delay.saturating_mul(2).min(ACCEPT_BACKOFF_MAX));
                     self.accept_paused.set(true);
                     let port = self.this.clone();
-                    reactor.call_later(ACCEPT_BACKOFF, move || {
+                    let retry = reactor.call_later(delay, move || {
                         if let Some(port) = port.upgrade() {
-                            port.accept_paused.set(false);
-                            if let Some(reactor) = port.reactor.upgrade() {
-                                port.accept_all(&reactor);
-                            }
+                            port.resume_accepting();
                         }
                     });
+                    *self.accept_retry.borrow_mut() = Some(retry);
                     return;
                 }
             }
@@ -1021,6 +1059,29 @@ impl PortInner {
         }));
     }
 
+    /// Ends a pause of accepting (its timer ran, or a descriptor was freed).
+    fn resume_accepting(&self) {
+        let retry = self.accept_retry.borrow_mut().take();
+        if let Some(retry) = retry {
+            let _ = retry.cancel(); // already run, when this is the timer
+        }
+        if self.accept_paused.replace(false)
+            && let Some(reactor) = self.reactor.upgrade()
+        {
+            self.accept_all(&reactor);
+        }
+    }
+
+    /// One of this port's connections closed its socket: if accepting is paused for
+    /// want of descriptors, try again now.
+    fn connection_closed(self: Rc<Self>) {
+        if self.accept_paused.get()
+            && let Some(reactor) = self.reactor.upgrade()
+        {
+            reactor.call_soon(Box::new(move || self.resume_accepting()));
+        }
+    }
+
     /// P-07, P-08: build the protocol, or refuse the connection.
     fn serve(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
         let Some(protocol) = self.factory.build_protocol(peer) else {
@@ -1028,7 +1089,8 @@ impl PortInner {
             return;
         };
         let connection = Connection::new(reactor, stream, peer, protocol);
-        if let Err(error) = connection.start(reactor, None, None) {
+        let notice = LostNotice::Port(self.this.clone());
+        if let Err(error) = connection.start(reactor, None, Some(notice)) {
             // The protocol never started, so there is nobody else to tell.
             log::error!("could not register connection from {peer}: {error}");
         }
@@ -1170,7 +1232,16 @@ impl Connector {
         }
         let generation = self.inner.generation.get() + 1;
         self.inner.generation.set(generation);
-        match TcpStream::connect(self.inner.destination) {
+        // On loopback a refusal is often known before connect() returns: report it
+        // (later, P-13) without registering a socket that is already dead. Reading the
+        // socket's error clears it, so it is read once, here.
+        let connected = TcpStream::connect(self.inner.destination).and_then(|stream| match stream
+            .take_error()
+        {
+            Ok(None) => Ok(stream),
+            Ok(Some(error)) | Err(error) => Err(error),
+        });
+        match connected {
             Ok(mut stream) => {
                 let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
                     connector: self.inner.clone(),
@@ -1210,23 +1281,24 @@ impl Connector {
     }
 
     /// Drops the attempt's socket and timer.
-    fn end_attempt(&self) -> Option<TcpStream> {
-        let attempt = self.inner.attempt.borrow_mut().take()?;
+    /// Drops the attempt's socket and timer. The socket is closed, which also takes it
+    /// out of the poll, so only its registry slot needs freeing.
+    fn end_attempt(&self) {
+        let Some(attempt) = self.inner.attempt.borrow_mut().take() else {
+            return;
+        };
         if let Some(timer) = attempt.timer {
             let _ = timer.cancel();
         }
-        let mut stream = attempt.stream;
-        if let Some(reactor) = self.inner.reactor.upgrade()
-            && let Err(error) = reactor.deregister_io(&mut stream, attempt.key)
-        {
-            log::debug!("deregistering attempt: {error}");
+        if let Some(reactor) = self.inner.reactor.upgrade() {
+            reactor.forget_io(attempt.key);
         }
-        Some(stream)
+        drop(attempt.stream);
     }
 
     /// P-13: `client_connection_failed`, then the factory's stop unless it reconnected.
     fn fail(&self, reason: ConnectError) {
-        drop(self.end_attempt());
+        self.end_attempt();
         self.inner.state.set(ConnectorState::Disconnected);
         self.inner.factory.client_connection_failed(self, &reason);
         self.stop_factory_unless_reconnected();
@@ -1287,7 +1359,8 @@ impl Connector {
         };
         let connection = Connection::new(&reactor, attempt.stream, peer, protocol);
         *self.inner.connection.borrow_mut() = Rc::downgrade(&connection);
-        if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(self.clone())) {
+        let notice = LostNotice::Connector(self.clone());
+        if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(notice)) {
             // No protocol method ran: to the factory the attempt failed (P-13).
             self.fail(ConnectError::Other(Rc::new(error)));
         }
@@ -1358,6 +1431,8 @@ impl Reactor {
             factory: factory.clone(),
             address: bound,
             accept_paused: Cell::new(false),
+            accept_backoff: Cell::new(ACCEPT_BACKOFF),
+            accept_retry: RefCell::new(None),
             stopped: Cell::new(false),
             this: this.clone(),
         });

@@ -13,8 +13,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, IsTerminal, Read, Write};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
+use std::time::Duration;
 
 use rustyline::ExternalPrinter;
 use rustyline::error::ReadlineError;
@@ -38,9 +40,75 @@ const MAX_PIPED_LINE: u64 = 1024 * 1024;
 
 type Printer = Box<dyn ExternalPrinter + Send>;
 
+/// Lines waiting for the printing thread. rustyline's printer takes one message at a time
+/// and waits while the console thread is busy; the reactor must never wait for it, so a
+/// thread of its own feeds the printer from this queue, and a full queue drops lines
+/// (counted, and reported once the console catches up) rather than block or grow.
+const PRINT_QUEUE: usize = 1024;
+
+/// How long `restore` lets queued lines reach the terminal before putting it back.
+const PRINT_DRAIN: Duration = Duration::from_millis(250);
+
+/// The reactor's side of the printing thread.
+struct Printing {
+    lines: mpsc::SyncSender<String>,
+    dropped: Arc<AtomicUsize>,
+    finished: mpsc::Receiver<()>,
+}
+
+impl Printing {
+    fn start(mut printer: Printer) -> io::Result<Printing> {
+        let (lines, queue) = mpsc::sync_channel::<String>(PRINT_QUEUE);
+        let (done, finished) = mpsc::channel();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let lost = dropped.clone();
+        thread::Builder::new()
+            .name("twistctl-printer".to_string())
+            .spawn(move || {
+                for line in queue {
+                    if let Err(error) = printer.print(line) {
+                        log::debug!("external printer failed: {error}");
+                    }
+                    let skipped = lost.swap(0, Ordering::Relaxed);
+                    if skipped > 0 {
+                        let notice = format!(
+                            "* {skipped} line(s) not shown: the console could not keep up\n"
+                        );
+                        let _ = printer.print(notice);
+                    }
+                }
+                let _ = done.send(());
+            })?;
+        Ok(Printing {
+            lines,
+            dropped,
+            finished,
+        })
+    }
+
+    /// Queues one line; never waits.
+    fn print(&self, line: &str) -> bool {
+        // Always end with a newline: between two reads the printer writes as it is.
+        match self.lines.try_send(format!("{line}\n")) {
+            Ok(()) => true,
+            Err(mpsc::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Closes the queue and waits, briefly, for what is in it to be printed.
+    fn finish(self) {
+        drop(self.lines);
+        let _ = self.finished.recv_timeout(PRINT_DRAIN);
+    }
+}
+
 /// The console: a reading thread plus the means to print around its prompt.
 pub struct Console {
-    printer: RefCell<Option<Printer>>,
+    printer: RefCell<Option<Printing>>,
     saved_terminal: Option<nix::sys::termios::Termios>,
     restored: Cell<bool>,
 }
@@ -73,7 +141,7 @@ impl Console {
             match start_interactive(prompt.to_string(), events.clone()) {
                 Ok(printer) => {
                     return Ok(Console {
-                        printer: RefCell::new(Some(printer)),
+                        printer: RefCell::new(Some(Printing::start(printer)?)),
                         saved_terminal,
                         restored: Cell::new(false),
                     });
@@ -117,36 +185,35 @@ impl Console {
     }
 
     fn print_above_prompt(&self, line: &str) -> bool {
-        let mut printer = self.printer.borrow_mut();
-        let Some(printer) = printer.as_mut() else {
-            return false;
-        };
-        // Always end with a newline: between two reads the printer writes as it is.
-        match printer.print(format!("{line}\n")) {
-            Ok(()) => true,
-            Err(error) => {
-                log::debug!("external printer failed: {error}");
-                false
-            }
-        }
+        self.printer
+            .borrow()
+            .as_ref()
+            .is_some_and(|printing| printing.print(line))
     }
 
-    /// Puts the terminal back as it was (cooked mode, bracketed paste off, the prompt
-    /// line cleared) and prints directly from then on. Idempotent.
+    /// Puts the terminal back as it was (cooked mode, bracketed paste and synchronized
+    /// output off, the prompt line cleared) and prints directly from then on.
+    /// Idempotent.
     pub fn restore(&self) {
         if self.restored.replace(true) {
             return;
         }
-        self.printer.borrow_mut().take();
+        let printing = self.printer.borrow_mut().take();
+        if let Some(printing) = printing {
+            printing.finish();
+        }
         if let Some(saved) = &self.saved_terminal
             && let Err(error) =
                 nix::sys::termios::tcsetattr(io::stdin(), nix::sys::termios::SetArg::TCSANOW, saved)
         {
             log::debug!("could not restore the terminal: {error}");
         }
+        // The console thread may be in the middle of a redraw, which rustyline wraps in
+        // synchronized output (`?2026`): end it, or the terminal may hold back what the
+        // shell prints after us. Terminals ignore modes they do not know.
         let mut out = io::stdout().lock();
         let _ = out
-            .write_all(b"\x1b[?2004l\r\x1b[K")
+            .write_all(b"\x1b[?2026l\x1b[?2004l\r\x1b[K")
             .and_then(|()| out.flush());
     }
 }
@@ -307,5 +374,54 @@ mod tests {
             lengths,
             [MAX_PIPED_LINE as usize, MAX_PIPED_LINE as usize, 10]
         );
+    }
+
+    /// A printer that waits for the test to let each message through, like rustyline's
+    /// while its console thread is busy.
+    struct SlowPrinter {
+        go: mpsc::Receiver<()>,
+        shown: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl ExternalPrinter for SlowPrinter {
+        fn print(&mut self, msg: String) -> rustyline::Result<()> {
+            let _ = self.go.recv();
+            self.shown.lock().unwrap().push(msg);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn printing_never_waits_for_a_slow_console_and_counts_what_it_drops() {
+        let (go, gate) = mpsc::channel();
+        let shown = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let printing = Printing::start(Box::new(SlowPrinter {
+            go: gate,
+            shown: shown.clone(),
+        }))
+        .unwrap();
+        let total = PRINT_QUEUE + 100;
+        // Every print returns at once although the printer is stuck on the first one.
+        for n in 0..total {
+            assert!(printing.print(&format!("line {n}")));
+        }
+        drop(go); // let the printer through
+        printing.finish();
+        let shown = shown.lock().unwrap();
+        let lines = shown.iter().filter(|m| m.starts_with("line ")).count();
+        let notices: Vec<&String> = shown.iter().filter(|m| m.starts_with("* ")).collect();
+        assert_eq!(notices.len(), 1, "one notice for one stall");
+        let notice = notices[0];
+        let dropped: usize = notice
+            .strip_prefix("* ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count in the notice: {notice:?}"));
+        assert_eq!(lines + dropped, total);
+        assert!(
+            dropped >= 99,
+            "the queue holds {PRINT_QUEUE}: {dropped} dropped"
+        );
+        assert!(shown.iter().all(|m| m.ends_with('\n')));
     }
 }

@@ -1,0 +1,268 @@
+//! What a check found, in the terms the output and the exit status use.
+//!
+//! Reasons are the OS's own words ("Connection refused", "No route to host"), the way
+//! the classic tutorial prints them, plus what was tried when that helps
+//! ("Connection timed out after 10s", "could not resolve host 'db': ...").
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::resolve::ResolveError;
+use crate::exit::ExitStatus;
+use crate::reactor::ConnectError;
+
+/// The status of a target, as `--json` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The handshake completed.
+    Open,
+    /// The host answered with a reset (ECONNREFUSED).
+    Refused,
+    /// No answer within the timeout (ours, or the kernel's).
+    Timeout,
+    /// No route to the host or network.
+    Unreachable,
+    /// The name gave no address.
+    Unresolved,
+    /// Any other failure (a reset, a local error).
+    Error,
+    /// Stopped because another target was up (`--any`).
+    Cancelled,
+}
+
+impl Status {
+    /// The name used in `--json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Refused => "refused",
+            Status::Timeout => "timeout",
+            Status::Unreachable => "unreachable",
+            Status::Unresolved => "unresolved",
+            Status::Error => "error",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What one target ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What happened (under `--wait`: what the last attempt saw).
+    pub status: Status,
+    /// The address that answered or was last tried.
+    pub addr: Option<SocketAddr>,
+    /// Why it is not open, in words; `None` when open or cancelled.
+    pub reason: Option<String>,
+    /// The `--wait` deadline passed with the target still down: exit status 124
+    /// whatever the last attempt saw.
+    pub gave_up_waiting: bool,
+}
+
+impl Outcome {
+    /// The target is up.
+    pub fn open(addr: SocketAddr) -> Outcome {
+        Outcome {
+            status: Status::Open,
+            addr: Some(addr),
+            reason: None,
+            gave_up_waiting: false,
+        }
+    }
+
+    /// Checking stopped because another target was up.
+    pub fn cancelled(addr: Option<SocketAddr>) -> Outcome {
+        Outcome {
+            status: Status::Cancelled,
+            addr,
+            reason: None,
+            gave_up_waiting: false,
+        }
+    }
+
+    /// A connection attempt failed; `timeout` is the attempt timeout, for the message.
+    pub fn connect_failed(
+        addr: Option<SocketAddr>,
+        error: &ConnectError,
+        timeout: Duration,
+    ) -> Outcome {
+        let (status, reason) = match error {
+            ConnectError::Refused(e) => (Status::Refused, os_words(e)),
+            ConnectError::TimedOut => (
+                Status::Timeout,
+                format!(
+                    "Connection timed out after {}",
+                    humantime::format_duration(timeout)
+                ),
+            ),
+            ConnectError::KernelTimedOut(e) => (Status::Timeout, os_words(e)),
+            ConnectError::Unreachable(e) => (Status::Unreachable, os_words(e)),
+            ConnectError::Dns(message) => (Status::Unresolved, message.clone()),
+            ConnectError::UserAborted => return Outcome::cancelled(addr),
+            ConnectError::Bind(e) | ConnectError::Other(e) => (Status::Error, os_words(e)),
+        };
+        Outcome {
+            status,
+            addr,
+            reason: Some(reason),
+            gave_up_waiting: false,
+        }
+    }
+
+    /// The host name gave no address.
+    pub fn unresolved(host: &str, error: &ResolveError) -> Outcome {
+        Outcome {
+            status: Status::Unresolved,
+            addr: None,
+            reason: Some(format!("could not resolve host '{host}': {error}")),
+            gave_up_waiting: false,
+        }
+    }
+
+    /// The `--wait` deadline passed with the target down; `last` is what its last
+    /// finished attempt saw, if any attempt finished, and `trying` the address an
+    /// unfinished attempt was trying.
+    pub fn gave_up(last: Option<Outcome>, trying: Option<SocketAddr>, waited: Duration) -> Outcome {
+        let waited = humantime::format_duration(waited);
+        match last {
+            Some(last) => Outcome {
+                reason: Some(match last.reason {
+                    Some(reason) => format!("{reason} (still down after waiting {waited})"),
+                    None => format!("still down after waiting {waited}"),
+                }),
+                gave_up_waiting: true,
+                ..last
+            },
+            None => Outcome {
+                status: Status::Timeout,
+                addr: trying,
+                reason: Some(format!("No answer within the --wait time of {waited}")),
+                gave_up_waiting: true,
+            },
+        }
+    }
+
+    /// This target's exit status.
+    pub fn exit_status(&self) -> ExitStatus {
+        if self.gave_up_waiting {
+            return ExitStatus::TimedOut;
+        }
+        match self.status {
+            Status::Open => ExitStatus::Success,
+            Status::Refused | Status::Unreachable | Status::Error | Status::Cancelled => {
+                ExitStatus::Failure
+            }
+            Status::Unresolved => ExitStatus::Unresolved,
+            Status::Timeout => ExitStatus::TimedOut,
+        }
+    }
+}
+
+/// An OS error's message without the " (os error 111)" that Rust appends.
+pub fn os_words(error: &std::io::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(at) = text.rfind(" (os error ")
+        && text.ends_with(')')
+    {
+        text.truncate(at);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::rc::Rc;
+
+    fn addr() -> Option<SocketAddr> {
+        Some("127.0.0.1:80".parse().unwrap())
+    }
+
+    #[test]
+    fn os_errors_read_like_the_os_says_them() {
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(os_words(&refused), "Connection refused");
+        assert_eq!(os_words(&io::Error::other("plain")), "plain");
+    }
+
+    #[test]
+    fn each_connect_error_maps_to_its_status_reason_and_exit_code() {
+        let ten = Duration::from_secs(10);
+        let os = |n| Rc::new(io::Error::from_raw_os_error(n));
+        let cases = [
+            (
+                ConnectError::Refused(os(libc::ECONNREFUSED)),
+                Status::Refused,
+                "Connection refused",
+                1,
+            ),
+            (
+                ConnectError::TimedOut,
+                Status::Timeout,
+                "Connection timed out after 10s",
+                124,
+            ),
+            (
+                ConnectError::KernelTimedOut(os(libc::ETIMEDOUT)),
+                Status::Timeout,
+                "Connection timed out",
+                124,
+            ),
+            (
+                ConnectError::Unreachable(os(libc::EHOSTUNREACH)),
+                Status::Unreachable,
+                "No route to host",
+                1,
+            ),
+            (
+                ConnectError::Other(os(libc::ECONNRESET)),
+                Status::Error,
+                "Connection reset by peer",
+                1,
+            ),
+        ];
+        for (error, status, reason, code) in cases {
+            let outcome = Outcome::connect_failed(addr(), &error, ten);
+            assert_eq!(outcome.status, status, "{error}");
+            assert_eq!(outcome.reason.as_deref(), Some(reason));
+            assert_eq!(outcome.exit_status().code(), code, "{error}");
+        }
+        let aborted = Outcome::connect_failed(addr(), &ConnectError::UserAborted, ten);
+        assert_eq!(aborted.status, Status::Cancelled);
+    }
+
+    #[test]
+    fn unresolved_names_say_which_host_and_exit_3() {
+        let outcome = Outcome::unresolved(
+            "nosuch.invalid",
+            &ResolveError::Failed("Name or service not known".into()),
+        );
+        assert_eq!(
+            outcome.reason.as_deref(),
+            Some("could not resolve host 'nosuch.invalid': Name or service not known")
+        );
+        assert_eq!(outcome.exit_status(), ExitStatus::Unresolved);
+    }
+
+    #[test]
+    fn giving_up_waiting_keeps_the_last_status_and_exits_124() {
+        let refused = Outcome::connect_failed(
+            addr(),
+            &ConnectError::Refused(Rc::new(io::Error::from_raw_os_error(libc::ECONNREFUSED))),
+            Duration::from_secs(1),
+        );
+        let gave_up = Outcome::gave_up(Some(refused), None, Duration::from_secs(5));
+        assert_eq!(gave_up.status, Status::Refused);
+        assert_eq!(
+            gave_up.reason.as_deref(),
+            Some("Connection refused (still down after waiting 5s)")
+        );
+        assert_eq!(gave_up.exit_status(), ExitStatus::TimedOut);
+        let nothing = Outcome::gave_up(None, addr(), Duration::from_millis(1500));
+        assert_eq!(nothing.status, Status::Timeout);
+        assert_eq!(nothing.addr, addr());
+        assert_eq!(nothing.exit_status(), ExitStatus::TimedOut);
+        assert!(nothing.reason.unwrap().contains("1s 500ms"));
+    }
+}

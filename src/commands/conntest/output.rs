@@ -1,0 +1,364 @@
+//! Printing results: the classic lines, or one JSON object per target, always in the
+//! order the targets were given although checks finish in any order.
+//!
+//! A result is held back until every target before it has one, then printed at once
+//! with those that were waiting for it, so a scan's output streams and stays ordered.
+//! A closed stream (`twistctl conntest ... | head -1`) ends printing to that stream
+//! quietly; it is never a panic and never changes the exit status.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::time::Duration;
+
+use super::outcome::{Outcome, Status};
+use super::targets::Target;
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputOptions {
+    /// `--json`: one object per target on stdout.
+    pub json: bool,
+    /// `--open`: only targets that connected.
+    pub open_only: bool,
+    /// `-q`: nothing at all.
+    pub quiet: bool,
+    /// Exactly one target: the classic lines without the host.
+    pub single: bool,
+}
+
+/// One target's final result.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// What was checked.
+    pub target: Target,
+    /// What was found.
+    pub outcome: Outcome,
+    /// From the start of the run until the result was known.
+    pub elapsed: Duration,
+}
+
+/// The classic line for a report and whether it goes to stdout, or `None` when the
+/// report prints nothing (cancelled).
+pub fn human_line(report: &Report, single: bool) -> Option<(bool, String)> {
+    let port = report.target.port;
+    let place = if single {
+        format!("port {port}")
+    } else {
+        format!("{} port {port}", report.target.host.text)
+    };
+    match report.outcome.status {
+        Status::Open => Some((true, format!("Connected to {place}"))),
+        Status::Cancelled => None,
+        _ => {
+            let reason = report.outcome.reason.as_deref().unwrap_or("failed");
+            Some((false, format!("Error connecting to {place}: {reason}")))
+        }
+    }
+}
+
+/// One `--json` line; the fields serialise in this order.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    host: &'a str,
+    port: u16,
+    addr: Option<String>,
+    status: &'static str,
+    error: Option<&'a str>,
+    elapsed_ms: f64,
+}
+
+/// The `--json` line for a report.
+pub fn json_line(report: &Report) -> String {
+    let micros = u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX);
+    let line = JsonReport {
+        host: &report.target.host.text,
+        port: report.target.port,
+        addr: report.outcome.addr.map(|a| a.to_string()),
+        status: report.outcome.status.as_str(),
+        error: report.outcome.reason.as_deref(),
+        elapsed_ms: micros as f64 / 1000.0,
+    };
+    // Serialising plain strings and numbers cannot fail; an empty object is the
+    // harmless answer if it ever did.
+    serde_json::to_string(&line).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// Buffers results and prints them in target order.
+pub struct Printer<O: Write, E: Write> {
+    options: OutputOptions,
+    out: Option<O>,
+    err: Option<E>,
+    waiting: Vec<Option<Report>>,
+    next: usize,
+}
+
+impl<O: Write, E: Write> std::fmt::Debug for Printer<O, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Printer")
+            .field("options", &self.options)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl<O: Write, E: Write> Printer<O, E> {
+    /// A printer for `targets` results, writing to `out` and `err`.
+    pub fn new(options: OutputOptions, targets: usize, out: O, err: E) -> Printer<O, E> {
+        Printer {
+            options,
+            out: Some(out),
+            err: Some(err),
+            waiting: (0..targets).map(|_| None).collect(),
+            next: 0,
+        }
+    }
+
+    /// Records the result of target `index` and prints every result now in order.
+    pub fn record(&mut self, index: usize, report: Report) {
+        if let Some(slot) = self.waiting.get_mut(index) {
+            *slot = Some(report);
+        }
+        let mut out = String::new();
+        let mut err = String::new();
+        while let Some(Some(report)) = self.waiting.get_mut(self.next).map(Option::take) {
+            self.next += 1;
+            self.format(&report, &mut out, &mut err);
+        }
+        write_or_close(&mut self.out, &out);
+        write_or_close(&mut self.err, &err);
+    }
+
+    fn format(&self, report: &Report, out: &mut String, err: &mut String) {
+        let options = self.options;
+        if options.quiet || (options.open_only && report.outcome.status != Status::Open) {
+            return;
+        }
+        if options.json {
+            let _ = writeln!(out, "{}", json_line(report));
+        } else if let Some((to_stdout, line)) = human_line(report, options.single) {
+            let _ = writeln!(if to_stdout { out } else { err }, "{line}");
+        }
+    }
+
+    /// The writers back (for tests).
+    pub fn into_writers(self) -> (Option<O>, Option<E>) {
+        (self.out, self.err)
+    }
+}
+
+/// Writes `text` and flushes; on any error (a closed pipe above all) stops using the
+/// stream for good.
+fn write_or_close<W: Write>(stream: &mut Option<W>, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    let Some(writer) = stream.as_mut() else {
+        return;
+    };
+    let result = writer
+        .write_all(text.as_bytes())
+        .and_then(|()| writer.flush());
+    if let Err(error) = result {
+        if error.kind() != io::ErrorKind::BrokenPipe {
+            log::debug!("output stream failed, no more output to it: {error}");
+        }
+        *stream = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::conntest::targets::{Host, HostKind};
+    use std::rc::Rc;
+
+    fn report(host: &str, port: u16, outcome: Outcome) -> Report {
+        Report {
+            target: Target {
+                host: Rc::new(Host {
+                    text: host.to_string(),
+                    kind: HostKind::Name(host.to_string()),
+                }),
+                port,
+            },
+            outcome,
+            elapsed: Duration::from_micros(1500),
+        }
+    }
+
+    fn refused(port: u16) -> Outcome {
+        Outcome {
+            status: Status::Refused,
+            addr: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+            reason: Some("Connection refused".into()),
+            gave_up_waiting: false,
+        }
+    }
+
+    fn open(port: u16) -> Outcome {
+        Outcome::open(format!("127.0.0.1:{port}").parse().unwrap())
+    }
+
+    fn options() -> OutputOptions {
+        OutputOptions {
+            json: false,
+            open_only: false,
+            quiet: false,
+            single: false,
+        }
+    }
+
+    fn print(options: OutputOptions, order: &[usize], reports: Vec<Report>) -> (String, String) {
+        let mut printer = Printer::new(options, reports.len(), Vec::new(), Vec::new());
+        let mut reports: Vec<Option<Report>> = reports.into_iter().map(Some).collect();
+        for &index in order {
+            printer.record(index, reports[index].take().unwrap());
+        }
+        let (out, err) = printer.into_writers();
+        (
+            String::from_utf8(out.unwrap()).unwrap(),
+            String::from_utf8(err.unwrap()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn one_target_prints_the_classic_lines() {
+        let single = OutputOptions {
+            single: true,
+            ..options()
+        };
+        let (out, err) = print(single, &[0], vec![report("db", 80, open(80))]);
+        assert_eq!((out.as_str(), err.as_str()), ("Connected to port 80\n", ""));
+        let (out, err) = print(single, &[0], vec![report("db", 80, refused(80))]);
+        assert_eq!(
+            (out.as_str(), err.as_str()),
+            ("", "Error connecting to port 80: Connection refused\n")
+        );
+    }
+
+    #[test]
+    fn several_targets_print_in_argument_order_whatever_the_completion_order() {
+        let reports = vec![
+            report("db", 5432, open(5432)),
+            report("db", 1, refused(1)),
+            report("cache", 6379, open(6379)),
+            report("cache", 2, refused(2)),
+        ];
+        let (out, err) = print(options(), &[3, 2, 1, 0], reports);
+        assert_eq!(
+            out,
+            "Connected to db port 5432\nConnected to cache port 6379\n"
+        );
+        assert_eq!(
+            err,
+            "Error connecting to db port 1: Connection refused\n\
+             Error connecting to cache port 2: Connection refused\n"
+        );
+    }
+
+    #[test]
+    fn results_are_held_back_only_until_the_ones_before_them_are_known() {
+        let mut printer = Printer::new(options(), 3, Vec::new(), Vec::new());
+        printer.record(1, report("h", 2, open(2)));
+        printer.record(0, report("h", 1, open(1)));
+        let (out, _) = printer.into_writers();
+        assert_eq!(
+            String::from_utf8(out.unwrap()).unwrap(),
+            "Connected to h port 1\nConnected to h port 2\n"
+        );
+    }
+
+    #[test]
+    fn open_filters_out_everything_but_open_targets_also_in_json() {
+        let reports = || vec![report("h", 1, refused(1)), report("h", 2, open(2))];
+        let open_only = OutputOptions {
+            open_only: true,
+            ..options()
+        };
+        let (out, err) = print(open_only, &[0, 1], reports());
+        assert_eq!(
+            (out.as_str(), err.as_str()),
+            ("Connected to h port 2\n", "")
+        );
+        let json = OutputOptions {
+            json: true,
+            ..open_only
+        };
+        let (out, _) = print(json, &[0, 1], reports());
+        assert_eq!(out.lines().count(), 1);
+        assert!(out.contains("\"port\":2"), "{out}");
+    }
+
+    #[test]
+    fn json_lines_carry_every_field() {
+        let reports = vec![
+            report("h", 1, refused(1)),
+            report("h", 2, open(2)),
+            report("h", 3, Outcome::cancelled(None)),
+        ];
+        let json = OutputOptions {
+            json: true,
+            ..options()
+        };
+        let (out, err) = print(json, &[0, 1, 2], reports);
+        assert_eq!(err, "");
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            out.starts_with("{\"host\":\"h\",\"port\":1,\"addr\":"),
+            "{out}"
+        );
+        assert_eq!(lines[0]["host"], "h");
+        assert_eq!(lines[0]["port"], 1);
+        assert_eq!(lines[0]["addr"], "127.0.0.1:1");
+        assert_eq!(lines[0]["status"], "refused");
+        assert_eq!(lines[0]["error"], "Connection refused");
+        assert_eq!(lines[0]["elapsed_ms"], 1.5);
+        assert_eq!(lines[1]["status"], "open");
+        assert!(lines[1]["error"].is_null());
+        assert_eq!(lines[2]["status"], "cancelled");
+        assert!(lines[2]["addr"].is_null());
+    }
+
+    #[test]
+    fn quiet_prints_nothing_and_cancelled_targets_print_no_human_line() {
+        let quiet = OutputOptions {
+            quiet: true,
+            ..options()
+        };
+        let (out, err) = print(quiet, &[0], vec![report("h", 1, refused(1))]);
+        assert_eq!((out.as_str(), err.as_str()), ("", ""));
+        let (out, err) = print(
+            options(),
+            &[0],
+            vec![report("h", 1, Outcome::cancelled(None))],
+        );
+        assert_eq!((out.as_str(), err.as_str()), ("", ""));
+    }
+
+    struct ClosedPipe;
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_output_to_that_stream_quietly() {
+        let mut printer = Printer::new(options(), 2, ClosedPipe, Vec::new());
+        printer.record(0, report("h", 1, open(1)));
+        printer.record(1, report("h", 2, refused(2)));
+        let (out, err) = printer.into_writers();
+        assert!(out.is_none());
+        assert_eq!(
+            String::from_utf8(err.unwrap()).unwrap(),
+            "Error connecting to h port 2: Connection refused\n"
+        );
+    }
+}

@@ -1,0 +1,507 @@
+//! What to check: the command line's `HOST PORTS` or `HOST:PORTS...` turned into one
+//! [`Target`] per host and port, in the order written.
+//!
+//! Parsing is strict where peers are lax, because a lax parse makes a script believe a
+//! wrong answer: port 0, a port over 65535 (never wrapped: 70000 is not 4464), an empty
+//! list item, a reversed range and an IP literal that `-4`/`-6` excludes are all usage
+//! errors whose message names the bad part.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::rc::Rc;
+
+use super::services::ServiceDb;
+
+/// Which address families may be used (`-4`, `-6`, or neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// IPv4 and IPv6.
+    #[default]
+    Any,
+    /// `-4`: IPv4 only.
+    V4,
+    /// `-6`: IPv6 only.
+    V6,
+}
+
+impl Family {
+    /// Whether an address of this kind may be used.
+    pub fn allows(self, ip: IpAddr) -> bool {
+        match self {
+            Family::Any => true,
+            Family::V4 => ip.is_ipv4(),
+            Family::V6 => ip.is_ipv6(),
+        }
+    }
+}
+
+/// A host as the user wrote it, and whether it needs a name lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// The host as typed, without the brackets of `[::1]:80`: what the output shows.
+    pub text: String,
+    /// An IP literal (connected to directly, no resolver involved) or a name.
+    pub kind: HostKind,
+}
+
+/// How a host is turned into addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKind {
+    /// An IP address literal.
+    Ip(IpAddr),
+    /// A name for the resolver.
+    Name(String),
+}
+
+/// One host and one port: the unit that is checked and reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Shared by every target of the same host argument.
+    pub host: Rc<Host>,
+    /// 1-65535.
+    pub port: u16,
+}
+
+/// A bad command line: the message names the bad part. Exit status 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Turns the positional arguments into targets.
+///
+/// Two arguments whose second has no `:` and whose first carries no port are the
+/// classic `HOST PORTS`; otherwise every argument is `HOST:PORTS` (`[V6]:PORTS` for an
+/// IPv6 literal).
+pub fn parse_targets(
+    args: &[String],
+    family: Family,
+    services: &ServiceDb,
+) -> Result<Vec<Target>, UsageError> {
+    if args.is_empty() {
+        return Err(UsageError(
+            "no target given (write HOST PORTS or HOST:PORTS)".into(),
+        ));
+    }
+    if let [host_arg, ports] = args
+        && !ports.contains(':')
+    {
+        let (host, port_part) = split_target(host_arg)?;
+        if port_part.is_none() {
+            let host = Rc::new(check_family(host, family)?);
+            if ports.is_empty() {
+                return Err(UsageError(format!("empty port list for host '{host_arg}'")));
+            }
+            return expand(host, ports, ports, services);
+        }
+    }
+    let mut targets = Vec::new();
+    for arg in args {
+        let (host, ports) = split_target(arg)?;
+        let Some(ports) = ports else {
+            return Err(UsageError(missing_port_message(arg, &host)));
+        };
+        let host = Rc::new(check_family(host, family)?);
+        targets.extend(expand(host, ports, arg, services)?);
+    }
+    Ok(targets)
+}
+
+fn missing_port_message(arg: &str, host: &Host) -> String {
+    match host.kind {
+        HostKind::Ip(IpAddr::V6(_)) => format!(
+            "missing port in '{arg}' (write [{}]:PORTS; an IPv6 address needs brackets)",
+            host.text
+        ),
+        _ => format!("missing port in '{arg}' (write {arg}:PORTS, or HOST PORTS for one host)"),
+    }
+}
+
+fn expand(
+    host: Rc<Host>,
+    ports: &str,
+    arg: &str,
+    services: &ServiceDb,
+) -> Result<Vec<Target>, UsageError> {
+    if ports.is_empty() {
+        return Err(UsageError(format!("empty port list in '{arg}'")));
+    }
+    Ok(parse_ports(ports, services)?
+        .into_iter()
+        .map(|port| Target {
+            host: host.clone(),
+            port,
+        })
+        .collect())
+}
+
+/// Splits one argument into its host and, if present, its port part.
+fn split_target(arg: &str) -> Result<(Host, Option<&str>), UsageError> {
+    if let Some(rest) = arg.strip_prefix('[') {
+        let Some((inner, after)) = rest.split_once(']') else {
+            return Err(UsageError(format!("missing ']' in '{arg}'")));
+        };
+        let host = bracketed_host(inner, arg)?;
+        return match after {
+            "" => Ok((host, None)),
+            _ => match after.strip_prefix(':') {
+                Some(ports) => Ok((host, Some(ports))),
+                None => Err(UsageError(format!(
+                    "unexpected '{after}' after ']' in '{arg}' (write [ADDRESS]:PORTS)"
+                ))),
+            },
+        };
+    }
+    if let Ok(ip) = arg.parse::<Ipv6Addr>() {
+        // A bare IPv6 literal is a host: "::1:80" must never be read as host ::1, port 80.
+        return Ok((ip_host(arg, IpAddr::V6(ip)), None));
+    }
+    match arg.matches(':').count() {
+        0 => Ok((host_from(arg, arg)?, None)),
+        1 => {
+            let (host, ports) = arg.split_once(':').unwrap_or((arg, ""));
+            Ok((host_from(host, arg)?, Some(ports)))
+        }
+        _ => Err(UsageError(format!(
+            "'{arg}' is not HOST:PORTS (an IPv6 address needs brackets, as in [::1]:80)"
+        ))),
+    }
+}
+
+fn bracketed_host(inner: &str, arg: &str) -> Result<Host, UsageError> {
+    if let Ok(ip) = inner.parse::<Ipv6Addr>() {
+        return Ok(ip_host(inner, IpAddr::V6(ip)));
+    }
+    // A scoped address (fe80::1%eth0) has no std parser; the resolver understands it.
+    if inner.contains(':') && inner.contains('%') {
+        return Ok(Host {
+            text: inner.to_string(),
+            kind: HostKind::Name(inner.to_string()),
+        });
+    }
+    Err(UsageError(format!(
+        "'{inner}' in '{arg}' is not an IPv6 address (brackets are for IPv6 literals only)"
+    )))
+}
+
+fn ip_host(text: &str, ip: IpAddr) -> Host {
+    Host {
+        text: text.to_string(),
+        kind: HostKind::Ip(ip),
+    }
+}
+
+fn host_from(text: &str, arg: &str) -> Result<Host, UsageError> {
+    if text.is_empty() {
+        return Err(UsageError(format!("missing host in '{arg}'")));
+    }
+    if let Ok(ip) = text.parse::<Ipv4Addr>() {
+        return Ok(ip_host(text, IpAddr::V4(ip)));
+    }
+    if text.chars().any(char::is_whitespace) {
+        return Err(UsageError(format!(
+            "host name '{text}' contains white space"
+        )));
+    }
+    Ok(Host {
+        text: text.to_string(),
+        kind: HostKind::Name(text.to_string()),
+    })
+}
+
+fn check_family(host: Host, family: Family) -> Result<Host, UsageError> {
+    if let HostKind::Ip(ip) = host.kind
+        && !family.allows(ip)
+    {
+        let (is, flag, allowed) = match ip {
+            IpAddr::V4(_) => ("IPv4", "-6", "IPv6"),
+            IpAddr::V6(_) => ("IPv6", "-4", "IPv4"),
+        };
+        return Err(UsageError(format!(
+            "{} is an {is} address, but {flag} allows only {allowed}",
+            host.text
+        )));
+    }
+    Ok(host)
+}
+
+/// Expands a port spec (`80`, `80,443`, `8000-8100`, `ssh`, or a mix) into ports, in
+/// the order written.
+pub fn parse_ports(spec: &str, services: &ServiceDb) -> Result<Vec<u16>, UsageError> {
+    if spec.is_empty() {
+        return Err(UsageError("empty port list".into()));
+    }
+    let mut ports = Vec::new();
+    for item in spec.split(',') {
+        if item.is_empty() {
+            return Err(UsageError(format!("empty item in port list '{spec}'")));
+        }
+        match parse_item(item, services) {
+            Ok(Item::One(port)) => ports.push(port),
+            Ok(Item::Range(low, high)) => ports.extend(low..=high),
+            Err(reason) if item == spec => {
+                return Err(UsageError(format!("invalid port '{item}': {reason}")));
+            }
+            Err(reason) => {
+                return Err(UsageError(format!(
+                    "invalid port '{item}' in '{spec}': {reason}"
+                )));
+            }
+        }
+    }
+    Ok(ports)
+}
+
+enum Item {
+    One(u16),
+    Range(u16, u16),
+}
+
+fn parse_item(item: &str, services: &ServiceDb) -> Result<Item, String> {
+    if is_number(item) {
+        return port_number(item).map(Item::One);
+    }
+    if let Some((low, high)) = item.split_once('-')
+        && is_number(low)
+        && is_number(high)
+    {
+        let (low, high) = (port_number(low)?, port_number(high)?);
+        if low > high {
+            return Err(format!("reversed range (write {high}-{low})"));
+        }
+        return Ok(Item::Range(low, high));
+    }
+    let db = services.get();
+    if let Some(port) = db.port(item) {
+        return Ok(Item::One(port));
+    }
+    let what = if item.contains('-') {
+        "not a port, a range LOW-HIGH, or a known service name"
+    } else {
+        "not a port number or a known service name"
+    };
+    if db.available() {
+        Err(what.to_string())
+    } else {
+        Err(format!(
+            "{what} (no services database at {} to look names up in)",
+            services.path().display()
+        ))
+    }
+}
+
+fn is_number(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A decimal port, 1-65535; larger values are errors, never wrapped.
+fn port_number(digits: &str) -> Result<u16, String> {
+    match digits.parse::<u32>() {
+        Ok(0) => Err("port 0 cannot be connected to (ports are 1-65535)".into()),
+        Ok(n) => u16::try_from(n).map_err(|_| format!("{n} is out of range (ports are 1-65535)")),
+        Err(_) => Err(format!("{digits} is out of range (ports are 1-65535)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::services::Services;
+    use super::*;
+
+    fn db() -> ServiceDb {
+        ServiceDb::preloaded(Services::parse(
+            "ssh 22/tcp\nhttp 80/tcp www\nhttps 443/tcp\nkerberos-adm 749/tcp\n",
+        ))
+    }
+
+    fn parse(args: &[&str]) -> Result<Vec<(String, u16)>, String> {
+        parse_with(args, Family::Any)
+    }
+
+    fn parse_with(args: &[&str], family: Family) -> Result<Vec<(String, u16)>, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse_targets(&args, family, &db())
+            .map(|targets| {
+                targets
+                    .into_iter()
+                    .map(|t| (t.host.text.clone(), t.port))
+                    .collect()
+            })
+            .map_err(|e| e.0)
+    }
+
+    fn pairs(list: &[(&str, u16)]) -> Vec<(String, u16)> {
+        list.iter().map(|(h, p)| (h.to_string(), *p)).collect()
+    }
+
+    #[test]
+    fn classic_host_ports_form_expands_in_written_order() {
+        assert_eq!(
+            parse(&["db", "443,80,8000-8002,ssh"]),
+            Ok(pairs(&[
+                ("db", 443),
+                ("db", 80),
+                ("db", 8000),
+                ("db", 8001),
+                ("db", 8002),
+                ("db", 22)
+            ]))
+        );
+    }
+
+    #[test]
+    fn host_colon_ports_form_takes_several_targets() {
+        assert_eq!(
+            parse(&["db:5432", "cache:6379,www", "[::1]:1-2", "127.0.0.1:https"]),
+            Ok(pairs(&[
+                ("db", 5432),
+                ("cache", 6379),
+                ("cache", 80),
+                ("::1", 1),
+                ("::1", 2),
+                ("127.0.0.1", 443)
+            ]))
+        );
+        assert_eq!(parse(&["db:5432"]), Ok(pairs(&[("db", 5432)])));
+    }
+
+    #[test]
+    fn ip_literals_need_no_resolver_and_names_do() {
+        let db = db();
+        let args = ["127.0.0.1:80".to_string(), "localhost:80".to_string()];
+        let targets = parse_targets(&args, Family::Any, &db).unwrap();
+        assert_eq!(
+            targets[0].host.kind,
+            HostKind::Ip("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(targets[1].host.kind, HostKind::Name("localhost".into()));
+        let v6 = parse_targets(&["::1".into(), "80".into()], Family::Any, &db).unwrap();
+        assert_eq!(v6[0].host.kind, HostKind::Ip("::1".parse().unwrap()));
+        let bracketed = parse_targets(&["[::1]".into(), "80".into()], Family::Any, &db).unwrap();
+        assert_eq!(bracketed[0].host.text, "::1");
+    }
+
+    #[test]
+    fn service_names_with_hyphens_are_names_not_ranges() {
+        assert_eq!(parse(&["h", "kerberos-adm"]), Ok(pairs(&[("h", 749)])));
+    }
+
+    #[test]
+    fn port_zero_is_a_usage_error_naming_it() {
+        let error = parse(&["h", "0"]).unwrap_err();
+        assert!(error.contains("'0'") && error.contains("port 0"), "{error}");
+        let error = parse(&["h:80,0"]).unwrap_err();
+        assert!(error.contains("'0' in '80,0'"), "{error}");
+    }
+
+    #[test]
+    fn ports_over_65535_are_errors_and_never_wrap() {
+        for spec in ["70000", "65536", "99999999999999999999", "1-70000"] {
+            let error = parse(&["h", spec]).unwrap_err();
+            assert!(error.contains("out of range"), "{spec}: {error}");
+        }
+        assert_eq!(parse(&["h", "65535"]), Ok(pairs(&[("h", 65535)])));
+    }
+
+    #[test]
+    fn unknown_service_names_are_errors_naming_them() {
+        let error = parse(&["h", "abc"]).unwrap_err();
+        assert!(
+            error.contains("'abc'") && error.contains("service name"),
+            "{error}"
+        );
+        let error = parse(&["h", "80-"]).unwrap_err();
+        assert!(
+            error.contains("'80-'") && error.contains("LOW-HIGH"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn without_a_services_database_names_fail_and_say_why() {
+        let db = ServiceDb::at("/nonexistent/twistctl/services");
+        let error = parse_ports("ssh", &db).unwrap_err().0;
+        assert!(error.contains("'ssh'"), "{error}");
+        assert!(error.contains("/nonexistent/twistctl/services"), "{error}");
+        assert_eq!(parse_ports("22,80", &db).unwrap(), vec![22, 80]);
+    }
+
+    #[test]
+    fn empty_specs_and_empty_list_items_are_errors() {
+        let error = parse(&["h", ""]).unwrap_err();
+        assert!(error.contains("empty port list"), "{error}");
+        let error = parse(&["h:"]).unwrap_err();
+        assert!(error.contains("empty port list in 'h:'"), "{error}");
+        let error = parse(&["h", "80,,443"]).unwrap_err();
+        assert!(
+            error.contains("empty item") && error.contains("'80,,443'"),
+            "{error}"
+        );
+        let error = parse(&["h", "80,"]).unwrap_err();
+        assert!(
+            error.contains("empty item") && error.contains("'80,'"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn reversed_ranges_are_errors_that_suggest_the_right_order() {
+        let error = parse(&["h", "8100-8000"]).unwrap_err();
+        assert!(
+            error.contains("'8100-8000'") && error.contains("8000-8100"),
+            "{error}"
+        );
+        assert_eq!(parse(&["h", "7-7"]), Ok(pairs(&[("h", 7)])));
+    }
+
+    #[test]
+    fn a_missing_port_is_an_error_naming_the_target() {
+        let error = parse(&["db"]).unwrap_err();
+        assert!(error.contains("missing port in 'db'"), "{error}");
+        let error = parse(&["db", "web", "cache"]).unwrap_err();
+        assert!(error.contains("missing port in 'db'"), "{error}");
+        let error = parse(&["db:5432", "80"]).unwrap_err();
+        assert!(error.contains("missing port in '80'"), "{error}");
+        let error = parse(&["::1"]).unwrap_err();
+        assert!(error.contains("[::1]:PORTS"), "{error}");
+        // "::1:80" is a valid IPv6 address, not host ::1 with port 80.
+        let error = parse(&["::1:80"]).unwrap_err();
+        assert!(error.contains("missing port in '::1:80'"), "{error}");
+    }
+
+    #[test]
+    fn malformed_hosts_are_errors_naming_them() {
+        let error = parse(&[":80"]).unwrap_err();
+        assert!(error.contains("missing host in ':80'"), "{error}");
+        let error = parse(&["[::1:80"]).unwrap_err();
+        assert!(error.contains("missing ']'"), "{error}");
+        let error = parse(&["[db]:80"]).unwrap_err();
+        assert!(error.contains("'db'") && error.contains("IPv6"), "{error}");
+        let error = parse(&["[::1]80"]).unwrap_err();
+        assert!(error.contains("'80' after ']'"), "{error}");
+        let error = parse(&["a:b:c"]).unwrap_err();
+        assert!(
+            error.contains("'a:b:c'") && error.contains("brackets"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn ip_literals_of_an_excluded_family_are_usage_errors() {
+        let error = parse_with(&["127.0.0.1", "80"], Family::V6).unwrap_err();
+        assert!(
+            error.contains("127.0.0.1") && error.contains("-6"),
+            "{error}"
+        );
+        let error = parse_with(&["[::1]:80"], Family::V4).unwrap_err();
+        assert!(error.contains("::1") && error.contains("-4"), "{error}");
+        assert!(parse_with(&["[::1]:80"], Family::V6).is_ok());
+        assert!(parse_with(&["localhost:80"], Family::V4).is_ok());
+    }
+}

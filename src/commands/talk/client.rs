@@ -1,0 +1,1173 @@
+//! `twistctl talk-client`: the client side of the line chat.
+//!
+//! The classic tutorial's client calls `raw_input` from `dataReceived`, so while the
+//! operator types nothing arrives, and what the server sends waits for the next Enter.
+//! Here the console is read on its own thread ([`Console`]) and each typed line reaches
+//! the reactor through a channel; what the server sends is printed at once, above the
+//! prompt, and a half-typed line stays intact.
+//!
+//! The parts:
+//! - [`Conversation`]: what the chat does — sends typed lines, shows received ones
+//!   (escaped), handles `bye`, the end of input and Ctrl-C, and decides how the talk
+//!   ended ([`Ending`]). It knows neither the console nor the reactor: it talks to a
+//!   [`ChatView`] and a [`Scheduler`], so tests drive it with a fake view, a
+//!   `StringTransport` and a `FakeClock`.
+//! - The dialer: resolves the host on a worker thread (never on the reactor thread; an
+//!   IP literal needs no lookup), then tries each address in turn until one connects or
+//!   `--timeout` has passed since start.
+//! - [`run`]: wires both to the reactor and the console, and on every exit path restores
+//!   the terminal before printing the last message.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use crate::cli::TalkClientArgs;
+use crate::exit::ExitStatus;
+use crate::protocols::line::{Delimiter, LineControl, LineHandler, LineReceiver};
+use crate::reactor::tcp::{ClientFactory, Connector};
+use crate::reactor::{
+    CloseReason, ConnectError, DelayedCall, Factory, Protocol, ProtocolResult, Reactor, Scheduler,
+    Step, StopReason, TransportRef,
+};
+
+use super::console::{Console, ConsoleEvent};
+use super::escape::escape_peer_text;
+
+/// The prompt shown while the operator may type.
+pub const PROMPT: &str = "Client: ";
+
+/// The longest line accepted from the server, without its delimiter (the talk-server's
+/// default `--max-line`). A longer one ends the connection, so a hostile server cannot
+/// make the client hold more than about one line in memory.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// How long after sending `bye` the client waits for the server to close before it
+/// closes by itself: the server closes on `bye`, but one that does not must not keep the
+/// client hanging.
+pub const BYE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long an interactive client lets the console thread print what it was already
+/// handed before the terminal is restored. rustyline's printer only queues a message for
+/// the console thread; restoring the terminal and exiting at once can lose a line that
+/// arrived just before the server closed.
+const PRINT_SETTLE: Duration = Duration::from_millis(50);
+
+/// The line ending sent after each typed line (any line client accepts `\r\n`).
+const LINE_END: &[u8] = b"\r\n";
+
+/// How a conversation ended; decides the last message and the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The server closed the connection (after our `bye`, after the end of our input, or
+    /// on its own), or it did not close within [`BYE_GRACE`] after `bye` and we did.
+    Closed,
+    /// The server sent a line longer than this many bytes; we disconnected.
+    LineTooLong(usize),
+    /// The connection broke: reset, or a socket error (the text says which).
+    Broken(String),
+    /// Ctrl-C at the prompt.
+    Interrupted,
+    /// The connection could not be made (the text says why).
+    ConnectFailed(String),
+}
+
+impl Ending {
+    /// The exit status: 0 for an orderly end, 1 for a connection that broke or could not
+    /// be made, 130 for Ctrl-C.
+    pub fn status(&self) -> ExitStatus {
+        match self {
+            Ending::Closed => ExitStatus::Success,
+            Ending::LineTooLong(_) | Ending::Broken(_) | Ending::ConnectFailed(_) => {
+                ExitStatus::Failure
+            }
+            Ending::Interrupted => ExitStatus::Signal(crate::reactor::Signal::Interrupt),
+        }
+    }
+
+    /// The last line to print, and whether it goes to stderr; `None` prints nothing
+    /// (Ctrl-C closes at once, silently).
+    pub fn farewell(&self) -> Option<(String, bool)> {
+        match self {
+            Ending::Closed => Some(("Connection lost - goodbye!".to_string(), false)),
+            Ending::LineTooLong(max) => Some((
+                format!(
+                    "Connection lost - goodbye! (the server sent a line longer than {max} bytes)"
+                ),
+                false,
+            )),
+            Ending::Broken(reason) => {
+                Some((format!("Connection lost - goodbye! ({reason})"), false))
+            }
+            Ending::Interrupted => None,
+            Ending::ConnectFailed(reason) => {
+                Some((format!("Connection failed - goodbye! ({reason})"), true))
+            }
+        }
+    }
+}
+
+/// Describes why an established connection ended, for an end that was not decided by
+/// the conversation itself.
+fn ending_from(reason: &CloseReason) -> Ending {
+    match reason {
+        CloseReason::Done => Ending::Closed,
+        CloseReason::Reset(_) => Ending::Broken("connection reset by peer".to_string()),
+        CloseReason::Lost(Some(error)) => Ending::Broken(format!("connection lost: {error}")),
+        CloseReason::Lost(None) => Ending::Broken("connection lost".to_string()),
+        CloseReason::Aborted => Ending::Broken("connection aborted".to_string()),
+        CloseReason::Protocol(failure) => Ending::Broken(failure.to_string()),
+    }
+}
+
+/// Where the conversation shows things and reads typed lines from: the console in the
+/// command, a recorder in tests.
+pub trait ChatView {
+    /// The connection is up: start reading typed lines and hand each to `deliver`, on
+    /// the reactor thread. Called at most once.
+    fn start_input(&self, deliver: Box<dyn FnMut(ConsoleEvent)>);
+
+    /// Shows one line of the conversation (stdout; above the prompt when interactive).
+    fn show(&self, line: &str);
+
+    /// Shows a notice about the conversation itself (stderr; above the prompt when
+    /// interactive).
+    fn warn(&self, line: &str);
+}
+
+/// What is called once when the conversation is over.
+type EndCallback = Box<dyn FnOnce(Ending)>;
+
+/// Where the conversation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No connection yet.
+    Connecting,
+    /// Lines go both ways.
+    Talking,
+    /// We sent `bye` or our input ended: our write side is shut (or closing); what the
+    /// server still sends is shown until it closes.
+    Leaving,
+    /// Over; `on_end` has been called.
+    Ended,
+}
+
+/// The chat itself: one per connection attempt chain, shared by the protocol (what
+/// arrives), the console channel (what is typed) and the timers.
+pub struct Conversation {
+    me: Weak<Conversation>,
+    raw: bool,
+    view: Rc<dyn ChatView>,
+    scheduler: Rc<dyn Scheduler>,
+    phase: Cell<Phase>,
+    transport: RefCell<Option<TransportRef>>,
+    /// An end decided before the connection closes (line too long, Ctrl-C), reported
+    /// instead of the close reason the transport gives.
+    decided: RefCell<Option<Ending>>,
+    bye_timer: RefCell<Option<DelayedCall>>,
+    on_end: RefCell<Option<EndCallback>>,
+}
+
+impl std::fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conversation")
+            .field("raw", &self.raw)
+            .field("phase", &self.phase.get())
+            .finish()
+    }
+}
+
+impl Conversation {
+    /// A conversation that shows things on `view`, runs its timer on `scheduler`, and
+    /// calls `on_end` once, when it is over. `raw`: the tutorial's wire format (no
+    /// delimiters; each read is one message; the client closes after sending `bye`).
+    pub fn new(
+        raw: bool,
+        view: Rc<dyn ChatView>,
+        scheduler: Rc<dyn Scheduler>,
+        on_end: impl FnOnce(Ending) + 'static,
+    ) -> Rc<Conversation> {
+        Rc::new_cyclic(|me| Conversation {
+            me: me.clone(),
+            raw,
+            view,
+            scheduler,
+            phase: Cell::new(Phase::Connecting),
+            transport: RefCell::new(None),
+            decided: RefCell::new(None),
+            bye_timer: RefCell::new(None),
+            on_end: RefCell::new(Some(Box::new(on_end))),
+        })
+    }
+
+    /// The protocol for the connection: lines delimited by `\n` or `\r\n` of at most
+    /// [`MAX_LINE`] bytes, or raw chunks with `raw`.
+    pub fn protocol(&self) -> Box<dyn Protocol> {
+        let handler = ClientLines {
+            conversation: self.me.upgrade(),
+        };
+        Box::new(
+            LineReceiver::new(handler)
+                .with_delimiter(Delimiter::newline())
+                .with_max_length(MAX_LINE),
+        )
+    }
+
+    /// True once the conversation is over.
+    pub fn is_over(&self) -> bool {
+        self.phase.get() == Phase::Ended
+    }
+
+    fn current_transport(&self) -> Option<TransportRef> {
+        self.transport.borrow().clone()
+    }
+
+    fn connected(&self, transport: &TransportRef) {
+        if self.phase.get() != Phase::Connecting {
+            return;
+        }
+        *self.transport.borrow_mut() = Some(transport.clone());
+        self.phase.set(Phase::Talking);
+        let me = self.me.clone();
+        self.view.start_input(Box::new(move |event| {
+            if let Some(conversation) = me.upgrade() {
+                conversation.typed(event);
+            }
+        }));
+    }
+
+    /// A message from the server: a line, or in raw mode whatever one read brought.
+    fn received(&self, message: &[u8]) {
+        if self.phase.get() == Phase::Ended {
+            return;
+        }
+        self.view
+            .show(&format!("Server: {}", escape_peer_text(message)));
+    }
+
+    fn line_too_long(&self, transport: &TransportRef) {
+        self.decide(Ending::LineTooLong(MAX_LINE));
+        // A hostile server may keep sending: drop the connection rather than flush.
+        transport.abort_connection();
+    }
+
+    /// Records the end to report, unless one was decided already.
+    fn decide(&self, ending: Ending) {
+        let mut decided = self.decided.borrow_mut();
+        if decided.is_none() {
+            *decided = Some(ending);
+        }
+    }
+
+    /// What the operator did at the console (or what piped input brought).
+    pub fn typed(&self, event: ConsoleEvent) {
+        match event {
+            ConsoleEvent::Line(line) => self.send_typed(&line),
+            ConsoleEvent::Eof => {
+                if self.phase.get() == Phase::Talking {
+                    self.leave(false);
+                }
+            }
+            ConsoleEvent::Interrupted => self.interrupt(),
+        }
+    }
+
+    fn send_typed(&self, line: &str) {
+        let text = line.trim();
+        if text.is_empty() {
+            return;
+        }
+        match self.phase.get() {
+            Phase::Talking => {}
+            Phase::Leaving => {
+                self.view
+                    .warn(&format!("(not sent, the conversation is ending: {text})"));
+                return;
+            }
+            Phase::Connecting | Phase::Ended => return,
+        }
+        let Some(transport) = self.current_transport() else {
+            return;
+        };
+        if self.raw {
+            transport.write(text.as_bytes());
+        } else {
+            transport.write_sequence(&[text.as_bytes(), LINE_END]);
+        }
+        if text == "bye" {
+            self.leave(true);
+        }
+    }
+
+    /// Stops sending: after `bye` (`said_bye`) or at the end of input. The server is
+    /// told by EOF (a half-close), and what it still sends is shown until it closes. In
+    /// raw mode `bye` closes the connection outright, as the tutorial's client does.
+    fn leave(&self, said_bye: bool) {
+        let Some(transport) = self.current_transport() else {
+            return;
+        };
+        self.phase.set(Phase::Leaving);
+        if said_bye && self.raw {
+            transport.lose_connection();
+            return;
+        }
+        transport.lose_write_connection();
+        if said_bye {
+            let me = self.me.clone();
+            let timer = self.scheduler.schedule(
+                BYE_GRACE,
+                Box::new(move || {
+                    if let Some(conversation) = me.upgrade()
+                        && let Some(transport) = conversation.current_transport()
+                    {
+                        log::info!("the server did not close after bye; closing");
+                        transport.lose_connection();
+                    }
+                }),
+            );
+            *self.bye_timer.borrow_mut() = Some(timer);
+        }
+    }
+
+    /// Ctrl-C: close at once, and end now rather than when the close completes.
+    fn interrupt(&self) {
+        if self.phase.get() == Phase::Ended {
+            return;
+        }
+        self.decide(Ending::Interrupted);
+        if let Some(transport) = self.current_transport() {
+            transport.abort_connection();
+        }
+        self.end(Ending::Interrupted);
+    }
+
+    /// The connection ended; `reason` is the transport's.
+    fn lost(&self, reason: &CloseReason) {
+        self.transport.borrow_mut().take();
+        let timer = self.bye_timer.borrow_mut().take();
+        if let Some(timer) = timer {
+            let _ = timer.cancel();
+        }
+        let decided = self.decided.borrow_mut().take();
+        self.end(decided.unwrap_or_else(|| ending_from(reason)));
+    }
+
+    /// The connection could not be made.
+    pub fn connect_failed(&self, reason: String) {
+        self.end(Ending::ConnectFailed(reason));
+    }
+
+    fn end(&self, ending: Ending) {
+        if self.phase.replace(Phase::Ended) == Phase::Ended {
+            return;
+        }
+        let on_end = self.on_end.borrow_mut().take();
+        if let Some(on_end) = on_end {
+            on_end(ending);
+        }
+    }
+}
+
+/// The connection's line handler: hands everything to the conversation.
+struct ClientLines {
+    conversation: Option<Rc<Conversation>>,
+}
+
+impl LineHandler for ClientLines {
+    fn connection_made(&mut self, lines: &mut LineControl<'_>) -> ProtocolResult {
+        if let Some(conversation) = &self.conversation {
+            if conversation.raw {
+                lines.set_raw_mode();
+            }
+            conversation.connected(lines.transport());
+        }
+        Ok(())
+    }
+
+    fn line_received(&mut self, line: &[u8], _lines: &mut LineControl<'_>) -> ProtocolResult {
+        if let Some(conversation) = &self.conversation {
+            conversation.received(line);
+        }
+        Ok(())
+    }
+
+    fn raw_data_received(&mut self, data: &[u8], _lines: &mut LineControl<'_>) -> ProtocolResult {
+        if let Some(conversation) = &self.conversation {
+            conversation.received(data);
+        }
+        Ok(())
+    }
+
+    fn line_length_exceeded(
+        &mut self,
+        _data: &[u8],
+        lines: &mut LineControl<'_>,
+    ) -> ProtocolResult {
+        match &self.conversation {
+            Some(conversation) => conversation.line_too_long(lines.transport()),
+            None => lines.transport().abort_connection(),
+        }
+        Ok(())
+    }
+
+    fn connection_lost(&mut self, reason: &CloseReason) {
+        if let Some(conversation) = self.conversation.take() {
+            conversation.lost(reason);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connecting
+
+/// The address to connect to when `host` is an IP literal (`::1` or `[::1]` too), so no
+/// lookup is needed; `None` for a name.
+pub fn literal_address(host: &str, port: u16) -> Option<SocketAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port))
+}
+
+/// Says why an attempt on `address` failed, without repeating the OS text twice.
+fn describe_failure(address: SocketAddr, error: &ConnectError, timeout: Duration) -> String {
+    match error {
+        ConnectError::Refused(_) => format!("{address}: connection refused"),
+        ConnectError::TimedOut => format!(
+            "{address}: timed out after {}",
+            humantime::format_duration(timeout)
+        ),
+        other => format!("{address}: {other}"),
+    }
+}
+
+/// Tries the resolved addresses one after another, within one overall deadline.
+struct Dialer {
+    me: Weak<Dialer>,
+    reactor: Reactor,
+    conversation: Rc<Conversation>,
+    timeout: Duration,
+    deadline: Duration,
+    remaining: RefCell<VecDeque<SocketAddr>>,
+    connected: Cell<bool>,
+}
+
+impl Dialer {
+    fn new(reactor: &Reactor, conversation: Rc<Conversation>, timeout: Duration) -> Rc<Dialer> {
+        let deadline = reactor.seconds().saturating_add(timeout);
+        Rc::new_cyclic(|me| Dialer {
+            me: me.clone(),
+            reactor: reactor.clone(),
+            conversation,
+            timeout,
+            deadline,
+            remaining: RefCell::new(VecDeque::new()),
+            connected: Cell::new(false),
+        })
+    }
+
+    /// Starts: at once for an IP literal, else after a lookup on a worker thread. The
+    /// deadline covers the lookup too: a resolver that hangs cannot hold the client.
+    fn start(&self, host: &str, port: u16) {
+        let me = self.me.clone();
+        let timeout = self.timeout;
+        self.reactor.call_later(self.timeout, move || {
+            if let Some(dialer) = me.upgrade()
+                && !dialer.connected.get()
+            {
+                dialer.fail(format!(
+                    "timed out after {}",
+                    humantime::format_duration(timeout)
+                ));
+            }
+        });
+        if let Some(address) = literal_address(host, port) {
+            self.try_addresses(vec![address]);
+            return;
+        }
+        let lookup_host = host.to_string();
+        let me = self.me.clone();
+        let shown = host.to_string();
+        self.reactor
+            .defer_to_thread(move || {
+                (lookup_host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|found| found.collect::<Vec<SocketAddr>>())
+            })
+            .add_both(move |outcome| {
+                if let Some(dialer) = me.upgrade() {
+                    match outcome {
+                        Ok(found) if found.is_empty() => {
+                            dialer.fail(format!("'{shown}' has no address"));
+                        }
+                        Ok(found) => dialer.try_addresses(found),
+                        Err(failure) => {
+                            dialer.fail(format!("cannot resolve '{shown}': {failure}"));
+                        }
+                    }
+                }
+                Step::Value(Vec::new())
+            });
+    }
+
+    fn try_addresses(&self, addresses: Vec<SocketAddr>) {
+        if self.conversation.is_over() {
+            return;
+        }
+        *self.remaining.borrow_mut() = addresses.into();
+        self.try_next(None);
+    }
+
+    /// Connects to the next address, or fails with `last_error` when none is left.
+    fn try_next(&self, last_error: Option<String>) {
+        let next = self.remaining.borrow_mut().pop_front();
+        let left = self.deadline.saturating_sub(self.reactor.seconds());
+        match next {
+            Some(address) if !left.is_zero() => {
+                log::debug!("connecting to {address}");
+                let Some(me) = self.me.upgrade() else {
+                    return;
+                };
+                let factory: Rc<dyn ClientFactory> = Rc::new(TalkClientFactory { dialer: me });
+                self.reactor.connect_tcp(address, factory, Some(left));
+            }
+            Some(_) => self.fail(format!(
+                "timed out after {}",
+                humantime::format_duration(self.timeout)
+            )),
+            None => self.fail(last_error.unwrap_or_else(|| "no address to try".to_string())),
+        }
+    }
+
+    fn fail(&self, reason: String) {
+        if !self.connected.get() {
+            self.conversation.connect_failed(reason);
+        }
+    }
+}
+
+/// The factory of one attempt.
+struct TalkClientFactory {
+    dialer: Rc<Dialer>,
+}
+
+impl Factory for TalkClientFactory {
+    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+        if self.dialer.conversation.is_over() {
+            return None;
+        }
+        log::info!("connected to {addr}");
+        self.dialer.connected.set(true);
+        Some(self.dialer.conversation.protocol())
+    }
+}
+
+impl ClientFactory for TalkClientFactory {
+    fn client_connection_failed(&self, connector: &Connector, reason: &ConnectError) {
+        if self.dialer.conversation.is_over() {
+            return;
+        }
+        let why = describe_failure(connector.destination(), reason, self.dialer.timeout);
+        log::info!("{why}");
+        self.dialer.try_next(Some(why));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The command
+
+/// The console as the conversation sees it: nothing until the connection is up, then
+/// the prompt (or plain lines from a pipe).
+struct ConsoleView {
+    reactor: Reactor,
+    console: RefCell<Option<Console>>,
+}
+
+impl ConsoleView {
+    fn is_interactive(&self) -> bool {
+        self.console
+            .borrow()
+            .as_ref()
+            .is_some_and(Console::is_interactive)
+    }
+
+    /// Puts the terminal back; printing is direct from then on.
+    fn restore(&self) {
+        if let Some(console) = self.console.borrow().as_ref() {
+            console.restore();
+        }
+    }
+}
+
+impl ChatView for ConsoleView {
+    fn start_input(&self, mut deliver: Box<dyn FnMut(ConsoleEvent)>) {
+        let sender = self
+            .reactor
+            .channel(move |_reactor: &Reactor, event: ConsoleEvent| deliver(event));
+        match Console::start(PROMPT, sender.clone()) {
+            Ok(console) => *self.console.borrow_mut() = Some(console),
+            Err(error) => {
+                log::error!("cannot read the console: {error}");
+                sender.send(ConsoleEvent::Eof);
+            }
+        }
+    }
+
+    fn show(&self, line: &str) {
+        match self.console.borrow().as_ref() {
+            Some(console) => console.print(line),
+            None => print_line(line, false),
+        }
+    }
+
+    fn warn(&self, line: &str) {
+        match self.console.borrow().as_ref() {
+            Some(console) => console.eprint(line),
+            None => print_line(line, true),
+        }
+    }
+}
+
+/// Prints one line straight to stdout or stderr; a closed pipe is not an error here.
+fn print_line(line: &str, to_stderr: bool) {
+    let result = if to_stderr {
+        writeln!(io::stderr().lock(), "{line}")
+    } else {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{line}").and_then(|()| out.flush())
+    };
+    if let Err(error) = result
+        && error.kind() != io::ErrorKind::BrokenPipe
+    {
+        log::debug!("cannot print: {error}");
+    }
+}
+
+/// Runs `twistctl talk-client`.
+pub fn run(args: &TalkClientArgs) -> ExitStatus {
+    let reactor = match Reactor::new() {
+        Ok(reactor) => reactor,
+        Err(error) => {
+            print_line(
+                &format!("twistctl talk-client: cannot start the reactor: {error}"),
+                true,
+            );
+            return ExitStatus::Failure;
+        }
+    };
+    reactor.handle_signals();
+    let view = Rc::new(ConsoleView {
+        reactor: reactor.clone(),
+        console: RefCell::new(None),
+    });
+    let outcome: Rc<RefCell<Option<Ending>>> = Rc::new(RefCell::new(None));
+    let on_end = {
+        let reactor = reactor.clone();
+        let view = view.clone();
+        let outcome = outcome.clone();
+        move |ending: Ending| {
+            // An end caused by the reactor's own shutdown (a signal) is not the story.
+            if !reactor.running() {
+                return;
+            }
+            let settle = view.is_interactive() && ending != Ending::Interrupted;
+            *outcome.borrow_mut() = Some(ending);
+            if settle {
+                let stopper = reactor.clone();
+                reactor.call_later(PRINT_SETTLE, move || {
+                    let _ = stopper.stop();
+                });
+            } else {
+                let _ = reactor.stop();
+            }
+        }
+    };
+    let scheduler: Rc<dyn Scheduler> = Rc::new(reactor.clone());
+    let conversation = Conversation::new(args.raw, view.clone(), scheduler, on_end);
+    let dialer = Dialer::new(&reactor, conversation.clone(), args.timeout);
+    let host = args.host.clone();
+    let port = args.port;
+    let starter = dialer.clone();
+    reactor.call_when_running(move || starter.start(&host, port));
+
+    let result = reactor.run();
+    // Every exit path: the terminal first, then the last words.
+    view.restore();
+    // An end the conversation reached comes first, even if a signal arrived while the
+    // console was settling.
+    let ending = outcome.borrow_mut().take();
+    let status = match (ending, result) {
+        (Some(ending), Ok(_)) => {
+            if let Some((text, to_stderr)) = ending.farewell() {
+                print_line(&text, to_stderr);
+            }
+            ending.status()
+        }
+        (None, Ok(StopReason::Signal(signal))) => ExitStatus::Signal(signal),
+        (None, Ok(_)) => {
+            print_line("twistctl talk-client: stopped without an outcome", true);
+            ExitStatus::Failure
+        }
+        (_, Err(error)) => {
+            print_line(&format!("twistctl talk-client: {error}"), true);
+            ExitStatus::Failure
+        }
+    };
+    drop(dialer);
+    drop(conversation);
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::testing::{ProtocolDriver, StringTransport};
+    use crate::reactor::{FakeClock, Transport};
+    use std::io;
+
+    /// Records what the conversation shows, instead of a console.
+    #[derive(Default)]
+    struct Screen {
+        shown: RefCell<Vec<String>>,
+        warned: RefCell<Vec<String>>,
+        input_started: Cell<bool>,
+    }
+
+    impl ChatView for Screen {
+        fn start_input(&self, _deliver: Box<dyn FnMut(ConsoleEvent)>) {
+            self.input_started.set(true);
+        }
+        fn show(&self, line: &str) {
+            self.shown.borrow_mut().push(line.to_string());
+        }
+        fn warn(&self, line: &str) {
+            self.warned.borrow_mut().push(line.to_string());
+        }
+    }
+
+    impl Screen {
+        fn take_shown(&self) -> Vec<String> {
+            std::mem::take(&mut *self.shown.borrow_mut())
+        }
+    }
+
+    struct Chat {
+        conversation: Rc<Conversation>,
+        screen: Rc<Screen>,
+        clock: FakeClock,
+        endings: Rc<RefCell<Vec<Ending>>>,
+        driver: ProtocolDriver<dyn Protocol>,
+    }
+
+    impl Chat {
+        fn new(raw: bool) -> Chat {
+            let screen = Rc::new(Screen::default());
+            let clock = FakeClock::new();
+            let endings = Rc::new(RefCell::new(Vec::new()));
+            let recorded = endings.clone();
+            let view: Rc<dyn ChatView> = screen.clone();
+            let scheduler: Rc<dyn Scheduler> = Rc::new(clock.clone());
+            let conversation = Conversation::new(raw, view, scheduler, move |ending| {
+                recorded.borrow_mut().push(ending);
+            });
+            let driver = ProtocolDriver::from_box(
+                conversation.protocol(),
+                StringTransport::with_default_addresses(),
+            );
+            Chat {
+                conversation,
+                screen,
+                clock,
+                endings,
+                driver,
+            }
+        }
+
+        fn connected(raw: bool) -> Chat {
+            let mut chat = Chat::new(raw);
+            chat.driver.connect().expect("connection_made succeeds");
+            chat
+        }
+
+        fn type_line(&self, line: &str) {
+            self.conversation
+                .typed(ConsoleEvent::Line(line.to_string()));
+        }
+
+        fn feed(&mut self, data: &[u8]) {
+            self.driver.feed(data).expect("data_received succeeds");
+        }
+
+        fn transport(&self) -> &Rc<StringTransport> {
+            self.driver.transport()
+        }
+
+        fn endings(&self) -> Vec<Ending> {
+            self.endings.borrow().clone()
+        }
+    }
+
+    #[test]
+    fn p03_the_console_starts_only_once_the_connection_is_made() {
+        let mut chat = Chat::new(false);
+        assert!(!chat.screen.input_started.get());
+        chat.driver.connect().expect("connection_made succeeds");
+        assert!(chat.screen.input_started.get());
+    }
+
+    #[test]
+    fn l02_server_lines_are_shown_with_a_prefix_however_they_are_chunked() {
+        let stream: &[u8] = b"hello\r\nworld\n\nlast\r\n";
+        let expected = ["Server: hello", "Server: world", "Server: ", "Server: last"];
+        for size in [1, 2, 3, 7, stream.len()] {
+            let mut chat = Chat::connected(false);
+            for chunk in stream.chunks(size) {
+                chat.feed(chunk);
+            }
+            assert_eq!(chat.screen.take_shown(), expected, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn l02_an_unfinished_line_waits_for_its_newline() {
+        let mut chat = Chat::connected(false);
+        chat.feed(b"half");
+        assert!(chat.screen.take_shown().is_empty());
+        chat.feed(b" done\n");
+        assert_eq!(chat.screen.take_shown(), ["Server: half done"]);
+    }
+
+    #[test]
+    fn hostile_server_text_is_escaped_and_holds_no_escape_byte() {
+        let mut chat = Chat::connected(false);
+        chat.feed(b"\x1b]0;PWNED\x07\x1b[2J\xff C:\\dir\x9b\n");
+        let shown = chat.screen.take_shown();
+        assert_eq!(
+            shown,
+            ["Server: \\x1b]0;PWNED\\x07\\x1b[2J\\xff C:\\\\dir\\x9b"]
+        );
+        assert!(
+            shown
+                .iter()
+                .all(|l| !l.contains('\x1b') && !l.contains('\x07'))
+        );
+    }
+
+    #[test]
+    fn l04_typed_lines_are_trimmed_and_sent_with_crlf_and_empty_ones_are_not_sent() {
+        let chat = Chat::connected(false);
+        chat.type_line("  hello there \t");
+        chat.type_line("");
+        chat.type_line("   ");
+        chat.type_line("second");
+        assert_eq!(chat.transport().written(), b"hello there\r\nsecond\r\n");
+        assert_eq!(chat.transport().write_calls(), 2, "one write per line");
+    }
+
+    #[test]
+    fn x11_bye_is_sent_then_the_write_side_is_half_closed() {
+        let chat = Chat::connected(false);
+        chat.type_line("bye");
+        let transport = chat.transport();
+        assert_eq!(transport.written(), b"bye\r\n");
+        assert!(transport.write_closed(), "the server sees EOF");
+        assert!(!transport.is_disconnecting(), "reading goes on");
+        assert!(chat.endings().is_empty());
+    }
+
+    #[test]
+    fn x11_after_bye_the_client_closes_by_itself_when_the_server_does_not() {
+        let mut chat = Chat::connected(false);
+        chat.type_line("bye");
+        chat.clock.advance(BYE_GRACE - Duration::from_millis(1));
+        assert!(!chat.transport().is_disconnecting());
+        chat.clock.advance(Duration::from_millis(1));
+        assert!(chat.transport().lost_connection(), "closed after the grace");
+        chat.driver.close();
+        assert_eq!(chat.endings(), [Ending::Closed]);
+    }
+
+    #[test]
+    fn p05_the_server_closing_after_bye_ends_cleanly_and_cancels_the_grace_timer() {
+        let mut chat = Chat::connected(false);
+        chat.type_line("bye");
+        chat.feed(b"see you\n");
+        chat.driver.lose(CloseReason::Done);
+        assert_eq!(chat.screen.take_shown(), ["Server: see you"]);
+        assert_eq!(chat.endings(), [Ending::Closed]);
+        assert!(
+            chat.clock.delayed_calls().is_empty(),
+            "grace timer cancelled"
+        );
+        assert_eq!(Ending::Closed.status(), ExitStatus::Success);
+    }
+
+    #[test]
+    fn x12_the_end_of_input_half_closes_and_replies_are_still_shown() {
+        let mut chat = Chat::connected(false);
+        chat.type_line("hello");
+        chat.conversation.typed(ConsoleEvent::Eof);
+        assert!(chat.transport().write_closed());
+        assert!(
+            chat.clock.delayed_calls().is_empty(),
+            "no deadline: a script waits for every reply"
+        );
+        chat.feed(b"late reply\n");
+        assert_eq!(chat.screen.take_shown(), ["Server: late reply"]);
+        assert!(chat.endings().is_empty());
+        chat.driver.lose(CloseReason::Done);
+        assert_eq!(chat.endings(), [Ending::Closed]);
+    }
+
+    #[test]
+    fn x03_lines_typed_after_bye_are_not_sent_and_the_operator_is_told() {
+        let chat = Chat::connected(false);
+        chat.type_line("bye");
+        chat.type_line("too late");
+        chat.conversation.typed(ConsoleEvent::Eof);
+        assert_eq!(chat.transport().written(), b"bye\r\n");
+        assert_eq!(
+            *chat.screen.warned.borrow(),
+            ["(not sent, the conversation is ending: too late)"]
+        );
+    }
+
+    #[test]
+    fn a_line_containing_bye_is_an_ordinary_line() {
+        let chat = Chat::connected(false);
+        chat.type_line("goodbye");
+        chat.type_line("bye now");
+        assert!(!chat.transport().write_closed());
+        assert_eq!(chat.transport().written(), b"goodbye\r\nbye now\r\n");
+    }
+
+    #[test]
+    fn raw_mode_sends_lines_without_a_newline_and_shows_each_read_as_one_message() {
+        let mut chat = Chat::connected(true);
+        chat.type_line(" hi ");
+        assert_eq!(chat.transport().written(), b"hi");
+        chat.feed(b"hello");
+        chat.feed(b"two\nlines");
+        assert_eq!(
+            chat.screen.take_shown(),
+            ["Server: hello", "Server: two\\x0alines"]
+        );
+    }
+
+    #[test]
+    fn raw_mode_bye_closes_the_connection_as_the_tutorial_client_does() {
+        let mut chat = Chat::connected(true);
+        chat.type_line("bye");
+        assert_eq!(chat.transport().written(), b"bye");
+        assert!(
+            chat.transport().lost_connection(),
+            "a full close, not a half-close"
+        );
+        assert!(!chat.transport().write_closed());
+        chat.driver.close();
+        assert_eq!(chat.endings(), [Ending::Closed]);
+    }
+
+    #[test]
+    fn raw_mode_has_no_line_limit_since_nothing_is_buffered() {
+        let mut chat = Chat::connected(true);
+        chat.feed(&vec![b'x'; MAX_LINE + 10]);
+        assert!(!chat.transport().is_disconnecting());
+        assert_eq!(chat.screen.take_shown().len(), 1);
+    }
+
+    #[test]
+    fn l07_a_line_of_exactly_max_line_is_shown_and_a_longer_one_disconnects() {
+        let mut chat = Chat::connected(false);
+        let mut line = vec![b'a'; MAX_LINE];
+        line.extend_from_slice(b"\r\n");
+        chat.feed(&line);
+        assert_eq!(chat.screen.take_shown().len(), 1);
+        assert!(!chat.transport().is_disconnecting());
+
+        let mut long = vec![b'b'; MAX_LINE + 1];
+        long.push(b'\n');
+        chat.feed(&long);
+        assert!(
+            chat.screen.take_shown().is_empty(),
+            "nothing of it is shown"
+        );
+        assert!(chat.transport().aborted());
+        chat.driver.close();
+        assert_eq!(chat.endings(), [Ending::LineTooLong(MAX_LINE)]);
+        assert_eq!(chat.endings()[0].status(), ExitStatus::Failure);
+    }
+
+    #[test]
+    fn l08_an_endless_line_disconnects_before_its_newline_arrives() {
+        let mut chat = Chat::connected(false);
+        // A maximum-length line whose "\r\n" is still on its way is fine...
+        chat.feed(&vec![b'z'; MAX_LINE + 1]);
+        assert!(!chat.transport().is_disconnecting());
+        // ...one byte more cannot be a line of MAX_LINE any longer.
+        chat.feed(b"z");
+        assert!(chat.transport().aborted());
+        chat.driver.close();
+        assert_eq!(chat.endings(), [Ending::LineTooLong(MAX_LINE)]);
+    }
+
+    #[test]
+    fn x10_a_reset_is_reported_as_a_broken_connection_with_failure_status() {
+        let mut chat = Chat::connected(false);
+        chat.feed(b"partial li");
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        chat.driver.lose(CloseReason::Reset(Rc::new(reset)));
+        let endings = chat.endings();
+        assert_eq!(
+            endings,
+            [Ending::Broken("connection reset by peer".to_string())]
+        );
+        assert_eq!(endings[0].status(), ExitStatus::Failure);
+        assert!(
+            chat.screen.take_shown().is_empty(),
+            "the partial line is dropped"
+        );
+    }
+
+    #[test]
+    fn ctrl_c_aborts_and_ends_at_once_with_status_130() {
+        let mut chat = Chat::connected(false);
+        chat.type_line("typed");
+        chat.conversation.typed(ConsoleEvent::Interrupted);
+        assert!(chat.transport().aborted());
+        assert_eq!(chat.endings(), [Ending::Interrupted]);
+        chat.driver.close();
+        assert_eq!(chat.endings(), [Ending::Interrupted], "ends exactly once");
+        assert_eq!(Ending::Interrupted.status().code(), 130);
+        assert_eq!(Ending::Interrupted.farewell(), None);
+    }
+
+    #[test]
+    fn p04_nothing_is_shown_or_sent_after_the_end() {
+        let mut chat = Chat::connected(false);
+        chat.driver.lose(CloseReason::Done);
+        chat.type_line("hello");
+        chat.conversation.received(b"ghost");
+        assert!(chat.screen.take_shown().is_empty());
+        assert!(chat.transport().written().is_empty());
+        assert_eq!(chat.endings(), [Ending::Closed]);
+    }
+
+    #[test]
+    fn farewells_say_what_happened_on_the_documented_stream() {
+        assert_eq!(
+            Ending::Closed.farewell(),
+            Some(("Connection lost - goodbye!".to_string(), false))
+        );
+        let (text, to_stderr) = Ending::ConnectFailed("127.0.0.1:1: connection refused".into())
+            .farewell()
+            .expect("a message");
+        assert_eq!(
+            text,
+            "Connection failed - goodbye! (127.0.0.1:1: connection refused)"
+        );
+        assert!(to_stderr);
+        let (text, _) = Ending::LineTooLong(65536).farewell().expect("a message");
+        assert!(text.contains("longer than 65536 bytes"), "{text}");
+        assert_eq!(
+            Ending::ConnectFailed(String::new()).status(),
+            ExitStatus::Failure
+        );
+    }
+
+    #[test]
+    fn ip_literals_need_no_lookup_and_names_do() {
+        let v4 = SocketAddr::from(([127, 0, 0, 1], 8000));
+        assert_eq!(literal_address("127.0.0.1", 8000), Some(v4));
+        let v6: SocketAddr = "[::1]:8000".parse().expect("an address");
+        assert_eq!(literal_address("::1", 8000), Some(v6));
+        assert_eq!(literal_address("[::1]", 8000), Some(v6));
+        assert_eq!(literal_address("localhost", 8000), None);
+        assert_eq!(literal_address("[localhost]", 8000), None);
+    }
+
+    /// Runs a real reactor until the conversation connects or ends; returns the endings
+    /// and whether it connected.
+    fn dial(addresses: Vec<SocketAddr>, timeout: Duration) -> (Vec<Ending>, bool) {
+        struct StopOnConnect(Reactor, Rc<Cell<bool>>);
+        impl ChatView for StopOnConnect {
+            fn start_input(&self, _deliver: Box<dyn FnMut(ConsoleEvent)>) {
+                self.1.set(true);
+                let _ = self.0.stop();
+            }
+            fn show(&self, _line: &str) {}
+            fn warn(&self, _line: &str) {}
+        }
+        let reactor = Reactor::new().expect("a reactor");
+        let connected = Rc::new(Cell::new(false));
+        let view: Rc<dyn ChatView> = Rc::new(StopOnConnect(reactor.clone(), connected.clone()));
+        let endings = Rc::new(RefCell::new(Vec::new()));
+        let recorded = endings.clone();
+        let stopper = reactor.clone();
+        let conversation =
+            Conversation::new(false, view, Rc::new(reactor.clone()), move |ending| {
+                recorded.borrow_mut().push(ending);
+                let _ = stopper.stop();
+            });
+        let dialer = Dialer::new(&reactor, conversation, timeout);
+        let starter = dialer.clone();
+        reactor.call_when_running(move || starter.try_addresses(addresses));
+        // A bound on the test: no attempt on loopback takes this long.
+        let guard = reactor.clone();
+        reactor.call_later(Duration::from_secs(10), move || {
+            let _ = guard.stop();
+        });
+        reactor.run().expect("the reactor runs");
+        let endings = endings.borrow().clone();
+        (endings, connected.get())
+    }
+
+    fn closed_port() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("an address")
+    }
+
+    #[test]
+    fn p13_each_address_is_tried_in_turn_until_one_connects() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let open = listener.local_addr().expect("an address");
+        let (endings, connected) = dial(vec![closed_port(), open], Duration::from_secs(5));
+        assert!(connected, "{endings:?}");
+        assert!(
+            !endings
+                .iter()
+                .any(|e| matches!(e, Ending::ConnectFailed(_))),
+            "{endings:?}"
+        );
+    }
+
+    #[test]
+    fn p15_when_every_address_refuses_the_last_failure_is_reported() {
+        let first = closed_port();
+        let last = closed_port();
+        let (endings, connected) = dial(vec![first, last], Duration::from_secs(5));
+        assert!(!connected);
+        assert_eq!(
+            endings,
+            [Ending::ConnectFailed(format!("{last}: connection refused"))]
+        );
+    }
+
+    #[test]
+    fn x14_no_attempt_starts_once_the_connect_deadline_has_passed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let open = listener.local_addr().expect("an address");
+        let (endings, connected) = dial(vec![open], Duration::ZERO);
+        assert!(!connected);
+        assert_eq!(
+            endings,
+            [Ending::ConnectFailed("timed out after 0s".into())]
+        );
+    }
+}

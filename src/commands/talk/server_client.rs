@@ -1,0 +1,598 @@
+//! One talk-server connection's plumbing: framing (lines, or raw chunks), the bounded
+//! outgoing path with flow control, closing with a reason, and the idle timer. What the
+//! chat does with a message is the server's business ([`ClientEvents`]).
+//!
+//! # Outgoing data and slow readers
+//!
+//! The connection's transport asks its registered producer to pause when more than
+//! [`HIGH_WATER_MARK`] bytes wait to be sent, and to resume once they drain. What a
+//! pause means depends on the mode:
+//!
+//! - [`Flow::Echo`]: everything sent is an echo of something received, so the client's
+//!   own reading is paused (its [`LineHandle`] stops delivering and the socket is not
+//!   read). A client that never reads then costs about one high-water mark plus one read
+//!   chunk, and nobody else waits.
+//! - [`Flow::Queue`]: the operator's lines must not make the server hold unbounded
+//!   memory, and the client may still be chatting, so reading goes on. Lines sent while
+//!   paused wait in a queue here; past [`OUTGOING_LIMIT`] (counting one high-water mark
+//!   for what the transport holds) the client is disconnected as `too slow`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use crate::protocols::line::{Delimiter, LineControl, LineHandle, LineHandler, LineReceiver};
+use crate::reactor::tcp::HIGH_WATER_MARK;
+use crate::reactor::{
+    CloseReason, DelayedCall, Producer, Protocol, ProtocolResult, Scheduler, TransportRef,
+};
+
+/// The most a client may have waiting to be sent in [`Flow::Queue`] mode (1 MiB).
+pub const OUTGOING_LIMIT: usize = 1024 * 1024;
+
+/// How long a closing connection may take to flush before it is reset: a peer that
+/// does not read must not keep a closed client (or the server's shutdown) waiting.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How the connection's outgoing side copes with a peer that reads slowly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Pause reading from the peer until its outgoing buffer drains (`--echo`).
+    Echo,
+    /// Queue outgoing lines, up to [`OUTGOING_LIMIT`], then disconnect (console mode).
+    Queue,
+}
+
+/// Settings shared by every connection of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// No delimiters: each chunk received is one message, lines are sent bare.
+    pub raw: bool,
+    /// The longest line accepted, without its delimiter.
+    pub max_line: usize,
+    /// Close clients that send nothing for this long.
+    pub idle_timeout: Option<Duration>,
+    /// What to do when the peer reads slowly.
+    pub flow: Flow,
+}
+
+/// Why a client's connection ended, as the disconnect line shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disconnect {
+    /// `bye`, from the client or from the operator.
+    Bye,
+    /// The peer closed the connection.
+    ClosedByPeer,
+    /// The peer reset the connection.
+    Reset,
+    /// A line over `--max-line`.
+    LineTooLong,
+    /// The outgoing queue passed [`OUTGOING_LIMIT`].
+    TooSlow,
+    /// Nothing received for `--idle-timeout`.
+    IdleTimeout,
+    /// `/kick`.
+    Kicked,
+    /// The server is shutting down.
+    Shutdown,
+    /// Anything else, described.
+    Other(String),
+}
+
+impl Disconnect {
+    /// The reason for a connection that ended without one of ours: how the peer or the
+    /// network ended it.
+    pub fn from_close(reason: &CloseReason) -> Disconnect {
+        match reason {
+            CloseReason::Done => Disconnect::ClosedByPeer,
+            CloseReason::Reset(_) => Disconnect::Reset,
+            CloseReason::Lost(Some(error))
+                if error.kind() == std::io::ErrorKind::ConnectionReset =>
+            {
+                Disconnect::Reset
+            }
+            other => Disconnect::Other(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Disconnect::Bye => "bye",
+            Disconnect::ClosedByPeer => "closed by peer",
+            Disconnect::Reset => "connection reset",
+            Disconnect::LineTooLong => "line too long",
+            Disconnect::TooSlow => "too slow",
+            Disconnect::IdleTimeout => "idle timeout",
+            Disconnect::Kicked => "kicked",
+            Disconnect::Shutdown => "server shutting down",
+            Disconnect::Other(text) => text,
+        })
+    }
+}
+
+/// What a connection tells the chat. Implemented by the server.
+pub trait ClientEvents {
+    /// The connection is up and ready to send.
+    fn connected(&self, client: &Rc<Client>);
+    /// A line (delimiter removed), or in raw mode one received chunk.
+    fn received(&self, client: &Rc<Client>, message: &[u8]);
+    /// The connection has ended; called once, last.
+    fn disconnected(&self, client: &Rc<Client>, reason: Disconnect);
+}
+
+/// One connected client as the server sees it: send to it, close it, ask how idle it is.
+pub struct Client {
+    me: Weak<Client>,
+    peer: SocketAddr,
+    id: Cell<u64>,
+    settings: ClientSettings,
+    events: Weak<dyn ClientEvents>,
+    scheduler: Rc<dyn Scheduler>,
+    transport: RefCell<Option<TransportRef>>,
+    lines: RefCell<Option<LineHandle>>,
+    /// The transport asked its producer to pause and has not resumed it yet.
+    blocked: Cell<bool>,
+    queue: RefCell<VecDeque<Vec<u8>>>,
+    queued: Cell<usize>,
+    /// Our reason for closing, once we have decided to close.
+    reason: RefCell<Option<Disconnect>>,
+    last_heard: Cell<Duration>,
+    idle_timer: RefCell<Option<DelayedCall>>,
+    grace_timer: RefCell<Option<DelayedCall>>,
+    ended: Cell<bool>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id.get())
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+/// An address as people write it: an IPv4 peer on a dual-stack socket arrives as
+/// `[::ffff:127.0.0.1]:53422` and is shown as `127.0.0.1:53422`.
+pub fn plain_address(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
+impl Client {
+    /// A client for a connection from `peer`, and the protocol to hand to the reactor.
+    pub fn new_protocol(
+        peer: SocketAddr,
+        settings: ClientSettings,
+        events: Weak<dyn ClientEvents>,
+        scheduler: Rc<dyn Scheduler>,
+    ) -> (Rc<Client>, Box<dyn Protocol>) {
+        let client = Rc::new_cyclic(|me| Client {
+            me: me.clone(),
+            peer: plain_address(peer),
+            id: Cell::new(0),
+            settings,
+            events,
+            last_heard: Cell::new(scheduler.seconds()),
+            scheduler,
+            transport: RefCell::new(None),
+            lines: RefCell::new(None),
+            blocked: Cell::new(false),
+            queue: RefCell::new(VecDeque::new()),
+            queued: Cell::new(0),
+            reason: RefCell::new(None),
+            idle_timer: RefCell::new(None),
+            grace_timer: RefCell::new(None),
+            ended: Cell::new(false),
+        });
+        let receiver = LineReceiver::new(ClientHandler {
+            client: client.clone(),
+        })
+        .with_delimiter(Delimiter::newline())
+        .with_max_length(settings.max_line);
+        let protocol = ClientProtocol {
+            client: client.clone(),
+            receiver,
+        };
+        (client, Box::new(protocol))
+    }
+
+    /// The client's number (0 until the server has registered it).
+    pub fn id(&self) -> u64 {
+        self.id.get()
+    }
+
+    /// Sets the client's number; the server does this once, on connect.
+    pub fn set_id(&self, id: u64) {
+        self.id.set(id);
+    }
+
+    /// The peer's address, IPv4-mapped addresses shown as IPv4.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// How long since the client last sent anything.
+    pub fn idle(&self) -> Duration {
+        self.scheduler
+            .seconds()
+            .saturating_sub(self.last_heard.get())
+    }
+
+    /// True once the server decided to close this client, or the connection ended.
+    pub fn is_closing(&self) -> bool {
+        self.ended.get() || self.reason.borrow().is_some()
+    }
+
+    /// Bytes waiting in the outgoing queue (not counting the transport's buffer).
+    pub fn queued(&self) -> usize {
+        self.queued.get()
+    }
+
+    /// Sends `text` with the line delimiter (bare in raw mode). In [`Flow::Queue`] mode
+    /// a client whose queue would pass [`OUTGOING_LIMIT`] is disconnected as `too slow`
+    /// instead; the return value tells whether the text was accepted.
+    pub fn send_line(&self, text: &[u8]) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        let Some(transport) = self.transport() else {
+            return false;
+        };
+        let delimiter: &[u8] = if self.settings.raw { b"" } else { b"\r\n" };
+        let must_queue = self.settings.flow == Flow::Queue
+            && (self.blocked.get() || !self.queue.borrow().is_empty());
+        if !must_queue {
+            transport.write_sequence(&[text, delimiter]);
+            return true;
+        }
+        let size = text.len() + delimiter.len();
+        if self.queued.get() + size + HIGH_WATER_MARK > OUTGOING_LIMIT {
+            log::info!(
+                "client {} ({}) does not read; more than {OUTGOING_LIMIT} bytes would wait",
+                self.id(),
+                self.peer
+            );
+            self.abort(Disconnect::TooSlow);
+            return false;
+        }
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(text);
+        bytes.extend_from_slice(delimiter);
+        self.queue.borrow_mut().push_back(bytes);
+        self.queued.set(self.queued.get() + size);
+        true
+    }
+
+    /// Closes after sending everything queued; `reason` is what the disconnect line
+    /// will say. A peer that does not take the data within [`CLOSE_GRACE`] is reset.
+    pub fn close(&self, reason: Disconnect) {
+        if !self.set_reason(reason) {
+            return;
+        }
+        let Some(transport) = self.transport() else {
+            return;
+        };
+        // The queue is bounded, so handing all of it to the transport now is cheap,
+        // and the transport's close flushes it.
+        let queue = std::mem::take(&mut *self.queue.borrow_mut());
+        self.queued.set(0);
+        for bytes in &queue {
+            transport.write(bytes);
+        }
+        drop(queue);
+        transport.lose_connection();
+        let client = self.weak_self();
+        let timer = self.scheduler.schedule(
+            CLOSE_GRACE,
+            Box::new(move || {
+                if let Some(client) = client.upgrade()
+                    && let Some(transport) = client.transport()
+                {
+                    log::info!("client {} did not take its last data; reset", client.id());
+                    transport.abort_connection();
+                }
+            }),
+        );
+        self.grace_timer.borrow_mut().replace(timer);
+    }
+
+    /// Sends `error: <message>` at once (ahead of anything queued) and closes.
+    pub fn fail(&self, message: &str, reason: Disconnect) {
+        if self.is_closing() {
+            return;
+        }
+        if let Some(transport) = self.transport() {
+            let delimiter: &[u8] = if self.settings.raw { b"" } else { b"\r\n" };
+            transport.write_sequence(&[b"error: ", message.as_bytes(), delimiter]);
+        }
+        self.close(reason);
+    }
+
+    /// Closes at once with a reset, dropping whatever waits to be sent.
+    pub fn abort(&self, reason: Disconnect) {
+        if !self.set_reason(reason) {
+            return;
+        }
+        self.queue.borrow_mut().clear();
+        self.queued.set(0);
+        if let Some(transport) = self.transport() {
+            transport.abort_connection();
+        }
+    }
+
+    /// Records our reason for closing; false if one was already recorded or the
+    /// connection has ended.
+    fn set_reason(&self, reason: Disconnect) -> bool {
+        if self.ended.get() {
+            return false;
+        }
+        let mut slot = self.reason.borrow_mut();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(reason);
+        true
+    }
+
+    fn transport(&self) -> Option<TransportRef> {
+        self.transport.borrow().clone()
+    }
+
+    /// A weak handle on this client, for timers: they must not keep it alive.
+    fn weak_self(&self) -> Weak<Client> {
+        self.me.clone()
+    }
+
+    fn attach(self: &Rc<Self>, transport: &TransportRef, lines: LineHandle) {
+        *self.transport.borrow_mut() = Some(transport.clone());
+        *self.lines.borrow_mut() = Some(lines);
+        transport.register_producer(Rc::new(FlowControl {
+            client: Rc::downgrade(self),
+        }));
+        self.last_heard.set(self.scheduler.seconds());
+        if let Some(timeout) = self.settings.idle_timeout {
+            self.arm_idle_timer(timeout);
+        }
+    }
+
+    fn heard(&self) {
+        self.last_heard.set(self.scheduler.seconds());
+    }
+
+    /// The idle timer fires at most once per timeout: when it finds the client heard
+    /// from meanwhile, it re-arms for the remainder instead of being reset on every
+    /// chunk received.
+    fn arm_idle_timer(self: &Rc<Self>, delay: Duration) {
+        let client = Rc::downgrade(self);
+        let timer = self.scheduler.schedule(
+            delay,
+            Box::new(move || {
+                let Some(client) = client.upgrade() else {
+                    return;
+                };
+                let Some(timeout) = client.settings.idle_timeout else {
+                    return;
+                };
+                if client.is_closing() {
+                    return;
+                }
+                let idle = client.idle();
+                if idle >= timeout {
+                    client.fail("idle timeout", Disconnect::IdleTimeout);
+                } else {
+                    client.arm_idle_timer(timeout - idle);
+                }
+            }),
+        );
+        self.idle_timer.borrow_mut().replace(timer);
+    }
+
+    fn paused(&self) {
+        self.blocked.set(true);
+        if self.settings.flow == Flow::Echo
+            && let Some(lines) = self.lines.borrow().clone()
+        {
+            lines.pause_producing();
+        }
+    }
+
+    fn resumed(&self) {
+        self.blocked.set(false);
+        match self.settings.flow {
+            Flow::Echo => {
+                let lines = self.lines.borrow().clone();
+                if let Some(lines) = lines {
+                    lines.resume_producing();
+                }
+            }
+            Flow::Queue => {
+                let Some(transport) = self.transport() else {
+                    return;
+                };
+                // Writing may pause us again (synchronously): stop there.
+                while !self.blocked.get() {
+                    let Some(bytes) = self.queue.borrow_mut().pop_front() else {
+                        break;
+                    };
+                    self.queued.set(self.queued.get() - bytes.len());
+                    transport.write(&bytes);
+                }
+            }
+        }
+    }
+
+    fn ended(self: &Rc<Self>, reason: &CloseReason) {
+        if self.ended.replace(true) {
+            return;
+        }
+        for timer in [&self.idle_timer, &self.grace_timer] {
+            if let Some(timer) = timer.borrow_mut().take() {
+                let _ = timer.cancel();
+            }
+        }
+        self.transport.borrow_mut().take();
+        self.lines.borrow_mut().take();
+        self.queue.borrow_mut().clear();
+        self.queued.set(0);
+        let ours = self.reason.borrow_mut().take();
+        let reason = ours.unwrap_or_else(|| Disconnect::from_close(reason));
+        if let Some(events) = self.events.upgrade() {
+            events.disconnected(self, reason);
+        }
+    }
+}
+
+/// The producer registered with the transport: turns its pause and resume into the
+/// client's flow control.
+struct FlowControl {
+    client: Weak<Client>,
+}
+
+impl Producer for FlowControl {
+    fn pause_producing(&self) {
+        if let Some(client) = self.client.upgrade() {
+            client.paused();
+        }
+    }
+
+    fn resume_producing(&self) {
+        if let Some(client) = self.client.upgrade() {
+            client.resumed();
+        }
+    }
+
+    fn stop_producing(&self) {}
+}
+
+/// The line handler: hands messages to the server, and over-long lines to `fail`.
+struct ClientHandler {
+    client: Rc<Client>,
+}
+
+impl LineHandler for ClientHandler {
+    fn connection_made(&mut self, lines: &mut LineControl<'_>) -> ProtocolResult {
+        if self.client.settings.raw {
+            lines.set_raw_mode();
+        }
+        self.client.attach(lines.transport(), lines.handle());
+        if let Some(events) = self.client.events.upgrade() {
+            events.connected(&self.client);
+        }
+        Ok(())
+    }
+
+    fn line_received(&mut self, line: &[u8], _lines: &mut LineControl<'_>) -> ProtocolResult {
+        if let Some(events) = self.client.events.upgrade() {
+            events.received(&self.client, line);
+        }
+        Ok(())
+    }
+
+    fn raw_data_received(&mut self, data: &[u8], _lines: &mut LineControl<'_>) -> ProtocolResult {
+        if let Some(events) = self.client.events.upgrade() {
+            events.received(&self.client, data);
+        }
+        Ok(())
+    }
+
+    fn line_length_exceeded(
+        &mut self,
+        _data: &[u8],
+        _lines: &mut LineControl<'_>,
+    ) -> ProtocolResult {
+        self.client.fail("line too long", Disconnect::LineTooLong);
+        Ok(())
+    }
+
+    fn connection_lost(&mut self, reason: &CloseReason) {
+        self.client.ended(reason);
+    }
+}
+
+/// The protocol the reactor drives: line framing, plus noting every chunk received for
+/// the idle timer (a partial line is activity too).
+struct ClientProtocol {
+    client: Rc<Client>,
+    receiver: LineReceiver<ClientHandler>,
+}
+
+impl Protocol for ClientProtocol {
+    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.receiver.connection_made(transport)
+    }
+
+    fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
+        self.client.heard();
+        self.receiver.data_received(transport, data)
+    }
+
+    fn connection_lost(&mut self, reason: &CloseReason) {
+        self.receiver.connection_lost(reason);
+        // Also when the line receiver has already been told (it ignores a second call).
+        self.client.ended(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::rc::Rc;
+
+    #[test]
+    fn ipv4_mapped_addresses_are_shown_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:4000".parse().unwrap();
+        assert_eq!(plain_address(mapped).to_string(), "10.1.2.3:4000");
+        let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        assert_eq!(plain_address(v6), v6);
+    }
+
+    #[test]
+    fn p05_close_reasons_map_to_the_documented_words() {
+        let reset = || Rc::new(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            Disconnect::from_close(&CloseReason::Done),
+            Disconnect::ClosedByPeer
+        );
+        assert_eq!(
+            Disconnect::from_close(&CloseReason::Reset(reset())),
+            Disconnect::Reset
+        );
+        assert_eq!(
+            Disconnect::from_close(&CloseReason::Lost(Some(reset()))),
+            Disconnect::Reset
+        );
+        assert_eq!(
+            Disconnect::from_close(&CloseReason::Lost(None)).to_string(),
+            "connection lost"
+        );
+        let words: Vec<String> = [
+            Disconnect::Bye,
+            Disconnect::ClosedByPeer,
+            Disconnect::Reset,
+            Disconnect::LineTooLong,
+            Disconnect::TooSlow,
+            Disconnect::IdleTimeout,
+            Disconnect::Kicked,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            words,
+            [
+                "bye",
+                "closed by peer",
+                "connection reset",
+                "line too long",
+                "too slow",
+                "idle timeout",
+                "kicked"
+            ]
+        );
+    }
+}

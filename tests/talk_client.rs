@@ -1,0 +1,630 @@
+//! `twistctl talk-client` end to end: the built binary against a test server made of a
+//! `std::net::TcpListener` on 127.0.0.1 in a thread. Every read has a timeout and every
+//! wait is bounded, so a broken client fails a test instead of hanging it.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long any single step may take before the test fails.
+const STEP: Duration = Duration::from_secs(10);
+
+fn twistctl() -> Command {
+    Command::cargo_bin("twistctl").expect("the twistctl binary is built for tests")
+}
+
+/// A listening test server on an ephemeral loopback port.
+struct TestServer {
+    listener: TcpListener,
+    address: SocketAddr,
+}
+
+impl TestServer {
+    fn new() -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let address = listener.local_addr().expect("the bound address");
+        TestServer { listener, address }
+    }
+
+    fn port(&self) -> String {
+        self.address.port().to_string()
+    }
+
+    /// Accepts one client in a thread and runs `script` on it, with read and write
+    /// timeouts set. The accepted stream is signalled on `accepted` first.
+    fn serve<T: Send + 'static>(
+        self,
+        script: impl FnOnce(TcpStream) -> T + Send + 'static,
+    ) -> (JoinHandle<T>, Receiver<()>) {
+        let (accepted_tx, accepted) = mpsc::channel();
+        let handle = thread::spawn(move || {
+            self.listener
+                .set_nonblocking(false)
+                .expect("a blocking listener");
+            let (stream, _) = self.listener.accept().expect("a client connects");
+            stream.set_read_timeout(Some(STEP)).expect("read timeout");
+            stream.set_write_timeout(Some(STEP)).expect("write timeout");
+            let _ = accepted_tx.send(());
+            script(stream)
+        });
+        (handle, accepted)
+    }
+}
+
+/// Reads until the peer's EOF (or a reset); the bytes and whether it ended in EOF.
+fn read_to_eof(stream: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (received, true),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                assert!(
+                    e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::TimedOut,
+                    "the client neither closed nor half-closed within {STEP:?}; got {:?}",
+                    String::from_utf8_lossy(&received)
+                );
+                return (received, false);
+            }
+        }
+    }
+}
+
+/// Reads until `wanted` has arrived in full; returns everything read.
+fn read_until_contains(stream: &mut TcpStream, wanted: &[u8]) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.windows(wanted.len()).any(|w| w == wanted) {
+        let n = stream.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "waiting for {:?}, got {:?}: {e}",
+                String::from_utf8_lossy(wanted),
+                String::from_utf8_lossy(&received)
+            )
+        });
+        assert!(
+            n > 0,
+            "EOF while waiting for {:?}; got {:?}",
+            String::from_utf8_lossy(wanted),
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+    }
+    received
+}
+
+/// A running twistctl (a talk-client, or the talk-server it talks to) with its stdout
+/// read line by line as it comes.
+struct Client {
+    pid: Pid,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<Vec<u8>>,
+    stderr: Receiver<String>,
+    exited: Receiver<Option<i32>>,
+}
+
+/// How a client run ended.
+struct Finished {
+    code: Option<i32>,
+    stdout: Vec<Vec<u8>>,
+    stderr: String,
+}
+
+impl Finished {
+    fn stdout_text(&self) -> Vec<String> {
+        self.stdout
+            .iter()
+            .map(|l| {
+                String::from_utf8_lossy(l)
+                    .trim_end_matches('\n')
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+impl Client {
+    /// `twistctl talk-client ARGS...`.
+    fn spawn(args: &[&str]) -> Client {
+        let mut all = vec!["talk-client"];
+        all.extend_from_slice(args);
+        Client::spawn_twistctl(&all)
+    }
+
+    /// `twistctl ARGS...`, any subcommand.
+    fn spawn_twistctl(args: &[&str]) -> Client {
+        let mut child = twistctl()
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("twistctl starts");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+        let (line_tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            loop {
+                let mut line = Vec::new();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if line_tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let (stderr_tx, stderr) = mpsc::channel();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text);
+            let _ = stderr_tx.send(text);
+        });
+        let (exit_tx, exited) = mpsc::channel();
+        thread::spawn(move || {
+            let status = child.wait().ok().and_then(|s| s.code());
+            let _ = exit_tx.send(status);
+        });
+        Client {
+            pid,
+            stdin,
+            lines,
+            stderr,
+            exited,
+        }
+    }
+
+    fn type_text(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(text.as_bytes()).expect("write to stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    fn next_line(&self) -> String {
+        let line = self
+            .lines
+            .recv_timeout(STEP)
+            .expect("a line on stdout in time");
+        String::from_utf8_lossy(&line)
+            .trim_end_matches('\n')
+            .to_string()
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(self.pid, signal).expect("signal the client");
+    }
+
+    /// Waits (bounded) for the exit; kills the client if it does not exit in time.
+    fn finish(self) -> Finished {
+        let code = match self.exited.recv_timeout(STEP) {
+            Ok(code) => code,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = kill(self.pid, Signal::SIGKILL);
+                panic!("talk-client did not exit within {STEP:?}");
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+        };
+        drop(self.stdin);
+        let mut stdout = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(STEP) {
+            stdout.push(line);
+        }
+        let stderr = self.stderr.recv_timeout(STEP).unwrap_or_default();
+        Finished {
+            code,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+#[test]
+fn scripted_mode_prints_every_reply_that_comes_after_the_end_of_input() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        // Replies only once the client's input has ended: a client that quit at the end
+        // of its input would lose them.
+        let (received, eof) = read_to_eof(&mut stream);
+        stream
+            .write_all(b"reply one\r\nreply two\n")
+            .expect("write replies");
+        (received, eof)
+    });
+    let mut client = Client::spawn(&["127.0.0.1", &port]);
+    client.type_text("  hello there \n\n \t \nsecond\n");
+    client.close_stdin();
+    let finished = client.finish();
+    let (received, eof) = served.join().expect("the server thread");
+    assert_eq!(
+        received, b"hello there\r\nsecond\r\n",
+        "trimmed, no empty lines"
+    );
+    assert!(eof, "the end of input is a half-close");
+    assert_eq!(
+        finished.stdout_text(),
+        [
+            "Server: reply one",
+            "Server: reply two",
+            "Connection lost - goodbye!"
+        ],
+        "stderr: {}",
+        finished.stderr
+    );
+    assert_eq!(finished.code, Some(0));
+}
+
+#[test]
+fn scripted_hello_bye_loses_no_reply() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        let received = read_until_contains(&mut stream, b"bye\r\n");
+        stream
+            .write_all(b"echo: hello\r\nbye\r\n")
+            .expect("write replies");
+        stream.shutdown(Shutdown::Both).expect("close");
+        received
+    });
+    let mut client = Client::spawn(&["127.0.0.1", &port]);
+    client.type_text("hello\nbye\n");
+    client.close_stdin();
+    let finished = client.finish();
+    assert_eq!(
+        served.join().expect("the server thread"),
+        b"hello\r\nbye\r\n"
+    );
+    assert_eq!(
+        finished.stdout_text(),
+        [
+            "Server: echo: hello",
+            "Server: bye",
+            "Connection lost - goodbye!"
+        ],
+        "stderr: {}",
+        finished.stderr
+    );
+    assert_eq!(finished.code, Some(0));
+}
+
+#[test]
+fn bye_half_closes_so_the_server_sees_eof_and_can_still_answer() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        // stdin stays open on the client: this EOF can only come from `bye`.
+        let (received, eof) = read_to_eof(&mut stream);
+        stream
+            .write_all(b"answer after eof\n")
+            .expect("the client still reads");
+        (received, eof)
+    });
+    let mut client = Client::spawn(&["127.0.0.1", &port]);
+    client.type_text("bye\n");
+    assert_eq!(client.next_line(), "Server: answer after eof");
+    let (received, eof) = served.join().expect("the server thread");
+    assert_eq!(received, b"bye\r\n");
+    assert!(eof);
+    let finished = client.finish();
+    assert_eq!(finished.stdout_text(), ["Connection lost - goodbye!"]);
+    assert_eq!(finished.code, Some(0), "stderr: {}", finished.stderr);
+}
+
+#[test]
+fn after_bye_the_client_closes_by_itself_if_the_server_does_not() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (release, released) = mpsc::channel::<()>();
+    let (served, _) = server.serve(move |mut stream| {
+        let (received, eof) = read_to_eof(&mut stream);
+        // Stay open (reads would only repeat the EOF): the client must give up on its
+        // own, 2 s after bye.
+        let _ = released.recv_timeout(STEP);
+        (received, eof)
+    });
+    let mut client = Client::spawn(&["127.0.0.1", &port]);
+    let started = Instant::now();
+    client.type_text("bye\n");
+    let finished = client.finish();
+    let waited = started.elapsed();
+    let _ = release.send(());
+    let (received, eof) = served.join().expect("the server thread");
+    assert_eq!(received, b"bye\r\n");
+    assert!(eof);
+    assert_eq!(finished.stdout_text(), ["Connection lost - goodbye!"]);
+    assert_eq!(finished.code, Some(0), "stderr: {}", finished.stderr);
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(8),
+        "closed after {waited:?}, expected about 2 s"
+    );
+}
+
+#[test]
+fn the_server_closing_ends_the_client_with_goodbye_and_status_0() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        stream.write_all(b"hi\r\n").expect("write");
+        // Closing drops the stream.
+    });
+    // stdin stays open: the end comes from the server alone.
+    let client = Client::spawn(&["127.0.0.1", &port]);
+    served.join().expect("the server thread");
+    let finished = client.finish();
+    assert_eq!(
+        finished.stdout_text(),
+        ["Server: hi", "Connection lost - goodbye!"]
+    );
+    assert_eq!(finished.code, Some(0), "stderr: {}", finished.stderr);
+}
+
+#[test]
+fn a_refused_connection_says_so_on_stderr_and_exits_1() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let mut client = Client::spawn(&["127.0.0.1", &port.to_string()]);
+    client.close_stdin();
+    let finished = client.finish();
+    assert_eq!(finished.code, Some(1));
+    assert!(finished.stdout.is_empty(), "{:?}", finished.stdout_text());
+    assert_eq!(
+        finished.stderr.trim_end(),
+        format!("Connection failed - goodbye! (127.0.0.1:{port}: connection refused)")
+    );
+}
+
+#[test]
+fn an_unresolvable_name_fails_with_status_1() {
+    let mut client = Client::spawn(&["no-such-host.invalid", "8000", "--timeout", "5s"]);
+    client.close_stdin();
+    let finished = client.finish();
+    assert_eq!(finished.code, Some(1));
+    assert!(
+        finished
+            .stderr
+            .starts_with("Connection failed - goodbye! ("),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        finished.stderr.contains("no-such-host.invalid"),
+        "{}",
+        finished.stderr
+    );
+}
+
+#[test]
+fn a_host_name_is_resolved_and_each_address_tried() {
+    // `localhost` may resolve to ::1 first, where nothing listens: the client must go on
+    // to 127.0.0.1.
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        let received = read_until_contains(&mut stream, b"over\r\n");
+        stream.write_all(b"roger\n").expect("write");
+        received
+    });
+    let mut client = Client::spawn(&["localhost", &port]);
+    client.type_text("over\n");
+    assert_eq!(client.next_line(), "Server: roger");
+    assert_eq!(served.join().expect("the server thread"), b"over\r\n");
+    let finished = client.finish();
+    assert_eq!(finished.stdout_text(), ["Connection lost - goodbye!"]);
+    assert_eq!(finished.code, Some(0));
+}
+
+#[test]
+fn raw_mode_shows_unterminated_text_at_once_and_sends_lines_without_newline() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        stream.write_all(b"hello").expect("write without newline");
+        let first = read_until_contains(&mut stream, b"hi");
+        stream.write_all(b"bye").expect("write");
+        let (rest, eof) = read_to_eof(&mut stream);
+        (first, rest, eof)
+    });
+    let mut client = Client::spawn(&["--raw", "127.0.0.1", &port]);
+    assert_eq!(
+        client.next_line(),
+        "Server: hello",
+        "shown with no newline sent"
+    );
+    client.type_text("hi\n");
+    assert_eq!(client.next_line(), "Server: bye");
+    client.type_text("bye\n");
+    let (first, rest, eof) = served.join().expect("the server thread");
+    assert_eq!(first, b"hi", "no newline after a typed line");
+    assert_eq!(rest, b"bye");
+    assert!(eof, "the tutorial's client closes after sending bye");
+    let finished = client.finish();
+    assert_eq!(finished.stdout_text(), ["Connection lost - goodbye!"]);
+    assert_eq!(finished.code, Some(0), "stderr: {}", finished.stderr);
+}
+
+#[test]
+fn escaped_output_contains_no_escape_byte() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        let mut hostile = b"\x1b]0;PWNED\x07\x1b[2J\x1b[31mred".to_vec();
+        hostile.extend_from_slice("\u{9b}1m\r\nback\\slash\u{ff}\n".as_bytes());
+        hostile.extend_from_slice(b"bad utf8 \xff\xfe\n");
+        stream.write_all(&hostile).expect("write");
+    });
+    let client = Client::spawn(&["127.0.0.1", &port]);
+    served.join().expect("the server thread");
+    let finished = client.finish();
+    let all: Vec<u8> = finished.stdout.concat();
+    assert!(!all.contains(&0x1b), "an ESC byte reached the terminal");
+    assert!(!all.contains(&0x07), "a BEL byte reached the terminal");
+    assert!(!all.contains(&0x9b) && !all.windows(2).any(|w| w == [0xc2, 0x9b]));
+    assert_eq!(
+        finished.stdout_text(),
+        [
+            "Server: \\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31mred\\u{9b}1m",
+            "Server: back\\\\slash\u{ff}",
+            "Server: bad utf8 \\xff\\xfe",
+            "Connection lost - goodbye!"
+        ]
+    );
+    assert_eq!(finished.code, Some(0));
+}
+
+#[test]
+fn a_server_line_over_64_kib_disconnects_with_a_clear_message() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        stream.write_all(b"fine\n").expect("write");
+        // 100 KB and no newline: the client must not wait for one.
+        let _ = stream.write_all(&vec![b'x'; 100_000]);
+        let (_, _) = read_to_eof(&mut stream);
+    });
+    let client = Client::spawn(&["127.0.0.1", &port]);
+    let finished = client.finish();
+    served.join().expect("the server saw the client go");
+    assert_eq!(
+        finished.stdout_text(),
+        [
+            "Server: fine",
+            "Connection lost - goodbye! (the server sent a line longer than 65536 bytes)"
+        ]
+    );
+    assert_eq!(finished.code, Some(1));
+}
+
+#[test]
+fn a_line_of_exactly_64_kib_is_accepted() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        let mut line = vec![b'y'; 64 * 1024];
+        line.extend_from_slice(b"\r\n");
+        stream.write_all(&line).expect("write");
+    });
+    let client = Client::spawn(&["127.0.0.1", &port]);
+    served.join().expect("the server thread");
+    let finished = client.finish();
+    let lines = finished.stdout_text();
+    assert_eq!(lines.len(), 2, "{:?}", finished.stderr);
+    assert_eq!(lines[0].len(), "Server: ".len() + 64 * 1024);
+    assert_eq!(lines[1], "Connection lost - goodbye!");
+    assert_eq!(finished.code, Some(0));
+}
+
+#[test]
+fn a_reset_mid_line_is_reported_and_exits_1() {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(|mut stream| {
+        stream.write_all(b"whole\npartial li").expect("write");
+        let _ = read_until_contains(&mut stream, b"ack\r\n");
+        // SO_LINGER 0: close with a reset instead of a FIN.
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger 0");
+    });
+    let mut client = Client::spawn(&["127.0.0.1", &port]);
+    assert_eq!(client.next_line(), "Server: whole");
+    client.type_text("ack\n");
+    served.join().expect("the server thread");
+    let finished = client.finish();
+    assert_eq!(
+        finished.stdout_text(),
+        ["Connection lost - goodbye! (connection reset by peer)"]
+    );
+    assert_eq!(finished.code, Some(1));
+}
+
+#[test]
+fn sigterm_exits_143_and_sigint_130() {
+    for (signal, expected) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let server = TestServer::new();
+        let port = server.port();
+        let (served, accepted) = server.serve(|mut stream| read_to_eof(&mut stream));
+        let client = Client::spawn(&["127.0.0.1", &port]);
+        accepted.recv_timeout(STEP).expect("the client connects");
+        client.signal(signal);
+        let finished = client.finish();
+        assert_eq!(
+            finished.code,
+            Some(expected),
+            "{signal:?}: {}",
+            finished.stderr
+        );
+        assert!(finished.stdout.is_empty(), "{:?}", finished.stdout_text());
+        let (_, ended) = served.join().expect("the server thread");
+        let _ = ended; // EOF or reset: either way the connection is gone
+    }
+}
+
+/// Reads lines until one starts with `prefix` (bounded by [`STEP`] per line).
+fn line_starting_with(process: &Client, prefix: &str) -> String {
+    for _ in 0..20 {
+        let line = process.next_line();
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+    panic!("no line starting with {prefix:?}");
+}
+
+#[test]
+fn talk_client_and_talk_server_chat_over_pipes_in_line_and_raw_mode() {
+    for raw in [false, true] {
+        let mode: &[&str] = if raw { &["--raw"] } else { &[] };
+        let mut server_args = vec!["talk-server", "--port", "0", "--bind", "127.0.0.1"];
+        server_args.extend_from_slice(mode);
+        let mut server = Client::spawn_twistctl(&server_args);
+        let listening = server.next_line();
+        let port = listening
+            .strip_prefix("Listening on 127.0.0.1:")
+            .unwrap_or_else(|| panic!("the first line names the port: {listening}"))
+            .to_string();
+        let mut client_args = vec!["127.0.0.1", port.as_str()];
+        client_args.extend_from_slice(mode);
+        let mut client = Client::spawn(&client_args);
+        line_starting_with(&server, "* client 1 connected from 127.0.0.1:");
+
+        client.type_text("hello\n");
+        assert_eq!(server.next_line(), "Client 1: hello", "raw: {raw}");
+        server.type_text("hi\n");
+        assert_eq!(client.next_line(), "Server: hi", "raw: {raw}");
+        client.type_text("bye\n");
+        let finished = client.finish();
+        assert_eq!(
+            finished.stdout_text(),
+            ["Connection lost - goodbye!"],
+            "raw: {raw}: {}",
+            finished.stderr
+        );
+        assert_eq!(finished.code, Some(0), "raw: {raw}");
+        line_starting_with(&server, "* client 1 disconnected");
+
+        server.close_stdin();
+        let stopped = server.finish();
+        assert_eq!(stopped.code, Some(0), "raw: {raw}: {}", stopped.stderr);
+    }
+}
