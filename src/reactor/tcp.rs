@@ -834,11 +834,14 @@ impl Connection {
     /// protocol error (P-22) or the write cap recorded earlier, or our own abort (an
     /// error event racing with the abort must not turn it into a reset).
     fn close(self: &Rc<Self>, reason: CloseReason) {
-        let (producer, aborted, reason) = {
+        let (producer, drain, reason) = {
             let mut state = self.transport.state.borrow_mut();
             if state.closed {
                 return;
             }
+            // After our abort the reset is wanted; after the peer's EOF nothing unread
+            // can be left (and the read that would find out costs a syscall).
+            let drain = !state.aborted && !state.read_eof;
             let reason = match state.reason.take() {
                 Some(first) => *first,
                 None if state.aborted => CloseReason::Aborted,
@@ -849,16 +852,16 @@ impl Connection {
             self.transport
                 .release_buffer(std::mem::take(&mut state.out));
             state.sent = 0;
-            (state.producer.take(), state.aborted, reason)
+            (state.producer.take(), drain, reason)
         };
         if let Some(mut stream) = self.transport.stream.borrow_mut().take() {
             if let (Some(reactor), Some(key)) =
                 (self.transport.reactor.upgrade(), self.transport.key.take())
-                && let Err(error) = reactor.deregister_io(&mut stream, key)
             {
-                log::debug!("deregistering {}: {error}", self.transport.peer.get());
+                // The socket is closed just below: that takes it out of the poll.
+                reactor.forget_io(key);
             }
-            if !aborted {
+            if drain {
                 drain_unread(&mut stream);
             }
             drop(stream);
@@ -1320,13 +1323,17 @@ impl Connector {
             let Some(attempt) = attempt.as_ref() else {
                 return;
             };
-            match attempt.stream.take_error() {
-                Ok(Some(error)) | Err(error) => Err(error),
-                Ok(None) => match attempt.stream.peer_addr() {
-                    Ok(peer) => Ok(peer),
-                    // Not connected yet: a spurious wake-up; wait for the next event.
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                    Err(e) => Err(e),
+            // The peer address first: once it is known the connect succeeded, and the
+            // common case costs one syscall instead of two. Only without it does the
+            // socket's pending error tell a failure from a spurious wake-up.
+            match attempt.stream.peer_addr() {
+                Ok(peer) => Ok(peer),
+                Err(e) => match attempt.stream.take_error() {
+                    Ok(Some(error)) => Err(error),
+                    // Not connected yet and no error: a spurious wake-up; wait.
+                    Ok(None) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Ok(None) => Err(e),
+                    Err(error) => Err(error),
                 },
             }
         };
