@@ -165,7 +165,12 @@ pub enum Command {
     #[command(after_long_help = "EXAMPLES:
     source <(twistctl completions bash)
     twistctl completions zsh > ~/.zfunc/_twistctl
-    twistctl completions fish > ~/.config/fish/completions/twistctl.fish")]
+    twistctl completions fish > ~/.config/fish/completions/twistctl.fish
+
+EXIT STATUS:
+    0    the script was printed
+    1    it could not be written
+    2    usage error (an unknown shell)")]
     Completions(CompletionsArgs),
 }
 
