@@ -15,7 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV6};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -168,8 +168,9 @@ struct TransportState {
     closed: bool,
     producer: Option<Rc<dyn Producer>>,
     producer_paused: bool,
-    /// The reason to report when the close completes, if not the natural one.
-    reason: Option<CloseReason>,
+    /// The reason to report when the close completes, if not the natural one. Boxed:
+    /// rarely set, and every connection carries the field.
+    reason: Option<Box<CloseReason>>,
 }
 
 impl TransportState {
@@ -185,16 +186,41 @@ pub struct TcpTransport {
     connection: Weak<Connection>,
     stream: RefCell<Option<TcpStream>>,
     key: Cell<Option<IoKey>>,
-    peer: SocketAddr,
-    host: SocketAddr,
+    peer: CompactAddr,
+    host: CompactAddr,
     state: RefCell<TransportState>,
+}
+
+/// A socket address in 16 bytes instead of `SocketAddr`'s 32: IPv4 inline, IPv6 boxed.
+/// Every transport keeps two, for the life of the connection; with the other savings
+/// below, an idle connection pair costs a fifth less memory.
+#[derive(Debug, Clone)]
+enum CompactAddr {
+    V4(Ipv4Addr, u16),
+    V6(Box<SocketAddrV6>),
+}
+
+impl CompactAddr {
+    fn new(address: SocketAddr) -> CompactAddr {
+        match address {
+            SocketAddr::V4(a) => CompactAddr::V4(*a.ip(), a.port()),
+            SocketAddr::V6(a) => CompactAddr::V6(Box::new(a)),
+        }
+    }
+
+    fn get(&self) -> SocketAddr {
+        match self {
+            CompactAddr::V4(ip, port) => SocketAddr::from((*ip, *port)),
+            CompactAddr::V6(a) => SocketAddr::V6(**a),
+        }
+    }
 }
 
 impl fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpTransport")
-            .field("peer", &self.peer)
-            .field("host", &self.host)
+            .field("peer", &self.peer.get())
+            .field("host", &self.host.get())
             .finish()
     }
 }
@@ -221,6 +247,15 @@ impl TcpTransport {
         });
     }
 
+    /// Hands an emptied write buffer's memory to the reactor's spares.
+    fn release_buffer(&self, buffer: Vec<u8>) {
+        if buffer.capacity() > 0
+            && let Some(reactor) = self.reactor.upgrade()
+        {
+            reactor.give_buffer(buffer);
+        }
+    }
+
     /// Runs `f` on the connection from the loop, later.
     fn schedule(&self, f: impl FnOnce(&Rc<Connection>) + 'static) {
         let (Some(reactor), Some(connection)) = (self.reactor.upgrade(), self.connection.upgrade())
@@ -243,7 +278,7 @@ impl TcpTransport {
         if let Some(stream) = self.stream.borrow_mut().as_mut()
             && let Err(error) = reactor.reregister_io(stream, key, interest)
         {
-            log::debug!("could not change interest of {}: {error}", self.peer);
+            log::debug!("could not change interest of {}: {error}", self.peer.get());
         }
     }
 }
@@ -263,15 +298,15 @@ impl Transport for TcpTransport {
                 drop(state);
                 log::warn!(
                     "write buffer to {} would exceed {WRITE_BUFFER_LIMIT} bytes; aborting",
-                    self.peer
+                    self.peer.get()
                 );
                 let mut state = self.state.borrow_mut();
                 // An earlier cause, a protocol error waiting for its flush, stays first.
                 if state.reason.is_none() {
-                    state.reason = Some(CloseReason::Lost(Some(Rc::new(io::Error::other(
-                        format!(
+                    state.reason = Some(Box::new(CloseReason::Lost(Some(Rc::new(
+                        io::Error::other(format!(
                             "the peer did not read: write buffer limit of {WRITE_BUFFER_LIMIT} bytes exceeded"
-                        ),
+                        )),
                     )))));
                 }
                 drop(state);
@@ -281,6 +316,11 @@ impl Transport for TcpTransport {
             if state.sent > 0 && state.sent == state.out.len() {
                 state.out.clear();
                 state.sent = 0;
+            }
+            if state.out.capacity() == 0
+                && let Some(reactor) = self.reactor.upgrade()
+            {
+                state.out = reactor.take_buffer();
             }
             state.out.extend_from_slice(data);
             producer_to_pause = if state.pending() > HIGH_WATER_MARK && !state.producer_paused {
@@ -323,13 +363,13 @@ impl Transport for TcpTransport {
             }
             state.aborted = true;
             state.disconnecting = true;
-            state.out = Vec::new();
+            self.release_buffer(std::mem::take(&mut state.out));
             state.sent = 0;
         }
         if let Some(stream) = self.stream.borrow().as_ref() {
             // Linger 0 makes the close send a reset.
             if let Err(error) = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO)) {
-                log::debug!("could not set SO_LINGER on {}: {error}", self.peer);
+                log::debug!("could not set SO_LINGER on {}: {error}", self.peer.get());
             }
         }
         // The reason is Aborted, or the write cap's error recorded before (see close).
@@ -353,11 +393,11 @@ impl Transport for TcpTransport {
     }
 
     fn peer(&self) -> SocketAddr {
-        self.peer
+        self.peer.get()
     }
 
     fn host(&self) -> SocketAddr {
-        self.host
+        self.host.get()
     }
 
     fn pause_producing(&self) {
@@ -403,15 +443,33 @@ impl Transport for TcpTransport {
 // ---------------------------------------------------------------------------------------
 // The connection: socket events, the protocol, and the end of the connection
 
-/// Called once after the protocol's `connection_lost` (a client connector's hook).
-type LostHook = Box<dyn FnOnce(&CloseReason)>;
-
 /// One TCP connection as the reactor sees it: the I/O handler that owns the protocol.
 pub struct Connection {
     transport: Rc<TcpTransport>,
-    transport_ref: TransportRef,
     protocol: RefCell<Option<Box<dyn Protocol>>>,
-    on_lost: RefCell<Option<LostHook>>,
+    /// Who to tell after the protocol's `connection_lost`.
+    lost_notice: Cell<Option<LostNotice>>,
+}
+
+/// Who hears of a connection's end after its protocol: a client connection's connector
+/// (P-14), or the port that accepted a server connection (its socket is free again).
+/// An enum rather than a boxed closure: every connection carries one.
+enum LostNotice {
+    Connector(Connector),
+    Port(Weak<PortInner>),
+}
+
+impl LostNotice {
+    fn send(self, reason: &CloseReason) {
+        match self {
+            LostNotice::Connector(connector) => connector.lost(reason),
+            LostNotice::Port(port) => {
+                if let Some(port) = port.upgrade() {
+                    port.connection_closed();
+                }
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -429,8 +487,8 @@ impl Connection {
                 connection: weak.clone(),
                 stream: RefCell::new(Some(stream)),
                 key: Cell::new(None),
-                peer,
-                host,
+                peer: CompactAddr::new(peer),
+                host: CompactAddr::new(host),
                 state: RefCell::new(TransportState {
                     out: Vec::new(),
                     sent: 0,
@@ -448,10 +506,9 @@ impl Connection {
                 }),
             });
             Connection {
-                transport_ref: transport.clone(),
                 transport,
                 protocol: RefCell::new(Some(protocol)),
-                on_lost: RefCell::new(None),
+                lost_notice: Cell::new(None),
             }
         })
     }
@@ -471,14 +528,17 @@ impl Connection {
             let Ok(mut slot) = self.protocol.try_borrow_mut() else {
                 log::error!(
                     "protocol of {} re-entered; event dropped",
-                    self.transport.peer
+                    self.transport.peer.get()
                 );
                 return;
             };
             let Some(protocol) = slot.as_mut() else {
                 return;
             };
-            f(protocol.as_mut(), &self.transport_ref)
+            // The protocol's handle on its transport, made for the call: keeping a
+            // second (unsized) `Rc` in every connection would cost 16 bytes each.
+            let transport: TransportRef = self.transport.clone();
+            f(protocol.as_mut(), &transport)
         };
         if let Err(failure) = result {
             self.protocol_failed(failure);
@@ -488,12 +548,12 @@ impl Connection {
     fn protocol_failed(&self, failure: Failure) {
         log::error!(
             "protocol error on connection with {}: {failure}",
-            self.transport.peer
+            self.transport.peer.get()
         );
         {
             let mut state = self.transport.state.borrow_mut();
             if state.reason.is_none() {
-                state.reason = Some(CloseReason::Protocol(failure));
+                state.reason = Some(Box::new(CloseReason::Protocol(failure)));
             }
         }
         self.transport.lose_connection();
@@ -509,7 +569,7 @@ impl Connection {
         self: &Rc<Self>,
         reactor: &Reactor,
         key: Option<IoKey>,
-        on_lost: Option<LostHook>,
+        lost_notice: Option<LostNotice>,
     ) -> io::Result<()> {
         // A connector's socket is registered already: its key must be freed on failure.
         self.transport.key.set(key);
@@ -540,7 +600,7 @@ impl Connection {
             }
         };
         self.transport.key.set(Some(key));
-        *self.on_lost.borrow_mut() = on_lost;
+        self.lost_notice.set(lost_notice);
         self.with_protocol(|protocol, transport| protocol.connection_made(transport));
         // Bytes may have arrived before registration; an edge may not come again.
         self.transport
@@ -658,8 +718,10 @@ impl Connection {
                         budget = budget.saturating_sub(n);
                         state.sent += n;
                         if state.sent == state.out.len() {
-                            // Drained: give the memory back rather than keep the peak.
-                            state.out = Vec::new();
+                            // Drained: an idle connection holds no buffer; the reactor
+                            // keeps the memory for the next burst of any connection.
+                            self.transport
+                                .release_buffer(std::mem::take(&mut state.out));
                             state.sent = 0;
                         } else if state.sent > state.out.len() / 2 {
                             let sent = state.sent;
@@ -744,7 +806,7 @@ impl Connection {
             && let Err(error) = stream.shutdown(Shutdown::Write)
         {
             // The peer is already gone (X-13: quiet); the read side will tell.
-            log::debug!("shutdown(write) to {}: {error}", self.transport.peer);
+            log::debug!("shutdown(write) to {}: {error}", self.transport.peer.get());
         }
         // only a protocol that opted into half-close hears of it.
         let mut failed = None;
@@ -772,30 +834,34 @@ impl Connection {
     /// protocol error (P-22) or the write cap recorded earlier, or our own abort (an
     /// error event racing with the abort must not turn it into a reset).
     fn close(self: &Rc<Self>, reason: CloseReason) {
-        let (producer, aborted, reason) = {
+        let (producer, drain, reason) = {
             let mut state = self.transport.state.borrow_mut();
             if state.closed {
                 return;
             }
+            // After our abort the reset is wanted; after the peer's EOF nothing unread
+            // can be left (and the read that would find out costs a syscall).
+            let drain = !state.aborted && !state.read_eof;
             let reason = match state.reason.take() {
-                Some(first) => first,
+                Some(first) => *first,
                 None if state.aborted => CloseReason::Aborted,
                 None => reason,
             };
             state.closed = true;
             state.disconnecting = true;
-            state.out = Vec::new();
+            self.transport
+                .release_buffer(std::mem::take(&mut state.out));
             state.sent = 0;
-            (state.producer.take(), state.aborted, reason)
+            (state.producer.take(), drain, reason)
         };
         if let Some(mut stream) = self.transport.stream.borrow_mut().take() {
             if let (Some(reactor), Some(key)) =
                 (self.transport.reactor.upgrade(), self.transport.key.take())
-                && let Err(error) = reactor.deregister_io(&mut stream, key)
             {
-                log::debug!("deregistering {}: {error}", self.transport.peer);
+                // The socket is closed just below: that takes it out of the poll.
+                reactor.forget_io(key);
             }
-            if !aborted {
+            if drain {
                 drain_unread(&mut stream);
             }
             drop(stream);
@@ -807,9 +873,8 @@ impl Connection {
         if let Some(mut protocol) = protocol {
             protocol.connection_lost(&reason);
         }
-        let hook = self.on_lost.borrow_mut().take();
-        if let Some(hook) = hook {
-            hook(&reason);
+        if let Some(notice) = self.lost_notice.take() {
+            notice.send(&reason);
         }
     }
 }
@@ -1010,6 +1075,16 @@ impl PortInner {
         }
     }
 
+    /// One of this port's connections closed its socket: if accepting is paused for
+    /// want of descriptors, try again now.
+    fn connection_closed(self: Rc<Self>) {
+        if self.accept_paused.get()
+            && let Some(reactor) = self.reactor.upgrade()
+        {
+            reactor.call_soon(Box::new(move || self.resume_accepting()));
+        }
+    }
+
     /// P-07, P-08: build the protocol, or refuse the connection.
     fn serve(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
         let Some(protocol) = self.factory.build_protocol(peer) else {
@@ -1017,17 +1092,8 @@ impl PortInner {
             return;
         };
         let connection = Connection::new(reactor, stream, peer, protocol);
-        // Its socket closed: if accepting is paused for want of descriptors, try now.
-        let port = self.this.clone();
-        let on_lost: LostHook = Box::new(move |_| {
-            let Some(port) = port.upgrade() else { return };
-            if port.accept_paused.get()
-                && let Some(reactor) = port.reactor.upgrade()
-            {
-                reactor.call_soon(Box::new(move || port.resume_accepting()));
-            }
-        });
-        if let Err(error) = connection.start(reactor, None, Some(on_lost)) {
+        let notice = LostNotice::Port(self.this.clone());
+        if let Err(error) = connection.start(reactor, None, Some(notice)) {
             // The protocol never started, so there is nobody else to tell.
             log::error!("could not register connection from {peer}: {error}");
         }
@@ -1066,7 +1132,9 @@ struct ConnectorInner {
     factory: Rc<dyn ClientFactory>,
     timeout: Option<Duration>,
     state: Cell<ConnectorState>,
-    attempt: RefCell<Option<Attempt>>,
+    /// Boxed: only an attempt in progress needs it, and the connector of every client
+    /// connection lives as long as the connection.
+    attempt: RefCell<Option<Box<Attempt>>>,
     connection: RefCell<Weak<Connection>>,
     /// Attempts started so far; a timer or event of an older attempt is ignored.
     generation: Cell<u64>,
@@ -1195,7 +1263,8 @@ impl Connector {
                                 }
                             })
                         });
-                        *self.inner.attempt.borrow_mut() = Some(Attempt { stream, key, timer });
+                        *self.inner.attempt.borrow_mut() =
+                            Some(Box::new(Attempt { stream, key, timer }));
                     }
                     Err(error) => self.fail_later(&reactor, generation, error),
                 }
@@ -1254,13 +1323,17 @@ impl Connector {
             let Some(attempt) = attempt.as_ref() else {
                 return;
             };
-            match attempt.stream.take_error() {
-                Ok(Some(error)) | Err(error) => Err(error),
-                Ok(None) => match attempt.stream.peer_addr() {
-                    Ok(peer) => Ok(peer),
-                    // Not connected yet: a spurious wake-up; wait for the next event.
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                    Err(e) => Err(e),
+            // The peer address first: once it is known the connect succeeded, and the
+            // common case costs one syscall instead of two. Only without it does the
+            // socket's pending error tell a failure from a spurious wake-up.
+            match attempt.stream.peer_addr() {
+                Ok(peer) => Ok(peer),
+                Err(e) => match attempt.stream.take_error() {
+                    Ok(Some(error)) => Err(error),
+                    // Not connected yet and no error: a spurious wake-up; wait.
+                    Ok(None) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Ok(None) => Err(e),
+                    Err(error) => Err(error),
                 },
             }
         };
@@ -1293,9 +1366,8 @@ impl Connector {
         };
         let connection = Connection::new(&reactor, attempt.stream, peer, protocol);
         *self.inner.connection.borrow_mut() = Rc::downgrade(&connection);
-        let connector = self.clone();
-        let hook: LostHook = Box::new(move |reason| connector.lost(reason));
-        if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(hook)) {
+        let notice = LostNotice::Connector(self.clone());
+        if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(notice)) {
             // No protocol method ran: to the factory the attempt failed (P-13).
             self.fail(ConnectError::Other(Rc::new(error)));
         }

@@ -9,6 +9,13 @@
 //! stale entry in the heap, which is skipped when it surfaces and purged in bulk once
 //! more than 50 and more than half of the heap is stale (T-14). Equal times run in
 //! scheduling order because every heap key carries a sequence number (T-03).
+//!
+//! A large batch of calls scheduled in one iteration (thousands of connection timeouts,
+//! a burst of `call_later`) is not pushed into the heap: it is sorted once and kept
+//! aside as a sorted run, popped from its end. Popping a heap of a million keys costs a
+//! cache miss on nearly every level of the sift; popping a sorted run reads memory in
+//! order. Firing takes the earlier of the heap's top and the run's end, so the order is
+//! the same either way.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -284,9 +291,16 @@ impl Ord for Key {
     }
 }
 
+/// Admissions of at least this many keys become a sorted run instead of joining the
+/// heap (when no run is pending already). Tests use a small threshold so that the
+/// model-based firing-order test mixes runs and heap keys.
+const SORTED_RUN_MIN: usize = if cfg!(test) { 8 } else { 256 };
+
 struct QueueInner {
     clock: Rc<dyn Clock>,
     heap: RefCell<BinaryHeap<Reverse<Key>>>,
+    /// One large admission, sorted latest first: its earliest key is the last one.
+    sorted: RefCell<Vec<Key>>,
     /// Keys scheduled since the last admission (R-12 step 2, T-04).
     incoming: RefCell<Vec<Key>>,
     next_seq: Cell<u64>,
@@ -320,7 +334,8 @@ impl QueueInner {
 
     fn mark_stale(&self) {
         self.stale.set(self.stale.get() + 1);
-        let stored = self.heap.borrow().len() + self.incoming.borrow().len();
+        let stored =
+            self.heap.borrow().len() + self.sorted.borrow().len() + self.incoming.borrow().len();
         if self.stale.get() > 50 && self.stale.get() * 2 > stored {
             self.purge();
         }
@@ -330,6 +345,8 @@ impl QueueInner {
     /// paid for by the cancellations that made them (amortised O(1) per cancel, T-14).
     fn purge(&self) {
         self.heap.borrow_mut().retain(|k| k.0.is_current());
+        // `retain` keeps the order, so the run stays sorted.
+        self.sorted.borrow_mut().retain(Key::is_current);
         self.incoming.borrow_mut().retain(Key::is_current);
         self.stale.set(0);
     }
@@ -348,8 +365,9 @@ impl Drop for QueueInner {
         // callable holding a handle on its own call (an Rc cycle) is freed, and mark them
         // cancelled, which is what their handles' operations report from now on.
         let heap = std::mem::take(self.heap.get_mut()).into_vec();
+        let sorted = std::mem::take(self.sorted.get_mut());
         let incoming = std::mem::take(self.incoming.get_mut());
-        for key in heap.into_iter().map(|k| k.0).chain(incoming) {
+        for key in heap.into_iter().map(|k| k.0).chain(sorted).chain(incoming) {
             if key.is_current() {
                 key.call.state.set(CallState::Cancelled);
                 key.call.func.release();
@@ -373,6 +391,7 @@ impl TimerQueue {
             inner: Rc::new(QueueInner {
                 clock,
                 heap: RefCell::new(BinaryHeap::new()),
+                sorted: RefCell::new(Vec::new()),
                 incoming: RefCell::new(Vec::new()),
                 next_seq: Cell::new(0),
                 stale: Cell::new(0),
@@ -408,28 +427,61 @@ impl TimerQueue {
         DelayedCall { inner: call }
     }
 
-    /// Moves calls scheduled since the last admission into the heap.
+    /// Moves calls scheduled since the last admission into the heap, or, for a large
+    /// batch while no sorted run is pending, makes them the sorted run.
     pub(crate) fn admit(&self) {
-        let incoming = std::mem::take(&mut *self.inner.incoming.borrow_mut());
+        let mut incoming = std::mem::take(&mut *self.inner.incoming.borrow_mut());
         if incoming.is_empty() {
             return;
         }
+        if incoming.len() >= SORTED_RUN_MIN {
+            let mut sorted = self.inner.sorted.borrow_mut();
+            if sorted.is_empty() {
+                incoming.sort_unstable_by(|a, b| b.cmp(a));
+                *sorted = incoming;
+                return;
+            }
+        }
         let mut heap = self.inner.heap.borrow_mut();
-        heap.extend(incoming.into_iter().map(Reverse));
+        if heap.is_empty() {
+            // Heapify in place: no second copy of a large batch.
+            *heap = BinaryHeap::from(incoming.into_iter().map(Reverse).collect::<Vec<_>>());
+        } else {
+            heap.extend(incoming.into_iter().map(Reverse));
+        }
+    }
+
+    /// Removes and returns the earliest admitted key (of the heap and the sorted run),
+    /// unless it is current and later than `now`.
+    fn pop_earliest(&self, now: u64) -> Option<Key> {
+        let mut heap = self.inner.heap.borrow_mut();
+        let mut sorted = self.inner.sorted.borrow_mut();
+        let from_run = match (heap.peek(), sorted.last()) {
+            (None, None) => return None,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(top), Some(last)) => *last < top.0,
+        };
+        let earliest = if from_run {
+            sorted.last()?
+        } else {
+            &heap.peek()?.0
+        };
+        if earliest.time > now && earliest.is_current() {
+            return None;
+        }
+        if from_run {
+            sorted.pop()
+        } else {
+            heap.pop().map(|k| k.0)
+        }
     }
 
     /// Pops the earliest admitted call due at `now`, marking it called (K-14). Stale keys
     /// met on the way are discarded.
     fn pop_due(&self, now: u64) -> Option<Rc<CallInner>> {
         loop {
-            let key = {
-                let mut heap = self.inner.heap.borrow_mut();
-                let top = heap.peek()?;
-                if top.0.is_current() && top.0.time > now {
-                    return None;
-                }
-                heap.pop()?.0
-            };
+            let key = self.pop_earliest(now)?;
             if key.is_current() {
                 key.call.state.set(CallState::Called);
                 return Some(key.call);
@@ -463,7 +515,7 @@ impl TimerQueue {
     /// The time of the earliest pending call, admitted or not: what the reactor's poll
     /// timeout is computed from (T-16).
     pub(crate) fn next_time(&self) -> Option<Duration> {
-        let admitted = {
+        let heaped = {
             let mut heap = self.inner.heap.borrow_mut();
             loop {
                 match heap.peek() {
@@ -475,6 +527,23 @@ impl TimerQueue {
                     }
                 }
             }
+        };
+        let run = {
+            let mut sorted = self.inner.sorted.borrow_mut();
+            loop {
+                match sorted.last() {
+                    None => break None,
+                    Some(last) if last.is_current() => break Some(last.time),
+                    Some(_) => {
+                        sorted.pop();
+                        self.inner.popped_stale();
+                    }
+                }
+            }
+        };
+        let admitted = match (heaped, run) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let incoming = self
             .inner
@@ -493,10 +562,12 @@ impl TimerQueue {
     /// Calls neither run nor cancelled, in the order they will run (T-12).
     pub(crate) fn pending(&self) -> Vec<DelayedCall> {
         let heap = self.inner.heap.borrow();
+        let sorted = self.inner.sorted.borrow();
         let incoming = self.inner.incoming.borrow();
         let mut keys: Vec<&Key> = heap
             .iter()
             .map(|k| &k.0)
+            .chain(sorted.iter())
             .chain(incoming.iter())
             .filter(|k| k.is_current())
             .collect();
@@ -511,7 +582,9 @@ impl TimerQueue {
     /// Keys stored, current and stale, admitted or not (for tests of T-14).
     #[cfg(test)]
     pub(crate) fn stored_keys(&self) -> usize {
-        self.inner.heap.borrow().len() + self.inner.incoming.borrow().len()
+        self.inner.heap.borrow().len()
+            + self.inner.sorted.borrow().len()
+            + self.inner.incoming.borrow().len()
     }
 
     /// The queue's count of stale keys (for tests of T-14).
@@ -1246,6 +1319,60 @@ mod tests {
         iterate(&queue);
         assert_eq!(queue.stored_keys(), 0);
         assert!(queue.stale_popped() <= stale);
+        assert!(calls.iter().all(|c| !c.active()));
+    }
+
+    #[test]
+    fn t03_a_large_batch_fires_in_time_then_scheduling_order() {
+        let (clock, queue) = manual_queue();
+        let fired = Rc::new(RefCell::new(Vec::new()));
+        let schedule = |id: u64, delay: u64| {
+            let fired = fired.clone();
+            queue.schedule(ms(delay), Box::new(move || fired.borrow_mut().push(id)))
+        };
+        // One batch far above the sorted-run threshold, with many equal times...
+        let mut expected: Vec<(u64, u64)> = Vec::new();
+        for id in 0..1000u64 {
+            let delay = (id * 7919) % 37;
+            schedule(id, delay);
+            expected.push((delay, id));
+        }
+        iterate(&queue);
+        // ...then a small batch that joins the heap, interleaving with the run.
+        for id in 1000..1010u64 {
+            let delay = (id * 13) % 37;
+            schedule(id, delay);
+            expected.push((delay, id));
+        }
+        clock.advance(ms(40));
+        iterate(&queue);
+        expected.sort();
+        let order: Vec<u64> = expected.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(*fired.borrow(), order);
+        assert_eq!(queue.stored_keys(), 0);
+    }
+
+    #[test]
+    fn t08_t09_cancelled_and_reset_calls_of_a_sorted_run() {
+        let (clock, queue) = manual_queue();
+        let log = Log::default();
+        let calls: Vec<DelayedCall> = (0..SORTED_RUN_MIN as u64 * 4)
+            .map(|i| queue.schedule(ms(10 + i % 5), Box::new(|| ())))
+            .collect();
+        let moved = queue.schedule(ms(10), Box::new(log.rec("moved")));
+        let dropped = queue.schedule(ms(1), Box::new(log.rec("dropped")));
+        iterate(&queue);
+        for call in &calls {
+            call.cancel().unwrap();
+        }
+        dropped.cancel().unwrap();
+        moved.reset(ms(2)).unwrap();
+        assert_eq!(queue.next_time(), Some(ms(2)));
+        assert_eq!(queue.pending().len(), 1);
+        clock.advance(ms(2));
+        iterate(&queue);
+        assert_eq!(log.take(), ["moved"]);
+        assert_eq!(queue.next_time(), None);
         assert!(calls.iter().all(|c| !c.active()));
     }
 
