@@ -139,7 +139,15 @@ pub enum Command {
     TalkServer(TalkServerArgs),
 
     /// Line chat, client side: talk with the operator of a talk-server.
-    #[command(after_long_help = concat!("EXAMPLES:
+    #[command(
+        long_about = "Line chat, client side: talk with the operator of a talk-server (or any \
+                      line server). Typed lines are sent; lines from the server print as \
+                      'Server: text', with control characters escaped, above the 'Client: ' \
+                      prompt. Typing 'bye' sends it and half-closes; the client ends when the \
+                      server closes. When stdin is not a terminal its lines are sent as typed, \
+                      and its end half-closes while replies are still printed, so a script \
+                      loses no reply.",
+        after_long_help = concat!("EXAMPLES:
     twistctl talk-client localhost 8000
     printf 'hello\\nbye\\n' | twistctl talk-client localhost 8000
 
@@ -149,14 +157,20 @@ pub enum Command {
          64 KiB from the server)
     2    usage error
     130  interrupted by SIGINT (Ctrl-C)
-    143  terminated by SIGTERM"))]
+    143  terminated by SIGTERM")
+    )]
     TalkClient(TalkClientArgs),
 
     /// Print a shell completion script to stdout.
     #[command(after_long_help = "EXAMPLES:
     source <(twistctl completions bash)
     twistctl completions zsh > ~/.zfunc/_twistctl
-    twistctl completions fish > ~/.config/fish/completions/twistctl.fish")]
+    twistctl completions fish > ~/.config/fish/completions/twistctl.fish
+
+EXIT STATUS:
+    0    the script was printed
+    1    it could not be written
+    2    usage error (an unknown shell)")]
     Completions(CompletionsArgs),
 }
 
