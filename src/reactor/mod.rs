@@ -514,8 +514,6 @@ impl Reactor {
             .reregister(source, key.token(), interest)
     }
 
-    /// Removes a source from the poll and frees its slot; later events carrying its old
-    /// token are ignored.
     /// Frees the slot of a source that is about to be closed, without telling the poll:
     /// closing the descriptor removes it from epoll anyway, and that saves a syscall
     /// per short-lived socket (a port scan closes thousands). The caller must close
