@@ -141,8 +141,10 @@ struct Inner {
     factory_users: RefCell<HashMap<usize, usize>>,
 }
 
-/// Most bytes of spare write buffers the reactor keeps at once.
-const SPARE_BUFFER_BYTES: usize = 256 * 1024 * 1024;
+/// Most bytes of spare write buffers the reactor keeps at once: enough for fifty
+/// connections with a megabyte in flight each, small enough that a long-running server
+/// does not sit on a burst's memory.
+const SPARE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Spare buffers larger than this are freed rather than kept.
 const SPARE_BUFFER_MAX: usize = 4 * 1024 * 1024;
