@@ -26,6 +26,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod connect_socket;
 pub mod defer;
 pub mod failure;
 pub mod io;
@@ -121,6 +122,8 @@ struct Inner {
     soon: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     /// Write buffers given back by drained connections, for the next one that writes.
     spare_buffers: RefCell<SpareBuffers>,
+    /// Sockets of connects refused at once, for the next connect (see `connect_socket`).
+    spare_sockets: RefCell<connect_socket::SpareSockets>,
     triggers: Rc<Triggers>,
     state: Cell<RunState>,
     running: Cell<bool>,
@@ -249,6 +252,7 @@ impl Reactor {
                 thread_queue: Arc::new(ThreadQueue::new(waker)),
                 soon: RefCell::new(VecDeque::new()),
                 spare_buffers: RefCell::new(SpareBuffers::default()),
+                spare_sockets: RefCell::new(connect_socket::SpareSockets::default()),
                 triggers: Rc::new(Triggers::default()),
                 state: Cell::new(RunState::Idle),
                 running: Cell::new(false),
@@ -582,6 +586,15 @@ impl Reactor {
         buffer.clear();
         spare.bytes += capacity;
         spare.buffers.push(buffer);
+    }
+
+    /// Begins a non-blocking connect to `destination`, reusing a spare socket where it
+    /// can; see [`connect_socket::start_connect`].
+    pub(crate) fn start_connect(
+        &self,
+        destination: std::net::SocketAddr,
+    ) -> std::io::Result<mio::net::TcpStream> {
+        connect_socket::start_connect(&mut self.inner.spare_sockets.borrow_mut(), destination)
     }
 
     /// Counts one more user of `factory`; true when it is the first (P-01: call

@@ -1235,16 +1235,9 @@ impl Connector {
         }
         let generation = self.inner.generation.get() + 1;
         self.inner.generation.set(generation);
-        // On loopback a refusal is often known before connect() returns: report it
-        // (later, P-13) without registering a socket that is already dead. Reading the
-        // socket's error clears it, so it is read once, here.
-        let connected = TcpStream::connect(self.inner.destination).and_then(|stream| match stream
-            .take_error()
-        {
-            Ok(None) => Ok(stream),
-            Ok(Some(error)) | Err(error) => Err(error),
-        });
-        match connected {
+        // On loopback a refusal is often known before connect() returns: it is reported
+        // (later, P-13) without registering a socket that is already dead.
+        match reactor.start_connect(self.inner.destination) {
             Ok(mut stream) => {
                 let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
                     connector: self.inner.clone(),
