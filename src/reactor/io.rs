@@ -8,6 +8,7 @@ use std::io;
 use std::rc::Rc;
 
 use super::Reactor;
+use super::tcp::TcpTransport;
 
 /// What a readiness event says about a source. Edge-triggered: act until `WouldBlock`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,9 +74,77 @@ impl IoKey {
 pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
 pub(crate) const SIGNAL_TOKEN: mio::Token = mio::Token(usize::MAX - 1);
 
-struct Slot {
-    generation: u32,
-    handler: Option<Rc<dyn IoHandler>>,
+/// What a source is registered with: its handler.
+///
+/// TCP connections are kept as their own type rather than as `dyn IoHandler`, so that a
+/// connection can be found again from its key alone ([`IoRegistry::tcp`]): a transport
+/// called through `&self` (every `Transport` method) reaches its own `Rc` through the
+/// registry instead of through a pointer to itself, and a connector reaches its
+/// connection through the connection's key. Idle connections are counted in the
+/// thousands, and each saves that pointer.
+pub(crate) enum Handler {
+    /// An open TCP connection.
+    Tcp(Rc<TcpTransport>),
+    /// Any other source: listening ports, connect attempts, user handlers.
+    Dyn(Rc<dyn IoHandler>),
+}
+
+/// One registry slot. 16 bytes (tag, generation, one thin pointer), since a server
+/// keeps one per open connection: a `dyn` handle would be two pointers, so the few
+/// other handlers (ports, connect attempts) are boxed once more instead.
+enum Slot {
+    Free {
+        generation: u32,
+    },
+    Tcp {
+        generation: u32,
+        transport: Rc<TcpTransport>,
+    },
+    Dyn {
+        generation: u32,
+        handler: Box<Rc<dyn IoHandler>>,
+    },
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+
+impl Slot {
+    fn generation(&self) -> u32 {
+        match self {
+            Slot::Free { generation }
+            | Slot::Tcp { generation, .. }
+            | Slot::Dyn { generation, .. } => *generation,
+        }
+    }
+
+    fn used(generation: u32, handler: Handler) -> Slot {
+        match handler {
+            Handler::Tcp(transport) => Slot::Tcp {
+                generation,
+                transport,
+            },
+            Handler::Dyn(handler) => Slot::Dyn {
+                generation,
+                handler: Box::new(handler),
+            },
+        }
+    }
+
+    /// The handler, if the slot is in use by the registration of `generation`.
+    fn handler(&self, generation: u32) -> Option<Rc<dyn IoHandler>> {
+        match self {
+            Slot::Tcp {
+                generation: g,
+                transport,
+            } if *g == generation => Some(transport.clone()),
+            Slot::Dyn {
+                generation: g,
+                handler,
+            } if *g == generation => Some(Rc::clone(handler)),
+            _ => None,
+        }
+    }
 }
 
 /// Slots of registered handlers, reused through a free list.
@@ -87,26 +156,21 @@ pub(crate) struct IoRegistry {
 }
 
 impl IoRegistry {
-    pub(crate) fn insert(&mut self, handler: Rc<dyn IoHandler>) -> io::Result<IoKey> {
+    pub(crate) fn insert(&mut self, handler: Handler) -> io::Result<IoKey> {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
                 let index = u32::try_from(self.slots.len())
                     .map_err(|_| io::Error::other("too many registered I/O sources"))?;
-                self.slots.push(Slot {
-                    generation: 0,
-                    handler: None,
-                });
+                self.slots.push(Slot::Free { generation: 0 });
                 index
             }
         };
         let slot = &mut self.slots[index as usize];
-        slot.handler = Some(handler);
+        let generation = slot.generation();
+        *slot = Slot::used(generation, handler);
         self.live += 1;
-        Ok(IoKey {
-            index,
-            generation: slot.generation,
-        })
+        Ok(IoKey { index, generation })
     }
 
     /// Frees the slot of `key`; false if it was not (or no longer) registered.
@@ -114,22 +178,24 @@ impl IoRegistry {
         let Some(slot) = self.slots.get_mut(key.index as usize) else {
             return false;
         };
-        if slot.generation != key.generation || slot.handler.is_none() {
+        if matches!(slot, Slot::Free { .. }) || slot.generation() != key.generation {
             return false;
         }
-        slot.handler = None;
         // Skip u32::MAX so that no slot token can equal a reserved token.
-        slot.generation = (slot.generation + 1) % (u32::MAX - 1);
+        let generation = (key.generation + 1) % (u32::MAX - 1);
+        *slot = Slot::Free { generation };
         self.free.push(key.index);
         self.live -= 1;
         true
     }
 
     /// Puts `handler` in the slot of `key`; false if `key` is stale.
-    pub(crate) fn replace(&mut self, key: IoKey, handler: Rc<dyn IoHandler>) -> bool {
+    pub(crate) fn replace(&mut self, key: IoKey, handler: Handler) -> bool {
         match self.slots.get_mut(key.index as usize) {
-            Some(slot) if slot.generation == key.generation && slot.handler.is_some() => {
-                slot.handler = Some(handler);
+            Some(slot)
+                if !matches!(slot, Slot::Free { .. }) && slot.generation() == key.generation =>
+            {
+                *slot = Slot::used(key.generation, handler);
                 true
             }
             _ => false,
@@ -139,22 +205,46 @@ impl IoRegistry {
     /// The handler behind a token, unless the token is stale.
     pub(crate) fn get(&self, token: mio::Token) -> Option<Rc<dyn IoHandler>> {
         let key = IoKey::from_token(token);
-        let slot = self.slots.get(key.index as usize)?;
-        if slot.generation != key.generation {
-            return None;
+        self.slots.get(key.index as usize)?.handler(key.generation)
+    }
+
+    /// The TCP connection registered under `key`, unless `key` is stale or holds
+    /// something else.
+    pub(crate) fn tcp(&self, key: IoKey) -> Option<Rc<TcpTransport>> {
+        match self.slots.get(key.index as usize)? {
+            Slot::Tcp {
+                generation,
+                transport,
+            } if *generation == key.generation => Some(transport.clone()),
+            _ => None,
         }
-        slot.handler.clone()
     }
 
     pub(crate) fn handlers(&self) -> Vec<Rc<dyn IoHandler>> {
         self.slots
             .iter()
-            .filter_map(|s| s.handler.clone())
+            .filter_map(|slot| slot.handler(slot.generation()))
             .collect()
     }
 
     pub(crate) fn len(&self) -> usize {
         self.live
+    }
+}
+
+impl Drop for IoRegistry {
+    /// Breaks the one reference cycle the registry's entries can hold: a TCP connection
+    /// owns its protocol, and the protocol may keep the connection's transport (which is
+    /// the connection). Closing the connection breaks it, and a reactor that shuts down
+    /// closes every connection (P-28); a reactor dropped without that (never run, or
+    /// crashed) would otherwise keep each connection, its protocol and its socket
+    /// forever.
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            if let Slot::Tcp { transport, .. } = slot {
+                transport.release_protocol();
+            }
+        }
     }
 }
 

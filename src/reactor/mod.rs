@@ -500,6 +500,17 @@ impl Reactor {
         interest: mio::Interest,
         handler: Rc<dyn IoHandler>,
     ) -> std::io::Result<IoKey> {
+        self.register_handler(source, interest, io::Handler::Dyn(handler))
+    }
+
+    /// [`Reactor::register_io`] for any kind of registry entry (TCP connections are
+    /// registered as their own type, see [`io::Handler`]).
+    pub(crate) fn register_handler(
+        &self,
+        source: &mut impl mio::event::Source,
+        interest: mio::Interest,
+        handler: io::Handler,
+    ) -> std::io::Result<IoKey> {
         let key = self.inner.io.borrow_mut().insert(handler)?;
         if let Err(error) = self.inner.registry.register(source, key.token(), interest) {
             self.inner.io.borrow_mut().remove(key);
@@ -545,7 +556,17 @@ impl Reactor {
     /// Hands the source behind `key` to another handler (a connector's attempt becoming
     /// a connection keeps its registration). False if `key` is stale.
     pub fn replace_io_handler(&self, key: IoKey, handler: Rc<dyn IoHandler>) -> bool {
+        self.replace_handler(key, io::Handler::Dyn(handler))
+    }
+
+    /// [`Reactor::replace_io_handler`] for any kind of registry entry.
+    pub(crate) fn replace_handler(&self, key: IoKey, handler: io::Handler) -> bool {
         self.inner.io.borrow_mut().replace(key, handler)
+    }
+
+    /// The TCP connection registered under `key`, if it is still registered.
+    pub(crate) fn tcp_connection(&self, key: IoKey) -> Option<Rc<tcp::TcpTransport>> {
+        self.inner.io.borrow().tcp(key)
     }
 
     pub(crate) fn downgrade(&self) -> WeakReactor {

@@ -2,10 +2,14 @@
 //! ([`Reactor::connect_tcp`] and its [`Connector`]), and the connection's transport
 //! ([`TcpTransport`]).
 //!
-//! Ownership: the reactor's I/O registry owns each [`Connection`], which owns its
-//! protocol; the protocol holds the transport (an `Rc<TcpTransport>`), and the transport
-//! reaches back to its connection only through a `Weak`. So nothing forms a cycle, and a
-//! connection is freed once it is closed and deregistered.
+//! Ownership: one [`TcpTransport`] per connection is both the registry's I/O handler and
+//! the transport its protocol writes to; it owns the protocol. The reactor's I/O registry
+//! holds it while the socket is open, and the protocol may keep it (as its
+//! [`TransportRef`]) as long as it likes. The transport holds no pointer to itself: where
+//! it needs its own `Rc` (to run something later, or to hand itself to its protocol) it
+//! looks itself up in the registry by its key, which only succeeds while it is open.
+//! So nothing forms a cycle, and a connection is freed once it is closed and its
+//! protocol lets go of it.
 //!
 //! Everything a transport method asks for happens later, from the loop: writes are
 //! flushed at the start of the next iteration (or when the socket turns writable), and
@@ -24,7 +28,7 @@ use mio::net::{TcpListener, TcpStream};
 
 use super::defer::Deferred;
 use super::failure::Failure;
-use super::io::{IoHandler, IoKey, Readiness};
+use super::io::{Handler, IoHandler, IoKey, Readiness};
 use super::protocol::{
     CloseReason, ConnectError, Factory, Producer, Protocol, Transport, TransportRef,
 };
@@ -179,16 +183,24 @@ impl TransportState {
     }
 }
 
-/// The transport of one TCP connection; what protocols receive as their
-/// [`TransportRef`].
+/// One TCP connection: the transport its protocol receives (as its [`TransportRef`]),
+/// and the I/O handler that reads the socket, flushes writes, and calls the protocol.
+///
+/// One allocation per connection: the handler and the transport are the same object,
+/// so an idle connection costs this struct, its protocol, and a registry slot.
 pub struct TcpTransport {
     reactor: WeakReactor,
-    connection: Weak<Connection>,
     stream: RefCell<Option<TcpStream>>,
+    /// The registry key while registered; `None` before and after.
     key: Cell<Option<IoKey>>,
     peer: CompactAddr,
     host: CompactAddr,
     state: RefCell<TransportState>,
+    /// `None` before the connection starts (if it never does) and after
+    /// `connection_lost`.
+    protocol: RefCell<Option<Box<dyn Protocol>>>,
+    /// Who to tell after the protocol's `connection_lost`.
+    lost_notice: Cell<Option<LostNotice>>,
 }
 
 /// A socket address in 16 bytes instead of `SocketAddr`'s 32: IPv4 inline, IPv6 boxed.
@@ -241,9 +253,9 @@ impl TcpTransport {
             }
             state.flush_scheduled = true;
         }
-        self.schedule(|connection| {
-            connection.transport.state.borrow_mut().flush_scheduled = false;
-            connection.flush();
+        self.schedule(|this| {
+            this.state.borrow_mut().flush_scheduled = false;
+            this.flush();
         });
     }
 
@@ -256,13 +268,23 @@ impl TcpTransport {
         }
     }
 
-    /// Runs `f` on the connection from the loop, later.
-    fn schedule(&self, f: impl FnOnce(&Rc<Connection>) + 'static) {
-        let (Some(reactor), Some(connection)) = (self.reactor.upgrade(), self.connection.upgrade())
-        else {
+    /// Runs `f` on the connection from the loop, later; not at all once the connection
+    /// is closed (nothing scheduled has anything left to do then).
+    fn schedule(&self, f: impl FnOnce(&Rc<TcpTransport>) + 'static) {
+        let Some(reactor) = self.reactor.upgrade() else {
             return;
         };
-        reactor.call_soon(Box::new(move || f(&connection)));
+        if let Some(this) = self.this(&reactor) {
+            reactor.call_soon(Box::new(move || f(&this)));
+        }
+    }
+
+    /// This connection's own `Rc`, found through its registry slot, while it is
+    /// registered. Every connection is registered from `start` until `close`, which is
+    /// the whole time its protocol can call it, so no pointer to itself is needed.
+    fn this(&self, reactor: &Reactor) -> Option<Rc<TcpTransport>> {
+        let this = reactor.tcp_connection(self.key.get()?)?;
+        std::ptr::eq(Rc::as_ptr(&this), self).then_some(this)
     }
 
     fn set_interest(&self, readable: bool, writable: bool) {
@@ -373,7 +395,7 @@ impl Transport for TcpTransport {
             }
         }
         // The reason is Aborted, or the write cap's error recorded before (see close).
-        self.schedule(|connection| connection.close(CloseReason::Aborted));
+        self.schedule(|this| this.close(CloseReason::Aborted));
     }
 
     fn lose_write_connection(&self) {
@@ -413,7 +435,7 @@ impl Transport for TcpTransport {
             state.read_paused = false;
         }
         // Edge-triggered: bytes that arrived while paused raise no new event, so look now.
-        self.schedule(|connection| connection.read_ready());
+        self.schedule(|this| this.read_ready());
     }
 
     fn register_producer(&self, producer: Rc<dyn Producer>) {
@@ -443,14 +465,6 @@ impl Transport for TcpTransport {
 // ---------------------------------------------------------------------------------------
 // The connection: socket events, the protocol, and the end of the connection
 
-/// One TCP connection as the reactor sees it: the I/O handler that owns the protocol.
-pub struct Connection {
-    transport: Rc<TcpTransport>,
-    protocol: RefCell<Option<Box<dyn Protocol>>>,
-    /// Who to tell after the protocol's `connection_lost`.
-    lost_notice: Cell<Option<LostNotice>>,
-}
-
 /// Who hears of a connection's end after its protocol: a client connection's connector
 /// (P-14), or the port that accepted a server connection (its socket is free again).
 /// An enum rather than a boxed closure: every connection carries one.
@@ -472,72 +486,69 @@ impl LostNotice {
     }
 }
 
-impl Connection {
+impl TcpTransport {
     /// Wraps an accepted or connected stream. The caller registers it and starts it.
     fn new(
         reactor: &Reactor,
         stream: TcpStream,
         peer: SocketAddr,
         protocol: Box<dyn Protocol>,
-    ) -> Rc<Connection> {
+    ) -> Rc<TcpTransport> {
         let host = stream.local_addr().unwrap_or(peer);
-        Rc::new_cyclic(|weak| {
-            let transport = Rc::new(TcpTransport {
-                reactor: reactor.downgrade(),
-                connection: weak.clone(),
-                stream: RefCell::new(Some(stream)),
-                key: Cell::new(None),
-                peer: CompactAddr::new(peer),
-                host: CompactAddr::new(host),
-                state: RefCell::new(TransportState {
-                    out: Vec::new(),
-                    sent: 0,
-                    flush_scheduled: false,
-                    write_interest: false,
-                    disconnecting: false,
-                    aborted: false,
-                    write_side: WriteSide::Open,
-                    read_paused: false,
-                    read_eof: false,
-                    closed: false,
-                    producer: None,
-                    producer_paused: false,
-                    reason: None,
-                }),
-            });
-            Connection {
-                transport,
-                protocol: RefCell::new(Some(protocol)),
-                lost_notice: Cell::new(None),
-            }
+        Rc::new(TcpTransport {
+            reactor: reactor.downgrade(),
+            stream: RefCell::new(Some(stream)),
+            key: Cell::new(None),
+            peer: CompactAddr::new(peer),
+            host: CompactAddr::new(host),
+            state: RefCell::new(TransportState {
+                out: Vec::new(),
+                sent: 0,
+                flush_scheduled: false,
+                write_interest: false,
+                disconnecting: false,
+                aborted: false,
+                write_side: WriteSide::Open,
+                read_paused: false,
+                read_eof: false,
+                closed: false,
+                producer: None,
+                producer_paused: false,
+                reason: None,
+            }),
+            protocol: RefCell::new(Some(protocol)),
+            lost_notice: Cell::new(None),
         })
     }
 
-    /// The connection's transport.
-    pub fn transport(&self) -> &Rc<TcpTransport> {
-        &self.transport
+    /// Drops the protocol without telling it anything, for a reactor that is dropped
+    /// with the connection still open (see `IoRegistry`'s `Drop`).
+    pub(crate) fn release_protocol(&self) {
+        let protocol = match self.protocol.try_borrow_mut() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => None,
+        };
+        // Dropped with no borrow held: its `Drop` may call the transport.
+        drop(protocol);
     }
 
     /// Runs `f` on the protocol, unless the connection has ended. Errors close the
     /// connection with the error as reason (P-22).
     fn with_protocol(
-        &self,
+        self: &Rc<Self>,
         f: impl FnOnce(&mut dyn Protocol, &TransportRef) -> Result<(), Failure>,
     ) {
         let result = {
             let Ok(mut slot) = self.protocol.try_borrow_mut() else {
-                log::error!(
-                    "protocol of {} re-entered; event dropped",
-                    self.transport.peer.get()
-                );
+                log::error!("protocol of {} re-entered; event dropped", self.peer.get());
                 return;
             };
             let Some(protocol) = slot.as_mut() else {
                 return;
             };
-            // The protocol's handle on its transport, made for the call: keeping a
-            // second (unsized) `Rc` in every connection would cost 16 bytes each.
-            let transport: TransportRef = self.transport.clone();
+            // The protocol's handle on its transport, made for the call: keeping it
+            // (an unsized `Rc`) in every connection would cost 16 bytes each.
+            let transport: TransportRef = self.clone();
             f(protocol.as_mut(), &transport)
         };
         if let Err(failure) = result {
@@ -548,15 +559,15 @@ impl Connection {
     fn protocol_failed(&self, failure: Failure) {
         log::error!(
             "protocol error on connection with {}: {failure}",
-            self.transport.peer.get()
+            self.peer.get()
         );
         {
-            let mut state = self.transport.state.borrow_mut();
+            let mut state = self.state.borrow_mut();
             if state.reason.is_none() {
                 state.reason = Some(Box::new(CloseReason::Protocol(failure)));
             }
         }
-        self.transport.lose_connection();
+        self.lose_connection();
     }
 
     /// Registers the socket, installs the connector's hook, and calls
@@ -572,22 +583,23 @@ impl Connection {
         lost_notice: Option<LostNotice>,
     ) -> io::Result<()> {
         // A connector's socket is registered already: its key must be freed on failure.
-        self.transport.key.set(key);
+        self.key.set(key);
         let registered = match key {
             Some(key) => {
-                let handler: Rc<dyn IoHandler> = self.clone();
-                if !reactor.replace_io_handler(key, handler) {
+                if !reactor.replace_handler(key, Handler::Tcp(self.clone())) {
                     Err(io::Error::other("the connection's registration is gone"))
                 } else {
-                    match self.transport.stream.borrow_mut().as_mut() {
+                    match self.stream.borrow_mut().as_mut() {
                         Some(stream) => reactor.reregister_io(stream, key, Interest::READABLE),
                         None => Err(io::Error::other("connection has no socket")),
                     }
                     .map(|()| key)
                 }
             }
-            None => match self.transport.stream.borrow_mut().as_mut() {
-                Some(stream) => reactor.register_io(stream, Interest::READABLE, self.clone()),
+            None => match self.stream.borrow_mut().as_mut() {
+                Some(stream) => {
+                    reactor.register_handler(stream, Interest::READABLE, Handler::Tcp(self.clone()))
+                }
                 None => Err(io::Error::other("connection has no socket")),
             },
         };
@@ -599,12 +611,11 @@ impl Connection {
                 return Err(error);
             }
         };
-        self.transport.key.set(Some(key));
+        self.key.set(Some(key));
         self.lost_notice.set(lost_notice);
         self.with_protocol(|protocol, transport| protocol.connection_made(transport));
         // Bytes may have arrived before registration; an edge may not come again.
-        self.transport
-            .schedule(|connection| connection.read_ready());
+        self.schedule(|this| this.read_ready());
         Ok(())
     }
 
@@ -612,13 +623,13 @@ impl Connection {
     /// it did not want what we were still sending: it had closed in an orderly way.
     fn reason_from_io(&self, error: io::Error) -> CloseReason {
         match reason_from_io(error) {
-            CloseReason::Reset(_) if self.transport.state.borrow().read_eof => CloseReason::Done,
+            CloseReason::Reset(_) if self.state.borrow().read_eof => CloseReason::Done,
             reason => reason,
         }
     }
 
     fn may_read(&self) -> bool {
-        let state = self.transport.state.borrow();
+        let state = self.state.borrow();
         !(state.closed || state.read_paused || state.disconnecting || state.read_eof)
     }
 
@@ -629,7 +640,7 @@ impl Connection {
             if !self.may_read() {
                 return;
             }
-            let read = match self.transport.stream.borrow_mut().as_mut() {
+            let read = match self.stream.borrow_mut().as_mut() {
                 Some(stream) => stream.read(&mut buffer),
                 None => return,
             };
@@ -644,13 +655,12 @@ impl Connection {
             }
         }
         // Budget spent with data perhaps left: go on next iteration, after the others.
-        self.transport
-            .schedule(|connection| connection.read_ready());
+        self.schedule(|this| this.read_ready());
     }
 
     /// The peer shut down its write side.
     fn read_eof(self: &Rc<Self>) {
-        self.transport.state.borrow_mut().read_eof = true;
+        self.state.borrow_mut().read_eof = true;
         let half_close = self
             .protocol
             .try_borrow()
@@ -661,7 +671,7 @@ impl Connection {
             // still reads, so what the protocol wrote (a reply to the peer's last bytes,
             // say) is sent first, as for lose_connection.
             let flushed = {
-                let mut state = self.transport.state.borrow_mut();
+                let mut state = self.state.borrow_mut();
                 state.disconnecting = true;
                 state.pending() == 0
             };
@@ -682,7 +692,7 @@ impl Connection {
             // an error here closes the connection completely.
             log::error!("error in read_connection_lost: {failure}");
             self.close(CloseReason::Protocol(failure));
-        } else if self.transport.state.borrow().write_side == WriteSide::Closed {
+        } else if self.state.borrow().write_side == WriteSide::Closed {
             // Both directions are now shut: nothing more can happen on this connection.
             self.close(CloseReason::Done);
         }
@@ -694,7 +704,7 @@ impl Connection {
         let mut budget = SEND_LIMIT;
         loop {
             let result = {
-                let mut state = self.transport.state.borrow_mut();
+                let mut state = self.state.borrow_mut();
                 if state.closed || state.aborted {
                     return;
                 }
@@ -704,10 +714,10 @@ impl Connection {
                     // More to send, and the socket may well take it: go on next
                     // iteration, after the other connections had their turn.
                     drop(state);
-                    self.transport.schedule_flush();
+                    self.schedule_flush();
                     return self.maybe_resume_producer();
                 } else {
-                    let mut stream = self.transport.stream.borrow_mut();
+                    let mut stream = self.stream.borrow_mut();
                     let Some(stream) = stream.as_mut() else {
                         return;
                     };
@@ -720,8 +730,7 @@ impl Connection {
                         if state.sent == state.out.len() {
                             // Drained: an idle connection holds no buffer; the reactor
                             // keeps the memory for the next burst of any connection.
-                            self.transport
-                                .release_buffer(std::mem::take(&mut state.out));
+                            self.release_buffer(std::mem::take(&mut state.out));
                             state.sent = 0;
                         } else if state.sent > state.out.len() / 2 {
                             let sent = state.sent;
@@ -746,7 +755,7 @@ impl Connection {
                     // The producer may write again from inside its resume: send that
                     // before finishing a close or half-close, or it would be lost.
                     self.maybe_resume_producer();
-                    if self.transport.buffered() == 0 {
+                    if self.buffered() == 0 {
                         return self.finish_write_side();
                     }
                 }
@@ -756,19 +765,19 @@ impl Connection {
 
     fn want_writable(&self, writable: bool) {
         let readable = {
-            let mut state = self.transport.state.borrow_mut();
+            let mut state = self.state.borrow_mut();
             if state.write_interest == writable {
                 return;
             }
             state.write_interest = writable;
             !state.closed
         };
-        self.transport.set_interest(readable, writable);
+        self.set_interest(readable, writable);
     }
 
     fn maybe_resume_producer(&self) {
         let producer = {
-            let mut state = self.transport.state.borrow_mut();
+            let mut state = self.state.borrow_mut();
             if !state.producer_paused || state.pending() > HIGH_WATER_MARK / 2 {
                 return;
             }
@@ -783,7 +792,7 @@ impl Connection {
     /// With the buffer empty: close if asked to, or shut the write side if asked to.
     fn finish_write_side(self: &Rc<Self>) {
         let (disconnecting, shutdown_write, read_eof) = {
-            let state = self.transport.state.borrow();
+            let state = self.state.borrow();
             if state.pending() > 0 {
                 // Written meanwhile: the flush that write scheduled comes back here.
                 return;
@@ -801,12 +810,12 @@ impl Connection {
         if !shutdown_write {
             return;
         }
-        self.transport.state.borrow_mut().write_side = WriteSide::Closed;
-        if let Some(stream) = self.transport.stream.borrow().as_ref()
+        self.state.borrow_mut().write_side = WriteSide::Closed;
+        if let Some(stream) = self.stream.borrow().as_ref()
             && let Err(error) = stream.shutdown(Shutdown::Write)
         {
             // The peer is already gone (X-13: quiet); the read side will tell.
-            log::debug!("shutdown(write) to {}: {error}", self.transport.peer.get());
+            log::debug!("shutdown(write) to {}: {error}", self.peer.get());
         }
         // only a protocol that opted into half-close hears of it.
         let mut failed = None;
@@ -835,7 +844,7 @@ impl Connection {
     /// error event racing with the abort must not turn it into a reset).
     fn close(self: &Rc<Self>, reason: CloseReason) {
         let (producer, drain, reason) = {
-            let mut state = self.transport.state.borrow_mut();
+            let mut state = self.state.borrow_mut();
             if state.closed {
                 return;
             }
@@ -849,15 +858,12 @@ impl Connection {
             };
             state.closed = true;
             state.disconnecting = true;
-            self.transport
-                .release_buffer(std::mem::take(&mut state.out));
+            self.release_buffer(std::mem::take(&mut state.out));
             state.sent = 0;
             (state.producer.take(), drain, reason)
         };
-        if let Some(mut stream) = self.transport.stream.borrow_mut().take() {
-            if let (Some(reactor), Some(key)) =
-                (self.transport.reactor.upgrade(), self.transport.key.take())
-            {
+        if let Some(mut stream) = self.stream.borrow_mut().take() {
+            if let (Some(reactor), Some(key)) = (self.reactor.upgrade(), self.key.take()) {
                 // The socket is closed just below: that takes it out of the poll.
                 reactor.forget_io(key);
             }
@@ -901,15 +907,15 @@ fn reason_from_io(error: io::Error) -> CloseReason {
     }
 }
 
-impl IoHandler for Connection {
-    fn ready(&self, _reactor: &Reactor, readiness: Readiness) {
-        // `ready` has `&self`; the connection is always owned by an Rc (the registry's).
-        let Some(this) = self.transport.connection.upgrade() else {
+impl IoHandler for TcpTransport {
+    fn ready(&self, reactor: &Reactor, readiness: Readiness) {
+        // `ready` has `&self`; the methods below need the `Rc`, to schedule and to hand
+        // the transport to the protocol.
+        let Some(this) = self.this(reactor) else {
             return;
         };
         if readiness.error {
             let error = self
-                .transport
                 .stream
                 .borrow()
                 .as_ref()
@@ -926,8 +932,8 @@ impl IoHandler for Connection {
         }
     }
 
-    fn shutdown(&self, _reactor: &Reactor) {
-        if let Some(this) = self.transport.connection.upgrade() {
+    fn shutdown(&self, reactor: &Reactor) {
+        if let Some(this) = self.this(reactor) {
             this.close(CloseReason::Lost(None)); // R-10, P-28
         }
     }
@@ -1091,7 +1097,7 @@ impl PortInner {
             drop(stream); // P-08: the client sees a connect, then an orderly close.
             return;
         };
-        let connection = Connection::new(reactor, stream, peer, protocol);
+        let connection = TcpTransport::new(reactor, stream, peer, protocol);
         let notice = LostNotice::Port(self.this.clone());
         if let Err(error) = connection.start(reactor, None, Some(notice)) {
             // The protocol never started, so there is nobody else to tell.
@@ -1135,7 +1141,8 @@ struct ConnectorInner {
     /// Boxed: only an attempt in progress needs it, and the connector of every client
     /// connection lives as long as the connection.
     attempt: RefCell<Option<Box<Attempt>>>,
-    connection: RefCell<Weak<Connection>>,
+    /// The registry key of the connection this connector made, while it is open.
+    connection: Cell<Option<IoKey>>,
     /// Attempts started so far; a timer or event of an older attempt is ignored.
     generation: Cell<u64>,
     /// Whether this connector counts as a user of its factory now (P-01): from the
@@ -1207,8 +1214,11 @@ impl Connector {
                 let _ = self.stop_connecting();
             }
             ConnectorState::Connected => {
-                if let Some(connection) = self.inner.connection.borrow().upgrade() {
-                    connection.transport.lose_connection();
+                if let (Some(reactor), Some(key)) =
+                    (self.inner.reactor.upgrade(), self.inner.connection.get())
+                    && let Some(connection) = reactor.tcp_connection(key)
+                {
+                    connection.lose_connection();
                 }
             }
             ConnectorState::Disconnected => {}
@@ -1357,8 +1367,8 @@ impl Connector {
             self.lost(&CloseReason::Done);
             return;
         };
-        let connection = Connection::new(&reactor, attempt.stream, peer, protocol);
-        *self.inner.connection.borrow_mut() = Rc::downgrade(&connection);
+        let connection = TcpTransport::new(&reactor, attempt.stream, peer, protocol);
+        self.inner.connection.set(Some(attempt.key));
         let notice = LostNotice::Connector(self.clone());
         if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(notice)) {
             // No protocol method ran: to the factory the attempt failed (P-13).
@@ -1463,7 +1473,7 @@ impl Reactor {
                 timeout,
                 state: Cell::new(ConnectorState::Disconnected),
                 attempt: RefCell::new(None),
-                connection: RefCell::new(Weak::new()),
+                connection: Cell::new(None),
                 generation: Cell::new(0),
                 factory_started: Cell::new(false),
             }),
@@ -1484,4 +1494,93 @@ fn bind_listener(address: SocketAddr, options: ListenOptions) -> io::Result<TcpL
     socket.bind(&address.into())?;
     socket.listen(options.backlog)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::ProtocolResult;
+
+    /// Keeps its transport (as protocols may) and records when it is dropped.
+    struct Keeper {
+        transport: Option<TransportRef>,
+        made: Rc<Cell<usize>>,
+        dropped: Rc<Cell<usize>>,
+        crash: Option<WeakReactor>,
+    }
+
+    impl Protocol for Keeper {
+        fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+            self.transport = Some(transport.clone());
+            self.made.set(self.made.get() + 1);
+            if self.made.get() == 2
+                && let Some(reactor) = self.crash.as_ref().and_then(WeakReactor::upgrade)
+            {
+                reactor.crash();
+            }
+            Ok(())
+        }
+
+        fn data_received(&mut self, _: &TransportRef, _: &[u8]) -> ProtocolResult {
+            Ok(())
+        }
+    }
+
+    impl Drop for Keeper {
+        fn drop(&mut self) {
+            self.dropped.set(self.dropped.get() + 1);
+        }
+    }
+
+    struct Keepers {
+        made: Rc<Cell<usize>>,
+        dropped: Rc<Cell<usize>>,
+        crash: WeakReactor,
+    }
+
+    impl Factory for Keepers {
+        fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+            Some(Box::new(Keeper {
+                transport: None,
+                made: self.made.clone(),
+                dropped: self.dropped.clone(),
+                crash: Some(self.crash.clone()),
+            }))
+        }
+    }
+
+    impl ClientFactory for Keepers {}
+
+    /// P-28 covers a reactor that shuts down; one dropped without shutting down must
+    /// still free each connection and its protocol, though the protocol holds the
+    /// connection's transport and the connection holds the protocol.
+    #[test]
+    fn p28_a_reactor_dropped_without_shutdown_frees_connections_that_protocols_keep() {
+        let reactor = Reactor::new().expect("reactor");
+        let made = Rc::new(Cell::new(0));
+        let dropped = Rc::new(Cell::new(0));
+        let factory = Rc::new(Keepers {
+            made: made.clone(),
+            dropped: dropped.clone(),
+            crash: reactor.downgrade(),
+        });
+        let port = reactor
+            .listen_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), factory.clone())
+            .expect("listening");
+        let connector = reactor.connect_tcp(port.host(), factory.clone(), None);
+        let watchdog = {
+            let r = reactor.downgrade();
+            reactor.call_later(Duration::from_secs(5), move || {
+                if let Some(r) = r.upgrade() {
+                    r.crash();
+                }
+            })
+        };
+        reactor.run().expect("the reactor ran");
+        let _ = watchdog.cancel();
+        assert_eq!(made.get(), 2, "both sides connected before the crash");
+        assert_eq!(dropped.get(), 0);
+        drop((port, connector, reactor));
+        assert_eq!(dropped.get(), 2, "each protocol was freed with its reactor");
+    }
 }
