@@ -57,6 +57,13 @@ pub struct IoKey {
 }
 
 impl IoKey {
+    /// A key no registration ever has (generations stop short of `u32::MAX`): what a
+    /// source holds while it is not registered, so that it needs no `Option`.
+    pub(crate) const NONE: IoKey = IoKey {
+        index: u32::MAX,
+        generation: u32::MAX,
+    };
+
     pub(crate) fn token(self) -> mio::Token {
         mio::Token(((self.generation as usize) << 32) | self.index as usize)
     }
@@ -229,6 +236,18 @@ impl IoRegistry {
 
     pub(crate) fn len(&self) -> usize {
         self.live
+    }
+
+    /// Every open TCP connection, for tests that look inside one.
+    #[cfg(test)]
+    pub(crate) fn tcp_connections(&self) -> Vec<Rc<TcpTransport>> {
+        self.slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Tcp { transport, .. } => Some(transport.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 

@@ -16,7 +16,7 @@
 //! `connection_lost` is never called inside `lose_connection` or `abort_connection`
 //!
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV6};
@@ -157,45 +157,71 @@ enum WriteSide {
     Closed,
 }
 
-struct TransportState {
-    /// Unsent bytes are `out[sent..]`. Empty `Vec`s do not allocate, so an idle
-    /// connection holds no buffer (design: no buffer before data needs one).
-    out: Vec<u8>,
-    sent: usize,
-    flush_scheduled: bool,
-    write_interest: bool,
-    disconnecting: bool,
-    aborted: bool,
-    write_side: WriteSide,
-    read_paused: bool,
-    read_eof: bool,
-    closed: bool,
-    producer: Option<Rc<dyn Producer>>,
-    producer_paused: bool,
-    /// The reason to report when the close completes, if not the natural one. Boxed:
-    /// rarely set, and every connection carries the field.
-    reason: Option<Box<CloseReason>>,
+/// A connection's yes/no states, as bits of one byte: every connection carries them all.
+mod flag {
+    /// A flush is queued for the next iteration (one per batch of writes, X-04).
+    pub(super) const FLUSH_SCHEDULED: u8 = 1 << 0;
+    /// The socket is registered for writability: a flush could not send everything.
+    pub(super) const WRITE_INTEREST: u8 = 1 << 1;
+    /// The connection is closing: `lose_connection` or `abort_connection` was called,
+    /// or the peer's EOF ends it.
+    pub(super) const DISCONNECTING: u8 = 1 << 2;
+    /// `abort_connection` was called.
+    pub(super) const ABORTED: u8 = 1 << 3;
+    /// `pause_producing` stopped reading.
+    pub(super) const READ_PAUSED: u8 = 1 << 4;
+    /// The peer shut down its write side.
+    pub(super) const READ_EOF: u8 = 1 << 5;
+    /// The socket is closed; the protocol has been or is being told.
+    pub(super) const CLOSED: u8 = 1 << 6;
 }
 
-impl TransportState {
+/// What only a connection that writes, has a producer, or has a close reason recorded
+/// needs. Allocated on the first such need and freed once none is left (the write
+/// buffer drained, no producer, no reason), so an idle connection carries one pointer
+/// for all of it: idle connections are the many, and most of them never write at all.
+#[derive(Default)]
+struct Busy {
+    /// Unsent bytes are `out[sent..]`. Empty until a write: the reactor's spare
+    /// buffers hand one out then, and take it back once it drains.
+    out: Vec<u8>,
+    sent: usize,
+    producer: Option<Rc<dyn Producer>>,
+    producer_paused: bool,
+    /// The reason to report when the close completes, if not the natural one.
+    reason: Option<CloseReason>,
+}
+
+impl Busy {
     fn pending(&self) -> usize {
         self.out.len() - self.sent
+    }
+
+    /// True when the connection would not miss this state if it were freed.
+    fn is_spent(&self) -> bool {
+        self.out.capacity() == 0 && self.producer.is_none() && self.reason.is_none()
     }
 }
 
 /// One TCP connection: the transport its protocol receives (as its [`TransportRef`]),
 /// and the I/O handler that reads the socket, flushes writes, and calls the protocol.
 ///
-/// One allocation per connection: the handler and the transport are the same object,
-/// so an idle connection costs this struct, its protocol, and a registry slot.
+/// One allocation per connection, kept small because idle connections are counted in
+/// the thousands: the handler and the transport are the same object, yes/no states are
+/// bits, and the write side's state ([`Busy`]) is allocated only once it is used.
 pub struct TcpTransport {
     reactor: WeakReactor,
-    stream: RefCell<Option<TcpStream>>,
-    /// The registry key while registered; `None` before and after.
-    key: Cell<Option<IoKey>>,
+    /// `None` once closed. A `Cell`, not a `RefCell`: only [`TcpTransport::with_stream`]
+    /// takes it out, for one system call, so no borrow flag is needed.
+    stream: Cell<Option<TcpStream>>,
+    /// The registry key while registered, [`IoKey::NONE`] before and after.
+    key: Cell<IoKey>,
+    /// Bits of [`flag`].
+    flags: Cell<u8>,
+    write_side: Cell<WriteSide>,
     peer: CompactAddr,
     host: CompactAddr,
-    state: RefCell<TransportState>,
+    busy: RefCell<Option<Box<Busy>>>,
     /// `None` before the connection starts (if it never does) and after
     /// `connection_lost`.
     protocol: RefCell<Option<Box<dyn Protocol>>>,
@@ -204,8 +230,7 @@ pub struct TcpTransport {
 }
 
 /// A socket address in 16 bytes instead of `SocketAddr`'s 32: IPv4 inline, IPv6 boxed.
-/// Every transport keeps two, for the life of the connection; with the other savings
-/// below, an idle connection pair costs a fifth less memory.
+/// Every transport keeps two, for the life of the connection.
 #[derive(Debug, Clone)]
 enum CompactAddr {
     V4(Ipv4Addr, u16),
@@ -240,21 +265,54 @@ impl fmt::Debug for TcpTransport {
 impl TcpTransport {
     /// Bytes written but not yet sent.
     pub fn buffered(&self) -> usize {
-        self.state.borrow().pending()
+        self.busy.borrow().as_ref().map_or(0, |busy| busy.pending())
+    }
+
+    fn has(&self, flags: u8) -> bool {
+        self.flags.get() & flags != 0
+    }
+
+    fn raise(&self, flags: u8) {
+        self.flags.set(self.flags.get() | flags);
+    }
+
+    fn lower(&self, flags: u8) {
+        self.flags.set(self.flags.get() & !flags);
+    }
+
+    /// The write side's state, allocated if the connection has none yet.
+    fn busy(&self) -> RefMut<'_, Busy> {
+        RefMut::map(self.busy.borrow_mut(), |busy| {
+            &mut **busy.get_or_insert_with(Box::default)
+        })
+    }
+
+    /// Frees the write side's state if nothing in it is needed any more.
+    fn drop_busy_if_spent(&self) {
+        let mut busy = self.busy.borrow_mut();
+        if busy.as_ref().is_some_and(|b| b.is_spent()) {
+            *busy = None;
+        }
+    }
+
+    /// Runs `f` on the socket, unless it is closed. `f` must not call user code (the
+    /// socket is out of its cell meanwhile); it makes one system call.
+    fn with_stream<R>(&self, f: impl FnOnce(&mut TcpStream) -> R) -> Option<R> {
+        let mut stream = self.stream.take()?;
+        let result = f(&mut stream);
+        self.stream.set(Some(stream));
+        Some(result)
     }
 
     /// Arranges a flush at the start of the next iteration, once per batch of writes
     /// and closes (one bounded pass per iteration, X-04).
     fn schedule_flush(&self) {
-        {
-            let mut state = self.state.borrow_mut();
-            if state.flush_scheduled || state.closed {
-                return;
-            }
-            state.flush_scheduled = true;
+        if self.has(flag::FLUSH_SCHEDULED | flag::CLOSED) {
+            return;
         }
+        self.raise(flag::FLUSH_SCHEDULED);
         self.schedule(|this| {
-            this.state.borrow_mut().flush_scheduled = false;
+            this.lower(flag::FLUSH_SCHEDULED);
             this.flush();
         });
     }
@@ -283,7 +341,7 @@ impl TcpTransport {
     /// registered. Every connection is registered from `start` until `close`, which is
     /// the whole time its protocol can call it, so no pointer to itself is needed.
     fn this(&self, reactor: &Reactor) -> Option<Rc<TcpTransport>> {
-        let this = reactor.tcp_connection(self.key.get()?)?;
+        let this = reactor.tcp_connection(self.key.get())?;
         std::ptr::eq(Rc::as_ptr(&this), self).then_some(this)
     }
 
@@ -291,14 +349,17 @@ impl TcpTransport {
         let Some(reactor) = self.reactor.upgrade() else {
             return;
         };
-        let Some(key) = self.key.get() else { return };
+        let key = self.key.get();
+        if key == IoKey::NONE {
+            return;
+        }
         let interest = match (readable, writable) {
             (_, false) => Interest::READABLE,
             (false, true) => Interest::WRITABLE,
             (true, true) => Interest::READABLE | Interest::WRITABLE,
         };
-        if let Some(stream) = self.stream.borrow_mut().as_mut()
-            && let Err(error) = reactor.reregister_io(stream, key, interest)
+        if let Some(Err(error)) =
+            self.with_stream(|stream| reactor.reregister_io(stream, key, interest))
         {
             log::debug!("could not change interest of {}: {error}", self.peer.get());
         }
@@ -310,44 +371,42 @@ impl Transport for TcpTransport {
         if data.is_empty() {
             return;
         }
+        if self.has(flag::CLOSED | flag::ABORTED) || self.write_side.get() != WriteSide::Open {
+            return;
+        }
         let producer_to_pause;
         {
-            let mut state = self.state.borrow_mut();
-            if state.closed || state.aborted || state.write_side != WriteSide::Open {
-                return;
-            }
-            if state.pending() + data.len() > WRITE_BUFFER_LIMIT {
-                drop(state);
+            let mut busy = self.busy();
+            if busy.pending() + data.len() > WRITE_BUFFER_LIMIT {
                 log::warn!(
                     "write buffer to {} would exceed {WRITE_BUFFER_LIMIT} bytes; aborting",
                     self.peer.get()
                 );
-                let mut state = self.state.borrow_mut();
                 // An earlier cause, a protocol error waiting for its flush, stays first.
-                if state.reason.is_none() {
-                    state.reason = Some(Box::new(CloseReason::Lost(Some(Rc::new(
-                        io::Error::other(format!(
+                if busy.reason.is_none() {
+                    busy.reason = Some(CloseReason::Lost(Some(Rc::new(io::Error::other(
+                        format!(
                             "the peer did not read: write buffer limit of {WRITE_BUFFER_LIMIT} bytes exceeded"
-                        )),
+                        ),
                     )))));
                 }
-                drop(state);
+                drop(busy);
                 self.abort_connection();
                 return;
             }
-            if state.sent > 0 && state.sent == state.out.len() {
-                state.out.clear();
-                state.sent = 0;
+            if busy.sent > 0 && busy.sent == busy.out.len() {
+                busy.out.clear();
+                busy.sent = 0;
             }
-            if state.out.capacity() == 0
+            if busy.out.capacity() == 0
                 && let Some(reactor) = self.reactor.upgrade()
             {
-                state.out = reactor.take_buffer();
+                busy.out = reactor.take_buffer();
             }
-            state.out.extend_from_slice(data);
-            producer_to_pause = if state.pending() > HIGH_WATER_MARK && !state.producer_paused {
-                state.producer_paused = state.producer.is_some();
-                state.producer.clone()
+            busy.out.extend_from_slice(data);
+            producer_to_pause = if busy.pending() > HIGH_WATER_MARK && !busy.producer_paused {
+                busy.producer_paused = busy.producer.is_some();
+                busy.producer.clone()
             } else {
                 None
             };
@@ -366,52 +425,47 @@ impl Transport for TcpTransport {
     }
 
     fn lose_connection(&self) {
-        {
-            let mut state = self.state.borrow_mut();
-            if state.disconnecting || state.closed {
-                return;
-            }
-            state.disconnecting = true;
+        if self.has(flag::DISCONNECTING | flag::CLOSED) {
+            return;
         }
+        self.raise(flag::DISCONNECTING);
         // The flush closes the connection once the buffer is empty.
         self.schedule_flush();
     }
 
     fn abort_connection(&self) {
-        {
-            let mut state = self.state.borrow_mut();
-            if state.aborted || state.closed {
-                return;
-            }
-            state.aborted = true;
-            state.disconnecting = true;
-            self.release_buffer(std::mem::take(&mut state.out));
-            state.sent = 0;
+        if self.has(flag::ABORTED | flag::CLOSED) {
+            return;
         }
-        if let Some(stream) = self.stream.borrow().as_ref() {
-            // Linger 0 makes the close send a reset.
-            if let Err(error) = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO)) {
-                log::debug!("could not set SO_LINGER on {}: {error}", self.peer.get());
-            }
+        self.raise(flag::ABORTED | flag::DISCONNECTING);
+        let buffer = self.busy.borrow_mut().as_mut().map(|busy| {
+            busy.sent = 0;
+            std::mem::take(&mut busy.out)
+        });
+        if let Some(buffer) = buffer {
+            self.release_buffer(buffer);
+        }
+        self.drop_busy_if_spent();
+        // Linger 0 makes the close send a reset.
+        if let Some(Err(error)) = self
+            .with_stream(|stream| socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO)))
+        {
+            log::debug!("could not set SO_LINGER on {}: {error}", self.peer.get());
         }
         // The reason is Aborted, or the write cap's error recorded before (see close).
         self.schedule(|this| this.close(CloseReason::Aborted));
     }
 
     fn lose_write_connection(&self) {
-        {
-            let mut state = self.state.borrow_mut();
-            if state.closed || state.write_side != WriteSide::Open {
-                return;
-            }
-            state.write_side = WriteSide::ShutdownRequested;
+        if self.has(flag::CLOSED) || self.write_side.get() != WriteSide::Open {
+            return;
         }
+        self.write_side.set(WriteSide::ShutdownRequested);
         self.schedule_flush();
     }
 
     fn is_disconnecting(&self) -> bool {
-        let state = self.state.borrow();
-        state.disconnecting || state.closed
+        self.has(flag::DISCONNECTING | flag::CLOSED)
     }
 
     fn peer(&self) -> SocketAddr {
@@ -423,32 +477,29 @@ impl Transport for TcpTransport {
     }
 
     fn pause_producing(&self) {
-        self.state.borrow_mut().read_paused = true;
+        self.raise(flag::READ_PAUSED);
     }
 
     fn resume_producing(&self) {
-        {
-            let mut state = self.state.borrow_mut();
-            if !state.read_paused {
-                return;
-            }
-            state.read_paused = false;
+        if !self.has(flag::READ_PAUSED) {
+            return;
         }
+        self.lower(flag::READ_PAUSED);
         // Edge-triggered: bytes that arrived while paused raise no new event, so look now.
         self.schedule(|this| this.read_ready());
     }
 
     fn register_producer(&self, producer: Rc<dyn Producer>) {
-        if self.state.borrow().closed {
+        if self.has(flag::CLOSED) {
             // Nothing will ever drain or stop it: stop it now (as Twisted does).
             producer.stop_producing();
             return;
         }
         let pause_now = {
-            let mut state = self.state.borrow_mut();
-            state.producer = Some(producer.clone());
-            state.producer_paused = state.pending() > HIGH_WATER_MARK;
-            state.producer_paused
+            let mut busy = self.busy();
+            busy.producer = Some(producer.clone());
+            busy.producer_paused = busy.pending() > HIGH_WATER_MARK;
+            busy.producer_paused
         };
         if pause_now {
             producer.pause_producing();
@@ -456,9 +507,13 @@ impl Transport for TcpTransport {
     }
 
     fn unregister_producer(&self) {
-        let mut state = self.state.borrow_mut();
-        state.producer = None;
-        state.producer_paused = false;
+        let producer = self.busy.borrow_mut().as_mut().and_then(|busy| {
+            busy.producer_paused = false;
+            busy.producer.take()
+        });
+        self.drop_busy_if_spent();
+        // Dropped with no borrow held: it may be the last handle on user code.
+        drop(producer);
     }
 }
 
@@ -497,25 +552,13 @@ impl TcpTransport {
         let host = stream.local_addr().unwrap_or(peer);
         Rc::new(TcpTransport {
             reactor: reactor.downgrade(),
-            stream: RefCell::new(Some(stream)),
-            key: Cell::new(None),
+            stream: Cell::new(Some(stream)),
+            key: Cell::new(IoKey::NONE),
+            flags: Cell::new(0),
+            write_side: Cell::new(WriteSide::Open),
             peer: CompactAddr::new(peer),
             host: CompactAddr::new(host),
-            state: RefCell::new(TransportState {
-                out: Vec::new(),
-                sent: 0,
-                flush_scheduled: false,
-                write_interest: false,
-                disconnecting: false,
-                aborted: false,
-                write_side: WriteSide::Open,
-                read_paused: false,
-                read_eof: false,
-                closed: false,
-                producer: None,
-                producer_paused: false,
-                reason: None,
-            }),
+            busy: RefCell::new(None),
             protocol: RefCell::new(Some(protocol)),
             lost_notice: Cell::new(None),
         })
@@ -562,9 +605,9 @@ impl TcpTransport {
             self.peer.get()
         );
         {
-            let mut state = self.state.borrow_mut();
-            if state.reason.is_none() {
-                state.reason = Some(Box::new(CloseReason::Protocol(failure)));
+            let mut busy = self.busy();
+            if busy.reason.is_none() {
+                busy.reason = Some(CloseReason::Protocol(failure));
             }
         }
         self.lose_connection();
@@ -582,26 +625,27 @@ impl TcpTransport {
         key: Option<IoKey>,
         lost_notice: Option<LostNotice>,
     ) -> io::Result<()> {
-        // A connector's socket is registered already: its key must be freed on failure.
-        self.key.set(key);
+        let no_socket = || io::Error::other("connection has no socket");
         let registered = match key {
             Some(key) => {
+                // A connector's socket is registered already: its key must be freed on
+                // failure.
+                self.key.set(key);
                 if !reactor.replace_handler(key, Handler::Tcp(self.clone())) {
                     Err(io::Error::other("the connection's registration is gone"))
                 } else {
-                    match self.stream.borrow_mut().as_mut() {
-                        Some(stream) => reactor.reregister_io(stream, key, Interest::READABLE),
-                        None => Err(io::Error::other("connection has no socket")),
-                    }
+                    self.with_stream(|stream| {
+                        reactor.reregister_io(stream, key, Interest::READABLE)
+                    })
+                    .unwrap_or_else(|| Err(no_socket()))
                     .map(|()| key)
                 }
             }
-            None => match self.stream.borrow_mut().as_mut() {
-                Some(stream) => {
+            None => self
+                .with_stream(|stream| {
                     reactor.register_handler(stream, Interest::READABLE, Handler::Tcp(self.clone()))
-                }
-                None => Err(io::Error::other("connection has no socket")),
-            },
+                })
+                .unwrap_or_else(|| Err(no_socket())),
         };
         let key = match registered {
             Ok(key) => key,
@@ -611,7 +655,7 @@ impl TcpTransport {
                 return Err(error);
             }
         };
-        self.key.set(Some(key));
+        self.key.set(key);
         self.lost_notice.set(lost_notice);
         self.with_protocol(|protocol, transport| protocol.connection_made(transport));
         // Bytes may have arrived before registration; an edge may not come again.
@@ -623,14 +667,13 @@ impl TcpTransport {
     /// it did not want what we were still sending: it had closed in an orderly way.
     fn reason_from_io(&self, error: io::Error) -> CloseReason {
         match reason_from_io(error) {
-            CloseReason::Reset(_) if self.state.borrow().read_eof => CloseReason::Done,
+            CloseReason::Reset(_) if self.has(flag::READ_EOF) => CloseReason::Done,
             reason => reason,
         }
     }
 
     fn may_read(&self) -> bool {
-        let state = self.state.borrow();
-        !(state.closed || state.read_paused || state.disconnecting || state.read_eof)
+        !self.has(flag::CLOSED | flag::READ_PAUSED | flag::DISCONNECTING | flag::READ_EOF)
     }
 
     /// Reads until `WouldBlock`, or a budget, handing each chunk to the protocol.
@@ -640,9 +683,8 @@ impl TcpTransport {
             if !self.may_read() {
                 return;
             }
-            let read = match self.stream.borrow_mut().as_mut() {
-                Some(stream) => stream.read(&mut buffer),
-                None => return,
+            let Some(read) = self.with_stream(|stream| stream.read(&mut buffer)) else {
+                return;
             };
             match read {
                 Ok(0) => return self.read_eof(),
@@ -660,7 +702,7 @@ impl TcpTransport {
 
     /// The peer shut down its write side.
     fn read_eof(self: &Rc<Self>) {
-        self.state.borrow_mut().read_eof = true;
+        self.raise(flag::READ_EOF);
         let half_close = self
             .protocol
             .try_borrow()
@@ -670,12 +712,8 @@ impl TcpTransport {
             // the connection ends with Done. The peer only shut its write side and
             // still reads, so what the protocol wrote (a reply to the peer's last bytes,
             // say) is sent first, as for lose_connection.
-            let flushed = {
-                let mut state = self.state.borrow_mut();
-                state.disconnecting = true;
-                state.pending() == 0
-            };
-            if flushed {
+            self.raise(flag::DISCONNECTING);
+            if self.buffered() == 0 {
                 return self.close(CloseReason::Done);
             }
             return self.flush();
@@ -692,7 +730,7 @@ impl TcpTransport {
             // an error here closes the connection completely.
             log::error!("error in read_connection_lost: {failure}");
             self.close(CloseReason::Protocol(failure));
-        } else if self.state.borrow().write_side == WriteSide::Closed {
+        } else if self.write_side.get() == WriteSide::Closed {
             // Both directions are now shut: nothing more can happen on this connection.
             self.close(CloseReason::Done);
         }
@@ -703,42 +741,47 @@ impl TcpTransport {
     fn flush(self: &Rc<Self>) {
         let mut budget = SEND_LIMIT;
         loop {
+            if self.has(flag::CLOSED | flag::ABORTED) {
+                return;
+            }
             let result = {
-                let mut state = self.state.borrow_mut();
-                if state.closed || state.aborted {
-                    return;
-                }
-                if state.pending() == 0 {
-                    None
-                } else if budget == 0 {
-                    // More to send, and the socket may well take it: go on next
-                    // iteration, after the other connections had their turn.
-                    drop(state);
-                    self.schedule_flush();
-                    return self.maybe_resume_producer();
-                } else {
-                    let mut stream = self.stream.borrow_mut();
-                    let Some(stream) = stream.as_mut() else {
-                        return;
-                    };
-                    let from = state.sent;
-                    let to = state.out.len().min(from + budget);
-                    let written = stream.write(&state.out[from..to]);
-                    if let Ok(n) = written {
-                        budget = budget.saturating_sub(n);
-                        state.sent += n;
-                        if state.sent == state.out.len() {
-                            // Drained: an idle connection holds no buffer; the reactor
-                            // keeps the memory for the next burst of any connection.
-                            self.release_buffer(std::mem::take(&mut state.out));
-                            state.sent = 0;
-                        } else if state.sent > state.out.len() / 2 {
-                            let sent = state.sent;
-                            state.out.drain(..sent);
-                            state.sent = 0;
+                let mut slot = self.busy.borrow_mut();
+                match slot.as_deref_mut() {
+                    Some(busy) if busy.pending() > 0 => {
+                        if budget == 0 {
+                            // More to send, and the socket may well take it: go on next
+                            // iteration, after the other connections had their turn.
+                            drop(slot);
+                            self.schedule_flush();
+                            return self.maybe_resume_producer();
                         }
+                        let from = busy.sent;
+                        let to = busy.out.len().min(from + budget);
+                        let Some(written) =
+                            self.with_stream(|stream| stream.write(&busy.out[from..to]))
+                        else {
+                            return;
+                        };
+                        if let Ok(n) = written {
+                            budget = budget.saturating_sub(n);
+                            busy.sent += n;
+                            if busy.sent == busy.out.len() {
+                                // Drained: an idle connection holds no buffer; the reactor
+                                // keeps the memory for the next burst of any connection.
+                                self.release_buffer(std::mem::take(&mut busy.out));
+                                busy.sent = 0;
+                                if busy.is_spent() {
+                                    *slot = None;
+                                }
+                            } else if busy.sent > busy.out.len() / 2 {
+                                let sent = busy.sent;
+                                busy.out.drain(..sent);
+                                busy.sent = 0;
+                            }
+                        }
+                        Some(written)
                     }
-                    Some(written)
+                    _ => None,
                 }
             };
             match result {
@@ -764,25 +807,28 @@ impl TcpTransport {
     }
 
     fn want_writable(&self, writable: bool) {
-        let readable = {
-            let mut state = self.state.borrow_mut();
-            if state.write_interest == writable {
-                return;
-            }
-            state.write_interest = writable;
-            !state.closed
-        };
-        self.set_interest(readable, writable);
+        if self.has(flag::WRITE_INTEREST) == writable {
+            return;
+        }
+        if writable {
+            self.raise(flag::WRITE_INTEREST);
+        } else {
+            self.lower(flag::WRITE_INTEREST);
+        }
+        self.set_interest(!self.has(flag::CLOSED), writable);
     }
 
     fn maybe_resume_producer(&self) {
         let producer = {
-            let mut state = self.state.borrow_mut();
-            if !state.producer_paused || state.pending() > HIGH_WATER_MARK / 2 {
+            let mut slot = self.busy.borrow_mut();
+            let Some(busy) = slot.as_deref_mut() else {
+                return;
+            };
+            if !busy.producer_paused || busy.pending() > HIGH_WATER_MARK / 2 {
                 return;
             }
-            state.producer_paused = false;
-            state.producer.clone()
+            busy.producer_paused = false;
+            busy.producer.clone()
         };
         if let Some(producer) = producer {
             producer.resume_producing();
@@ -791,29 +837,19 @@ impl TcpTransport {
 
     /// With the buffer empty: close if asked to, or shut the write side if asked to.
     fn finish_write_side(self: &Rc<Self>) {
-        let (disconnecting, shutdown_write, read_eof) = {
-            let state = self.state.borrow();
-            if state.pending() > 0 {
-                // Written meanwhile: the flush that write scheduled comes back here.
-                return;
-            }
-            (
-                state.disconnecting,
-                state.write_side == WriteSide::ShutdownRequested,
-                state.read_eof,
-            )
-        };
-        if disconnecting {
+        if self.buffered() > 0 {
+            // Written meanwhile: the flush that write scheduled comes back here.
+            return;
+        }
+        if self.has(flag::DISCONNECTING) {
             // A reason recorded earlier (a protocol error, P-22) takes precedence.
             return self.close(CloseReason::Done);
         }
-        if !shutdown_write {
+        if self.write_side.get() != WriteSide::ShutdownRequested {
             return;
         }
-        self.state.borrow_mut().write_side = WriteSide::Closed;
-        if let Some(stream) = self.stream.borrow().as_ref()
-            && let Err(error) = stream.shutdown(Shutdown::Write)
-        {
+        self.write_side.set(WriteSide::Closed);
+        if let Some(Err(error)) = self.with_stream(|stream| stream.shutdown(Shutdown::Write)) {
             // The peer is already gone (X-13: quiet); the read side will tell.
             log::debug!("shutdown(write) to {}: {error}", self.peer.get());
         }
@@ -831,7 +867,7 @@ impl TcpTransport {
             log::error!("error in write_connection_lost: {failure}");
             return self.close(CloseReason::Protocol(failure));
         }
-        if read_eof {
+        if self.has(flag::READ_EOF) {
             self.close(CloseReason::Done);
         }
     }
@@ -843,27 +879,38 @@ impl TcpTransport {
     /// protocol error (P-22) or the write cap recorded earlier, or our own abort (an
     /// error event racing with the abort must not turn it into a reset).
     fn close(self: &Rc<Self>, reason: CloseReason) {
-        let (producer, drain, reason) = {
-            let mut state = self.state.borrow_mut();
-            if state.closed {
-                return;
+        if self.has(flag::CLOSED) {
+            return;
+        }
+        // After our abort the reset is wanted; after the peer's EOF nothing unread
+        // can be left (and the read that would find out costs a syscall).
+        let drain = !self.has(flag::ABORTED | flag::READ_EOF);
+        let aborted = self.has(flag::ABORTED);
+        self.raise(flag::CLOSED | flag::DISCONNECTING);
+        let busy = self.busy.borrow_mut().take();
+        let (first, producer) = match busy {
+            Some(busy) => {
+                let Busy {
+                    out,
+                    reason,
+                    producer,
+                    ..
+                } = *busy;
+                self.release_buffer(out);
+                (reason, producer)
             }
-            // After our abort the reset is wanted; after the peer's EOF nothing unread
-            // can be left (and the read that would find out costs a syscall).
-            let drain = !state.aborted && !state.read_eof;
-            let reason = match state.reason.take() {
-                Some(first) => *first,
-                None if state.aborted => CloseReason::Aborted,
-                None => reason,
-            };
-            state.closed = true;
-            state.disconnecting = true;
-            self.release_buffer(std::mem::take(&mut state.out));
-            state.sent = 0;
-            (state.producer.take(), drain, reason)
+            None => (None, None),
         };
-        if let Some(mut stream) = self.stream.borrow_mut().take() {
-            if let (Some(reactor), Some(key)) = (self.reactor.upgrade(), self.key.take()) {
+        let reason = match first {
+            Some(first) => first,
+            None if aborted => CloseReason::Aborted,
+            None => reason,
+        };
+        if let Some(mut stream) = self.stream.take() {
+            let key = self.key.replace(IoKey::NONE);
+            if let Some(reactor) = self.reactor.upgrade()
+                && key != IoKey::NONE
+            {
                 // The socket is closed just below: that takes it out of the poll.
                 reactor.forget_io(key);
             }
@@ -914,15 +961,12 @@ impl IoHandler for TcpTransport {
         let Some(this) = self.this(reactor) else {
             return;
         };
-        if readiness.error {
-            let error = self
-                .stream
-                .borrow()
-                .as_ref()
-                .and_then(|s| s.take_error().ok().flatten());
-            if let Some(error) = error {
-                return this.close(self.reason_from_io(error));
-            }
+        if readiness.error
+            && let Some(error) = self
+                .with_stream(|stream| stream.take_error().ok().flatten())
+                .flatten()
+        {
+            return this.close(self.reason_from_io(error));
         }
         if readiness.writable {
             this.flush();
@@ -1582,5 +1626,152 @@ mod tests {
         assert_eq!(dropped.get(), 0);
         drop((port, connector, reactor));
         assert_eq!(dropped.get(), 2, "each protocol was freed with its reactor");
+    }
+
+    /// The concrete connection behind a protocol's handle.
+    fn connection_of(reactor: &Reactor, transport: &TransportRef) -> Rc<TcpTransport> {
+        let wanted = Rc::as_ptr(transport) as *const ();
+        reactor
+            .inner
+            .io
+            .borrow()
+            .tcp_connections()
+            .into_iter()
+            .find(|c| Rc::as_ptr(c) as *const () == wanted)
+            .expect("the transport is an open connection")
+    }
+
+    fn has_write_state(connection: &TcpTransport) -> bool {
+        connection.busy.borrow().is_some()
+    }
+
+    struct Silent;
+
+    impl Producer for Silent {
+        fn pause_producing(&self) {}
+        fn resume_producing(&self) {}
+        fn stop_producing(&self) {}
+    }
+
+    /// Runs one scripted step per callback, and records what it saw.
+    struct Scripted {
+        reactor: WeakReactor,
+        on_made: fn(&Reactor, &TransportRef, &RefCell<Vec<String>>),
+        on_data: fn(&Reactor, &TransportRef, &RefCell<Vec<String>>),
+        seen: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Protocol for Scripted {
+        fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+            if let Some(reactor) = self.reactor.upgrade() {
+                (self.on_made)(&reactor, transport, &self.seen);
+            }
+            Ok(())
+        }
+
+        fn data_received(&mut self, transport: &TransportRef, _: &[u8]) -> ProtocolResult {
+            if let Some(reactor) = self.reactor.upgrade() {
+                (self.on_data)(&reactor, transport, &self.seen);
+            }
+            Ok(())
+        }
+    }
+
+    struct ScriptedFactory(Scripted);
+
+    impl Factory for ScriptedFactory {
+        fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+            let s = &self.0;
+            Some(Box::new(Scripted {
+                reactor: s.reactor.clone(),
+                on_made: s.on_made,
+                on_data: s.on_data,
+                seen: s.seen.clone(),
+            }))
+        }
+    }
+
+    impl ClientFactory for ScriptedFactory {}
+
+    fn note(seen: &RefCell<Vec<String>>, what: &str, connection: &TcpTransport) {
+        seen.borrow_mut().push(format!(
+            "{what}: state {}, buffered {}",
+            has_write_state(connection),
+            connection.buffered()
+        ));
+    }
+
+    /// and the memory rule behind them: a connection has no write state
+    /// (buffer, producer) until it writes or registers a producer, and gives it up once
+    /// its bytes are sent and no producer is left; a producer alone keeps it.
+    #[test]
+    fn x01_x19_write_state_exists_only_while_used() {
+        let reactor = Reactor::new().expect("reactor");
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let server = Rc::new(ScriptedFactory(Scripted {
+            reactor: reactor.downgrade(),
+            on_made: |reactor, transport, seen| {
+                let connection = connection_of(reactor, transport);
+                note(seen, "server made", &connection);
+                transport.write(b"hello");
+                note(seen, "server wrote", &connection);
+                transport.register_producer(Rc::new(Silent));
+                transport.unregister_producer();
+                note(seen, "server producer gone, bytes pending", &connection);
+            },
+            on_data: |_, _, _| {},
+            seen: seen.clone(),
+        }));
+        let client = Rc::new(ScriptedFactory(Scripted {
+            reactor: reactor.downgrade(),
+            on_made: |reactor, transport, seen| {
+                let connection = connection_of(reactor, transport);
+                transport.register_producer(Rc::new(Silent));
+                note(seen, "client producer", &connection);
+                transport.unregister_producer();
+                note(seen, "client producer gone", &connection);
+            },
+            on_data: |reactor, transport, seen| {
+                // The server's bytes arrived: its flush has sent them all.
+                for connection in reactor.inner.io.borrow().tcp_connections() {
+                    if !std::ptr::eq(
+                        Rc::as_ptr(&connection) as *const (),
+                        Rc::as_ptr(transport) as *const (),
+                    ) {
+                        note(seen, "server after its flush", &connection);
+                    }
+                }
+                reactor.crash();
+            },
+            seen: seen.clone(),
+        }));
+        let port = reactor
+            .listen_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), server)
+            .expect("listening");
+        let _connector = reactor.connect_tcp(port.host(), client, None);
+        let watchdog = {
+            let r = reactor.downgrade();
+            reactor.call_later(Duration::from_secs(5), move || {
+                if let Some(r) = r.upgrade() {
+                    r.crash();
+                }
+            })
+        };
+        reactor.run().expect("the reactor ran");
+        let _ = watchdog.cancel();
+        let mut seen = seen.borrow().clone();
+        // The two sides' callbacks interleave in either order; each side's are ordered.
+        seen.sort_by_key(|line| !line.starts_with("server"));
+        assert_eq!(
+            seen,
+            [
+                "server made: state false, buffered 0",
+                "server wrote: state true, buffered 5",
+                "server producer gone, bytes pending: state true, buffered 5",
+                "server after its flush: state false, buffered 0",
+                "client producer: state true, buffered 0",
+                "client producer gone: state false, buffered 0",
+            ]
+        );
     }
 }
