@@ -16,7 +16,7 @@
 //! `connection_lost` is never called inside `lose_connection` or `abort_connection`
 //!
 
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV6};
@@ -203,6 +203,18 @@ impl Busy {
     }
 }
 
+/// One pass of [`TcpTransport::flush`] over the write buffer.
+enum FlushStep {
+    /// Nothing (left) to send.
+    Empty,
+    /// The per-call budget is spent with bytes left.
+    BudgetSpent,
+    /// The socket is closed.
+    NoSocket,
+    /// One `write` call's result.
+    Wrote(io::Result<usize>),
+}
+
 /// One TCP connection: the transport its protocol receives (as its [`TransportRef`]),
 /// and the I/O handler that reads the socket, flushes writes, and calls the protocol.
 ///
@@ -221,7 +233,9 @@ pub struct TcpTransport {
     write_side: Cell<WriteSide>,
     peer: CompactAddr,
     host: CompactAddr,
-    busy: RefCell<Option<Box<Busy>>>,
+    /// A `Cell`, not a `RefCell`: only [`TcpTransport::with_busy`] takes it out, and
+    /// calls no user code meanwhile.
+    busy: Cell<Option<Box<Busy>>>,
     /// `None` before the connection starts (if it never does) and after
     /// `connection_lost`.
     protocol: RefCell<Option<Box<dyn Protocol>>>,
@@ -265,7 +279,7 @@ impl fmt::Debug for TcpTransport {
 impl TcpTransport {
     /// Bytes written but not yet sent.
     pub fn buffered(&self) -> usize {
-        self.busy.borrow().as_ref().map_or(0, |busy| busy.pending())
+        self.with_busy_if_any(|busy| busy.pending()).unwrap_or(0)
     }
 
     fn has(&self, flags: u8) -> bool {
@@ -280,19 +294,30 @@ impl TcpTransport {
         self.flags.set(self.flags.get() & !flags);
     }
 
-    /// The write side's state, allocated if the connection has none yet.
-    fn busy(&self) -> RefMut<'_, Busy> {
-        RefMut::map(self.busy.borrow_mut(), |busy| {
-            &mut **busy.get_or_insert_with(Box::default)
-        })
+    /// Runs `f` on the write state, allocated first if the connection has none yet;
+    /// frees it afterwards if nothing in it is needed any more. `f` must not call user
+    /// code: the state is out of its cell meanwhile.
+    fn with_busy<R>(&self, f: impl FnOnce(&mut Busy) -> R) -> R {
+        let mut busy = self.busy.take().unwrap_or_default();
+        let result = f(&mut busy);
+        self.put_busy(busy);
+        result
     }
 
-    /// Frees the write side's state if nothing in it is needed any more.
-    fn drop_busy_if_spent(&self) {
-        let mut busy = self.busy.borrow_mut();
-        if busy.as_ref().is_some_and(|b| b.is_spent()) {
-            *busy = None;
+    /// [`TcpTransport::with_busy`], but only if the connection has write state.
+    fn with_busy_if_any<R>(&self, f: impl FnOnce(&mut Busy) -> R) -> Option<R> {
+        let mut busy = self.busy.take()?;
+        let result = f(&mut busy);
+        self.put_busy(busy);
+        Some(result)
+    }
+
+    fn put_busy(&self, busy: Box<Busy>) {
+        if busy.is_spent() {
+            return; // freed: an idle connection keeps no write state
         }
+        let nested = self.busy.replace(Some(busy));
+        debug_assert!(nested.is_none(), "write state replaced while in use");
     }
 
     /// Runs `f` on the socket, unless it is closed. `f` must not call user code (the
@@ -374,14 +399,9 @@ impl Transport for TcpTransport {
         if self.has(flag::CLOSED | flag::ABORTED) || self.write_side.get() != WriteSide::Open {
             return;
         }
-        let producer_to_pause;
-        {
-            let mut busy = self.busy();
+        // `None`: over the limit, with the reason recorded.
+        let buffered = self.with_busy(|busy| {
             if busy.pending() + data.len() > WRITE_BUFFER_LIMIT {
-                log::warn!(
-                    "write buffer to {} would exceed {WRITE_BUFFER_LIMIT} bytes; aborting",
-                    self.peer.get()
-                );
                 // An earlier cause, a protocol error waiting for its flush, stays first.
                 if busy.reason.is_none() {
                     busy.reason = Some(CloseReason::Lost(Some(Rc::new(io::Error::other(
@@ -390,9 +410,7 @@ impl Transport for TcpTransport {
                         ),
                     )))));
                 }
-                drop(busy);
-                self.abort_connection();
-                return;
+                return None;
             }
             if busy.sent > 0 && busy.sent == busy.out.len() {
                 busy.out.clear();
@@ -404,14 +422,24 @@ impl Transport for TcpTransport {
                 busy.out = reactor.take_buffer();
             }
             busy.out.extend_from_slice(data);
-            producer_to_pause = if busy.pending() > HIGH_WATER_MARK && !busy.producer_paused {
-                busy.producer_paused = busy.producer.is_some();
-                busy.producer.clone()
-            } else {
-                None
-            };
-        }
-        // Called with no borrow held: the producer may write again.
+            Some(
+                if busy.pending() > HIGH_WATER_MARK && !busy.producer_paused {
+                    busy.producer_paused = busy.producer.is_some();
+                    busy.producer.clone()
+                } else {
+                    None
+                },
+            )
+        });
+        let Some(producer_to_pause) = buffered else {
+            log::warn!(
+                "write buffer to {} would exceed {WRITE_BUFFER_LIMIT} bytes; aborting",
+                self.peer.get()
+            );
+            self.abort_connection();
+            return;
+        };
+        // Called with the write state back in place: the producer may write again.
         if let Some(producer) = producer_to_pause {
             producer.pause_producing();
         }
@@ -438,14 +466,13 @@ impl Transport for TcpTransport {
             return;
         }
         self.raise(flag::ABORTED | flag::DISCONNECTING);
-        let buffer = self.busy.borrow_mut().as_mut().map(|busy| {
+        let buffer = self.with_busy_if_any(|busy| {
             busy.sent = 0;
             std::mem::take(&mut busy.out)
         });
         if let Some(buffer) = buffer {
             self.release_buffer(buffer);
         }
-        self.drop_busy_if_spent();
         // Linger 0 makes the close send a reset.
         if let Some(Err(error)) = self
             .with_stream(|stream| socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO)))
@@ -495,24 +522,23 @@ impl Transport for TcpTransport {
             producer.stop_producing();
             return;
         }
-        let pause_now = {
-            let mut busy = self.busy();
+        let pause_now = self.with_busy(|busy| {
             busy.producer = Some(producer.clone());
             busy.producer_paused = busy.pending() > HIGH_WATER_MARK;
             busy.producer_paused
-        };
+        });
         if pause_now {
             producer.pause_producing();
         }
     }
 
     fn unregister_producer(&self) {
-        let producer = self.busy.borrow_mut().as_mut().and_then(|busy| {
+        let producer = self.with_busy_if_any(|busy| {
             busy.producer_paused = false;
             busy.producer.take()
         });
-        self.drop_busy_if_spent();
-        // Dropped with no borrow held: it may be the last handle on user code.
+        // Dropped with the write state back in place: it may be the last handle on
+        // user code.
         drop(producer);
     }
 }
@@ -558,7 +584,7 @@ impl TcpTransport {
             write_side: Cell::new(WriteSide::Open),
             peer: CompactAddr::new(peer),
             host: CompactAddr::new(host),
-            busy: RefCell::new(None),
+            busy: Cell::new(None),
             protocol: RefCell::new(Some(protocol)),
             lost_notice: Cell::new(None),
         })
@@ -604,12 +630,11 @@ impl TcpTransport {
             "protocol error on connection with {}: {failure}",
             self.peer.get()
         );
-        {
-            let mut busy = self.busy();
+        self.with_busy(|busy| {
             if busy.reason.is_none() {
                 busy.reason = Some(CloseReason::Protocol(failure));
             }
-        }
+        });
         self.lose_connection();
     }
 
@@ -744,45 +769,48 @@ impl TcpTransport {
             if self.has(flag::CLOSED | flag::ABORTED) {
                 return;
             }
-            let result = {
-                let mut slot = self.busy.borrow_mut();
-                match slot.as_deref_mut() {
-                    Some(busy) if busy.pending() > 0 => {
-                        if budget == 0 {
-                            // More to send, and the socket may well take it: go on next
-                            // iteration, after the other connections had their turn.
-                            drop(slot);
-                            self.schedule_flush();
-                            return self.maybe_resume_producer();
-                        }
-                        let from = busy.sent;
-                        let to = busy.out.len().min(from + budget);
-                        let Some(written) =
-                            self.with_stream(|stream| stream.write(&busy.out[from..to]))
-                        else {
-                            return;
-                        };
-                        if let Ok(n) = written {
-                            budget = budget.saturating_sub(n);
-                            busy.sent += n;
-                            if busy.sent == busy.out.len() {
-                                // Drained: an idle connection holds no buffer; the reactor
-                                // keeps the memory for the next burst of any connection.
-                                self.release_buffer(std::mem::take(&mut busy.out));
-                                busy.sent = 0;
-                                if busy.is_spent() {
-                                    *slot = None;
-                                }
-                            } else if busy.sent > busy.out.len() / 2 {
-                                let sent = busy.sent;
-                                busy.out.drain(..sent);
-                                busy.sent = 0;
-                            }
-                        }
-                        Some(written)
+            let step = self
+                .with_busy_if_any(|busy| {
+                    if busy.pending() == 0 {
+                        return FlushStep::Empty;
                     }
-                    _ => None,
+                    if budget == 0 {
+                        return FlushStep::BudgetSpent;
+                    }
+                    let from = busy.sent;
+                    let to = busy.out.len().min(from + budget);
+                    let Some(written) =
+                        self.with_stream(|stream| stream.write(&busy.out[from..to]))
+                    else {
+                        return FlushStep::NoSocket;
+                    };
+                    if let Ok(n) = written {
+                        budget = budget.saturating_sub(n);
+                        busy.sent += n;
+                        if busy.sent == busy.out.len() {
+                            // Drained: an idle connection holds no buffer; the reactor
+                            // keeps the memory for the next burst of any connection.
+                            self.release_buffer(std::mem::take(&mut busy.out));
+                            busy.sent = 0;
+                        } else if busy.sent > busy.out.len() / 2 {
+                            let sent = busy.sent;
+                            busy.out.drain(..sent);
+                            busy.sent = 0;
+                        }
+                    }
+                    FlushStep::Wrote(written)
+                })
+                .unwrap_or(FlushStep::Empty);
+            let result = match step {
+                FlushStep::Empty => None,
+                FlushStep::NoSocket => return,
+                FlushStep::BudgetSpent => {
+                    // More to send, and the socket may well take it: go on next
+                    // iteration, after the other connections had their turn.
+                    self.schedule_flush();
+                    return self.maybe_resume_producer();
                 }
+                FlushStep::Wrote(written) => Some(written),
             };
             match result {
                 Some(Ok(0)) => return self.close(CloseReason::Lost(None)),
@@ -819,18 +847,14 @@ impl TcpTransport {
     }
 
     fn maybe_resume_producer(&self) {
-        let producer = {
-            let mut slot = self.busy.borrow_mut();
-            let Some(busy) = slot.as_deref_mut() else {
-                return;
-            };
+        let producer = self.with_busy_if_any(|busy| {
             if !busy.producer_paused || busy.pending() > HIGH_WATER_MARK / 2 {
-                return;
+                return None;
             }
             busy.producer_paused = false;
             busy.producer.clone()
-        };
-        if let Some(producer) = producer {
+        });
+        if let Some(producer) = producer.flatten() {
             producer.resume_producing();
         }
     }
@@ -887,7 +911,7 @@ impl TcpTransport {
         let drain = !self.has(flag::ABORTED | flag::READ_EOF);
         let aborted = self.has(flag::ABORTED);
         self.raise(flag::CLOSED | flag::DISCONNECTING);
-        let busy = self.busy.borrow_mut().take();
+        let busy = self.busy.take();
         let (first, producer) = match busy {
             Some(busy) => {
                 let Busy {
@@ -1642,7 +1666,7 @@ mod tests {
     }
 
     fn has_write_state(connection: &TcpTransport) -> bool {
-        connection.busy.borrow().is_some()
+        connection.with_busy_if_any(|_| ()).is_some()
     }
 
     struct Silent;
