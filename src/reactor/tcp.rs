@@ -174,12 +174,15 @@ mod flag {
     pub(super) const READ_EOF: u8 = 1 << 5;
     /// The socket is closed; the protocol has been or is being told.
     pub(super) const CLOSED: u8 = 1 << 6;
+    /// The registered producer was told to pause.
+    pub(super) const PRODUCER_PAUSED: u8 = 1 << 7;
 }
 
 /// What only a connection that writes, has a producer, or has a close reason recorded
-/// needs. Allocated on the first such need and freed once none is left (the write
-/// buffer drained, no producer, no reason), so an idle connection carries one pointer
-/// for all of it: idle connections are the many, and most of them never write at all.
+/// needs, and a closed one's local address. Allocated on the first such need and freed
+/// once none is left (the write buffer drained, no producer, no reason), so an idle
+/// connection carries one pointer for all of it: idle connections are the many, and
+/// most of them never write at all.
 #[derive(Default)]
 struct Busy {
     /// Unsent bytes are `out[sent..]`. Empty until a write: the reactor's spare
@@ -187,9 +190,10 @@ struct Busy {
     out: Vec<u8>,
     sent: usize,
     producer: Option<Rc<dyn Producer>>,
-    producer_paused: bool,
     /// The reason to report when the close completes, if not the natural one.
     reason: Option<CloseReason>,
+    /// After the close, the local address the socket had (see `Transport::host`).
+    host: Option<CompactAddr>,
 }
 
 impl Busy {
@@ -199,7 +203,10 @@ impl Busy {
 
     /// True when the connection would not miss this state if it were freed.
     fn is_spent(&self) -> bool {
-        self.out.capacity() == 0 && self.producer.is_none() && self.reason.is_none()
+        self.out.capacity() == 0
+            && self.producer.is_none()
+            && self.reason.is_none()
+            && self.host.is_none()
     }
 }
 
@@ -231,8 +238,9 @@ pub struct TcpTransport {
     /// Bits of [`flag`].
     flags: Cell<u8>,
     write_side: Cell<WriteSide>,
+    /// The peer's address, kept: `peer()` must answer after the close too. The local
+    /// address is not kept; see `host()`.
     peer: CompactAddr,
-    host: CompactAddr,
     /// A `Cell`, not a `RefCell`: only [`TcpTransport::with_busy`] takes it out, and
     /// calls no user code meanwhile.
     busy: Cell<Option<Box<Busy>>>,
@@ -271,7 +279,7 @@ impl fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpTransport")
             .field("peer", &self.peer.get())
-            .field("host", &self.host.get())
+            .field("host", &Transport::host(self))
             .finish()
     }
 }
@@ -423,8 +431,10 @@ impl Transport for TcpTransport {
             }
             busy.out.extend_from_slice(data);
             Some(
-                if busy.pending() > HIGH_WATER_MARK && !busy.producer_paused {
-                    busy.producer_paused = busy.producer.is_some();
+                if busy.pending() > HIGH_WATER_MARK && !self.has(flag::PRODUCER_PAUSED) {
+                    if busy.producer.is_some() {
+                        self.raise(flag::PRODUCER_PAUSED);
+                    }
                     busy.producer.clone()
                 } else {
                     None
@@ -499,8 +509,19 @@ impl Transport for TcpTransport {
         self.peer.get()
     }
 
+    /// Asked of the socket while it is open, and answered from the address read just
+    /// before it closed afterwards: keeping it in every connection would cost 16 bytes
+    /// each, and few protocols ask. The peer's address stands in if the system cannot
+    /// tell (as when the transport was made).
     fn host(&self) -> SocketAddr {
-        self.host.get()
+        let open = self
+            .with_stream(|stream| stream.local_addr().ok())
+            .flatten();
+        open.or_else(|| {
+            self.with_busy_if_any(|busy| busy.host.as_ref().map(CompactAddr::get))
+                .flatten()
+        })
+        .unwrap_or_else(|| self.peer.get())
     }
 
     fn pause_producing(&self) {
@@ -524,8 +545,13 @@ impl Transport for TcpTransport {
         }
         let pause_now = self.with_busy(|busy| {
             busy.producer = Some(producer.clone());
-            busy.producer_paused = busy.pending() > HIGH_WATER_MARK;
-            busy.producer_paused
+            let pause = busy.pending() > HIGH_WATER_MARK;
+            if pause {
+                self.raise(flag::PRODUCER_PAUSED);
+            } else {
+                self.lower(flag::PRODUCER_PAUSED);
+            }
+            pause
         });
         if pause_now {
             producer.pause_producing();
@@ -534,7 +560,7 @@ impl Transport for TcpTransport {
 
     fn unregister_producer(&self) {
         let producer = self.with_busy_if_any(|busy| {
-            busy.producer_paused = false;
+            self.lower(flag::PRODUCER_PAUSED);
             busy.producer.take()
         });
         // Dropped with the write state back in place: it may be the last handle on
@@ -575,7 +601,6 @@ impl TcpTransport {
         peer: SocketAddr,
         protocol: Box<dyn Protocol>,
     ) -> Rc<TcpTransport> {
-        let host = stream.local_addr().unwrap_or(peer);
         Rc::new(TcpTransport {
             reactor: reactor.downgrade(),
             stream: Cell::new(Some(stream)),
@@ -583,7 +608,6 @@ impl TcpTransport {
             flags: Cell::new(0),
             write_side: Cell::new(WriteSide::Open),
             peer: CompactAddr::new(peer),
-            host: CompactAddr::new(host),
             busy: Cell::new(None),
             protocol: RefCell::new(Some(protocol)),
             lost_notice: Cell::new(None),
@@ -848,10 +872,10 @@ impl TcpTransport {
 
     fn maybe_resume_producer(&self) {
         let producer = self.with_busy_if_any(|busy| {
-            if !busy.producer_paused || busy.pending() > HIGH_WATER_MARK / 2 {
+            if !self.has(flag::PRODUCER_PAUSED) || busy.pending() > HIGH_WATER_MARK / 2 {
                 return None;
             }
-            busy.producer_paused = false;
+            self.lower(flag::PRODUCER_PAUSED);
             busy.producer.clone()
         });
         if let Some(producer) = producer.flatten() {
@@ -911,17 +935,12 @@ impl TcpTransport {
         let drain = !self.has(flag::ABORTED | flag::READ_EOF);
         let aborted = self.has(flag::ABORTED);
         self.raise(flag::CLOSED | flag::DISCONNECTING);
-        let busy = self.busy.take();
-        let (first, producer) = match busy {
+        let mut busy = self.busy.take();
+        let (first, producer) = match busy.as_deref_mut() {
             Some(busy) => {
-                let Busy {
-                    out,
-                    reason,
-                    producer,
-                    ..
-                } = *busy;
-                self.release_buffer(out);
-                (reason, producer)
+                self.release_buffer(std::mem::take(&mut busy.out));
+                busy.sent = 0;
+                (busy.reason.take(), busy.producer.take())
             }
             None => (None, None),
         };
@@ -940,6 +959,13 @@ impl TcpTransport {
             }
             if drain {
                 drain_unread(&mut stream);
+            }
+            // For `host()` after the close: the one system call that keeping the
+            // address in every connection from the start would have cost anyway.
+            if let Ok(host) = stream.local_addr() {
+                let mut closed = busy.take().unwrap_or_default();
+                closed.host = Some(CompactAddr::new(host));
+                self.put_busy(closed);
             }
             drop(stream);
         }
@@ -1797,5 +1823,133 @@ mod tests {
                 "client producer gone: state false, buffered 0",
             ]
         );
+    }
+
+    type Addresses = Rc<RefCell<Vec<(String, SocketAddr, SocketAddr)>>>;
+
+    /// Records its transport's host and peer when made and when lost, and hands the
+    /// transport to the test. The server side closes at once; the client side stops
+    /// the reactor when lost.
+    struct AddressRecorder {
+        side: &'static str,
+        transport: Option<TransportRef>,
+        seen: Addresses,
+        kept: Rc<RefCell<Vec<TransportRef>>>,
+        reactor: WeakReactor,
+    }
+
+    impl AddressRecorder {
+        fn record(&self, event: &str) {
+            if let Some(t) = &self.transport {
+                let event = format!("{} {event}", self.side);
+                self.seen.borrow_mut().push((event, t.host(), t.peer()));
+            }
+        }
+    }
+
+    impl Protocol for AddressRecorder {
+        fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+            self.transport = Some(transport.clone());
+            self.kept.borrow_mut().push(transport.clone());
+            self.record("made");
+            if self.side == "server" {
+                transport.lose_connection();
+            }
+            Ok(())
+        }
+
+        fn data_received(&mut self, _: &TransportRef, _: &[u8]) -> ProtocolResult {
+            Ok(())
+        }
+
+        fn connection_lost(&mut self, _: &CloseReason) {
+            self.record("lost");
+            if self.side == "client"
+                && let Some(reactor) = self.reactor.upgrade()
+            {
+                reactor.crash();
+            }
+        }
+    }
+
+    struct AddressRecorders {
+        side: &'static str,
+        seen: Addresses,
+        kept: Rc<RefCell<Vec<TransportRef>>>,
+        reactor: WeakReactor,
+    }
+
+    impl Factory for AddressRecorders {
+        fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+            Some(Box::new(AddressRecorder {
+                side: self.side,
+                transport: None,
+                seen: self.seen.clone(),
+                kept: self.kept.clone(),
+                reactor: self.reactor.clone(),
+            }))
+        }
+    }
+
+    impl ClientFactory for AddressRecorders {}
+
+    /// the local address is asked of the socket rather than kept, so check that
+    /// `host()` (and `peer()`) give the same answer while open, in `connection_lost`,
+    /// and long after the close, on both sides.
+    #[test]
+    fn x15_host_and_peer_stay_the_same_after_the_close() {
+        let reactor = Reactor::new().expect("reactor");
+        let seen: Addresses = Rc::new(RefCell::new(Vec::new()));
+        let kept = Rc::new(RefCell::new(Vec::new()));
+        let factory = |side| {
+            Rc::new(AddressRecorders {
+                side,
+                seen: seen.clone(),
+                kept: kept.clone(),
+                reactor: reactor.downgrade(),
+            })
+        };
+        let port = reactor
+            .listen_tcp(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                factory("server"),
+            )
+            .expect("listening");
+        let listening = port.host();
+        let _connector = reactor.connect_tcp(listening, factory("client"), None);
+        let watchdog = {
+            let r = reactor.downgrade();
+            reactor.call_later(Duration::from_secs(5), move || {
+                if let Some(r) = r.upgrade() {
+                    r.crash();
+                }
+            })
+        };
+        reactor.run().expect("the reactor ran");
+        let _ = watchdog.cancel();
+        let seen = seen.borrow();
+        let find = |when| {
+            seen.iter()
+                .find(|(w, _, _)| *w == when)
+                .map(|&(_, host, peer)| (host, peer))
+                .unwrap_or_else(|| panic!("no {when} in {seen:?}"))
+        };
+        let (server_host, server_peer) = find("server made");
+        let (client_host, client_peer) = find("client made");
+        assert_eq!(server_host, listening);
+        assert_eq!(client_peer, listening);
+        assert_eq!(server_peer, client_host);
+        assert_eq!(find("server lost"), (server_host, server_peer));
+        assert_eq!(find("client lost"), (client_host, client_peer));
+        let kept = kept.borrow();
+        assert_eq!(kept.len(), 2);
+        for transport in kept.iter() {
+            assert!(transport.is_disconnecting());
+            let after = (transport.host(), transport.peer());
+            assert!(
+                after == (server_host, server_peer) || after == (client_host, client_peer),
+                "after the close: {after:?}"
+            );
+        }
     }
 }
