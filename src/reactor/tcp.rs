@@ -1226,19 +1226,26 @@ struct Attempt {
     timer: Option<DelayedCall>,
 }
 
+/// Counts a connector's attempts. 32 bits, so that it packs with the connector's other
+/// small fields; it wraps, and an attempt's events are long gone four billion attempts
+/// later.
+type AttemptGeneration = u32;
+
+/// A connector's state. Kept small: every client connection keeps its connector for as
+/// long as it is open (P-14 reports its end to it).
 struct ConnectorInner {
     reactor: WeakReactor,
-    destination: SocketAddr,
+    destination: CompactAddr,
     factory: Rc<dyn ClientFactory>,
     timeout: Option<Duration>,
     state: Cell<ConnectorState>,
-    /// Boxed: only an attempt in progress needs it, and the connector of every client
-    /// connection lives as long as the connection.
+    /// Boxed: only an attempt in progress needs it.
     attempt: RefCell<Option<Box<Attempt>>>,
-    /// The registry key of the connection this connector made, while it is open.
-    connection: Cell<Option<IoKey>>,
+    /// The registry key of the connection this connector made; stale once it closed.
+    /// A key rather than a `Weak`, which would keep the closed connection's memory.
+    connection: Cell<IoKey>,
     /// Attempts started so far; a timer or event of an older attempt is ignored.
-    generation: Cell<u64>,
+    generation: Cell<AttemptGeneration>,
     /// Whether this connector counts as a user of its factory now (P-01): from the
     /// start of an attempt until the failure or loss after which nobody reconnected.
     factory_started: Cell<bool>,
@@ -1253,7 +1260,7 @@ pub struct Connector {
 impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connector")
-            .field("destination", &self.inner.destination)
+            .field("destination", &self.inner.destination.get())
             .field("state", &self.inner.state.get())
             .finish()
     }
@@ -1268,7 +1275,7 @@ impl PartialEq for Connector {
 impl Connector {
     /// The address as requested (P-16).
     pub fn destination(&self) -> SocketAddr {
-        self.inner.destination
+        self.inner.destination.get()
     }
 
     /// True while an attempt is under way.
@@ -1308,9 +1315,8 @@ impl Connector {
                 let _ = self.stop_connecting();
             }
             ConnectorState::Connected => {
-                if let (Some(reactor), Some(key)) =
-                    (self.inner.reactor.upgrade(), self.inner.connection.get())
-                    && let Some(connection) = reactor.tcp_connection(key)
+                if let Some(reactor) = self.inner.reactor.upgrade()
+                    && let Some(connection) = reactor.tcp_connection(self.inner.connection.get())
                 {
                     connection.lose_connection();
                 }
@@ -1337,11 +1343,11 @@ impl Connector {
         if !self.inner.factory_started.replace(true) {
             factory_do_start(&reactor, &self.factory());
         }
-        let generation = self.inner.generation.get() + 1;
+        let generation = self.inner.generation.get().wrapping_add(1);
         self.inner.generation.set(generation);
         // On loopback a refusal is often known before connect() returns: it is reported
         // (later, P-13) without registering a socket that is already dead.
-        match reactor.start_connect(self.inner.destination) {
+        match reactor.start_connect(self.inner.destination.get()) {
             Ok(mut stream) => {
                 let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
                     connector: self.inner.clone(),
@@ -1371,7 +1377,7 @@ impl Connector {
         self.inner.factory.started_connecting(self);
     }
 
-    fn fail_later(&self, reactor: &Reactor, generation: u64, error: io::Error) {
+    fn fail_later(&self, reactor: &Reactor, generation: AttemptGeneration, error: io::Error) {
         let connector = self.clone();
         reactor.call_soon(Box::new(move || {
             if connector.inner.generation.get() == generation && connector.is_connecting() {
@@ -1462,7 +1468,7 @@ impl Connector {
             return;
         };
         let connection = TcpTransport::new(&reactor, attempt.stream, peer, protocol);
-        self.inner.connection.set(Some(attempt.key));
+        self.inner.connection.set(attempt.key);
         let notice = LostNotice::Connector(self.clone());
         if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(notice)) {
             // No protocol method ran: to the factory the attempt failed (P-13).
@@ -1483,7 +1489,7 @@ impl Connector {
 /// go on.
 struct AttemptHandler {
     connector: Rc<ConnectorInner>,
-    generation: u64,
+    generation: AttemptGeneration,
 }
 
 impl IoHandler for AttemptHandler {
@@ -1562,12 +1568,12 @@ impl Reactor {
         let connector = Connector {
             inner: Rc::new(ConnectorInner {
                 reactor: self.downgrade(),
-                destination: address,
+                destination: CompactAddr::new(address),
                 factory,
                 timeout,
                 state: Cell::new(ConnectorState::Disconnected),
                 attempt: RefCell::new(None),
-                connection: Cell::new(None),
+                connection: Cell::new(IoKey::NONE),
                 generation: Cell::new(0),
                 factory_started: Cell::new(false),
             }),
