@@ -227,7 +227,8 @@ enum FlushStep {
 ///
 /// One allocation per connection, kept small because idle connections are counted in
 /// the thousands: the handler and the transport are the same object, yes/no states are
-/// bits, and the write side's state ([`Busy`]) is allocated only once it is used.
+/// bits, the local address is asked of the socket, and the state of writing (buffer,
+/// producer) is allocated only while it is used. See BENCHMARKS.md, "idle".
 pub struct TcpTransport {
     reactor: WeakReactor,
     /// `None` once closed. A `Cell`, not a `RefCell`: only [`TcpTransport::with_stream`]
@@ -251,8 +252,17 @@ pub struct TcpTransport {
     lost_notice: Cell<Option<LostNotice>>,
 }
 
+// The sizes the idle benchmark's figure rests on (BENCHMARKS.md, "idle"): a field added
+// to every connection or connector shows up there. Release builds only: in debug builds
+// mio's sockets carry a selector id.
+#[cfg(all(target_pointer_width = "64", not(debug_assertions)))]
+const _: () = {
+    assert!(std::mem::size_of::<TcpTransport>() == 88);
+    assert!(std::mem::size_of::<ConnectorInner>() == 88);
+};
+
 /// A socket address in 16 bytes instead of `SocketAddr`'s 32: IPv4 inline, IPv6 boxed.
-/// Every transport keeps two, for the life of the connection.
+/// Every connection keeps its peer's, and every connector its destination.
 #[derive(Debug, Clone)]
 enum CompactAddr {
     V4(Ipv4Addr, u16),
