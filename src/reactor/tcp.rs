@@ -1611,6 +1611,17 @@ mod tests {
     use super::*;
     use crate::reactor::ProtocolResult;
 
+    /// Crashes the reactor after five seconds, so that a test gone wrong fails instead
+    /// of hanging.
+    fn watchdog(reactor: &Reactor) -> DelayedCall {
+        let r = reactor.downgrade();
+        reactor.call_later(Duration::from_secs(5), move || {
+            if let Some(r) = r.upgrade() {
+                r.crash();
+            }
+        })
+    }
+
     /// Keeps its transport (as protocols may) and records when it is dropped.
     struct Keeper {
         transport: Option<TransportRef>,
@@ -1678,14 +1689,7 @@ mod tests {
             .listen_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), factory.clone())
             .expect("listening");
         let connector = reactor.connect_tcp(port.host(), factory.clone(), None);
-        let watchdog = {
-            let r = reactor.downgrade();
-            reactor.call_later(Duration::from_secs(5), move || {
-                if let Some(r) = r.upgrade() {
-                    r.crash();
-                }
-            })
-        };
+        let watchdog = watchdog(&reactor);
         reactor.run().expect("the reactor ran");
         let _ = watchdog.cancel();
         assert_eq!(made.get(), 2, "both sides connected before the crash");
@@ -1815,14 +1819,7 @@ mod tests {
             .listen_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), server)
             .expect("listening");
         let _connector = reactor.connect_tcp(port.host(), client, None);
-        let watchdog = {
-            let r = reactor.downgrade();
-            reactor.call_later(Duration::from_secs(5), move || {
-                if let Some(r) = r.upgrade() {
-                    r.crash();
-                }
-            })
-        };
+        let watchdog = watchdog(&reactor);
         reactor.run().expect("the reactor ran");
         let _ = watchdog.cancel();
         let mut seen = seen.borrow().clone();
@@ -1933,14 +1930,7 @@ mod tests {
             .expect("listening");
         let listening = port.host();
         let _connector = reactor.connect_tcp(listening, factory("client"), None);
-        let watchdog = {
-            let r = reactor.downgrade();
-            reactor.call_later(Duration::from_secs(5), move || {
-                if let Some(r) = r.upgrade() {
-                    r.crash();
-                }
-            })
-        };
+        let watchdog = watchdog(&reactor);
         reactor.run().expect("the reactor ran");
         let _ = watchdog.cancel();
         let seen = seen.borrow();
