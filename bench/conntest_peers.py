@@ -11,7 +11,10 @@ It opens its own listeners on 127.0.0.1 (three open ports inside the scanned ran
 slot is filled and never accepted), checks that twistctl's scan reports exactly the
 ports the kernel lists as listening there, counts syscalls per port (with strace, if
 installed), runs each case with hyperfine, and prints a Markdown table of medians and
-ranges. Everything stays on this machine.
+ranges. Everything stays on this machine. The Happy Eyeballs case (a name whose IPv6
+address never answers and whose IPv4 address is open) needs root: it gives the name
+`dual.test` both addresses in a private mount namespace (`unshare -m`) whose
+/etc/hosts is its own.
 """
 import argparse
 import json
@@ -96,6 +99,56 @@ def silent_listener():
     return s, fillers
 
 
+def dual_stack_port():
+    """A port P where [::1]:P drops SYNs and 127.0.0.1:P accepts: the IPv6 address of
+    a name never answers, its IPv4 address is open. None without IPv6 loopback."""
+    for _ in range(50):
+        try:
+            v6 = socket.socket(socket.AF_INET6)
+            v6.bind(("::1", 0))
+        except OSError:
+            return None
+        port = v6.getsockname()[1]
+        v6.listen(0)
+        fillers = []
+        for _ in range(3):
+            c = socket.socket(socket.AF_INET6)
+            c.setblocking(False)
+            try:
+                c.connect(("::1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(c)
+        try:
+            v4 = open_listener(port)
+        except OSError:
+            v6.close()
+            continue
+        return port, (v6, fillers, v4)
+    return None
+
+
+def hyperfine_with_hosts(hosts_text, commands, runs, warmup):
+    """hyperfine in a private mount namespace whose /etc/hosts is `hosts_text`
+    (needs root and unshare); None where that is not possible."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".hosts") as hosts, \
+            tempfile.NamedTemporaryFile(suffix=".json") as out:
+        hosts.write(hosts_text)
+        hosts.flush()
+        inner = ("mount --bind %s /etc/hosts && exec hyperfine -N -i -w %d -r %d "
+                 "--export-json %s %s") % (
+            hosts.name, warmup, runs, out.name,
+            " ".join("'%s'" % c for c in commands))
+        done = subprocess.run(["unshare", "-m", "sh", "-c", inner],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if done.returncode != 0:
+            return None
+        with open(out.name) as f:
+            return json.load(f)["results"]
+
+
 def hyperfine(commands, runs, warmup):
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run(
@@ -154,6 +207,19 @@ def main():
         + " (nc -z -w1 waits 1 s per port: about 50 s) | see below |")
     print(row("50 silent ports, nmap -T5", hyperfine([
         f"nmap -sT -T5 -p{silent_ports} 127.0.0.1"], 3, 0)))
+    dual = dual_stack_port()
+    if dual is None:
+        print("| Happy Eyeballs | skipped: no IPv6 loopback | | |")
+    else:
+        port, keep_dual = dual
+        results = hyperfine_with_hosts("::1 dual.test\n127.0.0.1 dual.test\n", [
+            f"{TWISTCTL} conntest dual.test {port}",
+            # Without -w, nc waits out the kernel's SYN retries on ::1 (over two minutes).
+            f"nc -z -w5 dual.test {port}"], 3, 0)
+        if results is None:
+            print("| Happy Eyeballs | skipped: needs root and unshare for a private /etc/hosts | | |")
+        else:
+            print(row("Happy Eyeballs (::1 silent, 127.0.0.1 open)", results))
     print(row("one open port", hyperfine([
         f"{TWISTCTL} conntest 127.0.0.1 {open_ports[0]}",
         f"nc -z 127.0.0.1 {open_ports[0]}"], args.runs * 5, 5)))
