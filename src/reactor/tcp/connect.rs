@@ -1,0 +1,318 @@
+//! Outgoing TCP connections: the [`Connector`] that makes an attempt, times it out,
+//! reports how it went to its [`ClientFactory`], and hears of the connection's end.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use mio::Interest;
+use mio::net::TcpStream;
+
+use super::transport::{LostNotice, TcpTransport};
+use super::{
+    AlreadyConnectingError, ClientFactory, CompactAddr, NotConnectingError, factory_do_start,
+    factory_do_stop,
+};
+use crate::reactor::io::{IoHandler, IoKey, Readiness};
+use crate::reactor::protocol::{CloseReason, ConnectError, Factory, Transport};
+use crate::reactor::time::DelayedCall;
+use crate::reactor::{Reactor, WeakReactor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConnectorState {
+    Disconnected,
+    Connecting,
+    Connected,
+}
+
+pub(super) struct Attempt {
+    stream: TcpStream,
+    key: IoKey,
+    timer: Option<DelayedCall>,
+}
+
+/// Counts a connector's attempts. 32 bits, so that it packs with the connector's other
+/// small fields; it wraps, and an attempt's events are long gone four billion attempts
+/// later.
+type AttemptGeneration = u32;
+
+/// A connector's state. Kept small: every client connection keeps its connector for as
+/// long as it is open (P-14 reports its end to it).
+pub(super) struct ConnectorInner {
+    pub(super) reactor: WeakReactor,
+    pub(super) destination: CompactAddr,
+    pub(super) factory: Rc<dyn ClientFactory>,
+    pub(super) timeout: Option<Duration>,
+    pub(super) state: Cell<ConnectorState>,
+    /// Boxed: only an attempt in progress needs it.
+    pub(super) attempt: RefCell<Option<Box<Attempt>>>,
+    /// The registry key of the connection this connector made; stale once it closed.
+    /// A key rather than a `Weak`, which would keep the closed connection's memory.
+    pub(super) connection: Cell<IoKey>,
+    /// Attempts started so far; a timer or event of an older attempt is ignored.
+    pub(super) generation: Cell<AttemptGeneration>,
+    /// Whether this connector counts as a user of its factory now (P-01): from the
+    /// start of an attempt until the failure or loss after which nobody reconnected.
+    pub(super) factory_started: Cell<bool>,
+}
+
+/// An outgoing connection's handle, passed to every `ClientFactory` callback (P-16).
+#[derive(Clone)]
+pub struct Connector {
+    pub(super) inner: Rc<ConnectorInner>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("destination", &self.inner.destination.get())
+            .field("state", &self.inner.state.get())
+            .finish()
+    }
+}
+
+impl PartialEq for Connector {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Connector {
+    /// The address as requested (P-16).
+    pub fn destination(&self) -> SocketAddr {
+        self.inner.destination.get()
+    }
+
+    /// True while an attempt is under way.
+    pub fn is_connecting(&self) -> bool {
+        self.inner.state.get() == ConnectorState::Connecting
+    }
+
+    /// True while a connection made by this connector is open.
+    pub fn is_connected(&self) -> bool {
+        self.inner.state.get() == ConnectorState::Connected
+    }
+
+    /// Starts a new attempt; valid only while disconnected, e.g. from
+    /// `client_connection_failed` or `client_connection_lost` (P-17).
+    pub fn connect(&self) -> Result<(), AlreadyConnectingError> {
+        if self.inner.state.get() != ConnectorState::Disconnected {
+            return Err(AlreadyConnectingError);
+        }
+        self.begin();
+        Ok(())
+    }
+
+    /// Abandons the attempt under way: `client_connection_failed(UserAborted)` and the
+    /// factory's stop run before this returns (P-18).
+    pub fn stop_connecting(&self) -> Result<(), NotConnectingError> {
+        if self.inner.state.get() != ConnectorState::Connecting {
+            return Err(NotConnectingError);
+        }
+        self.fail(ConnectError::UserAborted);
+        Ok(())
+    }
+
+    /// Stops connecting, or closes the connection, whichever applies (P-19).
+    pub fn disconnect(&self) {
+        match self.inner.state.get() {
+            ConnectorState::Connecting => {
+                let _ = self.stop_connecting();
+            }
+            ConnectorState::Connected => {
+                if let Some(reactor) = self.inner.reactor.upgrade()
+                    && let Some(connection) = reactor.tcp_connection(self.inner.connection.get())
+                {
+                    connection.lose_connection();
+                }
+            }
+            ConnectorState::Disconnected => {}
+        }
+    }
+
+    fn factory(&self) -> Rc<dyn Factory> {
+        // Upcast to the base trait, for the usage counter shared with ports.
+        let factory: Rc<dyn Factory> = self.inner.factory.clone();
+        factory
+    }
+
+    /// Starts an attempt: socket, non-blocking connect, timer, `started_connecting`
+    /// (P-11). Failures are reported from the loop, never from here (P-13).
+    pub(super) fn begin(&self) {
+        let Some(reactor) = self.inner.reactor.upgrade() else {
+            return;
+        };
+        self.inner.state.set(ConnectorState::Connecting);
+        // P-11, P-17: a connect() made later than inside the failure or loss callback
+        // finds the factory stopped, and starts it again (as Twisted's connector does).
+        if !self.inner.factory_started.replace(true) {
+            factory_do_start(&reactor, &self.factory());
+        }
+        let generation = self.inner.generation.get().wrapping_add(1);
+        self.inner.generation.set(generation);
+        // On loopback a refusal is often known before connect() returns: it is reported
+        // (later, P-13) without registering a socket that is already dead.
+        match reactor.start_connect(self.inner.destination.get()) {
+            Ok(mut stream) => {
+                let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
+                    connector: self.inner.clone(),
+                    generation,
+                });
+                match reactor.register_io(&mut stream, Interest::WRITABLE, handler) {
+                    Ok(key) => {
+                        let timer = self.inner.timeout.map(|timeout| {
+                            let connector = Rc::downgrade(&self.inner);
+                            reactor.call_later(timeout, move || {
+                                if let Some(inner) = connector.upgrade() {
+                                    let connector = Connector { inner };
+                                    if connector.inner.generation.get() == generation {
+                                        connector.fail(ConnectError::TimedOut);
+                                    }
+                                }
+                            })
+                        });
+                        *self.inner.attempt.borrow_mut() =
+                            Some(Box::new(Attempt { stream, key, timer }));
+                    }
+                    Err(error) => self.fail_later(&reactor, generation, error),
+                }
+            }
+            Err(error) => self.fail_later(&reactor, generation, error),
+        }
+        self.inner.factory.started_connecting(self);
+    }
+
+    fn fail_later(&self, reactor: &Reactor, generation: AttemptGeneration, error: io::Error) {
+        let connector = self.clone();
+        reactor.call_soon(Box::new(move || {
+            if connector.inner.generation.get() == generation && connector.is_connecting() {
+                connector.fail(ConnectError::from_io(error));
+            }
+        }));
+    }
+
+    /// Drops the attempt's socket and timer.
+    /// Drops the attempt's socket and timer. The socket is closed, which also takes it
+    /// out of the poll, so only its registry slot needs freeing.
+    fn end_attempt(&self) {
+        let Some(attempt) = self.inner.attempt.borrow_mut().take() else {
+            return;
+        };
+        if let Some(timer) = attempt.timer {
+            let _ = timer.cancel();
+        }
+        if let Some(reactor) = self.inner.reactor.upgrade() {
+            reactor.forget_io(attempt.key);
+        }
+        drop(attempt.stream);
+    }
+
+    /// P-13: `client_connection_failed`, then the factory's stop unless it reconnected.
+    fn fail(&self, reason: ConnectError) {
+        self.end_attempt();
+        self.inner.state.set(ConnectorState::Disconnected);
+        self.inner.factory.client_connection_failed(self, &reason);
+        self.stop_factory_unless_reconnected();
+    }
+
+    fn stop_factory_unless_reconnected(&self) {
+        if self.inner.state.get() == ConnectorState::Disconnected
+            && self.inner.factory_started.replace(false)
+            && let Some(reactor) = self.inner.reactor.upgrade()
+        {
+            factory_do_stop(&reactor, &self.factory());
+        }
+    }
+
+    /// The socket is writable (or in error): find out how the connect went.
+    fn attempt_ready(&self) {
+        let outcome = {
+            let attempt = self.inner.attempt.borrow();
+            let Some(attempt) = attempt.as_ref() else {
+                return;
+            };
+            // The peer address first: once it is known the connect succeeded, and the
+            // common case costs one syscall instead of two. Only without it does the
+            // socket's pending error tell a failure from a spurious wake-up.
+            match attempt.stream.peer_addr() {
+                Ok(peer) => Ok(peer),
+                Err(e) => match attempt.stream.take_error() {
+                    Ok(Some(error)) => Err(error),
+                    // Not connected yet and no error: a spurious wake-up; wait.
+                    Ok(None) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Ok(None) => Err(e),
+                    Err(error) => Err(error),
+                },
+            }
+        };
+        match outcome {
+            Ok(peer) => self.connected(peer),
+            Err(error) => self.fail(ConnectError::from_io(error)),
+        }
+    }
+
+    /// P-12 and P-20.
+    fn connected(&self, peer: SocketAddr) {
+        let Some(reactor) = self.inner.reactor.upgrade() else {
+            return;
+        };
+        let Some(attempt) = self.inner.attempt.borrow_mut().take() else {
+            return;
+        };
+        if let Some(timer) = attempt.timer {
+            let _ = timer.cancel();
+        }
+        self.inner.state.set(ConnectorState::Connected);
+        let Some(protocol) = self.inner.factory.build_protocol(peer) else {
+            let mut stream = attempt.stream;
+            if let Err(error) = reactor.deregister_io(&mut stream, attempt.key) {
+                log::debug!("deregistering refused connection: {error}");
+            }
+            drop(stream);
+            self.lost(&CloseReason::Done);
+            return;
+        };
+        let connection = TcpTransport::new(&reactor, attempt.stream, peer, protocol);
+        self.inner.connection.set(attempt.key);
+        let notice = LostNotice::Connector(self.clone());
+        if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(notice)) {
+            // No protocol method ran: to the factory the attempt failed (P-13).
+            self.fail(ConnectError::Other(Rc::new(error)));
+        }
+    }
+
+    /// P-14: after the protocol's `connection_lost`.
+    pub(super) fn lost(&self, reason: &CloseReason) {
+        self.inner.state.set(ConnectorState::Disconnected);
+        self.inner.factory.client_connection_lost(self, reason);
+        self.stop_factory_unless_reconnected();
+    }
+}
+
+/// The registry's handler for a connect in progress. It holds the connector strongly:
+/// a caller may drop the `Connector` that `connect_tcp` returned, and the attempt must
+/// go on.
+struct AttemptHandler {
+    connector: Rc<ConnectorInner>,
+    generation: AttemptGeneration,
+}
+
+impl IoHandler for AttemptHandler {
+    fn ready(&self, _reactor: &Reactor, _readiness: Readiness) {
+        if self.connector.generation.get() == self.generation {
+            let inner = self.connector.clone();
+            Connector { inner }.attempt_ready();
+        }
+    }
+
+    fn shutdown(&self, _reactor: &Reactor) {
+        if self.connector.generation.get() == self.generation {
+            let inner = self.connector.clone();
+            let error = io::Error::other("the reactor is shutting down");
+            Connector { inner }.fail(ConnectError::Other(Rc::new(error)));
+        }
+    }
+}
