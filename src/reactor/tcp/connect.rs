@@ -22,13 +22,13 @@ use crate::reactor::time::DelayedCall;
 use crate::reactor::{Reactor, WeakReactor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ConnectorState {
+enum ConnectorState {
     Disconnected,
     Connecting,
     Connected,
 }
 
-pub(super) struct Attempt {
+struct Attempt {
     stream: TcpStream,
     key: IoKey,
     timer: Option<DelayedCall>,
@@ -41,28 +41,28 @@ type AttemptGeneration = u32;
 
 /// A connector's state. Kept small: every client connection keeps its connector for as
 /// long as it is open (P-14 reports its end to it).
-pub(super) struct ConnectorInner {
-    pub(super) reactor: WeakReactor,
-    pub(super) destination: CompactAddr,
-    pub(super) factory: Rc<dyn ClientFactory>,
-    pub(super) timeout: Option<Duration>,
-    pub(super) state: Cell<ConnectorState>,
+struct ConnectorInner {
+    reactor: WeakReactor,
+    destination: CompactAddr,
+    factory: Rc<dyn ClientFactory>,
+    timeout: Option<Duration>,
+    state: Cell<ConnectorState>,
     /// Boxed: only an attempt in progress needs it.
-    pub(super) attempt: RefCell<Option<Box<Attempt>>>,
+    attempt: RefCell<Option<Box<Attempt>>>,
     /// The registry key of the connection this connector made; stale once it closed.
     /// A key rather than a `Weak`, which would keep the closed connection's memory.
-    pub(super) connection: Cell<IoKey>,
+    connection: Cell<IoKey>,
     /// Attempts started so far; a timer or event of an older attempt is ignored.
-    pub(super) generation: Cell<AttemptGeneration>,
+    generation: Cell<AttemptGeneration>,
     /// Whether this connector counts as a user of its factory now (P-01): from the
     /// start of an attempt until the failure or loss after which nobody reconnected.
-    pub(super) factory_started: Cell<bool>,
+    factory_started: Cell<bool>,
 }
 
 /// An outgoing connection's handle, passed to every `ClientFactory` callback (P-16).
 #[derive(Clone)]
 pub struct Connector {
-    pub(super) inner: Rc<ConnectorInner>,
+    inner: Rc<ConnectorInner>,
 }
 
 impl fmt::Debug for Connector {
@@ -80,7 +80,37 @@ impl PartialEq for Connector {
     }
 }
 
+// The size the idle benchmark's figure rests on (BENCHMARKS.md, "idle"): every client
+// connection keeps its connector. Release builds only, like the connection's.
+#[cfg(all(target_pointer_width = "64", not(debug_assertions)))]
+const _: () = assert!(std::mem::size_of::<ConnectorInner>() == 88);
+
 impl Connector {
+    /// A connector for `address` that begins its first attempt at once:
+    /// [`Reactor::connect_tcp`].
+    pub(super) fn start(
+        reactor: &Reactor,
+        address: SocketAddr,
+        factory: Rc<dyn ClientFactory>,
+        timeout: Option<Duration>,
+    ) -> Connector {
+        let connector = Connector {
+            inner: Rc::new(ConnectorInner {
+                reactor: reactor.downgrade(),
+                destination: CompactAddr::new(address),
+                factory,
+                timeout,
+                state: Cell::new(ConnectorState::Disconnected),
+                attempt: RefCell::new(None),
+                connection: Cell::new(IoKey::NONE),
+                generation: Cell::new(0),
+                factory_started: Cell::new(false),
+            }),
+        };
+        connector.begin();
+        connector
+    }
+
     /// The address as requested (P-16).
     pub fn destination(&self) -> SocketAddr {
         self.inner.destination.get()
@@ -141,7 +171,7 @@ impl Connector {
 
     /// Starts an attempt: socket, non-blocking connect, timer, `started_connecting`
     /// (P-11). Failures are reported from the loop, never from here (P-13).
-    pub(super) fn begin(&self) {
+    fn begin(&self) {
         let Some(reactor) = self.inner.reactor.upgrade() else {
             return;
         };

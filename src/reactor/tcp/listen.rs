@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use mio::Interest;
 use mio::net::{TcpListener, TcpStream};
 
 use super::transport::{LostNotice, TcpTransport};
-use super::{ListenOptions, factory_do_stop};
+use super::{CannotListenError, ListenOptions, factory_do_start, factory_do_stop};
 use crate::reactor::defer::Deferred;
 use crate::reactor::io::{IoHandler, IoKey, Readiness};
 use crate::reactor::protocol::Factory;
@@ -25,30 +26,30 @@ const ACCEPTS_PER_EVENT: usize = 100;
 /// How long accepting pauses after the process ran out of descriptors or memory; each
 /// further failure in a row doubles the pause, up to [`ACCEPT_BACKOFF_MAX`]. A connection
 /// of the port closing ends the pause at once (a descriptor is free again).
-pub(super) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The longest pause of accepting after repeated failures.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 pub(super) struct PortInner {
-    pub(super) reactor: WeakReactor,
-    pub(super) listener: RefCell<Option<TcpListener>>,
-    pub(super) key: Cell<Option<IoKey>>,
-    pub(super) factory: Rc<dyn Factory>,
-    pub(super) address: SocketAddr,
-    pub(super) accept_paused: Cell<bool>,
+    reactor: WeakReactor,
+    listener: RefCell<Option<TcpListener>>,
+    key: Cell<Option<IoKey>>,
+    factory: Rc<dyn Factory>,
+    address: SocketAddr,
+    accept_paused: Cell<bool>,
     /// The next pause after an accept failure (see [`ACCEPT_BACKOFF`]).
-    pub(super) accept_backoff: Cell<Duration>,
+    accept_backoff: Cell<Duration>,
     /// The timer that ends the current pause.
-    pub(super) accept_retry: RefCell<Option<DelayedCall>>,
-    pub(super) stopped: Cell<bool>,
-    pub(super) this: Weak<PortInner>,
+    accept_retry: RefCell<Option<DelayedCall>>,
+    stopped: Cell<bool>,
+    this: Weak<PortInner>,
 }
 
 /// A listening TCP port (Twisted's `IListeningPort`).
 #[derive(Clone)]
 pub struct ListeningPort {
-    pub(super) inner: Rc<PortInner>,
+    inner: Rc<PortInner>,
 }
 
 impl fmt::Debug for ListeningPort {
@@ -60,6 +61,38 @@ impl fmt::Debug for ListeningPort {
 }
 
 impl ListeningPort {
+    /// Binds and listens on `address`, registers the socket, and starts the factory:
+    /// [`Reactor::listen_tcp_with`].
+    pub(super) fn open(
+        reactor: &Reactor,
+        address: SocketAddr,
+        factory: Rc<dyn Factory>,
+        options: ListenOptions,
+    ) -> Result<ListeningPort, CannotListenError> {
+        let fail = |source| CannotListenError { address, source };
+        let mut listener = bind_listener(address, options).map_err(fail)?;
+        let bound = listener.local_addr().map_err(fail)?;
+        let inner = Rc::new_cyclic(|this| PortInner {
+            reactor: reactor.downgrade(),
+            listener: RefCell::new(None),
+            key: Cell::new(None),
+            factory: factory.clone(),
+            address: bound,
+            accept_paused: Cell::new(false),
+            accept_backoff: Cell::new(ACCEPT_BACKOFF),
+            accept_retry: RefCell::new(None),
+            stopped: Cell::new(false),
+            this: this.clone(),
+        });
+        let key = reactor
+            .register_io(&mut listener, Interest::READABLE, inner.clone())
+            .map_err(fail)?;
+        inner.key.set(Some(key));
+        *inner.listener.borrow_mut() = Some(listener);
+        factory_do_start(reactor, &factory);
+        Ok(ListeningPort { inner })
+    }
+
     /// The listening address, with the port the OS chose for port 0 (P-10, X-15).
     pub fn host(&self) -> SocketAddr {
         self.inner.address
@@ -204,10 +237,7 @@ impl IoHandler for PortInner {
     }
 }
 
-pub(super) fn bind_listener(
-    address: SocketAddr,
-    options: ListenOptions,
-) -> io::Result<TcpListener> {
+fn bind_listener(address: SocketAddr, options: ListenOptions) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(address);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;

@@ -22,16 +22,12 @@
 //!
 //! [`TransportRef`]: crate::reactor::TransportRef
 
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV6};
 use std::rc::Rc;
 use std::time::Duration;
 
-use mio::Interest;
-
 use super::Reactor;
-use super::io::IoKey;
 use super::protocol::{CloseReason, ConnectError, Factory};
 
 mod connect;
@@ -41,9 +37,6 @@ mod transport;
 pub use connect::Connector;
 pub use listen::ListeningPort;
 pub use transport::TcpTransport;
-
-use connect::{ConnectorInner, ConnectorState};
-use listen::{ACCEPT_BACKOFF, PortInner, bind_listener};
 
 /// Outgoing bytes above which a registered producer is told to pause.
 pub const HIGH_WATER_MARK: usize = 64 * 1024;
@@ -133,15 +126,6 @@ fn factory_do_stop(reactor: &Reactor, factory: &Rc<dyn Factory>) {
     }
 }
 
-// The sizes the idle benchmark's figure rests on (BENCHMARKS.md, "idle"): a field added
-// to every connection or connector shows up there. Release builds only: in debug builds
-// mio's sockets carry a selector id.
-#[cfg(all(target_pointer_width = "64", not(debug_assertions)))]
-const _: () = {
-    assert!(std::mem::size_of::<TcpTransport>() == 88);
-    assert!(std::mem::size_of::<ConnectorInner>() == 88);
-};
-
 /// A socket address in 16 bytes instead of `SocketAddr`'s 32: IPv4 inline, IPv6 boxed.
 /// Every connection keeps its peer's, and every connector its destination.
 #[derive(Debug, Clone)]
@@ -188,28 +172,7 @@ impl Reactor {
         factory: Rc<dyn Factory>,
         options: ListenOptions,
     ) -> Result<ListeningPort, CannotListenError> {
-        let fail = |source| CannotListenError { address, source };
-        let mut listener = bind_listener(address, options).map_err(fail)?;
-        let bound = listener.local_addr().map_err(fail)?;
-        let inner = Rc::new_cyclic(|this| PortInner {
-            reactor: self.downgrade(),
-            listener: RefCell::new(None),
-            key: Cell::new(None),
-            factory: factory.clone(),
-            address: bound,
-            accept_paused: Cell::new(false),
-            accept_backoff: Cell::new(ACCEPT_BACKOFF),
-            accept_retry: RefCell::new(None),
-            stopped: Cell::new(false),
-            this: this.clone(),
-        });
-        let key = self
-            .register_io(&mut listener, Interest::READABLE, inner.clone())
-            .map_err(fail)?;
-        inner.key.set(Some(key));
-        *inner.listener.borrow_mut() = Some(listener);
-        factory_do_start(self, &factory);
-        Ok(ListeningPort { inner })
+        ListeningPort::open(self, address, factory, options)
     }
 
     /// Connects to `address` (P-11): starts the factory if this connector is its first
@@ -222,20 +185,6 @@ impl Reactor {
         factory: Rc<dyn ClientFactory>,
         timeout: Option<Duration>,
     ) -> Connector {
-        let connector = Connector {
-            inner: Rc::new(ConnectorInner {
-                reactor: self.downgrade(),
-                destination: CompactAddr::new(address),
-                factory,
-                timeout,
-                state: Cell::new(ConnectorState::Disconnected),
-                attempt: RefCell::new(None),
-                connection: Cell::new(IoKey::NONE),
-                generation: Cell::new(0),
-                factory_started: Cell::new(false),
-            }),
-        };
-        connector.begin();
-        connector
+        Connector::start(self, address, factory, timeout)
     }
 }
