@@ -85,18 +85,24 @@ def silent_listener():
     """A port whose accept queue is full: new SYNs are dropped, connects hang."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    s.listen(0)
-    port = s.getsockname()[1]
+    return s, fill_queue(s)
+
+
+def fill_queue(listener):
+    """listen(0) on `listener`, then fill its one queue slot with connections that are
+    never accepted: further SYNs to it are dropped. Returns the filling sockets."""
+    listener.listen(0)
+    address = listener.getsockname()[:2]
     fillers = []
     for _ in range(3):
-        c = socket.socket()
+        c = socket.socket(listener.family)
         c.setblocking(False)
         try:
-            c.connect(("127.0.0.1", port))
+            c.connect(address)
         except BlockingIOError:
             pass
         fillers.append(c)
-    return s, fillers
+    return fillers
 
 
 def dual_stack_port():
@@ -109,16 +115,7 @@ def dual_stack_port():
         except OSError:
             return None
         port = v6.getsockname()[1]
-        v6.listen(0)
-        fillers = []
-        for _ in range(3):
-            c = socket.socket(socket.AF_INET6)
-            c.setblocking(False)
-            try:
-                c.connect(("::1", port))
-            except BlockingIOError:
-                pass
-            fillers.append(c)
+        fillers = fill_queue(v6)
         try:
             v4 = open_listener(port)
         except OSError:
