@@ -15,7 +15,7 @@ use super::connect::Connector;
 use super::listen::PortInner;
 use super::{CompactAddr, HIGH_WATER_MARK, WRITE_BUFFER_LIMIT};
 use crate::reactor::failure::Failure;
-use crate::reactor::io::{Handler, IoHandler, IoKey, Readiness};
+use crate::reactor::io::{Handler, IoKey, Readiness};
 use crate::reactor::protocol::{CloseReason, Producer, Protocol, Transport, TransportRef};
 use crate::reactor::{Reactor, WeakReactor};
 
@@ -871,32 +871,29 @@ fn reason_from_io(error: io::Error) -> CloseReason {
     }
 }
 
-impl IoHandler for TcpTransport {
-    fn ready(&self, reactor: &Reactor, readiness: Readiness) {
-        // `ready` has `&self`; the methods below need the `Rc`, to schedule and to hand
-        // the transport to the protocol.
-        let Some(this) = self.this(reactor) else {
-            return;
-        };
+/// The loop's side of a connection: the registry hands each event to the connection's
+/// own `Rc` (see `io::Handler`), which the protocol's calls need.
+impl TcpTransport {
+    /// The socket is ready for `readiness`.
+    pub(crate) fn ready(self: &Rc<Self>, readiness: Readiness) {
         if readiness.error
             && let Some(error) = self
                 .with_stream(|stream| stream.take_error().ok().flatten())
                 .flatten()
         {
-            return this.close(self.reason_from_io(error));
+            return self.close(self.reason_from_io(error));
         }
         if readiness.writable {
-            this.flush();
+            self.flush();
         }
         if readiness.readable || readiness.read_closed {
-            this.read_ready();
+            self.read_ready();
         }
     }
 
-    fn shutdown(&self, reactor: &Reactor) {
-        if let Some(this) = self.this(reactor) {
-            this.close(CloseReason::Lost(None)); // R-10, P-28
-        }
+    /// The reactor is shutting down: the connection ends (R-10, P-28).
+    pub(crate) fn shutdown(self: &Rc<Self>) {
+        self.close(CloseReason::Lost(None));
     }
 }
 
