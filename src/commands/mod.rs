@@ -6,6 +6,9 @@ pub mod conntest;
 pub mod talk;
 pub mod timer_demo;
 
+#[cfg(test)]
+pub(crate) mod test_support;
+
 use crate::cli::{Cli, Command};
 use crate::exit::ExitStatus;
 

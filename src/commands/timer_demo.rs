@@ -373,16 +373,7 @@ mod tests {
         assert_eq!(*h.stops.borrow(), [ms(1500)]);
     }
 
-    /// A writer whose reader has gone away.
-    struct ClosedPipe;
-    impl Write for ClosedPipe {
-        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-            Err(io::Error::from(io::ErrorKind::BrokenPipe))
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::commands::test_support::ClosedPipe;
 
     #[test]
     fn a_closed_pipe_stops_the_tour_at_the_first_line() {

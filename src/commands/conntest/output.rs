@@ -339,15 +339,7 @@ mod tests {
         assert_eq!((out.as_str(), err.as_str()), ("", ""));
     }
 
-    struct ClosedPipe;
-    impl Write for ClosedPipe {
-        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-            Err(io::Error::from(io::ErrorKind::BrokenPipe))
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::commands::test_support::ClosedPipe;
 
     #[test]
     fn a_closed_pipe_ends_output_to_that_stream_quietly() {
