@@ -5,6 +5,8 @@
 //! whose one queue slot is taken: the kernel then drops further SYNs, so a connect to it
 //! hangs until the client's own timeout (a recipe that needs no root and no firewall).
 
+mod common;
+
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -20,11 +22,11 @@ use twistctl::commands::conntest::gate::Gate;
 use twistctl::commands::conntest::race::{Race, RaceOutcome, RaceSettings};
 use twistctl::reactor::Reactor;
 
-const BIN: &str = env!("CARGO_BIN_EXE_twistctl");
+use common::{TWISTCTL, loopback_listener};
 
 /// Every command gets a hard limit, so a hang fails the test instead of the run.
 fn conntest(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(TWISTCTL);
     command
         .arg("conntest")
         .args(args)
@@ -45,12 +47,6 @@ fn run(args: &[&str]) -> Output {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
-}
-
-fn listener() -> (TcpListener, u16) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (listener, port)
 }
 
 /// A port that refuses for as long as the returned socket lives: bound (so nobody else
@@ -109,7 +105,7 @@ fn ipv6_loopback() -> Option<TcpListener> {
 
 #[test]
 fn an_open_port_prints_the_classic_line_and_exits_0() {
-    let (_listener, port) = listener();
+    let (_listener, port) = loopback_listener();
     let out = run(&["127.0.0.1", &port.to_string()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, format!("Connected to port {port}\n"));
@@ -130,8 +126,8 @@ fn a_closed_port_prints_the_os_reason_and_exits_1() {
 
 #[test]
 fn several_targets_print_one_line_each_in_argument_order() {
-    let (_a, open_a) = listener();
-    let (_b, open_b) = listener();
+    let (_a, open_a) = loopback_listener();
+    let (_b, open_b) = loopback_listener();
     let (_c, closed_c) = refusing_port();
     let (_d, closed_d) = refusing_port();
     let args = [
@@ -160,7 +156,7 @@ fn several_targets_print_one_line_each_in_argument_order() {
 #[test]
 fn output_follows_argument_order_even_when_completion_order_differs() {
     let silent = silent_listener(Ipv4Addr::LOCALHOST.into());
-    let (_open, open) = listener();
+    let (_open, open) = loopback_listener();
     let out = run(&[
         "--json",
         "--timeout",
@@ -186,7 +182,7 @@ fn output_follows_argument_order_even_when_completion_order_differs() {
 /// but silent sockets (refusing) at the others, so no other test can take one.
 fn port_block(open_offsets: &[u16]) -> (u16, Vec<TcpListener>, Vec<Socket>) {
     'search: for _ in 0..50 {
-        let (first, base) = listener();
+        let (first, base) = loopback_listener();
         if base > 65535 - 10 {
             continue;
         }
@@ -265,7 +261,8 @@ fn a_range_scan_reports_exactly_the_open_ports_with_open_and_json() {
 
     // One attempt at a time gives the same answer.
     let out = run(&["--open", "--concurrency", "1", "127.0.0.1", &spec]);
-    assert_eq!(out.stdout.lines().count(), 3);
+    let reported: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+    assert_eq!(reported, wanted);
 }
 
 #[test]
@@ -322,9 +319,9 @@ fn a_port_that_never_answers_times_out_with_124_on_time() {
 #[test]
 fn wait_succeeds_once_a_listener_appears() {
     // Learn a free port, free it, and open it again one second after the start.
-    let port = listener().1;
+    let port = loopback_listener().1;
     let started = Instant::now();
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(TWISTCTL)
         .args([
             "conntest",
             "--wait",
@@ -387,7 +384,7 @@ fn wait_gives_up_at_its_deadline_with_124_and_the_last_reason() {
 #[test]
 fn any_succeeds_with_one_up_target_and_cancels_the_rest() {
     let silent = silent_listener(Ipv4Addr::LOCALHOST.into());
-    let (_open, open) = listener();
+    let (_open, open) = loopback_listener();
     let hanging = format!("127.0.0.1:{}", silent.addr.port());
     let up = format!("127.0.0.1:{open}");
     let started = Instant::now();
@@ -413,27 +410,24 @@ fn any_succeeds_with_one_up_target_and_cancels_the_rest() {
 
 #[test]
 fn the_command_runs_only_on_success_and_its_status_is_the_result() {
-    let (_listener, open) = listener();
-    let out = run(&[
-        "127.0.0.1",
-        &open.to_string(),
-        "--",
-        "sh",
-        "-c",
-        "echo RAN; exit 7",
-    ]);
+    // Checks `port`, then runs a command that says it ran and exits 7.
+    let check_then_run = |port: u16| {
+        run(&[
+            "127.0.0.1",
+            &port.to_string(),
+            "--",
+            "sh",
+            "-c",
+            "echo RAN; exit 7",
+        ])
+    };
+    let (_listener, open) = loopback_listener();
+    let out = check_then_run(open);
     assert_eq!(out.code, 7);
     assert_eq!(out.stdout, format!("Connected to port {open}\nRAN\n"));
 
     let (_socket, closed) = refusing_port();
-    let out = run(&[
-        "127.0.0.1",
-        &closed.to_string(),
-        "--",
-        "sh",
-        "-c",
-        "echo RAN; exit 7",
-    ]);
+    let out = check_then_run(closed);
     assert_eq!(out.code, 1);
     assert!(!out.stdout.contains("RAN"));
 
@@ -501,7 +495,7 @@ fn happy_eyeballs_connects_through_the_second_address_within_400ms() {
         None => "127.0.0.2".parse().unwrap(),
     };
     let silent = silent_listener(silent_ip);
-    let (_open, open) = listener();
+    let (_open, open) = loopback_listener();
     let open_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, open));
 
     let reactor = Reactor::new().unwrap();
@@ -555,7 +549,7 @@ fn wait_for_handler(pid: u32, signal: i32) -> bool {
 
 fn interrupted_status(signal: i32) -> Option<i32> {
     let silent = silent_listener(Ipv4Addr::LOCALHOST.into());
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(TWISTCTL)
         .args(["conntest", "--timeout", "5s", &silent.addr.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -579,7 +573,7 @@ fn sigint_and_sigterm_stop_the_check_with_130_and_143() {
 
 #[test]
 fn a_closed_stdout_pipe_ends_output_quietly_without_a_panic() {
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(TWISTCTL)
         .args(["conntest", "--json", "127.0.0.1", "1-3000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,6 +1,8 @@
 //! `twistctl talk-client` end to end: the built binary against a test server made of a
 //! `std::net::TcpListener` on 127.0.0.1 in a thread. Every read has a timeout and every
 //! wait is bounded, so a broken client fails a test instead of hanging it.
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{ChildStdin, Command, Stdio};
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 use assert_cmd::cargo::CommandCargoExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use common::{loopback_listener, read_until_contains};
 
 /// How long any single step may take before the test fails.
 const STEP: Duration = Duration::from_secs(10);
@@ -57,6 +61,17 @@ impl TestServer {
     }
 }
 
+/// A test server on an ephemeral loopback port that runs `script` on its one client
+/// (see [`TestServer::serve`]); the port to give the client, and the server thread.
+fn serve_one<T: Send + 'static>(
+    script: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (String, JoinHandle<T>) {
+    let server = TestServer::new();
+    let port = server.port();
+    let (served, _) = server.serve(script);
+    (port, served)
+}
+
 /// Reads until the peer's EOF (or a reset); the bytes and whether it ended in EOF.
 fn read_to_eof(stream: &mut TcpStream) -> (Vec<u8>, bool) {
     let mut received = Vec::new();
@@ -79,29 +94,6 @@ fn read_to_eof(stream: &mut TcpStream) -> (Vec<u8>, bool) {
     }
 }
 
-/// Reads until `wanted` has arrived in full; returns everything read.
-fn read_until_contains(stream: &mut TcpStream, wanted: &[u8]) -> Vec<u8> {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !received.windows(wanted.len()).any(|w| w == wanted) {
-        let n = stream.read(&mut buf).unwrap_or_else(|e| {
-            panic!(
-                "waiting for {:?}, got {:?}: {e}",
-                String::from_utf8_lossy(wanted),
-                String::from_utf8_lossy(&received)
-            )
-        });
-        assert!(
-            n > 0,
-            "EOF while waiting for {:?}; got {:?}",
-            String::from_utf8_lossy(wanted),
-            String::from_utf8_lossy(&received)
-        );
-        received.extend_from_slice(&buf[..n]);
-    }
-    received
-}
-
 /// A running twistctl (a talk-client, or the talk-server it talks to) with its stdout
 /// read line by line as it comes.
 struct Client {
@@ -120,6 +112,12 @@ struct Finished {
 }
 
 impl Finished {
+    /// Asserts the whole of stdout, as lines, and the exit status.
+    fn assert_ended(&self, stdout: &[&str], code: i32) {
+        assert_eq!(self.stdout_text(), stdout, "stderr: {}", self.stderr);
+        assert_eq!(self.code, Some(code), "stderr: {}", self.stderr);
+    }
+
     fn stdout_text(&self) -> Vec<String> {
         self.stdout
             .iter()
@@ -189,6 +187,17 @@ impl Client {
         }
     }
 
+    /// `twistctl talk-client ARGS...` given `input` on stdin, which then ends; how it
+    /// ended.
+    fn run_with_input(args: &[&str], input: &str) -> Finished {
+        let mut client = Client::spawn(args);
+        if !input.is_empty() {
+            client.type_text(input);
+        }
+        client.close_stdin();
+        client.finish()
+    }
+
     fn type_text(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().expect("stdin still open");
         stdin.write_all(text.as_bytes()).expect("write to stdin");
@@ -239,9 +248,7 @@ impl Client {
 
 #[test]
 fn scripted_mode_prints_every_reply_that_comes_after_the_end_of_input() {
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         // Replies only once the client's input has ended: a client that quit at the end
         // of its input would lose them.
         let (received, eof) = read_to_eof(&mut stream);
@@ -250,34 +257,27 @@ fn scripted_mode_prints_every_reply_that_comes_after_the_end_of_input() {
             .expect("write replies");
         (received, eof)
     });
-    let mut client = Client::spawn(&["127.0.0.1", &port]);
-    client.type_text("  hello there \n\n \t \nsecond\n");
-    client.close_stdin();
-    let finished = client.finish();
+    let finished =
+        Client::run_with_input(&["127.0.0.1", &port], "  hello there \n\n \t \nsecond\n");
     let (received, eof) = served.join().expect("the server thread");
     assert_eq!(
         received, b"hello there\r\nsecond\r\n",
         "trimmed, no empty lines"
     );
     assert!(eof, "the end of input is a half-close");
-    assert_eq!(
-        finished.stdout_text(),
-        [
+    finished.assert_ended(
+        &[
             "Server: reply one",
             "Server: reply two",
-            "Connection lost - goodbye!"
+            "Connection lost - goodbye!",
         ],
-        "stderr: {}",
-        finished.stderr
+        0,
     );
-    assert_eq!(finished.code, Some(0));
 }
 
 #[test]
 fn scripted_hello_bye_loses_no_reply() {
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         let received = read_until_contains(&mut stream, b"bye\r\n");
         stream
             .write_all(b"echo: hello\r\nbye\r\n")
@@ -285,32 +285,24 @@ fn scripted_hello_bye_loses_no_reply() {
         stream.shutdown(Shutdown::Both).expect("close");
         received
     });
-    let mut client = Client::spawn(&["127.0.0.1", &port]);
-    client.type_text("hello\nbye\n");
-    client.close_stdin();
-    let finished = client.finish();
+    let finished = Client::run_with_input(&["127.0.0.1", &port], "hello\nbye\n");
     assert_eq!(
         served.join().expect("the server thread"),
         b"hello\r\nbye\r\n"
     );
-    assert_eq!(
-        finished.stdout_text(),
-        [
+    finished.assert_ended(
+        &[
             "Server: echo: hello",
             "Server: bye",
-            "Connection lost - goodbye!"
+            "Connection lost - goodbye!",
         ],
-        "stderr: {}",
-        finished.stderr
+        0,
     );
-    assert_eq!(finished.code, Some(0));
 }
 
 #[test]
 fn bye_half_closes_so_the_server_sees_eof_and_can_still_answer() {
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         // stdin stays open on the client: this EOF can only come from `bye`.
         let (received, eof) = read_to_eof(&mut stream);
         stream
@@ -325,16 +317,13 @@ fn bye_half_closes_so_the_server_sees_eof_and_can_still_answer() {
     assert_eq!(received, b"bye\r\n");
     assert!(eof);
     let finished = client.finish();
-    assert_eq!(finished.stdout_text(), ["Connection lost - goodbye!"]);
-    assert_eq!(finished.code, Some(0), "stderr: {}", finished.stderr);
+    finished.assert_ended(&["Connection lost - goodbye!"], 0);
 }
 
 #[test]
 fn after_bye_the_client_closes_by_itself_if_the_server_does_not() {
-    let server = TestServer::new();
-    let port = server.port();
     let (release, released) = mpsc::channel::<()>();
-    let (served, _) = server.serve(move |mut stream| {
+    let (port, served) = serve_one(move |mut stream| {
         let (received, eof) = read_to_eof(&mut stream);
         // Stay open (reads would only repeat the EOF): the client must give up on its
         // own, 2 s after bye.
@@ -350,8 +339,7 @@ fn after_bye_the_client_closes_by_itself_if_the_server_does_not() {
     let (received, eof) = served.join().expect("the server thread");
     assert_eq!(received, b"bye\r\n");
     assert!(eof);
-    assert_eq!(finished.stdout_text(), ["Connection lost - goodbye!"]);
-    assert_eq!(finished.code, Some(0), "stderr: {}", finished.stderr);
+    finished.assert_ended(&["Connection lost - goodbye!"], 0);
     assert!(
         waited >= Duration::from_millis(1900) && waited < Duration::from_secs(8),
         "closed after {waited:?}, expected about 2 s"
@@ -360,9 +348,7 @@ fn after_bye_the_client_closes_by_itself_if_the_server_does_not() {
 
 #[test]
 fn the_server_closing_ends_the_client_with_goodbye_and_status_0() {
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         stream.write_all(b"hi\r\n").expect("write");
         // Closing drops the stream.
     });
@@ -370,22 +356,14 @@ fn the_server_closing_ends_the_client_with_goodbye_and_status_0() {
     let client = Client::spawn(&["127.0.0.1", &port]);
     served.join().expect("the server thread");
     let finished = client.finish();
-    assert_eq!(
-        finished.stdout_text(),
-        ["Server: hi", "Connection lost - goodbye!"]
-    );
-    assert_eq!(finished.code, Some(0), "stderr: {}", finished.stderr);
+    finished.assert_ended(&["Server: hi", "Connection lost - goodbye!"], 0);
 }
 
 #[test]
 fn a_refused_connection_says_so_on_stderr_and_exits_1() {
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("address").port()
-    };
-    let mut client = Client::spawn(&["127.0.0.1", &port.to_string()]);
-    client.close_stdin();
-    let finished = client.finish();
+    // A port that was free a moment ago: nothing listens there now.
+    let (_, port) = loopback_listener();
+    let finished = Client::run_with_input(&["127.0.0.1", &port.to_string()], "");
     assert_eq!(finished.code, Some(1));
     assert!(finished.stdout.is_empty(), "{:?}", finished.stdout_text());
     assert_eq!(
@@ -396,9 +374,7 @@ fn a_refused_connection_says_so_on_stderr_and_exits_1() {
 
 #[test]
 fn an_unresolvable_name_fails_with_status_1() {
-    let mut client = Client::spawn(&["no-such-host.invalid", "8000", "--timeout", "5s"]);
-    client.close_stdin();
-    let finished = client.finish();
+    let finished = Client::run_with_input(&["no-such-host.invalid", "8000", "--timeout", "5s"], "");
     assert_eq!(finished.code, Some(1));
     assert!(
         finished
@@ -418,9 +394,7 @@ fn an_unresolvable_name_fails_with_status_1() {
 fn a_host_name_is_resolved_and_each_address_tried() {
     // `localhost` may resolve to ::1 first, where nothing listens: the client must go on
     // to 127.0.0.1.
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         let received = read_until_contains(&mut stream, b"over\r\n");
         stream.write_all(b"roger\n").expect("write");
         received
@@ -430,15 +404,12 @@ fn a_host_name_is_resolved_and_each_address_tried() {
     assert_eq!(client.next_line(), "Server: roger");
     assert_eq!(served.join().expect("the server thread"), b"over\r\n");
     let finished = client.finish();
-    assert_eq!(finished.stdout_text(), ["Connection lost - goodbye!"]);
-    assert_eq!(finished.code, Some(0));
+    finished.assert_ended(&["Connection lost - goodbye!"], 0);
 }
 
 #[test]
 fn raw_mode_shows_unterminated_text_at_once_and_sends_lines_without_newline() {
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         stream.write_all(b"hello").expect("write without newline");
         let first = read_until_contains(&mut stream, b"hi");
         stream.write_all(b"bye").expect("write");
@@ -459,15 +430,12 @@ fn raw_mode_shows_unterminated_text_at_once_and_sends_lines_without_newline() {
     assert_eq!(rest, b"bye");
     assert!(eof, "the tutorial's client closes after sending bye");
     let finished = client.finish();
-    assert_eq!(finished.stdout_text(), ["Connection lost - goodbye!"]);
-    assert_eq!(finished.code, Some(0), "stderr: {}", finished.stderr);
+    finished.assert_ended(&["Connection lost - goodbye!"], 0);
 }
 
 #[test]
 fn escaped_output_contains_no_escape_byte() {
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         let mut hostile = b"\x1b]0;PWNED\x07\x1b[2J\x1b[31mred".to_vec();
         hostile.extend_from_slice("\u{9b}1m\r\nback\\slash\u{ff}\n".as_bytes());
         hostile.extend_from_slice(b"bad utf8 \xff\xfe\n");
@@ -480,23 +448,20 @@ fn escaped_output_contains_no_escape_byte() {
     assert!(!all.contains(&0x1b), "an ESC byte reached the terminal");
     assert!(!all.contains(&0x07), "a BEL byte reached the terminal");
     assert!(!all.contains(&0x9b) && !all.windows(2).any(|w| w == [0xc2, 0x9b]));
-    assert_eq!(
-        finished.stdout_text(),
-        [
+    finished.assert_ended(
+        &[
             "Server: \\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31mred\\u{9b}1m",
             "Server: back\\\\slash\u{ff}",
             "Server: bad utf8 \\xff\\xfe",
-            "Connection lost - goodbye!"
-        ]
+            "Connection lost - goodbye!",
+        ],
+        0,
     );
-    assert_eq!(finished.code, Some(0));
 }
 
 #[test]
 fn a_server_line_over_64_kib_disconnects_with_a_clear_message() {
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         stream.write_all(b"fine\n").expect("write");
         // 100 KB and no newline: the client must not wait for one.
         let _ = stream.write_all(&vec![b'x'; 100_000]);
@@ -505,21 +470,18 @@ fn a_server_line_over_64_kib_disconnects_with_a_clear_message() {
     let client = Client::spawn(&["127.0.0.1", &port]);
     let finished = client.finish();
     served.join().expect("the server saw the client go");
-    assert_eq!(
-        finished.stdout_text(),
-        [
+    finished.assert_ended(
+        &[
             "Server: fine",
-            "Connection lost - goodbye! (the server sent a line longer than 65536 bytes)"
-        ]
+            "Connection lost - goodbye! (the server sent a line longer than 65536 bytes)",
+        ],
+        1,
     );
-    assert_eq!(finished.code, Some(1));
 }
 
 #[test]
 fn a_line_of_exactly_64_kib_is_accepted() {
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         let mut line = vec![b'y'; 64 * 1024];
         line.extend_from_slice(b"\r\n");
         stream.write_all(&line).expect("write");
@@ -536,9 +498,7 @@ fn a_line_of_exactly_64_kib_is_accepted() {
 
 #[test]
 fn a_reset_mid_line_is_reported_and_exits_1() {
-    let server = TestServer::new();
-    let port = server.port();
-    let (served, _) = server.serve(|mut stream| {
+    let (port, served) = serve_one(|mut stream| {
         stream.write_all(b"whole\npartial li").expect("write");
         let _ = read_until_contains(&mut stream, b"ack\r\n");
         // SO_LINGER 0: close with a reset instead of a FIN.
@@ -551,11 +511,10 @@ fn a_reset_mid_line_is_reported_and_exits_1() {
     client.type_text("ack\n");
     served.join().expect("the server thread");
     let finished = client.finish();
-    assert_eq!(
-        finished.stdout_text(),
-        ["Connection lost - goodbye! (connection reset by peer)"]
+    finished.assert_ended(
+        &["Connection lost - goodbye! (connection reset by peer)"],
+        1,
     );
-    assert_eq!(finished.code, Some(1));
 }
 
 #[test]
@@ -575,8 +534,14 @@ fn sigterm_exits_143_and_sigint_130() {
             finished.stderr
         );
         assert!(finished.stdout.is_empty(), "{:?}", finished.stdout_text());
-        let (_, ended) = served.join().expect("the server thread");
-        let _ = ended; // EOF or reset: either way the connection is gone
+        // EOF or reset, within the read timeout: either way the connection is gone,
+        // and the signal made the client send nothing on its way out.
+        let (sent, _) = served.join().expect("the server thread");
+        assert!(
+            sent.is_empty(),
+            "{signal:?}: {:?}",
+            String::from_utf8_lossy(&sent)
+        );
     }
 }
 
@@ -591,18 +556,25 @@ fn line_starting_with(process: &Client, prefix: &str) -> String {
     panic!("no line starting with {prefix:?}");
 }
 
+/// `twistctl talk-server --port 0 --bind 127.0.0.1 EXTRA...` with stdin and stdout
+/// pipes, past its first line; the server and the port that line names.
+fn talk_server_over_pipes(extra: &[&str]) -> (Client, String) {
+    let mut args = vec!["talk-server", "--port", "0", "--bind", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    let server = Client::spawn_twistctl(&args);
+    let listening = server.next_line();
+    let port = listening
+        .strip_prefix("Listening on 127.0.0.1:")
+        .unwrap_or_else(|| panic!("the first line names the port: {listening}"))
+        .to_string();
+    (server, port)
+}
+
 #[test]
 fn talk_client_and_talk_server_chat_over_pipes_in_line_and_raw_mode() {
     for raw in [false, true] {
         let mode: &[&str] = if raw { &["--raw"] } else { &[] };
-        let mut server_args = vec!["talk-server", "--port", "0", "--bind", "127.0.0.1"];
-        server_args.extend_from_slice(mode);
-        let mut server = Client::spawn_twistctl(&server_args);
-        let listening = server.next_line();
-        let port = listening
-            .strip_prefix("Listening on 127.0.0.1:")
-            .unwrap_or_else(|| panic!("the first line names the port: {listening}"))
-            .to_string();
+        let (mut server, port) = talk_server_over_pipes(mode);
         let mut client_args = vec!["127.0.0.1", port.as_str()];
         client_args.extend_from_slice(mode);
         let mut client = Client::spawn(&client_args);

@@ -2,6 +2,8 @@
 //! plain `std::net::TcpStream` clients on 127.0.0.1. Every blocking read has a timeout,
 //! and every child process is killed when its test ends, whatever happens.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -9,14 +11,16 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rexpect::session::PtySession;
+
+use common::{
+    TWISTCTL, expect_listening, loopback_listener, pty_exit_code, twistctl_in_pty, type_in_pty,
+};
+
 /// How long any single expected event may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(20);
 
 const MIB: u64 = 1024 * 1024;
-
-fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_twistctl")
-}
 
 /// A running talk-server whose stdout and stderr are read line by line on threads.
 struct Server {
@@ -58,7 +62,7 @@ fn line_reader(stream: impl Read + Send + 'static) -> Receiver<String> {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
-        let mut command = Command::new(binary());
+        let mut command = Command::new(TWISTCTL);
         command.arg("talk-server").arg("--port").arg("0").args(args);
         Server::spawn(command)
     }
@@ -130,6 +134,15 @@ impl Server {
                 ),
             }
         }
+    }
+
+    /// Asserts that `exact` is among the stdout lines already read.
+    fn assert_saw(&self, exact: &str) {
+        assert!(
+            self.seen.iter().any(|line| line == exact),
+            "{exact:?} not in {:?}",
+            self.seen
+        );
     }
 
     fn expect(&mut self, exact: &str) {
@@ -323,20 +336,27 @@ fn first_line_names_the_real_port_and_ipv4_peers_are_shown_plainly() {
 
 #[test]
 fn bind_listens_on_the_given_address_only() {
-    let mut command = Command::new(binary());
-    command.args(["talk-server", "--port", "0", "--bind", "127.0.0.1"]);
-    let server = Server::spawn(command);
+    let server = Server::start(&["--bind", "127.0.0.1"]);
     assert_eq!(
         server.listening,
         format!("Listening on 127.0.0.1:{}", server.port)
+    );
+    // The line alone could be wrong: where it really listens is what counts. Another
+    // loopback address on the same port must be refused.
+    let _peer = Peer::connect(server.port);
+    let elsewhere = TcpStream::connect(("127.0.0.2", server.port));
+    assert!(
+        elsewhere.is_err(),
+        "127.0.0.2:{} accepted a connection",
+        server.port
     );
 }
 
 #[test]
 fn a_port_in_use_is_a_runtime_failure() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port().to_string();
-    let output = Command::new(binary())
+    let (_taken, port) = loopback_listener();
+    let port = port.to_string();
+    let output = Command::new(TWISTCTL)
         .args(["talk-server", "--bind", "127.0.0.1", "--port", &port])
         .stdin(Stdio::null())
         .output()
@@ -403,13 +423,7 @@ fn stdin_eof_sends_what_is_buffered_then_shuts_down_with_status_0() {
     peer.expect_closed();
     let status = server.wait_exit();
     assert_eq!(status.code(), Some(0));
-    assert!(
-        server
-            .seen
-            .contains(&format!("* client {n} disconnected: server shutting down")),
-        "{:?}",
-        server.seen
-    );
+    server.assert_saw(&format!("* client {n} disconnected: server shutting down"));
 }
 
 #[test]
@@ -432,13 +446,7 @@ fn r23_sigterm_shuts_down_in_order_with_status_143() {
     server.signal("TERM");
     peer.expect_closed();
     assert_eq!(server.wait_exit().code(), Some(143));
-    assert!(
-        server
-            .seen
-            .contains(&format!("* client {n} disconnected: server shutting down")),
-        "{:?}",
-        server.seen
-    );
+    server.assert_saw(&format!("* client {n} disconnected: server shutting down"));
 }
 
 #[test]
@@ -705,7 +713,7 @@ fn out_of_descriptors_the_server_survives_idles_cheaply_and_serves_again() {
     command
         .arg("-c")
         .arg(r#"ulimit -n 64 && exec "$0" "$@""#)
-        .arg(binary())
+        .arg(TWISTCTL)
         .args(["talk-server", "--port", "0"]);
     let mut server = Server::spawn(command);
     let crowd: Vec<TcpStream> = (0..200)
@@ -734,22 +742,19 @@ fn out_of_descriptors_the_server_survives_idles_cheaply_and_serves_again() {
 // ---------------------------------------------------------------------------------------
 // In a pseudo-terminal: the prompt, and printing above it
 
+/// `twistctl talk-server --port 0` in a pseudo-terminal, past its listening line and
+/// at its prompt; the session and the port.
+fn server_in_pty() -> (PtySession, u16) {
+    let timeout_ms = u64::try_from(PATIENCE.as_millis()).unwrap();
+    let mut session = twistctl_in_pty(&["talk-server", "--port", "0"], timeout_ms);
+    let (_, port) = expect_listening(&mut session);
+    session.exp_string("Server: ").expect("the prompt");
+    (session, port)
+}
+
 #[test]
 fn pty_prompt_shows_client_lines_above_a_half_typed_line_and_quit_exits_0() {
-    use rexpect::process::WaitStatus;
-
-    let mut command = Command::new(binary());
-    command
-        .args(["talk-server", "--port", "0"])
-        .env("TERM", "xterm");
-    let timeout_ms = u64::try_from(PATIENCE.as_millis()).unwrap();
-    let mut session = rexpect::session::spawn_command(command, Some(timeout_ms)).expect("spawn");
-    session.process_mut().set_kill_timeout(Some(timeout_ms));
-    let (_, listening) = session
-        .exp_regex(r"Listening on \S+:[0-9]+")
-        .expect("the listening line");
-    let port: u16 = listening.rsplit(':').next().unwrap().parse().unwrap();
-    session.exp_string("Server: ").expect("the prompt");
+    let (mut session, port) = server_in_pty();
 
     let mut peer = Peer::connect(port);
     session
@@ -762,13 +767,11 @@ fn pty_prompt_shows_client_lines_above_a_half_typed_line_and_quit_exits_0() {
     session
         .exp_string("Client 1: hello")
         .expect("the client's line");
-    session.send("hi\r").unwrap();
-    session.flush().unwrap();
+    type_in_pty(&mut session, "hi\r");
     assert_eq!(peer.read_line(), "hi\r\n");
 
     // A line arriving while the operator is half-way through typing one.
-    session.send("par").unwrap();
-    session.flush().unwrap();
+    type_in_pty(&mut session, "par");
     session
         .exp_string("par")
         .expect("the typed characters echoed");
@@ -776,49 +779,26 @@ fn pty_prompt_shows_client_lines_above_a_half_typed_line_and_quit_exits_0() {
     session
         .exp_string("Client 1: meanwhile")
         .expect("printed above the prompt");
-    session.send("tial\r").unwrap();
-    session.flush().unwrap();
+    type_in_pty(&mut session, "tial\r");
     assert_eq!(
         peer.read_line(),
         "partial\r\n",
         "the half-typed line survived"
     );
 
-    session.send("/quit\r").unwrap();
-    session.flush().unwrap();
+    type_in_pty(&mut session, "/quit\r");
     peer.expect_closed();
-    session.exp_eof().expect("the server exits");
-    match session.process().wait() {
-        Ok(WaitStatus::Exited(_, code)) => assert_eq!(code, 0),
-        other => panic!("unexpected end: {other:?}"),
-    }
+    assert_eq!(pty_exit_code(&mut session), 0);
 }
 
 #[test]
 fn pty_ctrl_c_at_the_prompt_closes_clients_and_exits_130() {
-    use rexpect::process::WaitStatus;
-
-    let mut command = Command::new(binary());
-    command
-        .args(["talk-server", "--port", "0"])
-        .env("TERM", "xterm");
-    let timeout_ms = u64::try_from(PATIENCE.as_millis()).unwrap();
-    let mut session = rexpect::session::spawn_command(command, Some(timeout_ms)).expect("spawn");
-    session.process_mut().set_kill_timeout(Some(timeout_ms));
-    let (_, listening) = session
-        .exp_regex(r"Listening on \S+:[0-9]+")
-        .expect("the listening line");
-    let port: u16 = listening.rsplit(':').next().unwrap().parse().unwrap();
-    session.exp_string("Server: ").expect("the prompt");
+    let (mut session, port) = server_in_pty();
     let mut peer = Peer::connect(port);
     session
         .exp_string("* client 1 connected from 127.0.0.1:")
         .expect("the connect line");
     session.send_control('c').unwrap();
     peer.expect_closed();
-    session.exp_eof().expect("the server exits");
-    match session.process().wait() {
-        Ok(WaitStatus::Exited(_, code)) => assert_eq!(code, 130),
-        other => panic!("unexpected end: {other:?}"),
-    }
+    assert_eq!(pty_exit_code(&mut session), 130);
 }
