@@ -536,7 +536,8 @@ fn p07_server_lifecycle_order() {
     assert!(rest.is_empty(), "the client saw an orderly close");
 }
 
-/// Counts calls and stops the reactor at the `n`th: for `Rec::made` hooks.
+/// Shapes protocols that count their connections in `made` (shared between sides if
+/// the counter is) and stop the reactor at the `n`th.
 fn stop_at_nth_made(
     made: &Rc<Cell<usize>>,
     n: usize,
