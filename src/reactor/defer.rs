@@ -1390,8 +1390,14 @@ mod tests {
         let (outermost, innermost) = (ds[0].downgrade(), ds[DEPTH].downgrade());
         drop(ds);
         // Dropping got through the whole nest (no stack overflow) and freed all of it.
-        assert!(innermost.upgrade().is_none(), "the innermost is still alive");
-        assert!(outermost.upgrade().is_none(), "the outermost is still alive");
+        assert!(
+            innermost.upgrade().is_none(),
+            "the innermost is still alive"
+        );
+        assert!(
+            outermost.upgrade().is_none(),
+            "the outermost is still alive"
+        );
     }
 
     #[test]

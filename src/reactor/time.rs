@@ -669,16 +669,17 @@ impl Scheduler for FakeClock {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::reactor::failure::Failure;
     use proptest::prelude::*;
 
-    fn ms(n: u64) -> Duration {
+    /// Shorthands for the durations the timer tests of this crate use.
+    pub(crate) fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
 
-    fn secs(n: u64) -> Duration {
+    pub(crate) fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
     }
 
