@@ -92,6 +92,11 @@ fn record_trigger(
     reactor.add_system_event_trigger(phase, event, log.recorder(label))
 }
 
+/// [`record_trigger`] for the startup event.
+fn record_startup(reactor: &Reactor, log: &Log, phase: Phase, label: &str) -> TriggerHandle {
+    record_trigger(reactor, phase, SystemEvent::Startup, log, label)
+}
+
 /// [`record_trigger`] for the shutdown event, which most tests watch.
 fn record_shutdown(reactor: &Reactor, log: &Log, phase: Phase, label: &str) -> TriggerHandle {
     record_trigger(reactor, phase, SystemEvent::Shutdown, log, label)
@@ -225,13 +230,7 @@ fn r01_reactor_is_created_stopped_and_run_returns_after_the_loop_exits() {
     assert!(!reactor.running());
     assert!(reactor.delayed_calls().is_empty());
     let log = Log::default();
-    record_trigger(
-        &reactor,
-        Phase::Before,
-        SystemEvent::Startup,
-        &log,
-        "startup",
-    );
+    record_startup(&reactor, &log, Phase::Before, "startup");
     record_shutdown(&reactor, &log, Phase::After, "after shutdown");
     log_then_stop(&reactor, &log, MS, "loop");
     assert!(log.entries().is_empty(), "nothing runs before run()");
@@ -271,16 +270,10 @@ fn r02_running_is_false_in_before_startup_and_true_in_during_and_after() {
 fn r03_call_when_running_before_run_is_a_removable_after_startup_trigger() {
     let (reactor, log) = setup();
     let first = reactor.call_when_running(log.recorder("cwr1"));
-    record_trigger(&reactor, Phase::After, SystemEvent::Startup, &log, "after");
+    record_startup(&reactor, &log, Phase::After, "after");
     let removed = reactor.call_when_running(log.recorder("removed"));
     reactor.call_when_running(log.recorder("cwr2"));
-    record_trigger(
-        &reactor,
-        Phase::During,
-        SystemEvent::Startup,
-        &log,
-        "during",
-    );
+    record_startup(&reactor, &log, Phase::During, "during");
     assert!(first.is_some());
     let removed = removed.expect("a handle before run()");
     reactor.remove_system_event_trigger(removed).unwrap();
@@ -316,7 +309,7 @@ fn r05_startup_order() {
     reactor.call_from_thread(move |_: &Reactor| l.push("call_from_thread"));
     // Registered out of phase order on purpose.
     reactor.call_when_running(log.recorder("cwr"));
-    record_trigger(&reactor, Phase::After, SystemEvent::Startup, &log, "after");
+    record_startup(&reactor, &log, Phase::After, "after");
     reactor.add_system_event_trigger(
         Phase::During,
         SystemEvent::Startup,
@@ -590,13 +583,7 @@ fn r13_crash_skips_shutdown_and_run_can_be_called_again() {
     let (reactor, log) = setup();
     let (_reader, _writer) = pipe(&reactor, &log);
     record_each_phase(&reactor, &log, SystemEvent::Shutdown);
-    record_trigger(
-        &reactor,
-        Phase::Before,
-        SystemEvent::Startup,
-        &log,
-        "startup",
-    );
+    record_startup(&reactor, &log, Phase::Before, "startup");
     let (r, l) = (reactor.clone(), log.clone());
     reactor.call_later(Duration::ZERO, move || {
         r.crash();
@@ -893,7 +880,7 @@ fn r19_triggers_run_by_phase_in_registration_order_once_each() {
         ]
     );
     // Firing startup again (run() after crash) runs only the triggers added since.
-    record_trigger(&reactor, Phase::During, SystemEvent::Startup, &log, "new");
+    record_startup(&reactor, &log, Phase::During, "new");
     stop_in(&reactor, Duration::ZERO);
     assert_eq!(run_bounded(&reactor), StopReason::Stopped);
     assert_eq!(log.entries()[6..], ["new"]);
