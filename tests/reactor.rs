@@ -18,7 +18,7 @@ use mio::Interest;
 use mio::net::UnixStream;
 use twistctl::reactor::{
     Deferred, DelayedCall, DelayedCallError, Failure, IoHandler, Phase, Reactor, ReactorError,
-    Readiness, Step, StopReason, SystemEvent, UnknownTrigger,
+    Readiness, Step, StopReason, SystemEvent, TriggerHandle, UnknownTrigger,
 };
 
 const WATCHDOG: Duration = Duration::from_secs(5);
@@ -74,6 +74,67 @@ fn run_expecting_refusal(reactor: &Reactor) -> Result<StopReason, ReactorError> 
     let outcome = reactor.run();
     let _ = guard.cancel();
     outcome
+}
+
+/// A fresh reactor and the log its test's callbacks write to.
+fn setup() -> (Reactor, Log) {
+    (Reactor::new().unwrap(), Log::default())
+}
+
+/// Registers a trigger that only records `label` when `phase` of `event` runs.
+fn record_trigger(
+    reactor: &Reactor,
+    phase: Phase,
+    event: SystemEvent,
+    log: &Log,
+    label: &str,
+) -> TriggerHandle {
+    reactor.add_system_event_trigger(phase, event, log.recorder(label))
+}
+
+/// [`record_trigger`] for the startup event.
+fn record_startup(reactor: &Reactor, log: &Log, phase: Phase, label: &str) -> TriggerHandle {
+    record_trigger(reactor, phase, SystemEvent::Startup, log, label)
+}
+
+/// [`record_trigger`] for the shutdown event, which most tests watch.
+fn record_shutdown(reactor: &Reactor, log: &Log, phase: Phase, label: &str) -> TriggerHandle {
+    record_trigger(reactor, phase, SystemEvent::Shutdown, log, label)
+}
+
+/// Runs the reactor to a normal stop (not a crash or the watchdog) and checks the log.
+fn run_to_stop_and_expect(reactor: &Reactor, log: &Log, expected: &[&str]) {
+    assert_eq!(run_bounded(reactor), StopReason::Stopped);
+    assert_eq!(log.entries(), expected);
+}
+
+/// Records "before", "during" and "after" as the three phases of `event` run.
+fn record_each_phase(reactor: &Reactor, log: &Log, event: SystemEvent) {
+    for (phase, label) in [
+        (Phase::Before, "before"),
+        (Phase::During, "during"),
+        (Phase::After, "after"),
+    ] {
+        record_trigger(reactor, phase, event, log, label);
+    }
+}
+
+/// A before-`event` trigger returning a pending Deferred: the event waits until the test
+/// fires the returned Deferred.
+fn hold_before(reactor: &Reactor, event: SystemEvent) -> Deferred<()> {
+    let held = Deferred::<()>::new();
+    let h = held.clone();
+    reactor.add_system_event_trigger(Phase::Before, event, move || h);
+    held
+}
+
+/// A timer that records `entry` and then stops the reactor.
+fn log_then_stop(reactor: &Reactor, log: &Log, delay: Duration, entry: &str) -> DelayedCall {
+    let (r, l, entry) = (reactor.clone(), log.clone(), entry.to_string());
+    reactor.call_later(delay, move || {
+        l.push(entry);
+        r.stop()
+    })
 }
 
 fn stop_in(reactor: &Reactor, delay: Duration) -> DelayedCall {
@@ -169,27 +230,17 @@ fn r01_reactor_is_created_stopped_and_run_returns_after_the_loop_exits() {
     assert!(!reactor.running());
     assert!(reactor.delayed_calls().is_empty());
     let log = Log::default();
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Startup, log.recorder("startup"));
-    reactor.add_system_event_trigger(
-        Phase::After,
-        SystemEvent::Shutdown,
-        log.recorder("after shutdown"),
-    );
-    let (r, l) = (reactor.clone(), log.clone());
-    reactor.call_later(MS, move || {
-        l.push("loop");
-        r.stop()
-    });
+    record_startup(&reactor, &log, Phase::Before, "startup");
+    record_shutdown(&reactor, &log, Phase::After, "after shutdown");
+    log_then_stop(&reactor, &log, MS, "loop");
     assert!(log.entries().is_empty(), "nothing runs before run()");
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(log.entries(), ["startup", "loop", "after shutdown"]);
+    run_to_stop_and_expect(&reactor, &log, &["startup", "loop", "after shutdown"]);
     assert!(!reactor.running());
 }
 
 #[test]
 fn r02_running_is_false_in_before_startup_and_true_in_during_and_after() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     for (phase, label) in [
         (Phase::Before, "before"),
         (Phase::During, "during"),
@@ -203,27 +254,26 @@ fn r02_running_is_false_in_before_startup_and_true_in_during_and_after() {
     }
     reactor.call_when_running(is_running(&reactor, &log, "cwr"));
     stop_in(&reactor, Duration::ZERO);
-    run_bounded(&reactor);
-    assert_eq!(
-        log.entries(),
-        [
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &[
             "before running=false",
             "during running=true",
             "after running=true",
-            "cwr running=true"
-        ]
+            "cwr running=true",
+        ],
     );
 }
 
 #[test]
 fn r03_call_when_running_before_run_is_a_removable_after_startup_trigger() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let first = reactor.call_when_running(log.recorder("cwr1"));
-    reactor.add_system_event_trigger(Phase::After, SystemEvent::Startup, log.recorder("after"));
+    record_startup(&reactor, &log, Phase::After, "after");
     let removed = reactor.call_when_running(log.recorder("removed"));
     reactor.call_when_running(log.recorder("cwr2"));
-    reactor.add_system_event_trigger(Phase::During, SystemEvent::Startup, log.recorder("during"));
+    record_startup(&reactor, &log, Phase::During, "during");
     assert!(first.is_some());
     let removed = removed.expect("a handle before run()");
     reactor.remove_system_event_trigger(removed).unwrap();
@@ -239,8 +289,7 @@ fn r03_call_when_running_before_run_is_a_removable_after_startup_trigger() {
 
 #[test]
 fn r04_call_when_running_while_running_calls_at_once_without_handle() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let (r, l) = (reactor.clone(), log.clone());
     reactor.call_later(Duration::ZERO, move || {
         let handle = r.call_when_running(l.recorder("cwr"));
@@ -248,21 +297,19 @@ fn r04_call_when_running_while_running_calls_at_once_without_handle() {
         l.push("returned");
         r.stop()
     });
-    run_bounded(&reactor);
-    assert_eq!(log.entries(), ["cwr", "returned"]);
+    run_to_stop_and_expect(&reactor, &log, &["cwr", "returned"]);
 }
 
 #[test]
 fn r05_startup_order() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     // Queued before run(): both must run after every call_when_running.
     reactor.call_later(Duration::ZERO, log.recorder("call_later(0)"));
     let l = log.clone();
     reactor.call_from_thread(move |_: &Reactor| l.push("call_from_thread"));
     // Registered out of phase order on purpose.
     reactor.call_when_running(log.recorder("cwr"));
-    reactor.add_system_event_trigger(Phase::After, SystemEvent::Startup, log.recorder("after"));
+    record_startup(&reactor, &log, Phase::After, "after");
     reactor.add_system_event_trigger(
         Phase::During,
         SystemEvent::Startup,
@@ -274,17 +321,17 @@ fn r05_startup_order() {
         is_running(&reactor, &log, "before"),
     );
     stop_in(&reactor, Duration::ZERO);
-    run_bounded(&reactor);
-    assert_eq!(
-        log.entries(),
-        [
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &[
             "before running=false",
             "during running=true",
             "cwr",
             "after",
             "call_from_thread",
-            "call_later(0)"
-        ]
+            "call_later(0)",
+        ],
     );
 }
 
@@ -294,8 +341,7 @@ fn r05_startup_order() {
 
 #[test]
 fn r06_run_while_running_fails_and_the_loop_is_unaffected() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let (r, l) = (reactor.clone(), log.clone());
     reactor.call_later(Duration::ZERO, move || {
         match r.run() {
@@ -304,15 +350,11 @@ fn r06_run_while_running_fails_and_the_loop_is_unaffected() {
         }
         l.push(format!("running={}", r.running()));
     });
-    let (r, l) = (reactor.clone(), log.clone());
-    reactor.call_later(5 * MS, move || {
-        l.push("later timer");
-        r.stop()
-    });
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(
-        log.entries(),
-        ["already running", "running=true", "later timer"]
+    log_then_stop(&reactor, &log, 5 * MS, "later timer");
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &["already running", "running=true", "later timer"],
     );
 }
 
@@ -339,8 +381,7 @@ fn r08_stop_before_run_is_not_running() {
 
 #[test]
 fn r08_second_stop_is_not_running() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let (r, l) = (reactor.clone(), log.clone());
     reactor.call_later(Duration::ZERO, move || {
         l.push(format!("first {:?}", r.stop().is_ok()));
@@ -350,9 +391,7 @@ fn r08_second_stop_is_not_running() {
         ));
     });
     // Still an error from a later callback while shutdown waits on a Deferred.
-    let pending = Deferred::<()>::new();
-    let p = pending.clone();
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || p);
+    let pending = hold_before(&reactor, SystemEvent::Shutdown);
     let (r, l) = (reactor.clone(), log.clone());
     reactor.call_later(5 * MS, move || {
         l.push(format!(
@@ -361,56 +400,42 @@ fn r08_second_stop_is_not_running() {
         ));
         pending.callback(()).unwrap();
     });
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(
-        log.entries(),
-        ["first true", "second true", "during shutdown true"]
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &["first true", "second true", "during shutdown true"],
     );
     assert!(matches!(reactor.stop(), Err(ReactorError::NotRunning)));
 }
 
 #[test]
 fn r09_stop_inside_timer_returns_at_once_and_due_timers_still_run() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
-    reactor.add_system_event_trigger(
-        Phase::Before,
-        SystemEvent::Shutdown,
-        log.recorder("before shutdown"),
-    );
-    reactor.add_system_event_trigger(
-        Phase::During,
-        SystemEvent::Shutdown,
-        log.recorder("during shutdown"),
-    );
+    let (reactor, log) = setup();
+    record_shutdown(&reactor, &log, Phase::Before, "before shutdown");
+    record_shutdown(&reactor, &log, Phase::During, "during shutdown");
     let (r, l) = (reactor.clone(), log.clone());
     reactor.call_later(Duration::ZERO, move || {
         r.stop().unwrap();
         l.push(format!("after stop running={}", r.running()));
     });
     reactor.call_later(Duration::ZERO, log.recorder("due in the same step"));
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(
-        log.entries(),
-        [
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &[
             "after stop running=true",
             "due in the same step",
             "before shutdown",
-            "during shutdown"
-        ]
+            "during shutdown",
+        ],
     );
 }
 
 #[test]
 fn r09_stop_from_io_callback_shuts_down_at_the_next_timer_step() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let (reader, mut writer) = pipe(&reactor, &log);
-    reactor.add_system_event_trigger(
-        Phase::Before,
-        SystemEvent::Shutdown,
-        log.recorder("before shutdown"),
-    );
+    record_shutdown(&reactor, &log, Phase::Before, "before shutdown");
     let l = log.clone();
     *reader.on_ready.borrow_mut() = Some(Box::new(move |r: &Reactor| {
         r.stop().unwrap();
@@ -420,24 +445,23 @@ fn r09_stop_from_io_callback_shuts_down_at_the_next_timer_step() {
         r.call_later(Duration::ZERO, l.recorder("timer due next step"));
     }));
     poke(&mut writer);
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(
-        log.entries(),
-        [
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &[
             "io",
             "stopped in io",
             "call_from_thread",
             "timer due next step",
             "before shutdown",
-            "io-shutdown running=false"
-        ]
+            "io-shutdown running=false",
+        ],
     );
 }
 
 #[test]
 fn r10_shutdown_order() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let (reader, mut writer) = pipe(&reactor, &log);
     let held = Deferred::<()>::new();
     let (h, r, l) = (held.clone(), reactor.clone(), log.clone());
@@ -450,12 +474,8 @@ fn r10_shutdown_order() {
         SystemEvent::Shutdown,
         is_running(&reactor, &log, "during"),
     );
-    reactor.add_system_event_trigger(Phase::After, SystemEvent::Shutdown, log.recorder("after"));
-    reactor.add_system_event_trigger(
-        Phase::Before,
-        SystemEvent::Shutdown,
-        log.recorder("before2"),
-    );
+    record_shutdown(&reactor, &log, Phase::After, "after");
+    record_shutdown(&reactor, &log, Phase::Before, "before2");
     stop_in(&reactor, Duration::ZERO);
     // While the Deferred is pending, the loop keeps running timers and I/O.
     let (l, r) = (log.clone(), reactor.clone());
@@ -468,10 +488,10 @@ fn r10_shutdown_order() {
         held.callback(()).unwrap();
         l.push("fired");
     }));
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(
-        log.entries(),
-        [
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &[
             "before1 running=true",
             "before2",
             "timer running=true",
@@ -479,8 +499,8 @@ fn r10_shutdown_order() {
             "fired",
             "io-shutdown running=false",
             "during running=false",
-            "after"
-        ]
+            "after",
+        ],
     );
 }
 
@@ -488,12 +508,9 @@ fn r10_shutdown_order() {
 fn r10_nothing_runs_after_the_after_shutdown_triggers() {
     // The shutdown resumes from a Deferred fired by a timer; a timer due by then must not
     // run between the after-shutdown triggers and run() returning.
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
-    let held = Deferred::<()>::new();
-    let h = held.clone();
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || h);
-    reactor.add_system_event_trigger(Phase::After, SystemEvent::Shutdown, log.recorder("after"));
+    let (reactor, log) = setup();
+    let held = hold_before(&reactor, SystemEvent::Shutdown);
+    record_shutdown(&reactor, &log, Phase::After, "after");
     stop_in(&reactor, Duration::ZERO);
     let (r, l) = (reactor.clone(), log.clone());
     reactor.call_later(2 * MS, move || {
@@ -503,8 +520,7 @@ fn r10_nothing_runs_after_the_after_shutdown_triggers() {
         let late = l.recorder("late timer");
         r.call_later(Duration::ZERO, late);
     });
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(log.entries(), ["after"]);
+    run_to_stop_and_expect(&reactor, &log, &["after"]);
     assert_eq!(reactor.delayed_calls().len(), 1);
 }
 
@@ -532,58 +548,42 @@ fn r11_pending_timers_neither_run_nor_get_cancelled_at_shutdown() {
 
 #[test]
 fn r12_iteration_runs_thread_calls_then_timers_then_shutdown_then_io() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let (reader, mut writer) = pipe(&reactor, &log);
     poke(&mut writer); // readable from the first poll on
     let l = log.clone();
     reactor.call_from_thread(move |_: &Reactor| l.push("call_from_thread"));
-    let (r, l) = (reactor.clone(), log.clone());
-    reactor.call_later(Duration::ZERO, move || {
-        l.push("timer");
-        r.stop()
-    });
+    log_then_stop(&reactor, &log, Duration::ZERO, "timer");
     let held = Deferred::<()>::new();
     let (h, l) = (held.clone(), log.clone());
     reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || {
         l.push("before shutdown");
         h
     });
-    reactor.add_system_event_trigger(
-        Phase::During,
-        SystemEvent::Shutdown,
-        log.recorder("during shutdown"),
-    );
+    record_shutdown(&reactor, &log, Phase::During, "during shutdown");
     *reader.on_ready.borrow_mut() = Some(Box::new(move |_: &Reactor| {
         held.callback(()).unwrap();
     }));
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(
-        log.entries(),
-        [
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &[
             "call_from_thread",
             "timer",
             "before shutdown",
             "io",
             "io-shutdown running=false",
-            "during shutdown"
-        ]
+            "during shutdown",
+        ],
     );
 }
 
 #[test]
 fn r13_crash_skips_shutdown_and_run_can_be_called_again() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let (_reader, _writer) = pipe(&reactor, &log);
-    for (phase, label) in [
-        (Phase::Before, "before"),
-        (Phase::During, "during"),
-        (Phase::After, "after"),
-    ] {
-        reactor.add_system_event_trigger(phase, SystemEvent::Shutdown, log.recorder(label));
-    }
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Startup, log.recorder("startup"));
+    record_each_phase(&reactor, &log, SystemEvent::Shutdown);
+    record_startup(&reactor, &log, Phase::Before, "startup");
     let (r, l) = (reactor.clone(), log.clone());
     reactor.call_later(Duration::ZERO, move || {
         r.crash();
@@ -621,9 +621,7 @@ fn r13_crash_while_shutting_down_ends_the_reactor() {
     // of the shutdown run() raises ReactorNotRestartable rather than starting a reactor
     // whose shutdown half happened.
     let reactor = Reactor::new().unwrap();
-    let held = Deferred::<()>::new();
-    let h = held.clone();
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || h);
+    let held = hold_before(&reactor, SystemEvent::Shutdown);
     stop_in(&reactor, Duration::ZERO);
     let r = reactor.clone();
     reactor.call_later(MS, move || r.crash());
@@ -663,8 +661,7 @@ fn r14_call_from_thread_wakes_the_sleeping_poll_and_runs_on_the_reactor_thread()
 
 #[test]
 fn r15_call_from_thread_requeued_waits_for_next_iteration() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let l = log.clone();
     reactor.call_from_thread(move |r: &Reactor| {
         l.push("A");
@@ -688,8 +685,7 @@ fn r15_self_requeuing_call_does_not_starve_timers_or_io() {
             reactor.call_from_thread(move |r: &Reactor| requeue(r, count));
         }
     }
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let (reader, mut writer) = pipe(&reactor, &log);
     poke(&mut writer);
     let count = Arc::new(AtomicUsize::new(0));
@@ -720,21 +716,15 @@ fn r15_self_requeuing_call_does_not_starve_timers_or_io() {
 
 #[test]
 fn r16_call_from_thread_before_run_is_queued_and_runs_in_the_first_iteration() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let l = log.clone();
     reactor
         .handle()
         .call_from_thread(move |_: &Reactor| l.push("call_from_thread"));
     assert!(log.entries().is_empty(), "queued, not run");
     reactor.call_when_running(log.recorder("cwr"));
-    let (l, r) = (log.clone(), reactor.clone());
-    reactor.call_later(Duration::ZERO, move || {
-        l.push("first timer");
-        r.stop()
-    });
-    run_bounded(&reactor);
-    assert_eq!(log.entries(), ["cwr", "call_from_thread", "first timer"]);
+    log_then_stop(&reactor, &log, Duration::ZERO, "first timer");
+    run_to_stop_and_expect(&reactor, &log, &["cwr", "call_from_thread", "first timer"]);
 }
 
 #[test]
@@ -790,8 +780,7 @@ fn r16_ten_thousand_calls_from_eight_threads_each_run_once_in_order() {
 
 #[test]
 fn r17_errors_from_timers_thread_calls_and_triggers_are_logged_and_the_loop_goes_on() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     reactor.call_later(Duration::ZERO, || {
         Err::<(), _>(std::io::Error::other("timer"))
     });
@@ -805,12 +794,8 @@ fn r17_errors_from_timers_thread_calls_and_triggers_are_logged_and_the_loop_goes
     reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, || {
         Err::<(), _>(std::io::Error::other("trigger"))
     });
-    reactor.add_system_event_trigger(
-        Phase::Before,
-        SystemEvent::Shutdown,
-        log.recorder("next trigger"),
-    );
-    reactor.add_system_event_trigger(Phase::During, SystemEvent::Shutdown, log.recorder("during"));
+    record_shutdown(&reactor, &log, Phase::Before, "next trigger");
+    record_shutdown(&reactor, &log, Phase::During, "during");
     reactor.call_when_running(|| Err::<(), _>(std::io::Error::other("cwr")));
     stop_in(&reactor, MS);
     capture_errors();
@@ -874,8 +859,7 @@ fn r18_add_system_event_trigger_returns_a_handle_per_registration() {
 
 #[test]
 fn r19_triggers_run_by_phase_in_registration_order_once_each() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     for (phase, label) in [
         (Phase::After, "after1"),
         (Phase::During, "during1"),
@@ -896,7 +880,7 @@ fn r19_triggers_run_by_phase_in_registration_order_once_each() {
         ]
     );
     // Firing startup again (run() after crash) runs only the triggers added since.
-    reactor.add_system_event_trigger(Phase::During, SystemEvent::Startup, log.recorder("new"));
+    record_startup(&reactor, &log, Phase::During, "new");
     stop_in(&reactor, Duration::ZERO);
     assert_eq!(run_bounded(&reactor), StopReason::Stopped);
     assert_eq!(log.entries()[6..], ["new"]);
@@ -904,12 +888,9 @@ fn r19_triggers_run_by_phase_in_registration_order_once_each() {
 
 #[test]
 fn r20_before_shutdown_deferred_delays_shutdown() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
-    let held = Deferred::<()>::new();
-    let h = held.clone();
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || h);
-    reactor.add_system_event_trigger(Phase::During, SystemEvent::Shutdown, log.recorder("during"));
+    let (reactor, log) = setup();
+    let held = hold_before(&reactor, SystemEvent::Shutdown);
+    record_shutdown(&reactor, &log, Phase::During, "during");
     stop_in(&reactor, Duration::ZERO);
     let (r, l) = (reactor.clone(), log.clone());
     reactor.call_later(3 * MS, move || {
@@ -924,14 +905,10 @@ fn r20_before_shutdown_deferred_delays_shutdown() {
 
 #[test]
 fn r20_failed_before_deferred_still_lets_the_event_proceed() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
-    let ok = Deferred::<()>::new();
-    let failing = Deferred::<()>::new();
-    let (o, f) = (ok.clone(), failing.clone());
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || o);
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || f);
-    reactor.add_system_event_trigger(Phase::During, SystemEvent::Shutdown, log.recorder("during"));
+    let (reactor, log) = setup();
+    let ok = hold_before(&reactor, SystemEvent::Shutdown);
+    let failing = hold_before(&reactor, SystemEvent::Shutdown);
+    record_shutdown(&reactor, &log, Phase::During, "during");
     stop_in(&reactor, Duration::ZERO);
     let l = log.clone();
     reactor.call_later(2 * MS, move || {
@@ -943,14 +920,12 @@ fn r20_failed_before_deferred_still_lets_the_event_proceed() {
         l.push("ok one");
         ok.callback(()).unwrap();
     });
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(log.entries(), ["failed one", "ok one", "during"]);
+    run_to_stop_and_expect(&reactor, &log, &["failed one", "ok one", "during"]);
 }
 
 #[test]
 fn r20_before_trigger_firing_an_earlier_deferred_does_not_skip_the_rest() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let first = Deferred::<()>::new();
     let (f, l) = (first.clone(), log.clone());
     reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || {
@@ -962,50 +937,39 @@ fn r20_before_trigger_firing_an_earlier_deferred_does_not_skip_the_rest() {
         first.callback(()).unwrap();
         l.push("before2 fired before1's Deferred");
     });
-    reactor.add_system_event_trigger(
-        Phase::Before,
-        SystemEvent::Shutdown,
-        log.recorder("before3"),
-    );
-    reactor.add_system_event_trigger(Phase::During, SystemEvent::Shutdown, log.recorder("during"));
+    record_shutdown(&reactor, &log, Phase::Before, "before3");
+    record_shutdown(&reactor, &log, Phase::During, "during");
     stop_in(&reactor, Duration::ZERO);
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(
-        log.entries(),
-        [
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &[
             "before1",
             "before2 fired before1's Deferred",
             "before3",
-            "during"
-        ]
+            "during",
+        ],
     );
 }
 
 #[test]
 fn r21_removed_trigger_does_not_run() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
-    let gone = reactor.add_system_event_trigger(
-        Phase::During,
-        SystemEvent::Shutdown,
-        log.recorder("gone"),
-    );
-    reactor.add_system_event_trigger(Phase::During, SystemEvent::Shutdown, log.recorder("kept"));
+    let (reactor, log) = setup();
+    let gone = record_shutdown(&reactor, &log, Phase::During, "gone");
+    record_shutdown(&reactor, &log, Phase::During, "kept");
     assert_eq!(reactor.remove_system_event_trigger(gone), Ok(()));
     assert_eq!(
         reactor.remove_system_event_trigger(gone),
         Err(UnknownTrigger)
     );
     stop_in(&reactor, Duration::ZERO);
-    run_bounded(&reactor);
-    assert_eq!(log.entries(), ["kept"]);
+    run_to_stop_and_expect(&reactor, &log, &["kept"]);
 }
 
 #[test]
 fn r21_earlier_trigger_of_the_same_firing_can_remove_a_later_one() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
-    let later: Rc<Cell<Option<twistctl::reactor::TriggerHandle>>> = Rc::default();
+    let (reactor, log) = setup();
+    let later: Rc<Cell<Option<TriggerHandle>>> = Rc::default();
     let (r, l, h) = (reactor.clone(), log.clone(), later.clone());
     reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || {
         l.push(format!(
@@ -1013,30 +977,23 @@ fn r21_earlier_trigger_of_the_same_firing_can_remove_a_later_one() {
             r.remove_system_event_trigger(h.get().unwrap())
         ));
     });
-    later.set(Some(reactor.add_system_event_trigger(
+    later.set(Some(record_shutdown(
+        &reactor,
+        &log,
         Phase::After,
-        SystemEvent::Shutdown,
-        log.recorder("after (removed)"),
+        "after (removed)",
     )));
-    reactor.add_system_event_trigger(Phase::After, SystemEvent::Shutdown, log.recorder("after"));
+    record_shutdown(&reactor, &log, Phase::After, "after");
     stop_in(&reactor, Duration::ZERO);
-    run_bounded(&reactor);
-    assert_eq!(log.entries(), ["removed Ok(())", "after"]);
+    run_to_stop_and_expect(&reactor, &log, &["removed Ok(())", "after"]);
 }
 
 #[test]
 fn r21_trigger_can_be_removed_while_before_deferreds_are_pending() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
-    let held = Deferred::<()>::new();
-    let h = held.clone();
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || h);
-    let during = reactor.add_system_event_trigger(
-        Phase::During,
-        SystemEvent::Shutdown,
-        log.recorder("during (removed)"),
-    );
-    reactor.add_system_event_trigger(Phase::After, SystemEvent::Shutdown, log.recorder("after"));
+    let (reactor, log) = setup();
+    let held = hold_before(&reactor, SystemEvent::Shutdown);
+    let during = record_shutdown(&reactor, &log, Phase::During, "during (removed)");
+    record_shutdown(&reactor, &log, Phase::After, "after");
     let ran_before = reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, || ());
     stop_in(&reactor, Duration::ZERO);
     let (r, l) = (reactor.clone(), log.clone());
@@ -1052,24 +1009,21 @@ fn r21_trigger_can_be_removed_while_before_deferreds_are_pending() {
         ));
         held.callback(()).unwrap();
     });
-    run_bounded(&reactor);
-    assert_eq!(
-        log.entries(),
-        [
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &[
             "remove during Ok(())",
             "remove run Err(UnknownTrigger)",
-            "after"
-        ]
+            "after",
+        ],
     );
 }
 
 #[test]
 fn r22_before_startup_deferred_holds_running_but_the_loop_runs() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
-    let held = Deferred::<()>::new();
-    let h = held.clone();
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Startup, move || h);
+    let (reactor, log) = setup();
+    let held = hold_before(&reactor, SystemEvent::Startup);
     reactor.call_when_running(is_running(&reactor, &log, "cwr"));
     reactor.add_system_event_trigger(
         Phase::During,
@@ -1085,36 +1039,26 @@ fn r22_before_startup_deferred_holds_running_but_the_loop_runs() {
         r.call_later(Duration::ZERO, move || r2.stop());
     });
     assert!(!reactor.running());
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(
-        log.entries(),
-        [
+    run_to_stop_and_expect(
+        &reactor,
+        &log,
+        &[
             "loop running=false",
             "fired running=false",
             "during running=true",
-            "cwr running=true"
-        ]
+            "cwr running=true",
+        ],
     );
 }
 
 #[test]
 fn r24_shutdown_proceeds_while_startup_waits_on_a_before_deferred() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
-    let stuck = Deferred::<()>::new();
-    let s = stuck.clone();
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Startup, move || s);
+    let (reactor, log) = setup();
+    let stuck = hold_before(&reactor, SystemEvent::Startup);
     reactor.call_when_running(log.recorder("cwr"));
-    for (phase, label) in [
-        (Phase::Before, "before"),
-        (Phase::During, "during"),
-        (Phase::After, "after"),
-    ] {
-        reactor.add_system_event_trigger(phase, SystemEvent::Shutdown, log.recorder(label));
-    }
+    record_each_phase(&reactor, &log, SystemEvent::Shutdown);
     stop_in(&reactor, 2 * MS);
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(log.entries(), ["before", "during", "after"]);
+    run_to_stop_and_expect(&reactor, &log, &["before", "during", "after"]);
     assert!(!stuck.is_called());
     assert!(!reactor.running());
 }
@@ -1125,8 +1069,7 @@ fn r24_shutdown_proceeds_while_startup_waits_on_a_before_deferred() {
 
 #[test]
 fn t04_zero_delay_timer_from_a_timer_runs_next_iteration_after_an_io_poll() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let (_reader, mut writer) = pipe(&reactor, &log);
     let queued = Arc::new(AtomicUsize::new(0));
     let (r, l, q) = (reactor.clone(), log.clone(), queued.clone());
@@ -1176,16 +1119,10 @@ fn t08_cancel_inside_own_callback_is_already_called() {
 
 #[test]
 fn t16_timer_at_duration_max_does_not_break_the_loop() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     let far = reactor.call_later(Duration::MAX, log.recorder("far timer"));
-    let (r, l) = (reactor.clone(), log.clone());
-    reactor.call_later(2 * MS, move || {
-        l.push("near timer");
-        r.stop()
-    });
-    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
-    assert_eq!(log.entries(), ["near timer"]);
+    log_then_stop(&reactor, &log, 2 * MS, "near timer");
+    run_to_stop_and_expect(&reactor, &log, &["near timer"]);
     assert!(far.active());
 }
 
@@ -1257,8 +1194,7 @@ fn r14_defer_to_thread_err_becomes_a_failure() {
 
 #[test]
 fn r14_defer_to_thread_panic_becomes_a_failure_and_the_pool_survives() {
-    let reactor = Reactor::new().unwrap();
-    let log = Log::default();
+    let (reactor, log) = setup();
     // More panics than workers: a dead worker would leave the later jobs unanswered.
     for _ in 0..5 {
         let deferred =

@@ -1117,6 +1117,43 @@ mod tests {
         log.borrow_mut().push(line.to_string());
     }
 
+    /// Makes `outer`'s chain return `inner` from a callback, so it waits on it (D-07).
+    fn wait_on<T: 'static>(outer: &Deferred<T>, inner: &Deferred<T>) {
+        let inner = inner.clone();
+        outer.add_callback(move |_| Step::Wait(inner));
+    }
+
+    /// List options that handle the inputs' failures, so none is logged as unhandled.
+    fn consuming() -> DeferredListOptions {
+        DeferredListOptions {
+            consume_errors: true,
+            ..Default::default()
+        }
+    }
+
+    /// Handles the [`FirstError`] a combined Deferred errbacks with, keeping what `view`
+    /// takes from it (`None` if it failed with anything else).
+    fn on_first_error<T: 'static, R: 'static>(
+        d: &Deferred<Vec<T>>,
+        view: impl FnOnce(&FirstError) -> R + 'static,
+    ) -> Rc<RefCell<Option<R>>> {
+        let seen = Rc::new(RefCell::new(None));
+        let s = seen.clone();
+        d.add_errback(move |f| {
+            *s.borrow_mut() = f.downcast_ref::<FirstError>().map(view);
+            Step::Value(Vec::new())
+        });
+        seen
+    }
+
+    /// An errback that recovers from I/O errors only (D-30) and passes others on.
+    fn trap_io_errors(d: &Deferred<i32>) {
+        d.add_errback(|f| match f.trap::<io::Error>() {
+            Ok(_) => Step::Value(-1),
+            Err(other) => Step::Fail(other),
+        });
+    }
+
     #[test]
     fn d01_fires_once_and_a_second_firing_is_rejected() {
         let d = Deferred::new();
@@ -1249,8 +1286,7 @@ mod tests {
     fn d07_a_returned_deferred_pauses_the_chain_until_it_fires() {
         let outer = Deferred::new();
         let inner = Deferred::new();
-        let inner2 = inner.clone();
-        outer.add_callback(move |_: i32| Step::Wait(inner2));
+        wait_on(&outer, &inner);
         let seen = watch(&outer);
         outer.callback(1).unwrap();
         assert!(seen.borrow().is_empty());
@@ -1260,8 +1296,7 @@ mod tests {
         // A failure of the inner one continues the outer chain on the error path.
         let outer = Deferred::new();
         let inner = Deferred::<i32>::new();
-        let inner2 = inner.clone();
-        outer.add_callback(move |_: i32| Step::Wait(inner2));
+        wait_on(&outer, &inner);
         let seen = settle(&outer);
         outer.callback(1).unwrap();
         inner.errback(Failure::msg("inner broke")).unwrap();
@@ -1285,8 +1320,7 @@ mod tests {
             o.callback(0).unwrap();
             Step::Value(v + 1)
         });
-        let i = inner.clone();
-        outer.add_callback(move |_| Step::Wait(i));
+        wait_on(&outer, &inner);
         let seen = watch(&outer);
         inner.callback(1).unwrap();
         assert_eq!(*seen.borrow(), vec![Ok(2)]);
@@ -1297,8 +1331,7 @@ mod tests {
         capture_log::start();
         let outer = Deferred::succeed(1);
         let inner = Deferred::<i32>::new();
-        let inner2 = inner.clone();
-        outer.add_callback(move |_| Step::Wait(inner2));
+        wait_on(&outer, &inner);
         inner.errback(Failure::msg("moved")).unwrap();
         let seen = settle(&outer);
         assert_eq!(*seen.borrow(), vec![Err("moved".to_string())]);
@@ -1354,7 +1387,17 @@ mod tests {
             ds[k].callback(k).unwrap();
         }
         // Each inner one now holds its outer one; the innermost never fires.
+        let (outermost, innermost) = (ds[0].downgrade(), ds[DEPTH].downgrade());
         drop(ds);
+        // Dropping got through the whole nest (no stack overflow) and freed all of it.
+        assert!(
+            innermost.upgrade().is_none(),
+            "the innermost is still alive"
+        );
+        assert!(
+            outermost.upgrade().is_none(),
+            "the outermost is still alive"
+        );
     }
 
     #[test]
@@ -1378,9 +1421,8 @@ mod tests {
         let inner = Deferred::<i32>::new();
         let first = Deferred::succeed(0);
         let second = Deferred::succeed(0);
-        let (i1, i2) = (inner.clone(), inner.clone());
-        first.add_callback(move |_| Step::Wait(i1));
-        second.add_callback(move |_| Step::Wait(i2));
+        wait_on(&first, &inner);
+        wait_on(&second, &inner);
         let seen_second = settle(&second);
         assert_eq!(
             *seen_second.borrow(),
@@ -1464,8 +1506,7 @@ mod tests {
         let inner = Deferred::succeed(8);
         inner.pause();
         let outer = Deferred::succeed(0);
-        let i = inner.clone();
-        outer.add_callback(move |_| Step::Wait(i));
+        wait_on(&outer, &inner);
         let seen = watch(&outer);
         assert!(seen.borrow().is_empty());
         inner.unpause();
@@ -1575,8 +1616,7 @@ mod tests {
         let c = cancelled.clone();
         let inner = Deferred::<i32>::with_canceller(move |_| c.set(true));
         let outer = Deferred::succeed(0);
-        let i = inner.clone();
-        outer.add_callback(move |_| Step::Wait(i));
+        wait_on(&outer, &inner);
         let seen = settle(&outer);
         outer.cancel();
         assert!(cancelled.get());
@@ -1711,13 +1751,7 @@ mod tests {
         let a = Deferred::new();
         let b = Deferred::succeed(2);
         let c = Deferred::new();
-        let list = deferred_list(
-            vec![a.clone(), b, c.clone()],
-            DeferredListOptions {
-                consume_errors: true,
-                ..Default::default()
-            },
-        );
+        let list = deferred_list(vec![a.clone(), b, c.clone()], consuming());
         let seen = Rc::new(RefCell::new(None));
         let s = seen.clone();
         list.add_callback(move |results| {
@@ -1754,13 +1788,7 @@ mod tests {
     fn d25_first_success_fires_with_value_and_index() {
         let a = Deferred::<&str>::new();
         let b = Deferred::new();
-        let first = first_success(
-            vec![a.clone(), b.clone()],
-            DeferredListOptions {
-                consume_errors: true,
-                ..Default::default()
-            },
-        );
+        let first = first_success(vec![a.clone(), b.clone()], consuming());
         let seen = watch(&first);
         a.errback(Failure::msg("a failed")).unwrap();
         assert!(seen.borrow().is_empty());
@@ -1775,13 +1803,7 @@ mod tests {
 
         let a = Deferred::<i32>::fail(Failure::msg("x"));
         let b = Deferred::<i32>::fail(Failure::msg("y"));
-        let all = first_success(
-            vec![a, b],
-            DeferredListOptions {
-                consume_errors: true,
-                ..Default::default()
-            },
-        );
+        let all = first_success(vec![a, b], consuming());
         let seen = Rc::new(RefCell::new(Vec::new()));
         let s = seen.clone();
         all.add_errback(move |f| {
@@ -1807,14 +1829,7 @@ mod tests {
                 consume_errors: true,
             },
         );
-        let seen = Rc::new(RefCell::new(None));
-        let s = seen.clone();
-        list.add_errback(move |f| {
-            *s.borrow_mut() = f
-                .downcast_ref::<FirstError>()
-                .map(|e| (e.index, e.failure.error_message()));
-            Step::Value(Vec::new())
-        });
+        let seen = on_first_error(&list, |e| (e.index, e.failure.error_message()));
         a.callback(1).unwrap();
         b.errback(Failure::msg("b failed")).unwrap();
         assert_eq!(*seen.borrow(), Some((1, "b failed".to_string())));
@@ -1846,13 +1861,7 @@ mod tests {
         );
 
         let a = Deferred::<i32>::new();
-        let list = deferred_list(
-            vec![a.clone()],
-            DeferredListOptions {
-                consume_errors: true,
-                ..Default::default()
-            },
-        );
+        let list = deferred_list(vec![a.clone()], consuming());
         a.errback(Failure::msg("consumed")).unwrap();
         drop((a, list));
         assert!(capture_log::unhandled().is_empty());
@@ -1865,13 +1874,7 @@ mod tests {
         let a = Deferred::<i32>::with_canceller(move |_| c.set(c.get() + 1));
         let b = Deferred::<i32>::new();
         let done = Deferred::succeed(3);
-        let list = deferred_list(
-            vec![a.clone(), b.clone(), done],
-            DeferredListOptions {
-                consume_errors: true,
-                ..Default::default()
-            },
-        );
+        let list = deferred_list(vec![a.clone(), b.clone(), done], consuming());
         let seen = Rc::new(RefCell::new(Vec::new()));
         let s = seen.clone();
         list.add_callback(move |r| {
@@ -1909,14 +1912,7 @@ mod tests {
         let b = Deferred::<i32>::new();
         let original = Failure::msg("b failed");
         let all = gather_results(vec![a.clone(), b.clone()], true);
-        let seen = Rc::new(RefCell::new(None));
-        let s = seen.clone();
-        all.add_errback(move |f| {
-            *s.borrow_mut() = f
-                .downcast_ref::<FirstError>()
-                .map(|e| (e.index, e.failure.clone()));
-            Step::Value(Vec::new())
-        });
+        let seen = on_first_error(&all, |e| (e.index, e.failure.clone()));
         b.errback(original.clone()).unwrap();
         let (index, failure) = seen.borrow_mut().take().unwrap();
         assert_eq!(index, 1);
@@ -1930,14 +1926,7 @@ mod tests {
         let a = Deferred::<i32>::new();
         let b = Deferred::<i32>::new();
         let all = gather_results(vec![a.clone(), b.clone()], true);
-        let seen = Rc::new(RefCell::new(None));
-        let s = seen.clone();
-        all.add_errback(move |f| {
-            *s.borrow_mut() = f
-                .downcast_ref::<FirstError>()
-                .map(|e| (e.index, e.failure.check::<CancelledError>()));
-            Step::Value(Vec::new())
-        });
+        let seen = on_first_error(&all, |e| (e.index, e.failure.check::<CancelledError>()));
         all.cancel();
         assert!(a.is_called() && b.is_called());
         assert_eq!(*seen.borrow(), Some((0, true)));
@@ -1960,19 +1949,13 @@ mod tests {
     #[test]
     fn d30_errbacks_trap_by_type_and_pass_others_on() {
         let d = Deferred::<i32>::new();
-        d.add_errback(|f| match f.trap::<io::Error>() {
-            Ok(_) => Step::Value(-1),
-            Err(other) => Step::Fail(other),
-        });
+        trap_io_errors(&d);
         let seen = settle(&d);
         d.errback(Failure::new(CancelledError)).unwrap();
         assert_eq!(*seen.borrow(), vec![Err(CancelledError.to_string())]);
 
         let d = Deferred::<i32>::new();
-        d.add_errback(|f| match f.trap::<io::Error>() {
-            Ok(_) => Step::Value(-1),
-            Err(other) => Step::Fail(other),
-        });
+        trap_io_errors(&d);
         let seen = watch(&d);
         d.errback(io::Error::other("io")).unwrap();
         assert_eq!(*seen.borrow(), vec![Ok(-1)]);

@@ -403,15 +403,8 @@ mod tests {
     use crate::reactor::defer::CancelledError;
     use crate::reactor::failure::MessageError;
     use crate::reactor::time::FakeClock;
+    use crate::reactor::time::tests::{ms, secs};
     use std::cell::Cell;
-
-    fn secs(s: u64) -> Duration {
-        Duration::from_secs(s)
-    }
-
-    fn ms(m: u64) -> Duration {
-        Duration::from_millis(m)
-    }
 
     /// A LoopingCall recording the clock time of each call.
     fn recording(clock: &FakeClock) -> (LoopingCall, Rc<RefCell<Vec<Duration>>>) {
@@ -419,6 +412,60 @@ mod tests {
         let (t, c) = (times.clone(), clock.clone());
         let lc = LoopingCall::new(clock.clone(), move || t.borrow_mut().push(c.seconds()));
         (lc, times)
+    }
+
+    /// A LoopingCall whose function returns a new Deferred each call, kept in the list
+    /// for the test to fire.
+    fn deferring(clock: &FakeClock) -> (LoopingCall, Rc<RefCell<Vec<Deferred<()>>>>) {
+        let pending: Rc<RefCell<Vec<Deferred<()>>>> = Rc::default();
+        let p = pending.clone();
+        let lc = LoopingCall::new(clock.clone(), move || {
+            let d = Deferred::new();
+            p.borrow_mut().push(d.clone());
+            d
+        });
+        (lc, pending)
+    }
+
+    /// Fires the Deferred the latest call returned.
+    fn finish_latest(pending: &Rc<RefCell<Vec<Deferred<()>>>>) {
+        let latest = pending
+            .borrow()
+            .last()
+            .cloned()
+            .expect("a call returned a Deferred");
+        latest.callback(()).unwrap();
+    }
+
+    /// A counting LoopingCall recording the count passed to each call.
+    fn counting(clock: &FakeClock) -> (LoopingCall, Rc<RefCell<Vec<u64>>>) {
+        let counts: Rc<RefCell<Vec<u64>>> = Rc::default();
+        let c = counts.clone();
+        let lc = LoopingCall::with_count(clock.clone(), move |n| c.borrow_mut().push(n));
+        (lc, counts)
+    }
+
+    /// Lets a LoopingCall's function reach its own LoopingCall, bound once it exists.
+    #[derive(Clone, Default)]
+    struct Me(Rc<RefCell<Option<WeakLoopingCall>>>);
+
+    impl Me {
+        fn bind(&self, lc: &LoopingCall) {
+            *self.0.borrow_mut() = Some(lc.downgrade());
+        }
+
+        /// Stops the bound LoopingCall from inside its own function.
+        fn stop(&self) {
+            let lc = self.0.borrow().as_ref().and_then(WeakLoopingCall::upgrade);
+            lc.expect("bound before it runs").stop().unwrap();
+        }
+    }
+
+    /// The start Deferred fired with the LoopingCall already not running (K-06, K-08),
+    /// and no call is left scheduled.
+    fn assert_ended_by_stop(seen: &Rc<RefCell<Option<Result<bool, String>>>>, clock: &FakeClock) {
+        assert_eq!(*seen.borrow(), Some(Ok(false)));
+        assert!(clock.delayed_calls().is_empty());
     }
 
     /// Records how the start Deferred ended, handling it: `Ok(running)` as seen when it
@@ -491,39 +538,23 @@ mod tests {
     #[test]
     fn k03_after_a_slow_deferred_the_next_call_is_the_next_grid_point() {
         let clock = FakeClock::new();
-        let pending: Rc<RefCell<Option<Deferred<()>>>> = Rc::default();
-        let calls = Rc::new(Cell::new(0));
-        let (p, n) = (pending.clone(), calls.clone());
-        let lc = LoopingCall::new(clock.clone(), move || {
-            n.set(n.get() + 1);
-            let d = Deferred::new();
-            *p.borrow_mut() = Some(d.clone());
-            d
-        });
+        let (lc, pending) = deferring(&clock);
         lc.start(secs(2), true).unwrap();
         clock.advance(ms(4_500));
-        assert_eq!(calls.get(), 1);
-        let d = pending.borrow_mut().take().unwrap();
-        d.callback(()).unwrap();
+        assert_eq!(pending.borrow().len(), 1, "one call, still pending");
+        finish_latest(&pending);
         assert_eq!(clock.delayed_calls()[0].time(), secs(6));
     }
 
     #[test]
     fn k04_no_call_is_scheduled_while_the_returned_deferred_is_pending() {
         let clock = FakeClock::new();
-        let pending: Rc<RefCell<Option<Deferred<()>>>> = Rc::default();
-        let p = pending.clone();
-        let lc = LoopingCall::new(clock.clone(), move || {
-            let d = Deferred::new();
-            *p.borrow_mut() = Some(d.clone());
-            d
-        });
+        let (lc, pending) = deferring(&clock);
         lc.start(secs(1), true).unwrap();
         assert!(clock.delayed_calls().is_empty());
         clock.advance(secs(10));
         assert!(clock.delayed_calls().is_empty());
-        let d = pending.borrow_mut().take().unwrap();
-        d.callback(()).unwrap();
+        finish_latest(&pending);
         assert_eq!(clock.delayed_calls()[0].time(), secs(11));
     }
 
@@ -532,17 +563,15 @@ mod tests {
         let clock = FakeClock::new();
         clock.advance(secs(3));
         let calls = Rc::new(Cell::new(0));
-        let weak: Rc<RefCell<Option<WeakLoopingCall>>> = Rc::default();
-        let (n, w) = (calls.clone(), weak.clone());
+        let me = Me::default();
+        let (n, w) = (calls.clone(), me.clone());
         let lc = LoopingCall::new(clock.clone(), move || {
             n.set(n.get() + 1);
-            if n.get() == 5
-                && let Some(lc) = w.borrow().as_ref().and_then(WeakLoopingCall::upgrade)
-            {
-                lc.stop().unwrap();
+            if n.get() == 5 {
+                w.stop();
             }
         });
-        *weak.borrow_mut() = Some(lc.downgrade());
+        me.bind(&lc);
         lc.start(Duration::ZERO, false).unwrap();
         assert_eq!(clock.delayed_calls()[0].time(), secs(3));
         assert_eq!(calls.get(), 0);
@@ -559,8 +588,7 @@ mod tests {
         let d = lc.start(secs(1), false).unwrap();
         let seen = ending(&d);
         lc.stop().unwrap();
-        assert_eq!(*seen.borrow(), Some(Ok(false)));
-        assert!(clock.delayed_calls().is_empty());
+        assert_ended_by_stop(&seen, &clock);
         clock.advance(secs(5));
         assert!(times.borrow().is_empty());
     }
@@ -583,18 +611,16 @@ mod tests {
     #[test]
     fn k06_stop_from_inside_the_function_fires_when_it_returns() {
         let clock = FakeClock::new();
-        let weak: Rc<RefCell<Option<WeakLoopingCall>>> = Rc::default();
+        let me = Me::default();
         let observed: Rc<RefCell<Option<Deferred<LoopingCall>>>> = Rc::default();
-        let (w, o) = (weak.clone(), observed.clone());
+        let (w, o) = (me.clone(), observed.clone());
         let fired_during_call = Rc::new(Cell::new(true));
         let f = fired_during_call.clone();
         let lc = LoopingCall::new(clock.clone(), move || {
-            if let Some(lc) = w.borrow().as_ref().and_then(WeakLoopingCall::upgrade) {
-                lc.stop().unwrap();
-            }
+            w.stop();
             f.set(o.borrow().as_ref().is_some_and(Deferred::is_called));
         });
-        *weak.borrow_mut() = Some(lc.downgrade());
+        me.bind(&lc);
         let d = lc.start(secs(1), false).unwrap();
         *observed.borrow_mut() = Some(d.clone());
         let seen = ending(&d);
@@ -603,20 +629,13 @@ mod tests {
             !fired_during_call.get(),
             "fired before the function returned"
         );
-        assert_eq!(*seen.borrow(), Some(Ok(false)));
-        assert!(clock.delayed_calls().is_empty());
+        assert_ended_by_stop(&seen, &clock);
     }
 
     #[test]
     fn k06_stop_while_the_returned_deferred_is_pending_fires_when_it_fires() {
         let clock = FakeClock::new();
-        let pending: Rc<RefCell<Option<Deferred<()>>>> = Rc::default();
-        let p = pending.clone();
-        let lc = LoopingCall::new(clock.clone(), move || {
-            let d = Deferred::new();
-            *p.borrow_mut() = Some(d.clone());
-            d
-        });
+        let (lc, pending) = deferring(&clock);
         let d = lc.start(secs(1), true).unwrap();
         let seen = ending(&d);
         lc.stop().unwrap();
@@ -625,10 +644,8 @@ mod tests {
             lc.start(secs(1), false).map(|_| ()),
             Err(LoopingCallError::Stopping)
         );
-        let inner = pending.borrow_mut().take().unwrap();
-        inner.callback(()).unwrap();
-        assert_eq!(*seen.borrow(), Some(Ok(false)));
-        assert!(clock.delayed_calls().is_empty());
+        finish_latest(&pending);
+        assert_ended_by_stop(&seen, &clock);
     }
 
     #[test]
@@ -657,15 +674,13 @@ mod tests {
     #[test]
     fn k07_failing_after_stop_still_errbacks() {
         let clock = FakeClock::new();
-        let weak: Rc<RefCell<Option<WeakLoopingCall>>> = Rc::default();
-        let w = weak.clone();
+        let me = Me::default();
+        let w = me.clone();
         let lc = LoopingCall::new(clock.clone(), move || {
-            if let Some(lc) = w.borrow().as_ref().and_then(WeakLoopingCall::upgrade) {
-                lc.stop().unwrap();
-            }
+            w.stop();
             Err(MessageError("stopped then failed".into()))
         });
-        *weak.borrow_mut() = Some(lc.downgrade());
+        me.bind(&lc);
         let d = lc.start(secs(1), true).unwrap();
         assert_eq!(
             *ending(&d).borrow(),
@@ -718,9 +733,7 @@ mod tests {
     #[test]
     fn k10_with_count_gives_the_number_of_elapsed_intervals() {
         let clock = FakeClock::new();
-        let counts: Rc<RefCell<Vec<u64>>> = Rc::default();
-        let c = counts.clone();
-        let lc = LoopingCall::with_count(clock.clone(), move |n| c.borrow_mut().push(n));
+        let (lc, counts) = counting(&clock);
         lc.start(secs(1), true).unwrap();
         clock.advance(secs(1));
         clock.advance(ms(3_200));
@@ -731,9 +744,7 @@ mod tests {
         assert_eq!(counts.borrow().last(), Some(&1));
         lc.stop().unwrap();
 
-        let counts: Rc<RefCell<Vec<u64>>> = Rc::default();
-        let c = counts.clone();
-        let lc = LoopingCall::with_count(clock.clone(), move |n| c.borrow_mut().push(n));
+        let (lc, counts) = counting(&clock);
         lc.start(secs(1), false).unwrap();
         clock.advance(ms(2_500));
         assert_eq!(*counts.borrow(), [2]);
@@ -744,17 +755,15 @@ mod tests {
     fn k10_interval_zero_always_counts_one() {
         let clock = FakeClock::new();
         let counts: Rc<RefCell<Vec<u64>>> = Rc::default();
-        let weak: Rc<RefCell<Option<WeakLoopingCall>>> = Rc::default();
-        let (c, w) = (counts.clone(), weak.clone());
+        let me = Me::default();
+        let (c, w) = (counts.clone(), me.clone());
         let lc = LoopingCall::with_count(clock.clone(), move |n| {
             c.borrow_mut().push(n);
-            if c.borrow().len() == 3
-                && let Some(lc) = w.borrow().as_ref().and_then(WeakLoopingCall::upgrade)
-            {
-                lc.stop().unwrap();
+            if c.borrow().len() == 3 {
+                w.stop();
             }
         });
-        *weak.borrow_mut() = Some(lc.downgrade());
+        me.bind(&lc);
         lc.start(Duration::ZERO, true).unwrap();
         clock.advance(secs(7));
         assert_eq!(*counts.borrow(), [1, 1, 1]);
@@ -781,17 +790,10 @@ mod tests {
     #[test]
     fn k11_a_deferred_firing_exactly_on_a_grid_point_waits_a_full_interval() {
         let clock = FakeClock::new();
-        let pending: Rc<RefCell<Option<Deferred<()>>>> = Rc::default();
-        let p = pending.clone();
-        let lc = LoopingCall::new(clock.clone(), move || {
-            let d = Deferred::new();
-            *p.borrow_mut() = Some(d.clone());
-            d
-        });
+        let (lc, pending) = deferring(&clock);
         lc.start(secs(1), true).unwrap();
         clock.advance(secs(3));
-        let d = pending.borrow_mut().take().unwrap();
-        d.callback(()).unwrap();
+        finish_latest(&pending);
         assert_eq!(clock.delayed_calls()[0].time(), secs(4));
     }
 
@@ -817,15 +819,15 @@ mod tests {
         let clock = FakeClock::new();
         let d = defer_later(&clock, secs(2), || Step::Value(5));
         let seen = Rc::new(Cell::new(None));
-        let s = seen.clone();
+        let (s, c) = (seen.clone(), clock.clone());
         d.add_callback(move |v| {
-            s.set(Some((v, true)));
+            s.set(Some((v, c.seconds())));
             Step::Value(v)
         });
         clock.advance(ms(1_999));
         assert_eq!(seen.get(), None);
         clock.advance(ms(1));
-        assert_eq!(seen.get(), Some((5, true)));
+        assert_eq!(seen.get(), Some((5, secs(2))));
     }
 
     #[test]

@@ -467,14 +467,7 @@ mod tests {
         on_started: Hook,
         on_end: Hook,
     ) -> (Rc<ReconnectingClientFactory<Probe>>, Log) {
-        make_with(
-            reactor,
-            policy,
-            on_started,
-            Box::new(|_, _| {}),
-            on_end,
-            false,
-        )
+        make_with(reactor, policy, on_started, no_hook(), on_end, false)
     }
 
     fn make_with(
@@ -529,6 +522,67 @@ mod tests {
         expected.iter().map(|s| s.to_string()).collect()
     }
 
+    fn assert_log(log: &Log, expected: &[String]) {
+        assert_eq!(*log.borrow(), expected);
+    }
+
+    /// The log of one connection attempt per outcome: the wrapped factory starts, the
+    /// attempt starts, a protocol is built if it connected (the outcome is then a loss),
+    /// the outcome, and the factory stops.
+    fn attempts(outcomes: &[&str]) -> Vec<String> {
+        let mut log = Vec::new();
+        for outcome in outcomes {
+            log.extend(["start", "started"]);
+            if outcome.starts_with("lost") {
+                log.push("build");
+            }
+            log.extend([outcome, "stop"]);
+        }
+        seq(&log)
+    }
+
+    /// Connects `wrapper` to `address` and runs the reactor until a test hook stops it.
+    fn connect_and_run(
+        reactor: &Reactor,
+        address: SocketAddr,
+        wrapper: &Rc<ReconnectingClientFactory<Probe>>,
+    ) {
+        reactor.connect_tcp(address, wrapper.clone(), None);
+        run(reactor);
+    }
+
+    /// The logged events that start with `prefix`, in order.
+    fn entries_starting(log: &Log, prefix: &str) -> Vec<String> {
+        log.borrow()
+            .iter()
+            .filter(|e| e.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// An end-of-attempt hook that stops the reactor 200 ms after attempt `last` ended,
+    /// long enough for a wrongly scheduled further attempt to show up in the log.
+    fn stop_after_attempt(reactor: &Reactor, last: usize) -> Hook {
+        let r = reactor.clone();
+        Box::new(move |_, n| {
+            if n == last {
+                stop_after(&r, Duration::from_millis(200));
+            }
+        })
+    }
+
+    /// A hook for the callbacks a test does not care about.
+    fn no_hook() -> Hook {
+        Box::new(|_, _| {})
+    }
+
+    /// A listening port on the loopback whose connections the server closes at once.
+    fn closing_server(reactor: &Reactor) -> crate::reactor::tcp::ListeningPort {
+        reactor
+            .listen_tcp("127.0.0.1:0".parse().unwrap(), Rc::new(CloserFactory))
+            .unwrap()
+    }
+
     #[test]
     fn p24_p25_p26_retries_with_growing_capped_waits_then_gives_up() {
         let reactor = Reactor::new().unwrap();
@@ -551,32 +605,16 @@ mod tests {
                 }
             }),
         );
-        reactor.connect_tcp(refused, wrapper.clone(), None);
-        run(&reactor);
-        assert_eq!(
-            *log.borrow(),
-            seq(&[
-                "start",
-                "started",
+        connect_and_run(&reactor, refused, &wrapper);
+        assert_log(
+            &log,
+            &attempts(&[
                 "failed(Refused) delay=20ms retries=0",
-                "stop",
-                "start",
-                "started",
                 "failed(Refused) delay=40ms retries=1",
-                "stop",
-                "start",
-                "started",
                 "failed(Refused) delay=60ms retries=2",
-                "stop",
-                "start",
-                "started",
                 "failed(Refused) delay=60ms retries=3",
-                "stop",
-                "start",
-                "started",
                 "failed(Refused) delay=60ms retries=4",
-                "stop",
-            ])
+            ]),
         );
         // Each retry waited at least its delay after the failure before it.
         let times = times.borrow();
@@ -606,43 +644,23 @@ mod tests {
     #[test]
     fn p24_retries_after_a_lost_connection() {
         let reactor = Reactor::new().unwrap();
-        let port = reactor
-            .listen_tcp("127.0.0.1:0".parse().unwrap(), Rc::new(CloserFactory))
-            .unwrap();
-        let r = reactor.clone();
+        let port = closing_server(&reactor);
         let (wrapper, log) = make(
             &reactor,
             policy(Some(2)),
-            Box::new(|_, _| {}),
-            Box::new(move |_, n| {
-                if n == 3 {
-                    stop_after(&r, Duration::from_millis(200));
-                }
-            }),
+            no_hook(),
+            stop_after_attempt(&reactor, 3),
         );
-        reactor.connect_tcp(port.host(), wrapper, None);
-        run(&reactor);
+        connect_and_run(&reactor, port.host(), &wrapper);
         // Retries count on across successful connections without a reset: the third
         // loss is the third retry, beyond the limit of two.
-        assert_eq!(
-            *log.borrow(),
-            seq(&[
-                "start",
-                "started",
-                "build",
+        assert_log(
+            &log,
+            &attempts(&[
                 "lost delay=20ms retries=0",
-                "stop",
-                "start",
-                "started",
-                "build",
                 "lost delay=40ms retries=1",
-                "stop",
-                "start",
-                "started",
-                "build",
                 "lost delay=60ms retries=2",
-                "stop",
-            ])
+            ]),
         );
     }
 
@@ -656,7 +674,7 @@ mod tests {
         let (wrapper, log) = make(
             &reactor,
             long,
-            Box::new(|_, _| {}),
+            no_hook(),
             Box::new(move |w, n| {
                 if n == 2 {
                     w.reset_delay();
@@ -666,14 +684,8 @@ mod tests {
                 }
             }),
         );
-        reactor.connect_tcp(refused, wrapper, None);
-        run(&reactor);
-        let failures: Vec<String> = log
-            .borrow()
-            .iter()
-            .filter(|e| e.starts_with("failed"))
-            .cloned()
-            .collect();
+        connect_and_run(&reactor, refused, &wrapper);
+        let failures = entries_starting(&log, "failed");
         assert_eq!(
             failures,
             seq(&[
@@ -689,15 +701,13 @@ mod tests {
     #[test]
     fn p26_reset_on_connect_keeps_reconnecting() {
         let reactor = Reactor::new().unwrap();
-        let port = reactor
-            .listen_tcp("127.0.0.1:0".parse().unwrap(), Rc::new(CloserFactory))
-            .unwrap();
+        let port = closing_server(&reactor);
         let r = reactor.clone();
         let (wrapper, log) = make_with(
             &reactor,
             policy(Some(1)),
-            Box::new(|_, _| {}),
-            Box::new(|_, _| {}),
+            no_hook(),
+            no_hook(),
             Box::new(move |w, n| {
                 if n == 4 {
                     w.stop_trying();
@@ -706,14 +716,8 @@ mod tests {
             }),
             true,
         );
-        reactor.connect_tcp(port.host(), wrapper.clone(), None);
-        run(&reactor);
-        let losses: Vec<String> = log
-            .borrow()
-            .iter()
-            .filter(|e| e.starts_with("lost"))
-            .cloned()
-            .collect();
+        connect_and_run(&reactor, port.host(), &wrapper);
+        let losses = entries_starting(&log, "lost");
         // With a limit of one retry, only the resets let it go on.
         assert_eq!(losses, seq(&["lost delay=20ms retries=0"; 4]));
         assert!(!wrapper.is_trying());
@@ -727,7 +731,7 @@ mod tests {
         let (wrapper, log) = make(
             &reactor,
             policy(None),
-            Box::new(|_, _| {}),
+            no_hook(),
             Box::new(move |w, _| {
                 // Next iteration: the wrapper has scheduled its 20 ms retry by then.
                 let (r2, w) = (r.clone(), w.clone());
@@ -739,17 +743,8 @@ mod tests {
                 });
             }),
         );
-        reactor.connect_tcp(refused, wrapper.clone(), None);
-        run(&reactor);
-        assert_eq!(
-            *log.borrow(),
-            seq(&[
-                "start",
-                "started",
-                "failed(Refused) delay=20ms retries=0",
-                "stop"
-            ])
-        );
+        connect_and_run(&reactor, refused, &wrapper);
+        assert_log(&log, &attempts(&["failed(Refused) delay=20ms retries=0"]));
         assert!(!wrapper.is_trying());
         assert!(wrapper.state.borrow().call.is_none());
         assert!(wrapper.state.borrow().connector.is_none());
@@ -767,18 +762,12 @@ mod tests {
                 w.stop_trying();
                 stop_after(&r, Duration::from_millis(200));
             }),
-            Box::new(|_, _| {}),
+            no_hook(),
         );
-        reactor.connect_tcp(refused, wrapper.clone(), None);
-        run(&reactor);
-        assert_eq!(
-            *log.borrow(),
-            seq(&[
-                "start",
-                "started",
-                "failed(UserAborted) delay=20ms retries=0",
-                "stop"
-            ])
+        connect_and_run(&reactor, refused, &wrapper);
+        assert_log(
+            &log,
+            &attempts(&["failed(UserAborted) delay=20ms retries=0"]),
         );
         assert_eq!(wrapper.retries(), 0, "the failure scheduled nothing");
     }
@@ -786,31 +775,18 @@ mod tests {
     #[test]
     fn p27_stop_trying_prevents_a_retry_after_a_later_loss() {
         let reactor = Reactor::new().unwrap();
-        let port = reactor
-            .listen_tcp("127.0.0.1:0".parse().unwrap(), Rc::new(CloserFactory))
-            .unwrap();
-        let r = reactor.clone();
+        let port = closing_server(&reactor);
         let (wrapper, log) = make_with(
             &reactor,
             policy(None),
-            Box::new(|_, _| {}),
+            no_hook(),
             // Connected, not yet lost: no attempt to stop, but no retry later either.
             Box::new(|w, _| w.stop_trying()),
-            Box::new(move |_, _| stop_after(&r, Duration::from_millis(200))),
+            stop_after_attempt(&reactor, 1),
             false,
         );
-        reactor.connect_tcp(port.host(), wrapper.clone(), None);
-        run(&reactor);
-        assert_eq!(
-            *log.borrow(),
-            seq(&[
-                "start",
-                "started",
-                "build",
-                "lost delay=20ms retries=0",
-                "stop"
-            ])
-        );
+        connect_and_run(&reactor, port.host(), &wrapper);
+        assert_log(&log, &attempts(&["lost delay=20ms retries=0"]));
         assert_eq!(wrapper.retries(), 0);
     }
 

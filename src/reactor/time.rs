@@ -669,16 +669,17 @@ impl Scheduler for FakeClock {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::reactor::failure::Failure;
     use proptest::prelude::*;
 
-    fn ms(n: u64) -> Duration {
+    /// Shorthands for the durations the timer tests of this crate use.
+    pub(crate) fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
 
-    fn secs(n: u64) -> Duration {
+    pub(crate) fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
     }
 
@@ -707,6 +708,72 @@ mod tests {
         (clock, queue)
     }
 
+    /// A fake clock and a log for its calls to write to.
+    fn logged_clock() -> (FakeClock, Log) {
+        (FakeClock::new(), Log::default())
+    }
+
+    /// [`manual_queue`] and a log for its calls to write to.
+    fn logged_queue() -> (ManualClock, TimerQueue, Log) {
+        let (clock, queue) = manual_queue();
+        (clock, queue, Log::default())
+    }
+
+    /// `call`, which logs "a", is due at `at` (still ahead) and runs exactly then: not a
+    /// nanosecond before.
+    fn assert_runs_exactly_at(clock: &FakeClock, log: &Log, call: &DelayedCall, at: Duration) {
+        assert_eq!(call.time(), at);
+        let last = Duration::from_nanos(1);
+        clock.advance(at - clock.seconds() - last);
+        assert!(log.take().is_empty(), "ran before its time");
+        clock.advance(last);
+        assert_eq!(log.take(), ["a"]);
+        assert_eq!(clock.seconds(), at);
+    }
+
+    /// Schedules a call logging "a" `delay` from zero, lets `elapsed` pass, moves the call
+    /// with `adjust` and checks that it then runs exactly at `at`.
+    fn assert_adjusted_call_runs_at(
+        delay: Duration,
+        elapsed: Duration,
+        adjust: impl FnOnce(&DelayedCall) -> Result<(), DelayedCallError>,
+        at: Duration,
+    ) {
+        let (clock, log) = logged_clock();
+        let call = clock.call_later(delay, log.rec("a"));
+        clock.advance(elapsed);
+        adjust(&call).unwrap();
+        assert_runs_exactly_at(&clock, &log, &call, at);
+    }
+
+    /// Two calls of `clock` that are no longer pending: one cancelled, one that ran.
+    fn cancelled_and_called(clock: &FakeClock) -> (DelayedCall, DelayedCall) {
+        let cancelled = clock.call_later(secs(1), || ());
+        let called = clock.call_later(secs(1), || ());
+        cancelled.cancel().unwrap();
+        clock.advance(secs(1));
+        assert!(!called.active(), "the other call ran");
+        (cancelled, called)
+    }
+
+    /// Schedules `f` through `schedule` and hands it, when it runs, the handle of its own
+    /// call.
+    fn with_own_handle(
+        schedule: impl FnOnce(Box<dyn FnOnce()>) -> DelayedCall,
+        f: impl FnOnce(DelayedCall) + 'static,
+    ) -> DelayedCall {
+        let slot: Rc<RefCell<Option<DelayedCall>>> = Rc::default();
+        let inner_slot = slot.clone();
+        let call = schedule(Box::new(move || {
+            let me = inner_slot.borrow_mut().take();
+            if let Some(me) = me {
+                f(me);
+            }
+        }));
+        *slot.borrow_mut() = Some(call.clone());
+        call
+    }
+
     /// One reactor iteration's timer step (R-12 steps 2 and 3).
     fn iterate(queue: &TimerQueue) {
         queue.admit();
@@ -717,22 +784,15 @@ mod tests {
 
     #[test]
     fn t01_call_later_schedules_at_seconds_plus_delay() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         clock.advance(secs(3));
         let call = clock.call_later(secs(2), log.rec("a"));
-        assert_eq!(call.time(), secs(5));
-        clock.advance(secs(2) - Duration::from_nanos(1));
-        assert!(log.take().is_empty());
-        clock.advance(Duration::from_nanos(1));
-        assert_eq!(log.take(), ["a"]);
-        assert_eq!(clock.seconds(), secs(5));
+        assert_runs_exactly_at(&clock, &log, &call, secs(5));
     }
 
     #[test]
     fn t02_zero_delay_never_runs_inside_call_later() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let call = clock.call_later(Duration::ZERO, log.rec("a"));
         assert!(log.take().is_empty());
         assert!(call.active());
@@ -742,8 +802,7 @@ mod tests {
 
     #[test]
     fn t02_zero_delay_never_runs_inside_schedule_on_the_queue() {
-        let (_clock, queue) = manual_queue();
-        let log = Log::default();
+        let (_clock, queue, log) = logged_queue();
         queue.schedule(Duration::ZERO, Box::new(log.rec("a")));
         assert!(log.take().is_empty());
         iterate(&queue);
@@ -752,8 +811,7 @@ mod tests {
 
     #[test]
     fn t03_timers_run_in_time_order() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         clock.call_later(secs(3), log.rec("c"));
         clock.call_later(secs(1), log.rec("a"));
         clock.call_later(secs(2), log.rec("b"));
@@ -763,8 +821,7 @@ mod tests {
 
     #[test]
     fn t03_equal_times_run_in_scheduling_order() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let names = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
         for name in names {
             clock.call_later(secs(1), log.rec(name));
@@ -775,8 +832,7 @@ mod tests {
 
     #[test]
     fn t03_equal_times_from_different_moments_run_in_scheduling_order() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         clock.call_later(secs(2), log.rec("a"));
         clock.advance(secs(1));
         clock.call_later(secs(1), log.rec("b"));
@@ -786,8 +842,7 @@ mod tests {
 
     #[test]
     fn t03_equal_times_run_in_scheduling_order_within_a_step() {
-        let (clock, queue) = manual_queue();
-        let log = Log::default();
+        let (clock, queue, log) = logged_queue();
         queue.schedule(secs(2), Box::new(log.rec("a")));
         clock.advance(secs(1));
         queue.schedule(secs(1), Box::new(log.rec("b")));
@@ -799,8 +854,7 @@ mod tests {
 
     #[test]
     fn t03_equal_times_after_reset_follow_the_last_scheduling() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let a = clock.call_later(secs(1), log.rec("a"));
         clock.call_later(secs(1), log.rec("b"));
         a.reset(secs(1)).unwrap();
@@ -810,8 +864,7 @@ mod tests {
 
     #[test]
     fn t04_zero_delay_timer_scheduled_in_timer_waits_for_next_iteration() {
-        let (clock, queue) = manual_queue();
-        let log = Log::default();
+        let (clock, queue, log) = logged_queue();
         let inner_queue = queue.clone();
         let inner_log = log.clone();
         queue.schedule(
@@ -833,8 +886,7 @@ mod tests {
 
     #[test]
     fn t04_call_moved_to_now_inside_timer_waits_for_next_iteration() {
-        let (clock, queue) = manual_queue();
-        let log = Log::default();
+        let (clock, queue, log) = logged_queue();
         let later = queue.schedule(secs(10), Box::new(log.rec("later")));
         let inner_log = log.clone();
         queue.schedule(
@@ -853,8 +905,7 @@ mod tests {
 
     #[test]
     fn t04_timer_not_admitted_does_not_run_in_run_due() {
-        let (_clock, queue) = manual_queue();
-        let log = Log::default();
+        let (_clock, queue, log) = logged_queue();
         queue.schedule(Duration::ZERO, Box::new(log.rec("a")));
         queue.run_due();
         assert!(log.take().is_empty());
@@ -864,8 +915,7 @@ mod tests {
 
     #[test]
     fn t05_now_is_sampled_once_per_step() {
-        let (clock, queue) = manual_queue();
-        let log = Log::default();
+        let (clock, queue, log) = logged_queue();
         let inner_clock = clock.clone();
         let inner_log = log.clone();
         queue.schedule(
@@ -886,8 +936,7 @@ mod tests {
 
     #[test]
     fn t05_due_means_time_at_or_before_now() {
-        let (clock, queue) = manual_queue();
-        let log = Log::default();
+        let (clock, queue, log) = logged_queue();
         queue.schedule(secs(1), Box::new(log.rec("at")));
         queue.schedule(
             secs(1) + Duration::from_nanos(1),
@@ -903,8 +952,7 @@ mod tests {
 
     #[test]
     fn t05_every_due_timer_runs_in_one_step() {
-        let (clock, queue) = manual_queue();
-        let log = Log::default();
+        let (clock, queue, log) = logged_queue();
         queue.schedule(secs(3), Box::new(log.rec("c")));
         queue.schedule(secs(1), Box::new(log.rec("a")));
         queue.schedule(secs(2), Box::new(log.rec("b")));
@@ -935,13 +983,11 @@ mod tests {
         let clock = FakeClock::new();
         let seen_inside = Rc::new(Cell::new(None));
         let call = clock.call_later(secs(1), || ());
-        let slot: Rc<RefCell<Option<DelayedCall>>> = Rc::default();
-        let (inner_slot, inner_seen) = (slot.clone(), seen_inside.clone());
-        let own = clock.call_later(secs(1), move || {
-            let me = inner_slot.borrow().clone();
-            inner_seen.set(me.map(|c| c.active()));
-        });
-        *slot.borrow_mut() = Some(own.clone());
+        let inner_seen = seen_inside.clone();
+        let own = with_own_handle(
+            |f| clock.call_later(secs(1), f),
+            move |me| inner_seen.set(Some(me.active())),
+        );
         assert!(call.active());
         assert!(own.active());
         call.cancel().unwrap();
@@ -953,8 +999,7 @@ mod tests {
 
     #[test]
     fn t08_cancelled_call_does_not_run() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let call = clock.call_later(secs(1), log.rec("a"));
         clock.call_later(secs(1), log.rec("b"));
         call.cancel().unwrap();
@@ -982,16 +1027,11 @@ mod tests {
     fn t08_cancel_inside_own_callable_is_already_called() {
         let (clock, queue) = manual_queue();
         let result = Rc::new(Cell::new(None));
-        let slot: Rc<RefCell<Option<DelayedCall>>> = Rc::default();
-        let (inner_slot, inner_result) = (slot.clone(), result.clone());
-        let call = queue.schedule(
-            secs(1),
-            Box::new(move || {
-                let me = inner_slot.borrow_mut().take();
-                inner_result.set(me.map(|c| c.cancel()));
-            }),
+        let inner_result = result.clone();
+        let call = with_own_handle(
+            |f| queue.schedule(secs(1), f),
+            move |me| inner_result.set(Some(me.cancel())),
         );
-        *slot.borrow_mut() = Some(call.clone());
         clock.advance(secs(1));
         iterate(&queue);
         assert_eq!(result.get(), Some(Err(DelayedCallError::AlreadyCalled)));
@@ -1000,8 +1040,7 @@ mod tests {
 
     #[test]
     fn t08_cancel_from_earlier_callable_stops_a_call_due_in_the_same_step() {
-        let (clock, queue) = manual_queue();
-        let log = Log::default();
+        let (clock, queue, log) = logged_queue();
         let victim: Rc<RefCell<Option<DelayedCall>>> = Rc::default();
         let (inner_victim, inner_log) = (victim.clone(), log.clone());
         queue.schedule(
@@ -1021,37 +1060,18 @@ mod tests {
 
     #[test]
     fn t09_reset_measures_from_the_moment_of_reset() {
-        let clock = FakeClock::new();
-        let log = Log::default();
-        let call = clock.call_later(secs(5), log.rec("a"));
-        clock.advance(secs(2));
-        call.reset(secs(1)).unwrap();
-        assert_eq!(call.time(), secs(3));
-        clock.advance(ms(999));
-        assert!(log.take().is_empty());
-        clock.advance(ms(1));
-        assert_eq!(log.take(), ["a"]);
+        assert_adjusted_call_runs_at(secs(5), secs(2), |c| c.reset(secs(1)), secs(3));
     }
 
     #[test]
     fn t09_reset_can_move_later() {
-        let clock = FakeClock::new();
-        let log = Log::default();
-        let call = clock.call_later(secs(1), log.rec("a"));
-        call.reset(secs(10)).unwrap();
-        clock.advance(secs(9));
-        assert!(log.take().is_empty());
-        clock.advance(secs(1));
-        assert_eq!(log.take(), ["a"]);
+        assert_adjusted_call_runs_at(secs(1), Duration::ZERO, |c| c.reset(secs(10)), secs(10));
     }
 
     #[test]
     fn t09_reset_on_cancelled_or_called_call_fails() {
         let clock = FakeClock::new();
-        let cancelled = clock.call_later(secs(1), || ());
-        let called = clock.call_later(secs(1), || ());
-        cancelled.cancel().unwrap();
-        clock.advance(secs(1));
+        let (cancelled, called) = cancelled_and_called(&clock);
         assert_eq!(
             cancelled.reset(secs(1)),
             Err(DelayedCallError::AlreadyCancelled)
@@ -1062,33 +1082,22 @@ mod tests {
 
     #[test]
     fn t10_delay_shifts_relative_to_scheduled_time() {
-        let clock = FakeClock::new();
-        let log = Log::default();
-        let call = clock.call_later(secs(5), log.rec("a"));
-        clock.advance(secs(2));
-        call.delay(secs(1)).unwrap();
-        assert_eq!(call.time(), secs(6));
-        clock.advance(secs(3));
-        assert!(log.take().is_empty());
-        clock.advance(secs(1));
-        assert_eq!(log.take(), ["a"]);
+        assert_adjusted_call_runs_at(secs(5), secs(2), |c| c.delay(secs(1)), secs(6));
     }
 
     #[test]
     fn t10_bring_forward_is_a_negative_delay() {
-        let clock = FakeClock::new();
-        let log = Log::default();
-        let call = clock.call_later(secs(5), log.rec("a"));
-        call.bring_forward(secs(3)).unwrap();
-        assert_eq!(call.time(), secs(2));
-        clock.advance(secs(2));
-        assert_eq!(log.take(), ["a"]);
+        assert_adjusted_call_runs_at(
+            secs(5),
+            Duration::ZERO,
+            |c| c.bring_forward(secs(3)),
+            secs(2),
+        );
     }
 
     #[test]
     fn t10_bring_forward_before_origin_stops_at_origin() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let call = clock.call_later(secs(1), log.rec("a"));
         call.bring_forward(secs(100)).unwrap();
         assert_eq!(call.time(), Duration::ZERO);
@@ -1099,10 +1108,7 @@ mod tests {
     #[test]
     fn t10_delay_and_bring_forward_fail_like_reset() {
         let clock = FakeClock::new();
-        let cancelled = clock.call_later(secs(1), || ());
-        let called = clock.call_later(secs(1), || ());
-        cancelled.cancel().unwrap();
-        clock.advance(secs(1));
+        let (cancelled, called) = cancelled_and_called(&clock);
         let cases = [
             (&cancelled, DelayedCallError::AlreadyCancelled),
             (&called, DelayedCallError::AlreadyCalled),
@@ -1115,8 +1121,7 @@ mod tests {
 
     #[test]
     fn t11_reset_past_another_runs_after_it() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let a = clock.call_later(secs(1), log.rec("a"));
         clock.call_later(secs(2), log.rec("b"));
         let c = clock.call_later(secs(3), log.rec("c"));
@@ -1128,8 +1133,7 @@ mod tests {
 
     #[test]
     fn t11_delay_past_another_runs_after_it() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let a = clock.call_later(secs(1), log.rec("a"));
         clock.call_later(secs(2), log.rec("b"));
         a.delay(secs(2)).unwrap();
@@ -1141,8 +1145,7 @@ mod tests {
 
     #[test]
     fn t11_reset_inside_another_timer_reorders() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let b = clock.call_later(secs(2), log.rec("b"));
         clock.call_later(secs(3), log.rec("c"));
         let d = clock.call_later(secs(5), log.rec("d"));
@@ -1161,8 +1164,7 @@ mod tests {
 
     #[test]
     fn t11_reset_inside_a_step_pushes_a_due_call_out_of_it() {
-        let (clock, queue) = manual_queue();
-        let log = Log::default();
+        let (clock, queue, log) = logged_queue();
         let b = queue.schedule(secs(1), Box::new(log.rec("b")));
         let inner_log = log.clone();
         let a = queue.schedule(
@@ -1223,7 +1225,13 @@ mod tests {
         let call = clock.call_later(secs(1), move || {
             let _keep = &captured;
         });
+        assert_eq!(
+            Rc::strong_count(&data),
+            2,
+            "the pending call holds the data"
+        );
         clock.advance(secs(1));
+        assert!(!call.active(), "the call ran");
         assert_eq!(Rc::strong_count(&data), 1);
         drop(call);
     }
@@ -1236,8 +1244,7 @@ mod tests {
                 let _ = self.0.cancel();
             }
         }
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         // Enough stale keys that the inner cancel purges while the outer one is finishing.
         let fillers: Vec<_> = (0..60).map(|_| clock.call_later(secs(1), || ())).collect();
         let other = clock.call_later(secs(1), log.rec("other"));
@@ -1354,8 +1361,7 @@ mod tests {
 
     #[test]
     fn t08_t09_cancelled_and_reset_calls_of_a_sorted_run() {
-        let (clock, queue) = manual_queue();
-        let log = Log::default();
+        let (clock, queue, log) = logged_queue();
         let calls: Vec<DelayedCall> = (0..SORTED_RUN_MIN as u64 * 4)
             .map(|i| queue.schedule(ms(10 + i % 5), Box::new(|| ())))
             .collect();
@@ -1378,8 +1384,7 @@ mod tests {
 
     #[test]
     fn t14_repeated_reset_leaves_a_bounded_number_of_keys() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let call = clock.call_later(secs(1), log.rec("a"));
         for i in 0..10_000u64 {
             call.reset(ms(i % 50)).unwrap();
@@ -1392,8 +1397,7 @@ mod tests {
 
     #[test]
     fn t15_error_in_timer_does_not_affect_other_timers() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         clock.call_later(secs(1), log.rec("a"));
         let inner_log = log.clone();
         clock.call_later(secs(1), move || -> Result<(), Failure> {
@@ -1457,8 +1461,7 @@ mod tests {
 
     #[test]
     fn t16_max_delay_saturates_and_keeps_order() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         clock.advance(secs(1));
         let far1 = clock.call_later(Duration::MAX, log.rec("far1"));
         let far2 = clock.call_later(Duration::MAX, log.rec("far2"));
@@ -1496,8 +1499,7 @@ mod tests {
 
     #[test]
     fn t17_fake_clock_scheduler_and_call_later_share_one_clock() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         clock.advance(secs(4));
         assert_eq!(Scheduler::seconds(&clock), secs(4));
         let boxed = Scheduler::schedule(&clock, secs(1), Box::new(log.rec("boxed")));
@@ -1545,8 +1547,7 @@ mod tests {
 
     #[test]
     fn k13_advance_runs_calls_scheduled_during_advance() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let (inner_clock, inner_log) = (clock.clone(), log.clone());
         clock.call_later(secs(1), move || {
             inner_log.push("a");
@@ -1567,8 +1568,7 @@ mod tests {
 
     #[test]
     fn k13_calls_made_due_during_advance_run_earliest_first() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let d = clock.call_later(secs(10), log.rec("d"));
         let inner_log = log.clone();
         clock.call_later(secs(1), move || {
@@ -1583,8 +1583,7 @@ mod tests {
 
     #[test]
     fn k13_new_call_due_now_runs_after_calls_due_at_the_same_time() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let (inner_clock, inner_log) = (clock.clone(), log.clone());
         clock.call_later(secs(1), move || {
             inner_log.push("a");
@@ -1597,8 +1596,7 @@ mod tests {
 
     #[test]
     fn k13_advance_zero_runs_what_is_due_now() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         clock.call_later(Duration::ZERO, log.rec("a"));
         clock.call_later(ms(1), log.rec("b"));
         clock.advance(Duration::ZERO);
@@ -1607,8 +1605,7 @@ mod tests {
 
     #[test]
     fn k13_reentrant_advance_inside_a_call() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let (inner_clock, inner_log) = (clock.clone(), log.clone());
         clock.call_later(secs(1), move || {
             inner_log.push("a start");
@@ -1625,11 +1622,10 @@ mod tests {
     fn k14_call_is_marked_called_before_it_runs() {
         let clock = FakeClock::new();
         let results = Rc::new(RefCell::new(Vec::new()));
-        let slot: Rc<RefCell<Option<DelayedCall>>> = Rc::default();
-        let (inner_slot, inner_results) = (slot.clone(), results.clone());
-        let call = clock.call_later(secs(1), move || {
-            let me = inner_slot.borrow_mut().take();
-            if let Some(me) = me {
+        let inner_results = results.clone();
+        with_own_handle(
+            |f| clock.call_later(secs(1), f),
+            move |me| {
                 inner_results.borrow_mut().extend([
                     me.cancel(),
                     me.reset(secs(1)),
@@ -1637,9 +1633,8 @@ mod tests {
                     me.bring_forward(secs(1)),
                 ]);
                 assert!(!me.active());
-            }
-        });
-        *slot.borrow_mut() = Some(call);
+            },
+        );
         clock.advance(secs(1));
         assert_eq!(
             *results.borrow(),
@@ -1665,8 +1660,7 @@ mod tests {
 
     #[test]
     fn k16_delayed_calls_follow_cancel_and_reset() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let a = clock.call_later(secs(1), log.rec("a"));
         let b = clock.call_later(secs(2), log.rec("b"));
         let c = clock.call_later(secs(3), log.rec("c"));
@@ -1682,8 +1676,7 @@ mod tests {
 
     #[test]
     fn k17_zero_delay_call_scheduled_inside_runs_in_same_advance() {
-        let clock = FakeClock::new();
-        let log = Log::default();
+        let (clock, log) = logged_clock();
         let (inner_clock, inner_log) = (clock.clone(), log.clone());
         clock.call_later(secs(1), move || {
             inner_log.push("outer");
