@@ -460,6 +460,24 @@ fn escaped_output_contains_no_escape_byte() {
 }
 
 #[test]
+fn bidi_and_invisible_characters_from_the_server_are_shown_escaped_and_emoji_kept() {
+    let (port, served) = serve_one(|mut stream| {
+        let text =
+            "if \u{202e}}\u{2066}admin\u{2069}\u{200f} \u{3164}\u{2060}ok \u{2764}\u{fe0f}\n";
+        stream.write_all(text.as_bytes()).expect("write");
+    });
+    let client = Client::spawn(&["127.0.0.1", &port]);
+    served.join().expect("the server thread");
+    client.finish().assert_ended(
+        &[
+            "Server: if \\u{202e}}\\u{2066}admin\\u{2069}\\u{200f} \\u{3164}\\u{2060}ok \u{2764}\u{fe0f}",
+            "Connection lost - goodbye!",
+        ],
+        0,
+    );
+}
+
+#[test]
 fn a_server_line_over_64_kib_disconnects_with_a_clear_message() {
     let (port, served) = serve_one(|mut stream| {
         stream.write_all(b"fine\n").expect("write");

@@ -586,6 +586,22 @@ fn control_characters_from_a_peer_are_shown_escaped() {
 }
 
 #[test]
+fn bidi_and_invisible_characters_from_a_peer_are_shown_escaped_and_emoji_kept() {
+    let mut server = Server::start(&[]);
+    let (mut peer, n) = server.connect();
+    peer.send("pay \u{202e}0001\u{202c} to\u{200b}me \u{2066}x\u{2069} \u{feff}".as_bytes());
+    peer.send("\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467} \u{2764}\u{fe0f}\n".as_bytes());
+    let line = server.wait_for("the escaped line", |l| l.starts_with("Client "));
+    assert_eq!(
+        line,
+        format!(
+            "Client {n}: pay \\u{{202e}}0001\\u{{202c}} to\\u{{200b}}me \\u{{2066}}x\\u{{2069}} \\u{{feff}}{}",
+            "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467} \u{2764}\u{fe0f}"
+        )
+    );
+}
+
+#[test]
 fn l08_a_100_mb_line_without_newline_is_refused_with_bounded_memory() {
     let mut server = Server::start(&[]);
     let (mut other, n_other) = server.connect();
