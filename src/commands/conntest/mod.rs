@@ -22,6 +22,7 @@ pub mod resolve;
 pub mod services;
 pub mod session;
 pub mod targets;
+pub mod watch;
 
 use std::io::{self, Write};
 use std::rc::Rc;
