@@ -21,6 +21,7 @@ pub mod race;
 pub mod resolve;
 pub mod services;
 pub mod session;
+pub mod starttls;
 pub mod targets;
 pub mod watch;
 
