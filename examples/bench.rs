@@ -29,7 +29,8 @@ use twistctl::reactor::tcp::{
     ClientFactory, Connector, DEFAULT_CONNECT_TIMEOUT, ListenOptions, ListeningPort,
 };
 use twistctl::reactor::{
-    CloseReason, ConnectError, Factory, Producer, Protocol, ProtocolResult, Reactor, TransportRef,
+    Address, CloseReason, ConnectError, Factory, Producer, Protocol, ProtocolResult, Reactor,
+    TransportRef,
 };
 
 const IMPL: &str = "twistctl";
@@ -536,7 +537,7 @@ struct HelloServerFactory {
 }
 
 impl Factory for HelloServerFactory {
-    fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
         Some(Box::new(HelloServer {
             counts: self.counts.clone(),
         }))
@@ -588,7 +589,7 @@ impl Protocol for HelloClient {
 }
 
 impl Factory for ConnectClients {
-    fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
         let clients = self.me.upgrade()?;
         Some(Box::new(HelloClient {
             clients,
@@ -686,7 +687,7 @@ impl Protocol for Echo {
 struct EchoFactory;
 
 impl Factory for EchoFactory {
-    fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
         Some(Box::new(Echo))
     }
 }
@@ -763,7 +764,7 @@ impl Protocol for EchoClient {
 }
 
 impl Factory for EchoClients {
-    fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
         let clients = self.me.upgrade()?;
         let i = self.next.get();
         self.next.set(i + 1);
@@ -890,7 +891,7 @@ struct CountLinesFactory {
 }
 
 impl Factory for CountLinesFactory {
-    fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
         let handler = CountLines {
             counts: self.counts.clone(),
             n: self.n,
@@ -1000,7 +1001,7 @@ struct SenderFactory {
 }
 
 impl Factory for SenderFactory {
-    fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
         Some(Box::new(Sender {
             reactor: self.reactor.clone(),
             counts: self.counts.clone(),
@@ -1232,7 +1233,7 @@ impl Protocol for IdleClient {
 struct IdleServers(Rc<IdleState>);
 
 impl Factory for IdleServers {
-    fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
         Some(Box::new(IdleServer(self.0.clone())))
     }
 }
@@ -1242,7 +1243,7 @@ impl Factory for IdleServers {
 struct IdleClients(Weak<IdleState>);
 
 impl Factory for IdleClients {
-    fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
         Some(Box::new(IdleClient(self.0.upgrade()?)))
     }
 }

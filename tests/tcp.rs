@@ -16,8 +16,8 @@ use twistctl::reactor::tcp::{
     WRITE_BUFFER_LIMIT,
 };
 use twistctl::reactor::{
-    CloseReason, ConnectError, Factory, Failure, Producer, Protocol, ProtocolResult, Reactor, Step,
-    TransportRef,
+    Address, CloseReason, ConnectError, Factory, Failure, Producer, Protocol, ProtocolResult,
+    Reactor, Step, TransportRef,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ fn pattern(start: usize, len: usize) -> Vec<u8> {
 type MadeHook = Box<dyn FnMut(&TransportRef) -> ProtocolResult>;
 type DataHook = Box<dyn FnMut(&TransportRef, &[u8]) -> ProtocolResult>;
 type LostHook = Box<dyn FnMut(&CloseReason)>;
-type BuildFn = Box<dyn Fn(SocketAddr) -> Option<Box<dyn Protocol>>>;
+type BuildFn = Box<dyn Fn(Address) -> Option<Box<dyn Protocol>>>;
 type FailedHook = Box<dyn Fn(&Connector, &ConnectError)>;
 type ClientLostHook = Box<dyn Fn(&Connector, &CloseReason)>;
 
@@ -255,7 +255,7 @@ impl Fac {
     fn new(
         tag: &'static str,
         log: &Log,
-        build: impl Fn(SocketAddr) -> Option<Box<dyn Protocol>> + 'static,
+        build: impl Fn(Address) -> Option<Box<dyn Protocol>> + 'static,
     ) -> Fac {
         Fac {
             tag,
@@ -292,7 +292,7 @@ impl Fac {
 }
 
 impl Factory for Fac {
-    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
         let protocol = (self.build)(addr);
         self.push(if protocol.is_some() {
             "build"
@@ -807,7 +807,7 @@ fn p11_p12_p14_client_lifecycle_order() {
     let connector = connect(&reactor, port.host(), client.rc());
     push(&log, "connect_tcp returned");
     assert!(connector.is_connecting());
-    assert_eq!(connector.destination(), port.host());
+    assert_eq!(connector.destination(), Address::Tcp(port.host()));
     *returned.borrow_mut() = Some(connector.clone());
     // P-11: nothing else happens synchronously.
     let synchronous = seq(&[
@@ -847,7 +847,7 @@ fn p13_client_failure_order() {
         events(&log),
         client_failure(&["connect_tcp returned"], "Refused")
     );
-    assert_eq!(connector.destination(), refused);
+    assert_eq!(connector.destination(), Address::Tcp(refused));
     assert_eq!(reactor.io_source_count(), 0, "the attempt's socket is gone");
 }
 
@@ -1712,10 +1712,11 @@ fn record_addresses(
 ) -> Fac {
     let (l, s, b) = (log.clone(), seen.clone(), built_for.clone());
     Fac::new(factory_tag, log, move |addr| {
-        b.borrow_mut().push(addr);
+        b.borrow_mut().push(addr.as_inet().expect("a TCP address"));
         let s = s.clone();
         Some(Box::new(Rec::new(side, &l).made(move |t| {
-            s.borrow_mut().push((side, t.peer(), t.host()));
+            let inet = |a: Address| a.as_inet().expect("a TCP address");
+            s.borrow_mut().push((side, inet(t.peer()), inet(t.host())));
             if close {
                 t.lose_connection();
             }

@@ -26,6 +26,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod address;
 mod connect_socket;
 pub mod defer;
 pub mod failure;
@@ -46,6 +47,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use address::{Address, UnixAddress};
 pub use defer::{
     AllFailedError, AlreadyCalledError, CancelledError, ChainingError, Deferred,
     DeferredListOptions, FirstError, Outcome, Step, TimeoutError, WeakDeferred, deferred_list,

@@ -8,9 +8,9 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
+use super::address::Address;
 use super::failure::Failure;
 
 /// A shared handle on a connection's transport. Protocols may keep a clone; the handle
@@ -98,11 +98,11 @@ pub trait Transport {
     /// True once `lose_connection` or `abort_connection` was called.
     fn is_disconnecting(&self) -> bool;
 
-    /// The address of the other end.
-    fn peer(&self) -> SocketAddr;
+    /// The address of the other end (X-15, U-06).
+    fn peer(&self) -> Address;
 
-    /// The local address of the connection.
-    fn host(&self) -> SocketAddr;
+    /// The local address of the connection (X-15, U-06).
+    fn host(&self) -> Address;
 
     /// Stops reading until `resume_producing`.
     fn pause_producing(&self);
@@ -122,7 +122,7 @@ pub trait Transport {
 /// starts using it and when the last one stops (P-01, P-02).
 pub trait Factory: 'static {
     /// A protocol for a connection with `addr`, or `None` to refuse it (P-02, P-08).
-    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>>;
+    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>>;
 
     /// Called once before the first port or connector uses the factory (P-01).
     fn start_factory(&self) {}

@@ -7,15 +7,14 @@
 //! or [`ReconnectingClientFactory::reset_delay`] first.
 //!
 //! ```no_run
-//! use std::net::SocketAddr;
 //! use std::rc::Rc;
 //! use twistctl::reactor::reconnect::ReconnectingClientFactory;
 //! use twistctl::reactor::tcp::ClientFactory;
-//! use twistctl::reactor::{Factory, Protocol, Reactor};
+//! use twistctl::reactor::{Address, Factory, Protocol, Reactor};
 //!
 //! struct Client;
 //! impl Factory for Client {
-//!     fn build_protocol(&self, _peer: SocketAddr) -> Option<Box<dyn Protocol>> {
+//!     fn build_protocol(&self, _peer: Address) -> Option<Box<dyn Protocol>> {
 //!         None // a real client returns its protocol
 //!     }
 //! }
@@ -31,10 +30,10 @@
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::address::Address;
 use super::protocol::{CloseReason, ConnectError, Factory, Protocol};
 use super::tcp::{ClientFactory, Connector};
 use super::time::{DelayedCall, Scheduler};
@@ -291,7 +290,7 @@ impl Rng {
 }
 
 impl<F: ClientFactory> Factory for ReconnectingClientFactory<F> {
-    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
         let protocol = self.inner.build_protocol(addr);
         // Connected: no attempt left to stop.
         self.state.borrow_mut().connector = None;
@@ -336,6 +335,7 @@ mod tests {
     use super::*;
     use crate::reactor::{Reactor, TransportRef};
     use std::cell::Cell;
+    use std::net::SocketAddr;
     use std::rc::Weak;
 
     type Log = Rc<RefCell<Vec<String>>>;
@@ -374,7 +374,7 @@ mod tests {
     }
 
     impl Factory for Probe {
-        fn build_protocol(&self, _addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+        fn build_protocol(&self, _addr: Address) -> Option<Box<dyn Protocol>> {
             self.push("build".into());
             (self.on_build)(&self.wrapper(), self.attempts.get());
             Some(Box::new(Quiet))
@@ -456,7 +456,7 @@ mod tests {
     }
     struct CloserFactory;
     impl Factory for CloserFactory {
-        fn build_protocol(&self, _addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+        fn build_protocol(&self, _addr: Address) -> Option<Box<dyn Protocol>> {
             Some(Box::new(Closer))
         }
     }

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 
+use super::address::Address;
 use super::failure::Failure;
 use super::protocol::{CloseReason, Producer, Protocol, ProtocolResult, Transport, TransportRef};
 
@@ -20,8 +21,8 @@ use super::protocol::{CloseReason, Producer, Protocol, ProtocolResult, Transport
 /// `abort_connection` or `lose_write_connection` are discarded, while writes
 /// after `lose_connection` are kept, because a real transport still flushes them.
 pub struct StringTransport {
-    peer: SocketAddr,
-    host: SocketAddr,
+    peer: Address,
+    host: Address,
     state: RefCell<State>,
 }
 
@@ -37,11 +38,11 @@ struct State {
 }
 
 impl StringTransport {
-    /// A transport whose `peer()` and `host()` report these addresses.
-    pub fn new(peer: SocketAddr, host: SocketAddr) -> Rc<StringTransport> {
+    /// A transport whose `peer()` and `host()` report these addresses (TCP or UNIX).
+    pub fn new(peer: impl Into<Address>, host: impl Into<Address>) -> Rc<StringTransport> {
         Rc::new(StringTransport {
-            peer,
-            host,
+            peer: peer.into(),
+            host: host.into(),
             state: RefCell::new(State::default()),
         })
     }
@@ -153,12 +154,12 @@ impl Transport for StringTransport {
         self.state.borrow().disconnecting
     }
 
-    fn peer(&self) -> SocketAddr {
-        self.peer
+    fn peer(&self) -> Address {
+        self.peer.clone()
     }
 
-    fn host(&self) -> SocketAddr {
-        self.host
+    fn host(&self) -> Address {
+        self.host.clone()
     }
 
     fn pause_producing(&self) {
@@ -383,8 +384,8 @@ mod tests {
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let host: SocketAddr = "[::1]:5000".parse().unwrap();
         let t = StringTransport::new(peer, host);
-        assert_eq!(t.peer(), peer);
-        assert_eq!(t.host(), host);
+        assert_eq!(t.peer(), Address::Tcp(peer));
+        assert_eq!(t.host(), Address::Tcp(host));
     }
 
     struct CountingProducer(Cell<u32>);

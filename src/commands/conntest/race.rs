@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::gate::{Gate, Permit};
 use crate::reactor::tcp::{ClientFactory, Connector};
-use crate::reactor::{CloseReason, ConnectError, DelayedCall, Factory, Protocol, Reactor};
+use crate::reactor::{Address, CloseReason, ConnectError, DelayedCall, Factory, Protocol, Reactor};
 
 /// RFC 8305's recommended "Connection Attempt Delay".
 pub const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
@@ -238,7 +238,7 @@ impl Race {
 
     /// One attempt ended: `Ok` with the peer when the handshake completed.
     fn attempt_ended(&self, connector: &Connector, result: Result<SocketAddr, ConnectError>) {
-        let addr = connector.destination();
+        let addr = (connector.destination().as_inet()).expect("a race makes TCP connections only");
         let (outcome, launch) = {
             let mut state = self.inner.state.borrow_mut();
             state.in_flight.retain(|c| c != connector);
@@ -307,9 +307,9 @@ impl AttemptFactory {
 }
 
 impl Factory for AttemptFactory {
-    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
         // No protocol: the connector closes the fresh connection at once, cleanly.
-        self.peer.set(Some(addr));
+        self.peer.set(addr.as_inet());
         None
     }
 }

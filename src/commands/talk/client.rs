@@ -30,8 +30,8 @@ use crate::exit::ExitStatus;
 use crate::protocols::line::{Delimiter, LineControl, LineHandler, LineReceiver};
 use crate::reactor::tcp::{ClientFactory, Connector};
 use crate::reactor::{
-    CloseReason, ConnectError, DelayedCall, Factory, Protocol, ProtocolResult, Reactor, Scheduler,
-    Step, StopReason, TransportRef,
+    Address, CloseReason, ConnectError, DelayedCall, Factory, Protocol, ProtocolResult, Reactor,
+    Scheduler, Step, StopReason, TransportRef,
 };
 
 use super::console::{Console, ConsoleEvent};
@@ -436,7 +436,7 @@ pub fn literal_address(host: &str, port: u16) -> Option<SocketAddr> {
 }
 
 /// Says why an attempt on `address` failed, without repeating the OS text twice.
-fn describe_failure(address: SocketAddr, error: &ConnectError, timeout: Duration) -> String {
+fn describe_failure(address: Address, error: &ConnectError, timeout: Duration) -> String {
     match error {
         ConnectError::Refused(_) => format!("{address}: connection refused"),
         ConnectError::TimedOut => format!(
@@ -558,7 +558,7 @@ struct TalkClientFactory {
 }
 
 impl Factory for TalkClientFactory {
-    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
         if self.dialer.conversation.is_over() {
             return None;
         }

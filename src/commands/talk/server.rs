@@ -6,7 +6,6 @@
 //! lines are printed) and a [`Scheduler`] (the reactor, or a `FakeClock`).
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -14,7 +13,9 @@ use super::commands::{self, OperatorCommand};
 use super::escape::escape_peer_text;
 use super::registry::Registry;
 use super::server_client::{Client, ClientEvents, ClientSettings, Disconnect, Flow, plain_address};
-use crate::reactor::{Deferred, Factory, Protocol, ProtocolResult, Scheduler, TransportRef};
+use crate::reactor::{
+    Address, Deferred, Factory, Protocol, ProtocolResult, Scheduler, TransportRef,
+};
 
 /// Where the server's lines go: the console (above its prompt when interactive), or a
 /// recorder in tests.
@@ -293,7 +294,7 @@ struct ServerFactory {
 }
 
 impl Factory for ServerFactory {
-    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
         let state = &self.state;
         if state.stopping.get() {
             return None;
@@ -301,7 +302,7 @@ impl Factory for ServerFactory {
         if state.clients.borrow().len() >= state.config.max_clients {
             state.operator.print(&format!(
                 "* connection from {} refused: server full",
-                plain_address(addr)
+                plain_address(addr.clone())
             ));
             return Some(Box::new(Refusal {
                 raw: state.config.raw,
@@ -339,6 +340,7 @@ mod tests {
     use crate::reactor::testing::{ProtocolDriver, StringTransport};
     use crate::reactor::{CloseReason, FakeClock, Transport};
     use std::io;
+    use std::net::SocketAddr;
 
     #[derive(Default)]
     struct Recorder {
@@ -389,7 +391,10 @@ mod tests {
         }
 
         fn connect_from(&self, peer: SocketAddr) -> Driver {
-            let protocol = self.factory.build_protocol(peer).expect("a protocol");
+            let protocol = self
+                .factory
+                .build_protocol(peer.into())
+                .expect("a protocol");
             let host = SocketAddr::from(([127, 0, 0, 1], 8000));
             let mut driver = ProtocolDriver::from_box(protocol, StringTransport::new(peer, host));
             driver.connect().expect("connection_made");
@@ -897,10 +902,10 @@ mod tests {
         fn is_disconnecting(&self) -> bool {
             self.inner.is_disconnecting()
         }
-        fn peer(&self) -> SocketAddr {
+        fn peer(&self) -> Address {
             self.inner.peer()
         }
-        fn host(&self) -> SocketAddr {
+        fn host(&self) -> Address {
             self.inner.host()
         }
         fn pause_producing(&self) {
@@ -1005,7 +1010,10 @@ mod tests {
             ]
         );
         let peer = SocketAddr::from(([127, 0, 0, 1], 5003));
-        assert!(h.factory.build_protocol(peer).is_none(), "no new clients");
+        assert!(
+            h.factory.build_protocol(peer.into()).is_none(),
+            "no new clients"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::Duration;
 use crate::protocols::line::{Delimiter, LineControl, LineHandle, LineHandler, LineReceiver};
 use crate::reactor::tcp::HIGH_WATER_MARK;
 use crate::reactor::{
-    CloseReason, DelayedCall, Producer, Protocol, ProtocolResult, Scheduler, TransportRef,
+    Address, CloseReason, DelayedCall, Producer, Protocol, ProtocolResult, Scheduler, TransportRef,
 };
 
 /// The most a client may have waiting to be sent in [`Flow::Queue`] mode (1 MiB).
@@ -128,7 +128,7 @@ pub trait ClientEvents {
 /// One connected client as the server sees it: send to it, close it, ask how idle it is.
 pub struct Client {
     me: Weak<Client>,
-    peer: SocketAddr,
+    peer: Address,
     id: Cell<u64>,
     settings: ClientSettings,
     events: Weak<dyn ClientEvents>,
@@ -158,14 +158,17 @@ impl fmt::Debug for Client {
 
 /// An address as people write it: an IPv4 peer on a dual-stack socket arrives as
 /// `[::ffff:127.0.0.1]:53422` and is shown as `127.0.0.1:53422`.
-pub fn plain_address(address: SocketAddr) -> SocketAddr {
-    SocketAddr::new(address.ip().to_canonical(), address.port())
+pub fn plain_address(address: Address) -> Address {
+    match address {
+        Address::Tcp(a) => Address::Tcp(SocketAddr::new(a.ip().to_canonical(), a.port())),
+        unix => unix,
+    }
 }
 
 impl Client {
     /// A client for a connection from `peer`, and the protocol to hand to the reactor.
     pub fn new_protocol(
-        peer: SocketAddr,
+        peer: Address,
         settings: ClientSettings,
         events: Weak<dyn ClientEvents>,
         scheduler: Rc<dyn Scheduler>,
@@ -211,8 +214,8 @@ impl Client {
     }
 
     /// The peer's address, IPv4-mapped addresses shown as IPv4.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    pub fn peer(&self) -> &Address {
+        &self.peer
     }
 
     /// How long since the client last sent anything.
@@ -546,9 +549,9 @@ mod tests {
     #[test]
     fn ipv4_mapped_addresses_are_shown_as_ipv4() {
         let mapped: SocketAddr = "[::ffff:10.1.2.3]:4000".parse().unwrap();
-        assert_eq!(plain_address(mapped).to_string(), "10.1.2.3:4000");
+        assert_eq!(plain_address(mapped.into()).to_string(), "10.1.2.3:4000");
         let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
-        assert_eq!(plain_address(v6), v6);
+        assert_eq!(plain_address(v6.into()), Address::Tcp(v6));
     }
 
     #[test]

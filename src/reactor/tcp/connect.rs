@@ -16,6 +16,7 @@ use super::{
     AlreadyConnectingError, ClientFactory, CompactAddr, NotConnectingError, factory_do_start,
     factory_do_stop,
 };
+use crate::reactor::address::Address;
 use crate::reactor::io::{IoHandler, IoKey, Readiness};
 use crate::reactor::protocol::{CloseReason, ConnectError, Factory, Transport};
 use crate::reactor::time::DelayedCall;
@@ -112,8 +113,8 @@ impl Connector {
     }
 
     /// The address as requested (P-16).
-    pub fn destination(&self) -> SocketAddr {
-        self.inner.destination.get()
+    pub fn destination(&self) -> Address {
+        Address::Tcp(self.inner.destination.get())
     }
 
     /// True while an attempt is under way.
@@ -296,7 +297,7 @@ impl Connector {
             let _ = timer.cancel();
         }
         self.inner.state.set(ConnectorState::Connected);
-        let Some(protocol) = self.inner.factory.build_protocol(peer) else {
+        let Some(protocol) = self.inner.factory.build_protocol(Address::Tcp(peer)) else {
             let mut stream = attempt.stream;
             if let Err(error) = reactor.deregister_io(&mut stream, attempt.key) {
                 log::debug!("deregistering refused connection: {error}");

@@ -13,6 +13,7 @@ use mio::net::{TcpListener, TcpStream};
 
 use super::transport::{LostNotice, TcpTransport};
 use super::{CannotListenError, ListenOptions, factory_do_start, factory_do_stop};
+use crate::reactor::address::Address;
 use crate::reactor::defer::Deferred;
 use crate::reactor::io::{IoHandler, IoKey, Readiness};
 use crate::reactor::protocol::Factory;
@@ -214,7 +215,7 @@ impl PortInner {
 
     /// P-07, P-08: build the protocol, or refuse the connection.
     fn serve(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
-        let Some(protocol) = self.factory.build_protocol(peer) else {
+        let Some(protocol) = self.factory.build_protocol(Address::Tcp(peer)) else {
             drop(stream); // P-08: the client sees a connect, then an orderly close.
             return;
         };

@@ -14,6 +14,7 @@ use mio::net::TcpStream;
 use super::connect::Connector;
 use super::listen::PortInner;
 use super::{CompactAddr, HIGH_WATER_MARK, WRITE_BUFFER_LIMIT};
+use crate::reactor::address::Address;
 use crate::reactor::failure::Failure;
 use crate::reactor::io::{Handler, IoKey, Readiness};
 use crate::reactor::protocol::{CloseReason, Producer, Protocol, Transport, TransportRef};
@@ -372,15 +373,15 @@ impl Transport for TcpTransport {
         self.has(flag::DISCONNECTING | flag::CLOSED)
     }
 
-    fn peer(&self) -> SocketAddr {
-        self.peer.get()
+    fn peer(&self) -> Address {
+        Address::Tcp(self.peer.get())
     }
 
     /// Asked of the socket while it is open, and answered from the address read just
     /// before it closed afterwards: keeping it in every connection would cost 16 bytes
     /// each, and few protocols ask. The peer's address stands in if the system cannot
     /// tell (as when the transport was made).
-    fn host(&self) -> SocketAddr {
+    fn host(&self) -> Address {
         let open = self
             .with_stream(|stream| stream.local_addr().ok())
             .flatten();
@@ -388,7 +389,7 @@ impl Transport for TcpTransport {
             self.with_busy_if_any(|busy| busy.host.as_ref().map(CompactAddr::get))
                 .flatten()
         })
-        .unwrap_or_else(|| self.peer.get())
+        .map_or_else(|| self.peer(), Address::Tcp)
     }
 
     fn pause_producing(&self) {
@@ -956,7 +957,7 @@ mod tests {
     }
 
     impl Factory for Keepers {
-        fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+        fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
             Some(Box::new(Keeper {
                 transport: None,
                 made: self.made.clone(),
@@ -1046,7 +1047,7 @@ mod tests {
     struct ScriptedFactory(Scripted);
 
     impl Factory for ScriptedFactory {
-        fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+        fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
             let s = &self.0;
             Some(Box::new(Scripted {
                 reactor: s.reactor.clone(),
@@ -1134,7 +1135,7 @@ mod tests {
         );
     }
 
-    type Addresses = Rc<RefCell<Vec<(String, SocketAddr, SocketAddr)>>>;
+    type Addresses = Rc<RefCell<Vec<(String, Address, Address)>>>;
 
     /// Records its transport's host and peer when made and when lost, and hands the
     /// transport to the test. The server side closes at once; the client side stops
@@ -1189,7 +1190,7 @@ mod tests {
     }
 
     impl Factory for AddressRecorders {
-        fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+        fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
             Some(Box::new(AddressRecorder {
                 side: self.side,
                 transport: None,
@@ -1233,23 +1234,30 @@ mod tests {
         let find = |when| {
             seen.iter()
                 .find(|(w, _, _)| *w == when)
-                .map(|&(_, host, peer)| (host, peer))
+                .map(|(_, host, peer)| (host.clone(), peer.clone()))
                 .unwrap_or_else(|| panic!("no {when} in {seen:?}"))
         };
         let (server_host, server_peer) = find("server made");
         let (client_host, client_peer) = find("client made");
-        assert_eq!(server_host, listening);
-        assert_eq!(client_peer, listening);
+        assert_eq!(server_host, Address::Tcp(listening));
+        assert_eq!(client_peer, Address::Tcp(listening));
         assert_eq!(server_peer, client_host);
-        assert_eq!(find("server lost"), (server_host, server_peer));
-        assert_eq!(find("client lost"), (client_host, client_peer));
+        assert_eq!(
+            find("server lost"),
+            (server_host.clone(), server_peer.clone())
+        );
+        assert_eq!(
+            find("client lost"),
+            (client_host.clone(), client_peer.clone())
+        );
         let kept = kept.borrow();
         assert_eq!(kept.len(), 2);
         for transport in kept.iter() {
             assert!(transport.is_disconnecting());
             let after = (transport.host(), transport.peer());
             assert!(
-                after == (server_host, server_peer) || after == (client_host, client_peer),
+                after == (server_host.clone(), server_peer.clone())
+                    || after == (client_host.clone(), client_peer.clone()),
                 "after the close: {after:?}"
             );
         }
