@@ -13,6 +13,7 @@
 //! worker threads, and IP literals never touch them.
 
 pub mod check;
+pub mod expect;
 pub mod fdlimit;
 pub mod gate;
 pub mod outcome;
