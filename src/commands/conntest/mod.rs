@@ -16,6 +16,7 @@ pub mod check;
 pub mod expect;
 pub mod fdlimit;
 pub mod gate;
+pub mod nagios;
 pub mod outcome;
 pub mod output;
 pub mod race;
