@@ -94,6 +94,7 @@ Register-ArgumentCompleter -Native -CommandName 'twistctl' -ScriptBlock {
         }
         'twistctl;talk-client' {
             [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Give up connecting after DUR')
+            [CompletionResult]::new('--linger', '--linger', [CompletionResultType]::ParameterName, 'Once this side has stopped sending (bye, or the end of input), wait at most DUR for the server to close, then give up with status 124. Default: 2s after bye, no limit after the end of input')
             [CompletionResult]::new('--raw', '--raw', [CompletionResultType]::ParameterName, 'The classic tutorial''s wire format: no line delimiters')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')

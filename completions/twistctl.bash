@@ -215,13 +215,17 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__talk__subcmd__client)
-            opts="-v -q -h -V --timeout --raw --verbose --quiet --help --version"
+            opts="-v -q -h -V --timeout --linger --raw --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --linger)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

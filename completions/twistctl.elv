@@ -87,6 +87,7 @@ set edit:completion:arg-completer[twistctl] = {|@words|
         }
         &'twistctl;talk-client'= {
             cand --timeout 'Give up connecting after DUR'
+            cand --linger 'Once this side has stopped sending (bye, or the end of input), wait at most DUR for the server to close, then give up with status 124. Default: 2s after bye, no limit after the end of input'
             cand --raw 'The classic tutorial''s wire format: no line delimiters'
             cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
             cand --verbose 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'

@@ -69,6 +69,7 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s q -l q
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l timeout -d 'Give up connecting after DUR' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l linger -d 'Once this side has stopped sending (bye, or the end of input), wait at most DUR for the server to close, then give up with status 124. Default: 2s after bye, no limit after the end of input' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'

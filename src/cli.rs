@@ -122,9 +122,15 @@ pub enum Command {
                       'Client 1: hello', with control characters escaped. A typed line goes \
                       to the client that spoke last (or the only one). At the 'Server: ' \
                       prompt: /to N text, /all text, /who, /kick N, /quit, /help; //text \
-                      sends /text; a line 'bye' closes the client it is sent to. When stdin \
-                      is not a terminal its lines are typed lines, and its end means /quit. \
-                      The first line of output is 'Listening on ADDRESS:PORT'.",
+                      sends /text; a line 'bye' closes the client it is sent to. A client \
+                      that ends its input (half-closes) is shown as '* client 3 finished \
+                      sending' and stays connected for the answer, listed as half-closed by \
+                      /who, until 'bye', /kick, --idle-timeout or /quit closes it; a last \
+                      line without a newline is shown first. /kick tells the client \
+                      '* disconnected by the operator', --idle-timeout '* disconnected: idle \
+                      for DUR'. When stdin is not a terminal its lines are typed lines, and \
+                      its end means /quit. The first line of output is 'Listening on \
+                      ADDRESS:PORT'.",
         after_long_help = concat!("EXAMPLES:
     twistctl talk-server --port 8000
     twistctl talk-server --port 0 --echo --idle-timeout 5m
@@ -144,18 +150,23 @@ pub enum Command {
                       line server). Typed lines are sent; lines from the server print as \
                       'Server: text', with control characters escaped, above the 'Client: ' \
                       prompt. Typing 'bye' sends it and half-closes; the client ends when the \
-                      server closes. When stdin is not a terminal its lines are sent as typed, \
-                      and its end half-closes while replies are still printed, so a script \
-                      loses no reply.",
+                      server closes, or gives up after --linger (2s by default) with status \
+                      124. When stdin is not a terminal its lines are sent as typed, and its \
+                      end half-closes while replies are still printed until the server \
+                      closes (with no time limit unless --linger is given), so a script \
+                      loses no reply. A last line from the server without a newline is \
+                      shown before the end.",
         after_long_help = concat!("EXAMPLES:
     twistctl talk-client localhost 8000
     printf 'hello\\nbye\\n' | twistctl talk-client localhost 8000
+    printf 'what time is it?\\n' | twistctl talk-client --linger 1m localhost 8000
 
 ", "EXIT STATUS:
     0    the conversation ended (bye, end of input, or the server closed)
     1    the connection could not be made, or it broke (a reset, or a line over
          64 KiB from the server)
     2    usage error
+    124  the server had not closed within the --linger limit (2s after bye)
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM")
     )]
@@ -320,6 +331,12 @@ pub struct TalkClientArgs {
     /// Give up connecting after DUR.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
+
+    /// Once this side has stopped sending (bye, or the end of input), wait at most DUR
+    /// for the server to close, then give up with status 124. Default: 2s after bye, no
+    /// limit after the end of input.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub linger: Option<Duration>,
 
     /// The classic tutorial's wire format: no line delimiters.
     #[arg(long)]

@@ -198,6 +198,14 @@ impl Client {
         client.finish()
     }
 
+    /// `twistctl talk-client ARGS...` whose stdin gets `input` and then ends, running.
+    fn run_piped(args: &[&str], input: &str) -> Client {
+        let mut client = Client::spawn(args);
+        client.type_text(input);
+        client.close_stdin();
+        client
+    }
+
     fn type_text(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().expect("stdin still open");
         stdin.write_all(text.as_bytes()).expect("write to stdin");
@@ -321,7 +329,7 @@ fn bye_half_closes_so_the_server_sees_eof_and_can_still_answer() {
 }
 
 #[test]
-fn after_bye_the_client_closes_by_itself_if_the_server_does_not() {
+fn after_bye_the_client_gives_up_with_124_if_the_server_does_not_close() {
     let (release, released) = mpsc::channel::<()>();
     let (port, served) = serve_one(move |mut stream| {
         let (received, eof) = read_to_eof(&mut stream);
@@ -339,11 +347,90 @@ fn after_bye_the_client_closes_by_itself_if_the_server_does_not() {
     let (received, eof) = served.join().expect("the server thread");
     assert_eq!(received, b"bye\r\n");
     assert!(eof);
-    finished.assert_ended(&["Connection lost - goodbye!"], 0);
+    finished.assert_ended(&[], 124);
+    assert_eq!(
+        finished.stderr,
+        "* the server had not closed after 2s; giving up\n"
+    );
     assert!(
         waited >= Duration::from_millis(1900) && waited < Duration::from_secs(8),
         "closed after {waited:?}, expected about 2 s"
     );
+}
+
+#[test]
+fn linger_bounds_the_wait_after_the_end_of_input() {
+    let (release, released) = mpsc::channel::<()>();
+    let (port, served) = serve_one(move |mut stream| {
+        let (received, _) = read_to_eof(&mut stream);
+        stream.write_all(b"thinking...\n").expect("write");
+        let _ = released.recv_timeout(STEP);
+        received
+    });
+    let started = Instant::now();
+    let finished = Client::run_with_input(
+        &["127.0.0.1", &port, "--linger", "300ms"],
+        "what time is it?\n",
+    );
+    let waited = started.elapsed();
+    let _ = release.send(());
+    assert_eq!(served.join().unwrap(), b"what time is it?\r\n");
+    finished.assert_ended(&["Server: thinking..."], 124);
+    assert_eq!(
+        finished.stderr,
+        "* the server had not closed after 300ms; giving up\n"
+    );
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
+}
+
+#[test]
+fn without_linger_the_end_of_input_waits_as_long_as_the_server_takes() {
+    let (port, served) = serve_one(|mut stream| {
+        let (received, _) = read_to_eof(&mut stream);
+        // Longer than the 2 s limit that applies after bye.
+        thread::sleep(Duration::from_millis(2500));
+        stream.write_all(b"late answer\n").expect("write");
+        received
+    });
+    let finished = Client::run_with_input(&["127.0.0.1", &port], "question\n");
+    assert_eq!(served.join().unwrap(), b"question\r\n");
+    finished.assert_ended(&["Server: late answer", "Connection lost - goodbye!"], 0);
+}
+
+#[test]
+fn an_unterminated_last_line_from_the_server_is_shown_in_line_and_raw_mode() {
+    for raw in [false, true] {
+        let (port, served) = serve_one(|mut stream| {
+            stream.write_all(b"first\nfinal words").expect("write");
+        });
+        let mut args = vec!["127.0.0.1", &port];
+        if raw {
+            args.push("--raw");
+        }
+        let client = Client::spawn(&args);
+        served.join().expect("the server thread");
+        let finished = client.finish();
+        let expected: &[&str] = if raw {
+            // One read may bring both parts: raw mode shows reads, not lines.
+            &[]
+        } else {
+            &[
+                "Server: first",
+                "Server: final words",
+                "Connection lost - goodbye!",
+            ]
+        };
+        if raw {
+            let text = finished.stdout_text().join("|");
+            assert!(
+                text.contains("final words") && text.ends_with("|Connection lost - goodbye!"),
+                "{text}"
+            );
+            assert_eq!(finished.code, Some(0));
+        } else {
+            finished.assert_ended(expected, 0);
+        }
+    }
 }
 
 #[test]
@@ -586,6 +673,27 @@ fn talk_server_over_pipes(extra: &[&str]) -> (Client, String) {
         .unwrap_or_else(|| panic!("the first line names the port: {listening}"))
         .to_string();
     (server, port)
+}
+
+#[test]
+fn a_piped_client_gets_the_answer_typed_after_its_input_ended_and_exits_0_on_bye() {
+    let (mut server, port) = talk_server_over_pipes(&[]);
+    let client = Client::run_piped(&["127.0.0.1", &port], "what time is it?\n");
+    line_starting_with(&server, "* client 1 connected from 127.0.0.1:");
+    assert_eq!(server.next_line(), "Client 1: what time is it?");
+    assert_eq!(server.next_line(), "* client 1 finished sending");
+    server.type_text("/who\n");
+    let who = line_starting_with(&server, "* client 1 ");
+    assert!(who.ends_with(" half-closed"), "{who}");
+    server.type_text("about noon\n");
+    assert_eq!(client.next_line(), "Server: about noon");
+    server.type_text("bye\n");
+    assert_eq!(client.next_line(), "Server: bye");
+    let finished = client.finish();
+    finished.assert_ended(&["Connection lost - goodbye!"], 0);
+    assert_eq!(server.next_line(), "* client 1 disconnected: bye");
+    server.close_stdin();
+    assert_eq!(server.finish().code, Some(0));
 }
 
 #[test]

@@ -406,11 +406,88 @@ fn two_clients_with_to_all_and_kick() {
     server.type_line("answer");
     assert_eq!(one.read_line(), "answer\r\n");
     server.type_line(&format!("/kick {n1}"));
+    assert_eq!(one.read_line(), "* disconnected by the operator\r\n");
     one.expect_closed();
     server.expect(&format!("* client {n1} disconnected: kicked"));
     // Two is the only client now: plain lines go to it.
     server.type_line("still there?");
     assert_eq!(two.read_line(), "still there?\r\n");
+}
+
+#[test]
+fn a_half_closed_client_is_answered_and_closed_by_bye_kick_idle_or_quit() {
+    let mut server = Server::start(&["--idle-timeout", "2s"]);
+    let (mut asker, n1) = server.connect();
+    let (mut kicked, n2) = server.connect();
+    let (mut idle, n3) = server.connect();
+    let (mut quitting, n4) = server.connect();
+    asker.send(b"what time is it?\n");
+    asker.stream.shutdown(Shutdown::Write).unwrap();
+    server.expect(&format!("Client {n1}: what time is it?"));
+    server.expect(&format!("* client {n1} finished sending"));
+    for peer in [&mut kicked, &mut idle, &mut quitting] {
+        peer.stream.shutdown(Shutdown::Write).unwrap();
+    }
+    for n in [n2, n3, n4] {
+        server.expect(&format!("* client {n} finished sending"));
+    }
+    server.type_line("/who");
+    server.expect(&format!(
+        "* client {n1} 127.0.0.1:{} idle 0s half-closed",
+        asker.local_port()
+    ));
+    server.type_line(&format!("/to {n1} noon"));
+    assert_eq!(asker.read_line(), "noon\r\n");
+    server.type_line(&format!("/to {n1} bye"));
+    assert_eq!(asker.read_line(), "bye\r\n");
+    asker.expect_closed();
+    server.expect(&format!("* client {n1} disconnected: bye"));
+    server.type_line(&format!("/kick {n2}"));
+    assert_eq!(kicked.read_line(), "* disconnected by the operator\r\n");
+    kicked.expect_closed();
+    server.expect(&format!("* client {n2} disconnected: kicked"));
+    // Keep the last one from idling out.
+    server.type_line(&format!("/to {n4} still there?"));
+    assert_eq!(quitting.read_line(), "still there?\r\n");
+    assert_eq!(idle.read_line(), "* disconnected: idle for 2s\r\n");
+    idle.expect_closed();
+    server.expect(&format!("* client {n3} disconnected: idle timeout"));
+    server.type_line("/quit");
+    let rest = quitting.read_to_close();
+    assert!(
+        rest.is_empty() || rest == b"* disconnected: idle for 2s\r\n",
+        "{rest:?}"
+    );
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn an_unterminated_last_line_is_shown_before_the_disconnect_notice() {
+    for raw in [false, true] {
+        let args: &[&str] = if raw { &["--raw"] } else { &[] };
+        let mut server = Server::start(args);
+        let (mut peer, n) = server.connect();
+        peer.send(b"final \x1b[1mwords");
+        peer.stream.shutdown(Shutdown::Write).unwrap();
+        server.expect(&format!("Client {n}: final \\x1b[1mwords"));
+        server.expect(&format!("* client {n} finished sending"));
+        // A peer that closes for good after its last words.
+        let (mut other, m) = server.connect();
+        other.send(b"so long");
+        drop(other);
+        server.expect(&format!("Client {m}: so long"));
+        server.expect(&format!("* client {m} finished sending"));
+    }
+}
+
+#[test]
+fn echo_mode_echoes_what_came_then_closes_at_the_end_of_input() {
+    let mut server = Server::start(&["--echo"]);
+    let (mut peer, n) = server.connect();
+    peer.send(b"one\ntwo\n");
+    peer.stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(peer.read_to_close(), b"one\r\ntwo\r\n");
+    server.expect(&format!("* client {n} disconnected: closed by peer"));
 }
 
 #[test]
@@ -699,7 +776,7 @@ fn more_clients_than_max_clients_are_told_and_closed() {
 fn an_idle_client_is_told_and_closed() {
     let mut server = Server::start(&["--idle-timeout", "300ms"]);
     let (mut peer, n) = server.connect();
-    assert_eq!(peer.read_line(), "error: idle timeout\r\n");
+    assert_eq!(peer.read_line(), "* disconnected: idle for 300ms\r\n");
     peer.expect_closed();
     server.expect(&format!("* client {n} disconnected: idle timeout"));
 }
@@ -746,7 +823,13 @@ fn out_of_descriptors_the_server_survives_idles_cheaply_and_serves_again() {
         cpu < Duration::from_millis(200),
         "{cpu:?} of CPU in {idle:?} while out of descriptors"
     );
-    drop(crowd);
+    // Reset, not closed: a client's FIN would only say it finished sending, and the
+    // server would rightly keep its connection open for the operator's answer.
+    for stream in crowd {
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER 0");
+    }
     // The backlog drains; then a newcomer is served.
     let (mut newcomer, n) = server.connect();
     newcomer.send(b"alive?\n");

@@ -46,8 +46,8 @@ pub const PROMPT: &str = "Client: ";
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// How long after sending `bye` the client waits for the server to close before it
-/// closes by itself: the server closes on `bye`, but one that does not must not keep the
-/// client hanging.
+/// gives up, unless `--linger` says otherwise: the server closes on `bye`, but one that
+/// does not must not keep the client hanging.
 pub const BYE_GRACE: Duration = Duration::from_secs(2);
 
 /// How long an interactive client lets the console thread print what it was already
@@ -63,8 +63,11 @@ const LINE_END: &[u8] = b"\r\n";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     /// The server closed the connection (after our `bye`, after the end of our input, or
-    /// on its own), or it did not close within [`BYE_GRACE`] after `bye` and we did.
+    /// on its own).
     Closed,
+    /// We had stopped sending and the server had not closed within this time (the
+    /// linger limit): we closed.
+    GaveUp(Duration),
     /// The server sent a line longer than this many bytes; we disconnected.
     LineTooLong(usize),
     /// The connection broke: reset, or a socket error (the text says which).
@@ -84,6 +87,7 @@ impl Ending {
             Ending::LineTooLong(_) | Ending::Broken(_) | Ending::ConnectFailed(_) => {
                 ExitStatus::Failure
             }
+            Ending::GaveUp(_) => ExitStatus::TimedOut,
             Ending::Interrupted => ExitStatus::Signal(crate::reactor::Signal::Interrupt),
         }
     }
@@ -102,6 +106,13 @@ impl Ending {
             Ending::Broken(reason) => {
                 Some((format!("Connection lost - goodbye! ({reason})"), false))
             }
+            Ending::GaveUp(after) => Some((
+                format!(
+                    "* the server had not closed after {}; giving up",
+                    humantime::format_duration(*after)
+                ),
+                true,
+            )),
             Ending::Interrupted => None,
             Ending::ConnectFailed(reason) => {
                 Some((format!("Connection failed - goodbye! ({reason})"), true))
@@ -141,6 +152,17 @@ pub trait ChatView {
 /// What is called once when the conversation is over.
 type EndCallback = Box<dyn FnOnce(Ending)>;
 
+/// How the conversation behaves, from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChatOptions {
+    /// The tutorial's wire format: no delimiters; each read is one message; the client
+    /// closes after sending `bye`.
+    pub raw: bool,
+    /// Once we stop sending, how long to wait for the server to close: `None` waits
+    /// as long as it takes after the end of input, and [`BYE_GRACE`] after `bye`.
+    pub linger: Option<Duration>,
+}
+
 /// Where the conversation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -160,6 +182,7 @@ enum Phase {
 pub struct Conversation {
     me: Weak<Conversation>,
     raw: bool,
+    linger: Option<Duration>,
     view: Rc<dyn ChatView>,
     scheduler: Rc<dyn Scheduler>,
     phase: Cell<Phase>,
@@ -182,17 +205,17 @@ impl std::fmt::Debug for Conversation {
 
 impl Conversation {
     /// A conversation that shows things on `view`, runs its timer on `scheduler`, and
-    /// calls `on_end` once, when it is over. `raw`: the tutorial's wire format (no
-    /// delimiters; each read is one message; the client closes after sending `bye`).
+    /// calls `on_end` once, when it is over.
     pub fn new(
-        raw: bool,
+        options: ChatOptions,
         view: Rc<dyn ChatView>,
         scheduler: Rc<dyn Scheduler>,
         on_end: impl FnOnce(Ending) + 'static,
     ) -> Rc<Conversation> {
         Rc::new_cyclic(|me| Conversation {
             me: me.clone(),
-            raw,
+            raw: options.raw,
+            linger: options.linger,
             view,
             scheduler,
             phase: Cell::new(Phase::Connecting),
@@ -246,6 +269,16 @@ impl Conversation {
         }
         self.view
             .show(&format!("Server: {}", escape_peer_text(message)));
+    }
+
+    /// The server has finished sending (its FIN): what it sent without a final newline
+    /// is still shown, then the talk is over and we close too.
+    fn server_finished(&self, tail: &[u8], transport: &TransportRef) {
+        let tail = tail.strip_suffix(b"\r").unwrap_or(tail);
+        if !tail.is_empty() {
+            self.received(tail);
+        }
+        transport.lose_connection();
     }
 
     fn line_too_long(&self, transport: &TransportRef) {
@@ -315,16 +348,21 @@ impl Conversation {
             return;
         }
         transport.lose_write_connection();
-        if said_bye {
+        let limit = if said_bye {
+            Some(self.linger.unwrap_or(BYE_GRACE))
+        } else {
+            self.linger
+        };
+        if let Some(limit) = limit {
             let me = self.me.clone();
             let timer = self.scheduler.schedule(
-                BYE_GRACE,
+                limit,
                 Box::new(move || {
                     if let Some(conversation) = me.upgrade()
                         && let Some(transport) = conversation.current_transport()
                     {
-                        log::info!("the server did not close after bye; closing");
-                        transport.lose_connection();
+                        conversation.decide(Ending::GaveUp(limit));
+                        transport.abort_connection();
                     }
                 }),
             );
@@ -417,6 +455,21 @@ impl LineHandler for ClientLines {
         if let Some(conversation) = self.conversation.take() {
             conversation.lost(reason);
         }
+    }
+
+    /// The server's end of file is heard as such, so that an unterminated last line
+    /// can still be shown.
+    fn wants_half_close(&self) -> bool {
+        true
+    }
+
+    fn read_connection_lost(&mut self, lines: &mut LineControl<'_>) -> ProtocolResult {
+        let tail = lines.clear_line_buffer();
+        match &self.conversation {
+            Some(conversation) => conversation.server_finished(&tail, lines.transport()),
+            None => lines.transport().lose_connection(),
+        }
+        Ok(())
     }
 }
 
@@ -689,7 +742,11 @@ pub fn run(args: &TalkClientArgs) -> ExitStatus {
         }
     };
     let scheduler: Rc<dyn Scheduler> = Rc::new(reactor.clone());
-    let conversation = Conversation::new(args.raw, view.clone(), scheduler, on_end);
+    let options = ChatOptions {
+        raw: args.raw,
+        linger: args.linger,
+    };
+    let conversation = Conversation::new(options, view.clone(), scheduler, on_end);
     let dialer = Dialer::new(&reactor, conversation.clone(), args.timeout);
     let host = args.host.clone();
     let port = args.port;
@@ -767,13 +824,18 @@ mod tests {
 
     impl Chat {
         fn new(raw: bool) -> Chat {
+            Chat::lingering(raw, None)
+        }
+
+        fn lingering(raw: bool, linger: Option<Duration>) -> Chat {
             let screen = Rc::new(Screen::default());
             let clock = FakeClock::new();
             let endings = Rc::new(RefCell::new(Vec::new()));
             let recorded = endings.clone();
             let view: Rc<dyn ChatView> = screen.clone();
             let scheduler: Rc<dyn Scheduler> = Rc::new(clock.clone());
-            let conversation = Conversation::new(raw, view, scheduler, move |ending| {
+            let options = ChatOptions { raw, linger };
+            let conversation = Conversation::new(options, view, scheduler, move |ending| {
                 recorded.borrow_mut().push(ending);
             });
             let driver = ProtocolDriver::from_box(
@@ -882,15 +944,80 @@ mod tests {
     }
 
     #[test]
-    fn x11_after_bye_the_client_closes_by_itself_when_the_server_does_not() {
+    fn x11_after_bye_the_client_gives_up_with_124_when_the_server_does_not_close() {
         let mut chat = Chat::connected(false);
         chat.type_line("bye");
         chat.clock.advance(BYE_GRACE - Duration::from_millis(1));
         assert!(!chat.transport().is_disconnecting());
         chat.clock.advance(Duration::from_millis(1));
-        assert!(chat.transport().lost_connection(), "closed after the grace");
+        assert!(chat.transport().aborted(), "closed after the grace");
+        chat.driver.close();
+        assert_eq!(chat.endings(), [Ending::GaveUp(BYE_GRACE)]);
+        assert_eq!(chat.endings()[0].status().code(), 124);
+        assert_eq!(
+            chat.endings()[0].farewell(),
+            Some((
+                "* the server had not closed after 2s; giving up".to_string(),
+                true
+            ))
+        );
+    }
+
+    #[test]
+    fn linger_sets_the_limit_after_bye_and_after_the_end_of_input() {
+        let linger = Duration::from_millis(500);
+        let mut chat = Chat::lingering(false, Some(linger));
+        chat.driver.connect().unwrap();
+        chat.type_line("bye");
+        chat.clock.advance(linger);
+        assert!(chat.transport().aborted());
+        chat.driver.close();
+        assert_eq!(chat.endings(), [Ending::GaveUp(linger)]);
+
+        let mut chat = Chat::lingering(false, Some(Duration::from_secs(10)));
+        chat.driver.connect().unwrap();
+        chat.type_line("question");
+        chat.conversation.typed(ConsoleEvent::Eof);
+        chat.clock.advance(Duration::from_secs(9));
+        chat.feed(b"answer\n");
+        assert!(!chat.transport().is_disconnecting());
+        chat.clock.advance(Duration::from_secs(1));
+        assert!(chat.transport().aborted());
+        chat.driver.close();
+        assert_eq!(chat.endings(), [Ending::GaveUp(Duration::from_secs(10))]);
+        assert_eq!(chat.screen.take_shown(), ["Server: answer"]);
+    }
+
+    fn server_half_closes(chat: &mut Chat) {
+        let transport = chat.driver.transport_ref().clone();
+        chat.driver
+            .protocol_mut()
+            .read_connection_lost(&transport)
+            .expect("read_connection_lost");
+    }
+
+    #[test]
+    fn an_unterminated_last_line_is_shown_before_the_end() {
+        let mut chat = Chat::connected(false);
+        assert!(chat.driver.protocol().wants_half_close());
+        chat.feed(b"one\nfinal \x07words\r");
+        server_half_closes(&mut chat);
+        assert_eq!(
+            chat.screen.take_shown(),
+            ["Server: one", "Server: final \\x07words"]
+        );
+        assert!(chat.transport().lost_connection(), "we close too");
         chat.driver.close();
         assert_eq!(chat.endings(), [Ending::Closed]);
+    }
+
+    #[test]
+    fn the_server_closing_with_nothing_pending_shows_nothing_more() {
+        let mut chat = Chat::connected(false);
+        chat.feed(b"one\n");
+        server_half_closes(&mut chat);
+        assert_eq!(chat.screen.take_shown(), ["Server: one"]);
+        assert!(chat.transport().lost_connection());
     }
 
     #[test]
@@ -1110,11 +1237,15 @@ mod tests {
         let endings = Rc::new(RefCell::new(Vec::new()));
         let recorded = endings.clone();
         let stopper = reactor.clone();
-        let conversation =
-            Conversation::new(false, view, Rc::new(reactor.clone()), move |ending| {
+        let conversation = Conversation::new(
+            ChatOptions::default(),
+            view,
+            Rc::new(reactor.clone()),
+            move |ending| {
                 recorded.borrow_mut().push(ending);
                 let _ = stopper.stop();
-            });
+            },
+        );
         let dialer = Dialer::new(&reactor, conversation, timeout);
         let starter = dialer.clone();
         reactor.call_when_running(move || starter.try_addresses(addresses));

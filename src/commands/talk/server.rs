@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
 }
 
+/// The last line a client gets when the operator kicks it (in line mode).
+pub const KICK_NOTICE: &str = "* disconnected by the operator";
+
 /// What the caller should do after a typed line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -151,7 +154,9 @@ impl TalkServer {
             OperatorCommand::Kick(id) => {
                 let client = state.clients.borrow().get(id).cloned();
                 match client {
-                    Some(client) => client.close(Disconnect::Kicked),
+                    Some(client) => {
+                        client.close_telling(Some(KICK_NOTICE), Disconnect::Kicked);
+                    }
                     None => state.no_such_client(id),
                 }
             }
@@ -227,8 +232,13 @@ impl State {
         }
         for (id, client) in clients {
             let idle = Duration::from_secs(client.idle().as_secs());
+            let half_closed = if client.is_half_closed() {
+                " half-closed"
+            } else {
+                ""
+            };
             self.operator.print(&format!(
-                "* client {id} {} idle {}",
+                "* client {id} {} idle {}{half_closed}",
                 client.peer(),
                 humantime::format_duration(idle)
             ));
@@ -270,6 +280,11 @@ impl ClientEvents for State {
                 }
             }
         }
+    }
+
+    fn finished_sending(&self, client: &Rc<Client>) {
+        self.operator
+            .print(&format!("* client {} finished sending", client.id()));
     }
 
     fn disconnected(&self, client: &Rc<Client>, reason: Disconnect) {
@@ -758,18 +773,125 @@ mod tests {
         h.clock.advance(Duration::from_secs(9));
         chatty.feed(b"still ").unwrap(); // a partial line is activity too
         h.clock.advance(Duration::from_secs(1));
-        assert_eq!(written(&quiet), "error: idle timeout\r\n");
+        assert_eq!(written(&quiet), "* disconnected: idle for 10s\r\n");
         assert!(quiet.transport().lost_connection());
         assert!(!chatty.transport().lost_connection());
         quiet.close();
         h.clock.advance(Duration::from_secs(8));
         assert!(!chatty.transport().lost_connection(), "heard 8 s ago");
         h.clock.advance(Duration::from_secs(1));
-        assert_eq!(written(&chatty), "error: idle timeout\r\n");
+        assert_eq!(written(&chatty), "* disconnected: idle for 10s\r\n");
         chatty.close();
         let out = h.out();
         assert!(out.contains(&"* client 1 disconnected: idle timeout".to_string()));
         assert!(out.contains(&"* client 2 disconnected: idle timeout".to_string()));
+    }
+
+    fn half_close(driver: &mut Driver) {
+        let transport = driver.transport_ref().clone();
+        driver
+            .protocol_mut()
+            .read_connection_lost(&transport)
+            .expect("read_connection_lost");
+    }
+
+    #[test]
+    fn a_client_that_half_closes_is_kept_for_writing_until_bye() {
+        let h = Harness::new(config());
+        let mut client = h.connect(5001);
+        assert!(client.protocol().wants_half_close());
+        h.out();
+        client.feed(b"what time is it?\n").unwrap();
+        half_close(&mut client);
+        assert_eq!(
+            h.out(),
+            ["Client 1: what time is it?", "* client 1 finished sending"]
+        );
+        assert!(!client.transport().lost_connection());
+        h.typed("/who");
+        let who = h.out();
+        assert!(who[0].ends_with(" half-closed"), "{who:?}");
+        h.typed("noon");
+        assert_eq!(written(&client), "noon\r\n");
+        assert!(!client.transport().lost_connection());
+        h.typed("bye");
+        assert_eq!(written(&client), "bye\r\n");
+        assert!(client.transport().lost_connection());
+        client.close();
+        assert_eq!(h.out(), ["* client 1 disconnected: bye"]);
+    }
+
+    #[test]
+    fn an_unterminated_last_line_is_shown_before_finished_sending() {
+        let h = Harness::new(config());
+        let mut client = h.connect(5001);
+        h.out();
+        client.feed(b"final \x1b words\r").unwrap();
+        half_close(&mut client);
+        assert_eq!(
+            h.out(),
+            ["Client 1: final \\x1b words", "* client 1 finished sending"]
+        );
+    }
+
+    #[test]
+    fn an_unterminated_bye_before_half_close_closes_the_client() {
+        let h = Harness::new(config());
+        let mut client = h.connect(5001);
+        h.out();
+        client.feed(b"bye").unwrap();
+        half_close(&mut client);
+        assert!(client.transport().lost_connection());
+        assert_eq!(h.out(), ["Client 1: bye"]);
+    }
+
+    #[test]
+    fn a_half_closed_client_is_closed_by_kick_idle_timeout_and_shutdown() {
+        let h = Harness::new(ServerConfig {
+            idle_timeout: Some(Duration::from_secs(300)),
+            ..config()
+        });
+        let mut kicked = h.connect(5001);
+        let mut idle = h.connect(5002);
+        let mut last = h.connect(5003);
+        for client in [&mut kicked, &mut idle, &mut last] {
+            half_close(client);
+        }
+        h.typed("/kick 1");
+        assert_eq!(written(&kicked), "* disconnected by the operator\r\n");
+        assert!(kicked.transport().lost_connection());
+        h.typed("/to 3 still here");
+        h.clock.advance(Duration::from_secs(300));
+        assert_eq!(written(&idle), "* disconnected: idle for 5m\r\n");
+        assert!(idle.transport().lost_connection());
+        assert_eq!(
+            written(&last),
+            "still here\r\n* disconnected: idle for 5m\r\n"
+        );
+        let _ = h.server.shut_down();
+        assert!(last.transport().lost_connection());
+    }
+
+    #[test]
+    fn echo_mode_ends_a_client_at_its_end_of_input() {
+        let h = Harness::new(ServerConfig {
+            mode: Mode::Echo,
+            ..config()
+        });
+        let client = h.connect(5001);
+        assert!(!client.protocol().wants_half_close());
+    }
+
+    #[test]
+    fn raw_mode_kick_sends_no_notice() {
+        let h = Harness::new(ServerConfig {
+            raw: true,
+            ..config()
+        });
+        let client = h.connect(5001);
+        h.typed("/kick 1");
+        assert_eq!(written(&client), "");
+        assert!(client.transport().lost_connection());
     }
 
     #[test]

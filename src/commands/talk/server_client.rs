@@ -121,6 +121,9 @@ pub trait ClientEvents {
     fn connected(&self, client: &Rc<Client>);
     /// A line (delimiter removed), or in raw mode one received chunk.
     fn received(&self, client: &Rc<Client>, message: &[u8]);
+    /// The peer has finished sending (it half-closed, in console mode): nothing more
+    /// will arrive, but the connection stays open for what is sent to it.
+    fn finished_sending(&self, client: &Rc<Client>);
     /// The connection has ended; called once, last.
     fn disconnected(&self, client: &Rc<Client>, reason: Disconnect);
 }
@@ -145,6 +148,8 @@ pub struct Client {
     idle_timer: RefCell<Option<DelayedCall>>,
     grace_timer: RefCell<Option<DelayedCall>>,
     ended: Cell<bool>,
+    /// The peer half-closed: it sends no more, but still reads.
+    half_closed: Cell<bool>,
 }
 
 impl fmt::Debug for Client {
@@ -190,6 +195,7 @@ impl Client {
             idle_timer: RefCell::new(None),
             grace_timer: RefCell::new(None),
             ended: Cell::new(false),
+            half_closed: Cell::new(false),
         });
         let receiver = LineReceiver::new(ClientHandler {
             client: client.clone(),
@@ -228,6 +234,11 @@ impl Client {
     /// True once the server decided to close this client, or the connection ended.
     pub fn is_closing(&self) -> bool {
         self.ended.get() || self.reason.borrow().is_some()
+    }
+
+    /// True once the peer has finished sending (half-closed its side).
+    pub fn is_half_closed(&self) -> bool {
+        self.half_closed.get()
     }
 
     /// Bytes waiting in the outgoing queue (not counting the transport's buffer).
@@ -273,6 +284,13 @@ impl Client {
     /// Closes after sending everything queued; `reason` is what the disconnect line
     /// will say. A peer that does not take the data within [`CLOSE_GRACE`] is reset.
     pub fn close(&self, reason: Disconnect) {
+        self.close_telling(None, reason);
+    }
+
+    /// Closes as [`Client::close`] does, sending `notice` as the last line (in line
+    /// mode only: in raw mode it would run into what was sent before), so that the peer
+    /// learns why.
+    pub fn close_telling(&self, notice: Option<&str>, reason: Disconnect) {
         if !self.set_reason(reason) {
             return;
         }
@@ -287,6 +305,9 @@ impl Client {
             transport.write(bytes);
         }
         drop(queue);
+        if let Some(notice) = notice.filter(|_| !self.settings.raw) {
+            transport.write_sequence(&[notice.as_bytes(), b"\r\n"]);
+        }
         transport.lose_connection();
         let client = self.weak_self();
         let timer = self.scheduler.schedule(
@@ -385,13 +406,39 @@ impl Client {
                 }
                 let idle = client.idle();
                 if idle >= timeout {
-                    client.fail("idle timeout", Disconnect::IdleTimeout);
+                    let notice = format!(
+                        "* disconnected: idle for {}",
+                        humantime::format_duration(timeout)
+                    );
+                    client.close_telling(Some(&notice), Disconnect::IdleTimeout);
                 } else {
                     client.arm_idle_timer(timeout - idle);
                 }
             }),
         );
         self.idle_timer.borrow_mut().replace(timer);
+    }
+
+    /// The peer half-closed: what it sent without a final newline is still a line
+    /// (it is shown, not lost), and the connection stays open for writing.
+    fn read_ended(self: &Rc<Self>, tail: &[u8]) {
+        if self.is_closing() {
+            return;
+        }
+        let events = self.events.upgrade();
+        let tail = tail.strip_suffix(b"\r").unwrap_or(tail);
+        if !tail.is_empty()
+            && let Some(events) = &events
+        {
+            events.received(self, tail);
+        }
+        if self.is_closing() {
+            return; // the tail was "bye"
+        }
+        self.half_closed.set(true);
+        if let Some(events) = events {
+            events.finished_sending(self);
+        }
     }
 
     fn paused(&self) {
@@ -514,6 +561,18 @@ impl LineHandler for ClientHandler {
     fn connection_lost(&mut self, reason: &CloseReason) {
         self.client.ended(reason);
     }
+
+    /// In console mode a client's end of input is "finished sending", not "gone": the
+    /// operator may still answer it. In `--echo` mode it ends the connection, as before.
+    fn wants_half_close(&self) -> bool {
+        self.client.settings.flow == Flow::Queue
+    }
+
+    fn read_connection_lost(&mut self, lines: &mut LineControl<'_>) -> ProtocolResult {
+        let tail = lines.clear_line_buffer();
+        self.client.read_ended(&tail);
+        Ok(())
+    }
 }
 
 /// The protocol the reactor drives: line framing, plus noting every chunk received for
@@ -537,6 +596,14 @@ impl Protocol for ClientProtocol {
         self.receiver.connection_lost(reason);
         // Also when the line receiver has already been told (it ignores a second call).
         self.client.ended(reason);
+    }
+
+    fn wants_half_close(&self) -> bool {
+        self.receiver.wants_half_close()
+    }
+
+    fn read_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.receiver.read_connection_lost(transport)
     }
 }
 
