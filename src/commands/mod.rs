@@ -3,6 +3,7 @@
 
 pub mod completions;
 pub mod conntest;
+pub mod dirs;
 pub mod talk;
 pub mod timer_demo;
 
