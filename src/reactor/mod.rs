@@ -29,6 +29,7 @@
 pub mod address;
 mod connect_socket;
 pub mod defer;
+pub mod endpoints;
 pub mod failure;
 pub mod io;
 pub mod looping;

@@ -1,0 +1,685 @@
+//! Endpoint descriptions (E-09): the strings of Twisted's `serverFromString` and
+//! `clientFromString`, parsed into typed values.
+//!
+//! Servers: `tcp:PORT[:interface=ADDR][:backlog=N]`, `unix:PATH[:mode=OCTAL]` (a path
+//! starting with `@` is a Linux abstract name), `ssl:PORT:privateKey=FILE:certKey=FILE`
+//! (with `interface` and `backlog` as for `tcp`). Clients: `tcp:HOST:PORT[:timeout=S]`,
+//! `unix:PATH[:timeout=S]`, `tls:HOST:PORT[:trustRoots=DIR|FILE][:timeout=S]`.
+//!
+//! The first field is the kind; positional fields may also be given by name
+//! (`tcp:port=80`); `key=value` fields come in any order; `\:` escapes a colon and `\\`
+//! a backslash; `[::1]` keeps an IPv6 address's colons together. Every error names
+//! the bad field, kind or key.
+//!
+//! TCP descriptions listen and connect here ([`ServerDescription::listen`],
+//! [`ClientDescription::connect`]); the UNIX and TLS kinds are parsed and typed, and
+//! are connected up by the UNIX-socket and TLS layers.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::{Connection, EndpointOptions, HostnameEndpoint};
+use crate::reactor::tcp::{ListenOptions, ListeningPort};
+use crate::reactor::{Deferred, Factory, Failure, Reactor};
+
+/// A UNIX socket's address: a file, or a Linux abstract name (`@name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnixPath {
+    /// A path in the file system.
+    File(PathBuf),
+    /// An abstract name (written `@name`; stored without the `@`).
+    Abstract(String),
+}
+
+/// Where and how to listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerDescription {
+    /// `tcp:PORT[:interface=ADDR][:backlog=N]`.
+    Tcp {
+        /// The port (0: any free port).
+        port: u16,
+        /// The address to bind (default 0.0.0.0).
+        interface: IpAddr,
+        /// The accept queue length, if given.
+        backlog: Option<u32>,
+    },
+    /// `unix:PATH[:mode=OCTAL]`.
+    Unix {
+        /// The socket's address.
+        path: UnixPath,
+        /// The permission bits, if given (Twisted's default 0o666).
+        mode: Option<u32>,
+    },
+    /// `ssl:PORT:privateKey=FILE:certKey=FILE[:interface=ADDR][:backlog=N]`.
+    Ssl {
+        /// The port (0: any free port).
+        port: u16,
+        /// The address to bind (default 0.0.0.0).
+        interface: IpAddr,
+        /// The accept queue length, if given.
+        backlog: Option<u32>,
+        /// The PEM private key.
+        private_key: PathBuf,
+        /// The PEM certificate chain.
+        cert_key: PathBuf,
+    },
+}
+
+/// What to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientDescription {
+    /// `tcp:HOST:PORT[:timeout=S]`.
+    Tcp {
+        /// A name or an IP literal (brackets removed).
+        host: String,
+        /// The port.
+        port: u16,
+        /// The connect timeout of each attempt, if given.
+        timeout: Option<Duration>,
+    },
+    /// `unix:PATH[:timeout=S]`.
+    Unix {
+        /// The socket's address.
+        path: UnixPath,
+        /// The connect timeout, if given.
+        timeout: Option<Duration>,
+    },
+    /// `tls:HOST:PORT[:trustRoots=DIR|FILE][:timeout=S]`.
+    Tls {
+        /// A name or an IP literal (brackets removed); also the name verified.
+        host: String,
+        /// The port.
+        port: u16,
+        /// CA certificates to trust instead of the system's, if given.
+        trust_roots: Option<PathBuf>,
+        /// The connect timeout of each attempt, if given.
+        timeout: Option<Duration>,
+    },
+}
+
+/// What is wrong with a description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DescriptionProblem {
+    /// Nothing was given.
+    Empty,
+    /// The kind (first field) is not one this side knows.
+    UnknownKind(String),
+    /// A `key=` this kind does not take.
+    UnknownKey(String),
+    /// A key given twice (or positionally and by name).
+    DuplicateKey(String),
+    /// More positional fields than the kind takes; the first extra one.
+    ExtraField(String),
+    /// A required field is missing.
+    Missing(&'static str),
+    /// A field's value is not valid.
+    BadValue {
+        /// The field.
+        field: &'static str,
+        /// Its value as given.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// A `\` at the very end, or an unclosed `[`.
+    BadSyntax(&'static str),
+}
+
+/// A description that could not be parsed: which one and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescriptionError {
+    /// The description as given.
+    pub description: String,
+    /// What is wrong.
+    pub problem: DescriptionProblem,
+}
+
+impl fmt::Display for DescriptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad endpoint description '{}': ", self.description)?;
+        match &self.problem {
+            DescriptionProblem::Empty => f.write_str("it is empty"),
+            DescriptionProblem::UnknownKind(kind) => write!(f, "unknown kind '{kind}'"),
+            DescriptionProblem::UnknownKey(key) => write!(f, "unknown key '{key}'"),
+            DescriptionProblem::DuplicateKey(key) => write!(f, "'{key}' is given twice"),
+            DescriptionProblem::ExtraField(field) => write!(f, "unexpected field '{field}'"),
+            DescriptionProblem::Missing(field) => write!(f, "{field} is missing"),
+            DescriptionProblem::BadValue {
+                field,
+                value,
+                expected,
+            } => write!(f, "{field} '{value}' is not {expected}"),
+            DescriptionProblem::BadSyntax(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for DescriptionError {}
+
+/// Splits on unescaped colons outside brackets, undoing `\` escapes.
+fn tokenize(text: &str) -> Result<Vec<String>, DescriptionProblem> {
+    let mut fields = vec![String::new()];
+    let mut chars = text.chars();
+    let mut in_brackets = false;
+    while let Some(c) = chars.next() {
+        let field = fields.last_mut().expect("never empty");
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped) => field.push(escaped),
+                None => return Err(DescriptionProblem::BadSyntax("it ends with a lone '\\'")),
+            },
+            '[' if !in_brackets => {
+                in_brackets = true;
+                field.push(c);
+            }
+            ']' if in_brackets => {
+                in_brackets = false;
+                field.push(c);
+            }
+            ':' if !in_brackets => fields.push(String::new()),
+            _ => field.push(c),
+        }
+    }
+    if in_brackets {
+        return Err(DescriptionProblem::BadSyntax("a '[' is never closed"));
+    }
+    Ok(fields)
+}
+
+/// The fields of one description: positional values in order, then named ones.
+struct Fields {
+    values: Vec<(&'static str, String)>,
+}
+
+impl Fields {
+    /// Sorts `fields` (after the kind) into the `positional` names, in order, and the
+    /// `keys` this kind takes.
+    fn sort(
+        fields: &[String],
+        positional: &[&'static str],
+        keys: &[&'static str],
+    ) -> Result<Fields, DescriptionProblem> {
+        let mut values: Vec<(&'static str, String)> = Vec::new();
+        let mut next_positional = positional.iter();
+        for field in fields {
+            let (name, value) = match split_key(field) {
+                Some((key, value)) => {
+                    let name = positional
+                        .iter()
+                        .chain(keys)
+                        .find(|k| **k == key)
+                        .ok_or_else(|| DescriptionProblem::UnknownKey(key.to_string()))?;
+                    (*name, value.to_string())
+                }
+                None => match next_positional.next() {
+                    Some(name) => (*name, field.clone()),
+                    None => return Err(DescriptionProblem::ExtraField(field.clone())),
+                },
+            };
+            if values.iter().any(|(n, _)| *n == name) {
+                return Err(DescriptionProblem::DuplicateKey(name.to_string()));
+            }
+            values.push((name, value));
+        }
+        Ok(Fields { values })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn required(&self, name: &'static str) -> Result<&str, DescriptionProblem> {
+        self.get(name).ok_or(DescriptionProblem::Missing(name))
+    }
+}
+
+/// `key=value`, when the field is one: a key is a plain word.
+fn split_key(field: &str) -> Option<(&str, &str)> {
+    let (key, value) = field.split_once('=')?;
+    let is_word = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    is_word.then_some((key, value))
+}
+
+fn bad(field: &'static str, value: &str, expected: &'static str) -> DescriptionProblem {
+    DescriptionProblem::BadValue {
+        field,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+fn port(fields: &Fields, allow_zero: bool) -> Result<u16, DescriptionProblem> {
+    let value = fields.required("port")?;
+    match value.parse::<u16>() {
+        Ok(0) if !allow_zero => Err(bad("port", value, "a port number from 1 to 65535")),
+        Ok(port) => Ok(port),
+        Err(_) if allow_zero => Err(bad("port", value, "a port number from 0 to 65535")),
+        Err(_) => Err(bad("port", value, "a port number from 1 to 65535")),
+    }
+}
+
+fn interface(fields: &Fields) -> Result<IpAddr, DescriptionProblem> {
+    match fields.get("interface") {
+        None => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        Some(value) => super::bare_host(value)
+            .parse()
+            .map_err(|_| bad("interface", value, "an IP address")),
+    }
+}
+
+fn backlog(fields: &Fields) -> Result<Option<u32>, DescriptionProblem> {
+    fields
+        .get("backlog")
+        .map(|value| {
+            value
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0 && i32::try_from(*n).is_ok())
+                .ok_or_else(|| bad("backlog", value, "a positive number"))
+        })
+        .transpose()
+}
+
+fn timeout(fields: &Fields) -> Result<Option<Duration>, DescriptionProblem> {
+    fields
+        .get("timeout")
+        .map(|value| {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| bad("timeout", value, "a positive number of seconds"))
+        })
+        .transpose()
+}
+
+fn host(fields: &Fields) -> Result<String, DescriptionProblem> {
+    let value = fields.required("host")?;
+    let host = super::bare_host(value);
+    if host.is_empty() {
+        return Err(bad("host", value, "a host name or address"));
+    }
+    Ok(host.to_string())
+}
+
+fn unix_path(fields: &Fields) -> Result<UnixPath, DescriptionProblem> {
+    let value = fields.required("path")?;
+    match value.strip_prefix('@') {
+        Some("") => Err(bad("path", value, "a path or an @abstract-name")),
+        Some(name) => Ok(UnixPath::Abstract(name.to_string())),
+        None if value.is_empty() => Err(bad("path", value, "a path or an @abstract-name")),
+        None => Ok(UnixPath::File(PathBuf::from(value))),
+    }
+}
+
+fn file(fields: &Fields, name: &'static str) -> Result<PathBuf, DescriptionProblem> {
+    let value = fields.required(name)?;
+    if value.is_empty() {
+        return Err(bad(name, value, "a file name"));
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// Splits off the kind and tokenizes the rest.
+fn kind_and_fields(description: &str) -> Result<(String, Vec<String>), DescriptionProblem> {
+    if description.is_empty() {
+        return Err(DescriptionProblem::Empty);
+    }
+    let mut fields = tokenize(description)?;
+    let kind = fields.remove(0);
+    Ok((kind, fields))
+}
+
+/// Parses a server description (`serverFromString`).
+pub fn parse_server(description: &str) -> Result<ServerDescription, DescriptionError> {
+    parse_server_fields(description).map_err(|problem| DescriptionError {
+        description: description.to_string(),
+        problem,
+    })
+}
+
+fn parse_server_fields(description: &str) -> Result<ServerDescription, DescriptionProblem> {
+    let (kind, fields) = kind_and_fields(description)?;
+    match kind.as_str() {
+        "tcp" => {
+            let fields = Fields::sort(&fields, &["port"], &["interface", "backlog"])?;
+            Ok(ServerDescription::Tcp {
+                port: port(&fields, true)?,
+                interface: interface(&fields)?,
+                backlog: backlog(&fields)?,
+            })
+        }
+        "unix" => {
+            let fields = Fields::sort(&fields, &["path"], &["mode"])?;
+            let mode = fields
+                .get("mode")
+                .map(|value| {
+                    u32::from_str_radix(value.trim_start_matches("0o"), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| bad("mode", value, "octal permission bits like 0660"))
+                })
+                .transpose()?;
+            Ok(ServerDescription::Unix {
+                path: unix_path(&fields)?,
+                mode,
+            })
+        }
+        "ssl" => {
+            let fields = Fields::sort(
+                &fields,
+                &["port"],
+                &["interface", "backlog", "privateKey", "certKey"],
+            )?;
+            Ok(ServerDescription::Ssl {
+                port: port(&fields, true)?,
+                interface: interface(&fields)?,
+                backlog: backlog(&fields)?,
+                private_key: file(&fields, "privateKey")?,
+                cert_key: file(&fields, "certKey")?,
+            })
+        }
+        _ => Err(DescriptionProblem::UnknownKind(kind)),
+    }
+}
+
+/// Parses a client description (`clientFromString`).
+pub fn parse_client(description: &str) -> Result<ClientDescription, DescriptionError> {
+    parse_client_fields(description).map_err(|problem| DescriptionError {
+        description: description.to_string(),
+        problem,
+    })
+}
+
+fn parse_client_fields(description: &str) -> Result<ClientDescription, DescriptionProblem> {
+    let (kind, fields) = kind_and_fields(description)?;
+    match kind.as_str() {
+        "tcp" => {
+            let fields = Fields::sort(&fields, &["host", "port"], &["timeout"])?;
+            Ok(ClientDescription::Tcp {
+                host: host(&fields)?,
+                port: port(&fields, false)?,
+                timeout: timeout(&fields)?,
+            })
+        }
+        "unix" => {
+            let fields = Fields::sort(&fields, &["path"], &["timeout"])?;
+            Ok(ClientDescription::Unix {
+                path: unix_path(&fields)?,
+                timeout: timeout(&fields)?,
+            })
+        }
+        "tls" => {
+            let fields = Fields::sort(&fields, &["host", "port"], &["trustRoots", "timeout"])?;
+            Ok(ClientDescription::Tls {
+                host: host(&fields)?,
+                port: port(&fields, false)?,
+                trust_roots: fields.get("trustRoots").map(PathBuf::from),
+                timeout: timeout(&fields)?,
+            })
+        }
+        _ => Err(DescriptionProblem::UnknownKind(kind)),
+    }
+}
+
+/// A kind this build cannot listen or connect with yet (the UNIX and TLS kinds until
+/// their layers connect them up).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{kind}:' endpoints cannot be used yet")]
+pub struct UnsupportedKind {
+    /// The kind.
+    pub kind: &'static str,
+}
+
+/// What listening by a description opened.
+#[derive(Debug)]
+pub enum Listening {
+    /// A TCP port.
+    Tcp(ListeningPort),
+}
+
+/// Why listening by a description failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Binding or listening failed.
+    #[error(transparent)]
+    Tcp(#[from] crate::reactor::tcp::CannotListenError),
+    /// The kind is not connected up yet.
+    #[error(transparent)]
+    Unsupported(#[from] UnsupportedKind),
+}
+
+impl ServerDescription {
+    /// Listens as described, with `factory` making each connection's protocol.
+    pub fn listen(
+        &self,
+        reactor: &Reactor,
+        factory: Rc<dyn Factory>,
+    ) -> Result<Listening, ListenError> {
+        match self {
+            ServerDescription::Tcp {
+                port,
+                interface,
+                backlog,
+            } => {
+                let mut options = ListenOptions::default();
+                if let Some(backlog) = backlog {
+                    options.backlog = i32::try_from(*backlog).unwrap_or(i32::MAX);
+                }
+                let address = SocketAddr::new(*interface, *port);
+                Ok(Listening::Tcp(
+                    reactor.listen_tcp_with(address, factory, options)?,
+                ))
+            }
+            ServerDescription::Unix { .. } => Err(UnsupportedKind { kind: "unix" }.into()),
+            ServerDescription::Ssl { .. } => Err(UnsupportedKind { kind: "ssl" }.into()),
+        }
+    }
+}
+
+impl ClientDescription {
+    /// Connects as described; see [`HostnameEndpoint::connect`].
+    pub fn connect(&self, reactor: &Reactor, factory: Rc<dyn Factory>) -> Deferred<Connection> {
+        match self {
+            ClientDescription::Tcp {
+                host,
+                port,
+                timeout,
+            } => {
+                let mut options = EndpointOptions::default();
+                if timeout.is_some() {
+                    options.attempt_timeout = *timeout;
+                }
+                HostnameEndpoint::new(reactor, host.clone(), *port)
+                    .with_options(options)
+                    .connect(factory)
+            }
+            ClientDescription::Unix { .. } => {
+                Deferred::fail(Failure::new(UnsupportedKind { kind: "unix" }))
+            }
+            ClientDescription::Tls { .. } => {
+                Deferred::fail(Failure::new(UnsupportedKind { kind: "tls" }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem_of_server(text: &str) -> DescriptionProblem {
+        parse_server(text).unwrap_err().problem
+    }
+
+    fn problem_of_client(text: &str) -> DescriptionProblem {
+        parse_client(text).unwrap_err().problem
+    }
+
+    #[test]
+    fn e09_server_tcp_with_keys_in_any_order() {
+        let expected = ServerDescription::Tcp {
+            port: 8080,
+            interface: "127.0.0.1".parse().unwrap(),
+            backlog: Some(50),
+        };
+        assert_eq!(
+            parse_server("tcp:8080:interface=127.0.0.1:backlog=50").unwrap(),
+            expected
+        );
+        assert_eq!(
+            parse_server("tcp:backlog=50:interface=127.0.0.1:8080").unwrap(),
+            expected
+        );
+        assert_eq!(
+            parse_server("tcp:port=8080:backlog=50:interface=127.0.0.1").unwrap(),
+            expected
+        );
+        assert_eq!(
+            parse_server("tcp:0").unwrap(),
+            ServerDescription::Tcp {
+                port: 0,
+                interface: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                backlog: None,
+            }
+        );
+    }
+
+    #[test]
+    fn e09_ipv6_interfaces_in_brackets_or_escaped() {
+        let v6: IpAddr = "::1".parse().unwrap();
+        for text in ["tcp:80:interface=[::1]", r"tcp:80:interface=\:\:1"] {
+            match parse_server(text).unwrap() {
+                ServerDescription::Tcp { interface, .. } => assert_eq!(interface, v6, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            parse_client("tcp:[::1]:443:timeout=2.5").unwrap(),
+            ClientDescription::Tcp {
+                host: "::1".into(),
+                port: 443,
+                timeout: Some(Duration::from_millis(2500)),
+            }
+        );
+    }
+
+    #[test]
+    fn e09_unix_paths_modes_and_abstract_names() {
+        assert_eq!(
+            parse_server(r"unix:/tmp/a\:b.sock:mode=0660").unwrap(),
+            ServerDescription::Unix {
+                path: UnixPath::File("/tmp/a:b.sock".into()),
+                mode: Some(0o660),
+            }
+        );
+        assert_eq!(
+            parse_server("unix:@chat").unwrap(),
+            ServerDescription::Unix {
+                path: UnixPath::Abstract("chat".into()),
+                mode: None,
+            }
+        );
+        assert_eq!(
+            parse_client("unix:/run/db.sock").unwrap(),
+            ClientDescription::Unix {
+                path: UnixPath::File("/run/db.sock".into()),
+                timeout: None,
+            }
+        );
+        assert_eq!(
+            problem_of_server("unix:/x:mode=999"),
+            bad("mode", "999", "octal permission bits like 0660")
+        );
+    }
+
+    #[test]
+    fn e09_ssl_server_and_tls_client() {
+        assert_eq!(
+            parse_server("ssl:443:certKey=cert.pem:privateKey=key.pem").unwrap(),
+            ServerDescription::Ssl {
+                port: 443,
+                interface: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                backlog: None,
+                private_key: "key.pem".into(),
+                cert_key: "cert.pem".into(),
+            }
+        );
+        assert_eq!(
+            problem_of_server("ssl:443:certKey=cert.pem"),
+            DescriptionProblem::Missing("privateKey")
+        );
+        assert_eq!(
+            parse_client("tls:example.com:443:trustRoots=/etc/ca").unwrap(),
+            ClientDescription::Tls {
+                host: "example.com".into(),
+                port: 443,
+                trust_roots: Some("/etc/ca".into()),
+                timeout: None,
+            }
+        );
+    }
+
+    #[test]
+    fn e09_errors_name_the_bad_kind_key_or_field() {
+        assert_eq!(
+            problem_of_server("udp:53"),
+            DescriptionProblem::UnknownKind("udp".into())
+        );
+        assert_eq!(
+            problem_of_client("ssl:host:443"),
+            DescriptionProblem::UnknownKind("ssl".into())
+        );
+        assert_eq!(
+            problem_of_server("tcp:80:colour=blue"),
+            DescriptionProblem::UnknownKey("colour".into())
+        );
+        assert_eq!(
+            problem_of_client("tcp:host:80:extra"),
+            DescriptionProblem::ExtraField("extra".into())
+        );
+        assert_eq!(
+            problem_of_client("tcp:host:99999"),
+            bad("port", "99999", "a port number from 1 to 65535")
+        );
+        assert_eq!(
+            problem_of_client("tcp:host:0"),
+            bad("port", "0", "a port number from 1 to 65535")
+        );
+        assert_eq!(
+            problem_of_client("tcp:host"),
+            DescriptionProblem::Missing("port")
+        );
+        assert_eq!(
+            problem_of_server("tcp:80:port=81"),
+            DescriptionProblem::DuplicateKey("port".into())
+        );
+        assert_eq!(
+            problem_of_server("tcp:80:interface=nowhere"),
+            bad("interface", "nowhere", "an IP address")
+        );
+        assert_eq!(
+            problem_of_client("tcp:h:80:timeout=-1"),
+            bad("timeout", "-1", "a positive number of seconds")
+        );
+        assert_eq!(problem_of_server(""), DescriptionProblem::Empty);
+        assert!(matches!(
+            problem_of_client(r"tcp:[::1:80"),
+            DescriptionProblem::BadSyntax(_)
+        ));
+        assert!(matches!(
+            problem_of_client("tcp:h:80\\"),
+            DescriptionProblem::BadSyntax(_)
+        ));
+        let message = parse_server("tcp:80:colour=blue").unwrap_err().to_string();
+        assert!(message.contains("'tcp:80:colour=blue'"), "{message}");
+        assert!(message.contains("unknown key 'colour'"), "{message}");
+    }
+}
