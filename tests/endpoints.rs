@@ -16,7 +16,8 @@ use twistctl::reactor::endpoints::{
     EndpointErrorKind, EndpointOptions, Family, Grant, HostnameEndpoint, Pending, ResolveError,
 };
 use twistctl::reactor::{
-    ConnectError, Deferred, Factory, Failure, Protocol, ProtocolResult, Reactor, Step, TransportRef,
+    Address, ConnectError, Deferred, Factory, Failure, Protocol, ProtocolResult, Reactor, Step,
+    TransportRef,
 };
 
 const WATCHDOG: Duration = Duration::from_secs(5);
@@ -138,7 +139,7 @@ impl Counting {
 }
 
 impl Factory for Counting {
-    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
         self.built.set(self.built.get() + 1);
         self.log.borrow_mut().push(format!("build {addr}"));
         Some(Box::new(Logged {
@@ -200,8 +201,8 @@ fn e01_the_deferred_fires_after_connection_made_with_the_only_protocol_built() {
     let out = collect(&reactor, &d, &log);
     run(&reactor);
     let connection = connection(&out);
-    assert_eq!(connection.peer, open);
-    assert_eq!(connection.transport.peer(), open);
+    assert_eq!(connection.peer, Address::Tcp(open));
+    assert_eq!(connection.transport.peer(), Address::Tcp(open));
     assert_eq!(factory.built.get(), 1);
     assert_eq!(
         *log.borrow(),
@@ -230,7 +231,7 @@ fn e02_an_ip_literal_starts_connecting_at_once_and_a_name_is_resolved_off_the_lo
     assert!(named.attempts().is_empty());
     let out = collect(&reactor, &named.deferred(), &log);
     run(&reactor);
-    assert_eq!(connection(&out).peer, open);
+    assert_eq!(connection(&out).peer, Address::Tcp(open));
 }
 
 #[test]
@@ -280,7 +281,7 @@ fn e04_a_black_hole_costs_one_attempt_delay_and_the_next_family_wins() {
     let out = collect(&reactor, &d, &log);
     run(&reactor);
     let connection = connection(&out);
-    assert_eq!(connection.peer, open);
+    assert_eq!(connection.peer, Address::Tcp(open));
     assert!(connection.elapsed >= Duration::from_millis(250));
     assert!(
         connection.elapsed < Duration::from_secs(2),
@@ -309,7 +310,7 @@ fn e04_a_failed_attempt_starts_the_next_at_once() {
     let out = collect(&reactor, &d, &log);
     run(&reactor);
     let connection = connection(&out);
-    assert_eq!(connection.peer, open);
+    assert_eq!(connection.peer, Address::Tcp(open));
     // Three refusals, each followed at once by the next attempt: far below 3 x 250 ms.
     assert!(
         connection.elapsed < Duration::from_millis(200),
@@ -342,7 +343,7 @@ fn e05_a_connection_made_after_the_race_was_decided_gets_no_protocol_and_is_clos
     run(&reactor);
     let connection = connection(&out);
     assert_eq!(factory.built.get(), 1, "only the winner builds a protocol");
-    let loser = if connection.peer == first {
+    let loser = if connection.peer == Address::Tcp(first) {
         second_server
     } else {
         panic!("the first attempt should win on loopback: {connection:?}");
@@ -558,7 +559,7 @@ impl CheckedFactory for BannerFactory {
 struct Greeter(&'static [u8]);
 
 impl Factory for Greeter {
-    fn build_protocol(&self, _: SocketAddr) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
         let banner = self.0;
         Some(Box::new(Logged {
             log: Rc::default(),
@@ -674,7 +675,7 @@ fn a_limiter_holds_back_attempts_until_a_slot_is_free() {
     let out = collect(&reactor, &d, &log);
     run(&reactor);
     let connection = connection(&out);
-    assert_eq!(connection.peer, open);
+    assert_eq!(connection.peer, Address::Tcp(open));
     assert_eq!(connection.attempts.len(), 3);
     assert!(log.borrow().contains(&"slot held: true".to_string()));
     assert!(queue.borrow().is_empty());
@@ -695,5 +696,5 @@ fn e09_a_tcp_description_listens_and_another_connects_to_it() {
     let d = client.connect(&reactor, Counting::new(&log));
     let out = collect(&reactor, &d, &log);
     run(&reactor);
-    assert_eq!(connection(&out).peer.port(), port);
+    assert_eq!(connection(&out).peer.as_inet().unwrap().port(), port);
 }

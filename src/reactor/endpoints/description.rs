@@ -2,7 +2,7 @@
 //! `clientFromString`, parsed into typed values.
 //!
 //! Servers: `tcp:PORT[:interface=ADDR][:backlog=N]`, `unix:PATH[:mode=OCTAL]` (a path
-//! starting with `@` is a Linux abstract name), `ssl:PORT:privateKey=FILE:certKey=FILE`
+//! starting with `@` is a Linux abstract name, U-04), `ssl:PORT:privateKey=FILE:certKey=FILE`
 //! (with `interface` and `backlog` as for `tcp`). Clients: `tcp:HOST:PORT[:timeout=S]`,
 //! `unix:PATH[:timeout=S]`, `tls:HOST:PORT[:trustRoots=DIR|FILE][:timeout=S]`.
 //!
@@ -23,16 +23,7 @@ use std::time::Duration;
 
 use super::{Connection, EndpointOptions, HostnameEndpoint};
 use crate::reactor::tcp::{ListenOptions, ListeningPort};
-use crate::reactor::{Deferred, Factory, Failure, Reactor};
-
-/// A UNIX socket's address: a file, or a Linux abstract name (`@name`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnixPath {
-    /// A path in the file system.
-    File(PathBuf),
-    /// An abstract name (written `@name`; stored without the `@`).
-    Abstract(String),
-}
+use crate::reactor::{Deferred, Factory, Failure, Reactor, UnixAddress};
 
 /// Where and how to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +40,7 @@ pub enum ServerDescription {
     /// `unix:PATH[:mode=OCTAL]`.
     Unix {
         /// The socket's address.
-        path: UnixPath,
+        path: UnixAddress,
         /// The permission bits, if given (Twisted's default 0o666).
         mode: Option<u32>,
     },
@@ -83,7 +74,7 @@ pub enum ClientDescription {
     /// `unix:PATH[:timeout=S]`.
     Unix {
         /// The socket's address.
-        path: UnixPath,
+        path: UnixAddress,
         /// The connect timeout, if given.
         timeout: Option<Duration>,
     },
@@ -309,14 +300,12 @@ fn host(fields: &Fields) -> Result<String, DescriptionProblem> {
     Ok(host.to_string())
 }
 
-fn unix_path(fields: &Fields) -> Result<UnixPath, DescriptionProblem> {
+fn unix_path(fields: &Fields) -> Result<UnixAddress, DescriptionProblem> {
     let value = fields.required("path")?;
-    match value.strip_prefix('@') {
-        Some("") => Err(bad("path", value, "a path or an @abstract-name")),
-        Some(name) => Ok(UnixPath::Abstract(name.to_string())),
-        None if value.is_empty() => Err(bad("path", value, "a path or an @abstract-name")),
-        None => Ok(UnixPath::File(PathBuf::from(value))),
+    if value.is_empty() || value == "@" {
+        return Err(bad("path", value, "a path or an @abstract-name"));
     }
+    Ok(UnixAddress::from_arg(value))
 }
 
 fn file(fields: &Fields, name: &'static str) -> Result<PathBuf, DescriptionProblem> {
@@ -576,21 +565,21 @@ mod tests {
         assert_eq!(
             parse_server(r"unix:/tmp/a\:b.sock:mode=0660").unwrap(),
             ServerDescription::Unix {
-                path: UnixPath::File("/tmp/a:b.sock".into()),
+                path: UnixAddress::Path("/tmp/a:b.sock".into()),
                 mode: Some(0o660),
             }
         );
         assert_eq!(
             parse_server("unix:@chat").unwrap(),
             ServerDescription::Unix {
-                path: UnixPath::Abstract("chat".into()),
+                path: UnixAddress::Abstract(b"chat"[..].into()),
                 mode: None,
             }
         );
         assert_eq!(
             parse_client("unix:/run/db.sock").unwrap(),
             ClientDescription::Unix {
-                path: UnixPath::File("/run/db.sock".into()),
+                path: UnixAddress::Path("/run/db.sock".into()),
                 timeout: None,
             }
         );

@@ -60,8 +60,8 @@ use race::{Race, RaceSettings};
 
 use super::tcp::DEFAULT_CONNECT_TIMEOUT;
 use super::{
-    CloseReason, ConnectError, Deferred, DelayedCall, Factory, Failure, Protocol, ProtocolResult,
-    Reactor, TransportRef,
+    Address, CloseReason, ConnectError, Deferred, DelayedCall, Factory, Failure, Protocol,
+    ProtocolResult, Reactor, TransportRef,
 };
 
 /// RFC 8305's recommended "Connection Attempt Delay" (E-04; Twisted uses 300 ms).
@@ -149,7 +149,7 @@ pub struct Connection {
     /// The connection's transport.
     pub transport: TransportRef,
     /// The address connected to.
-    pub peer: SocketAddr,
+    pub peer: Address,
     /// Every address tried, in start order, the winner included.
     pub attempts: Vec<Attempt>,
     /// Time from the start of the connect until it fired.
@@ -638,7 +638,7 @@ impl ConnectingInner {
             };
         }
         let (protocol, plain) = match &self.factory {
-            EndpointFactory::Plain(factory) => (factory.build_protocol(peer), true),
+            EndpointFactory::Plain(factory) => (factory.build_protocol(Address::Tcp(peer)), true),
             EndpointFactory::Checked(factory) => {
                 let check = CheckHandle {
                     connecting: Rc::downgrade(self),
@@ -678,7 +678,7 @@ impl ConnectingInner {
                 transport: Some(transport),
             } => Connection {
                 transport: transport.clone(),
-                peer: *peer,
+                peer: Address::Tcp(*peer),
                 attempts: race.attempts(),
                 elapsed: self.reactor.seconds().saturating_sub(self.started_at),
             },

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::{Attempt, AttemptLimiter, AttemptOutcome, Permit};
 use crate::reactor::tcp::{ClientFactory, Connector};
-use crate::reactor::{CloseReason, ConnectError, DelayedCall, Factory, Protocol, Reactor};
+use crate::reactor::{Address, CloseReason, ConnectError, DelayedCall, Factory, Protocol, Reactor};
 
 /// The order to try addresses in: duplicates removed, families alternating, starting
 /// with the family of the first address (RFC 8305 section 4).
@@ -155,7 +155,7 @@ impl Race {
         state
             .in_flight
             .iter()
-            .map(|(connector, _)| connector.destination())
+            .filter_map(|(_, index)| state.attempts.get(*index).map(|a| a.addr))
             .collect()
     }
 
@@ -209,6 +209,7 @@ impl Race {
         let factory = Rc::new(AttemptFactory {
             race: self.clone(),
             index,
+            addr,
             started_at: self.inner.reactor.seconds(),
             permit: RefCell::new(Some(permit)),
         });
@@ -307,6 +308,8 @@ impl Race {
 struct AttemptFactory {
     race: Race,
     index: usize,
+    /// The address this attempt connects to.
+    addr: SocketAddr,
     started_at: Duration,
     permit: RefCell<Option<Permit>>,
 }
@@ -329,19 +332,15 @@ impl AttemptFactory {
 }
 
 impl Factory for AttemptFactory {
-    fn build_protocol(&self, addr: SocketAddr) -> Option<Box<dyn Protocol>> {
-        self.race.won(self.index, self.took(), addr)
+    fn build_protocol(&self, _peer: Address) -> Option<Box<dyn Protocol>> {
+        self.race.won(self.index, self.took(), self.addr)
     }
 }
 
 impl ClientFactory for AttemptFactory {
-    fn client_connection_failed(&self, connector: &Connector, reason: &ConnectError) {
-        self.race.failed(
-            self.index,
-            self.took(),
-            connector.destination(),
-            reason.clone(),
-        );
+    fn client_connection_failed(&self, _connector: &Connector, reason: &ConnectError) {
+        self.race
+            .failed(self.index, self.took(), self.addr, reason.clone());
         self.release();
     }
 
