@@ -1,0 +1,316 @@
+//! What a watch prints: a line per probe, a line per change of state, and the summary
+//! per target, as text for people and as JSON objects for dashboards. Pure formatting.
+
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use serde_json::{Map, Value, json};
+
+use super::stats::{Change, Moment, State, Summary};
+
+/// How a finished probe turned out, as the watch reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeReport {
+    /// The target, as people read it (`127.0.0.1 port 80`, `unix:/run/db.sock`).
+    pub label: String,
+    /// The host as typed (JSON `host`).
+    pub host: String,
+    /// The port (JSON `port`; `None` for UNIX targets).
+    pub port: Option<u16>,
+    /// The probe's number, from 1 per target.
+    pub seq: u64,
+    /// When the probe started.
+    pub started: Moment,
+    /// The status word (`open`, `refused`, `timeout`, `tls-error`, ...).
+    pub status: String,
+    /// Whether the probe passed.
+    pub passed: bool,
+    /// From `connect()` to the connection being established.
+    pub time: Option<Duration>,
+    /// From `connect()` to the end of the TLS handshake, with TLS.
+    pub tls_time: Option<Duration>,
+    /// For a failure: its words (`timeout after 1s`, `connection refused`).
+    pub error: Option<String>,
+}
+
+/// Milliseconds with three decimals, as ping prints them.
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+/// `12:00:03.412` in the given zone.
+pub fn clock(at: jiff::Timestamp, tz: &TimeZone) -> String {
+    at.to_zoned_datetime(tz.clone())
+        .strftime("%H:%M:%S%.3f")
+        .to_string()
+}
+
+/// RFC 3339 with milliseconds, in UTC (`2026-12-02T12:00:03.412Z`).
+pub fn rfc3339(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// `1.5 s`-style seconds with three decimals for times down.
+fn seconds(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+/// The text line of one probe; `timestamps` prefixes the local time it started.
+pub fn probe_line(report: &ProbeReport, timestamps: Option<&TimeZone>) -> String {
+    let mut line = String::new();
+    if let Some(tz) = timestamps {
+        line.push_str(&clock(report.started.wall, tz));
+        line.push(' ');
+    }
+    line.push_str(&report.label);
+    line.push_str(": ");
+    match (&report.error, report.passed) {
+        (Some(error), false) => line.push_str(error),
+        _ => line.push_str(&report.status),
+    }
+    line.push_str(&format!(", seq={}", report.seq));
+    if let Some(time) = report.time.filter(|_| report.passed) {
+        line.push_str(&format!(", time={} ms", ms(time)));
+        if let Some(tls) = report.tls_time {
+            line.push_str(&format!(", tls={} ms", ms(tls)));
+        }
+    }
+    line
+}
+
+/// The JSON object of one probe.
+pub fn probe_json(report: &ProbeReport) -> Value {
+    let mut object = Map::new();
+    object.insert("host".into(), json!(report.host));
+    object.insert("port".into(), json!(report.port));
+    object.insert("seq".into(), json!(report.seq));
+    object.insert("status".into(), json!(report.status));
+    if let Some(time) = report.time.filter(|_| report.passed) {
+        object.insert("time_ms".into(), json!(round3(time)));
+        if let Some(tls) = report.tls_time {
+            object.insert("tls_ms".into(), json!(round3(tls)));
+        }
+    }
+    object.insert("timestamp".into(), json!(rfc3339(report.started.wall)));
+    if let Some(error) = report.error.as_ref().filter(|_| !report.passed) {
+        object.insert("error".into(), json!(error));
+    }
+    Value::Object(object)
+}
+
+/// Milliseconds rounded to microseconds, the resolution measured.
+fn round3(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The line of a change of state.
+pub fn change_line(label: &str, change: &Change, tz: &TimeZone) -> String {
+    match change {
+        Change::Down { since, reason } => {
+            format!("{label} is down ({reason}) since {}", clock(since.wall, tz))
+        }
+        Change::Up { after } => format!("{label} is up again after {}", seconds(*after)),
+    }
+}
+
+/// The summary of one target, as lines of text (ping's layout).
+pub fn summary_lines(label: &str, summary: &Summary, tz: &TimeZone) -> Vec<String> {
+    let mut lines = vec![
+        format!("--- {label} ---"),
+        format!(
+            "{} probes, {} open, {} failed ({:.1}% failed), {} skipped",
+            summary.probes,
+            summary.ok,
+            summary.failed,
+            summary.failed_percent(),
+            summary.skipped
+        ),
+    ];
+    if let Some(l) = &summary.latency {
+        lines.push(format!(
+            "time min/avg/max/mdev = {:.3}/{:.3}/{:.3}/{:.3} ms",
+            l.min_ms, l.avg_ms, l.max_ms, l.mdev_ms
+        ));
+    }
+    let now = match &summary.state {
+        State::Up => "now up",
+        State::Down { .. } => "now down",
+        State::Unknown => "no probe finished",
+    };
+    lines.push(match &summary.longest_down {
+        None => format!("longest down: none; {now}"),
+        Some(span) => match span.to {
+            Some(to) => format!(
+                "longest down: {}, from {} to {}; {now}",
+                seconds(span.length),
+                clock(span.from.wall, tz),
+                clock(to.wall, tz)
+            ),
+            None => format!(
+                "longest down: {}, from {} until now; {now}",
+                seconds(span.length),
+                clock(span.from.wall, tz)
+            ),
+        },
+    });
+    lines
+}
+
+/// The JSON summary object of one target.
+pub fn summary_json(host: &str, port: Option<u16>, summary: &Summary) -> Value {
+    let latency = summary.latency;
+    let round = |v: f64| (v * 1e3).round() / 1e3;
+    json!({
+        "summary": true,
+        "host": host,
+        "port": port,
+        "probes": summary.probes,
+        "ok": summary.ok,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "min_ms": latency.map(|l| round(l.min_ms)),
+        "avg_ms": latency.map(|l| round(l.avg_ms)),
+        "max_ms": latency.map(|l| round(l.max_ms)),
+        "mdev_ms": latency.map(|l| round(l.mdev_ms)),
+        "longest_down_ms": summary.longest_down.map(|s| round3(s.length)),
+        "state": summary.state.as_str(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::stats::TargetStats;
+    use super::*;
+
+    fn at(ms: u64) -> Moment {
+        // 12:00:00.000 UTC.
+        let base = jiff::Timestamp::from_second(1_796_212_800).expect("valid");
+        Moment {
+            offset: Duration::from_millis(ms),
+            wall: base + jiff::SignedDuration::from_millis(ms as i64),
+        }
+    }
+
+    fn report(seq: u64, passed: bool) -> ProbeReport {
+        ProbeReport {
+            label: "127.0.0.1 port 80".into(),
+            host: "127.0.0.1".into(),
+            port: Some(80),
+            seq,
+            started: at(3412),
+            status: if passed { "open" } else { "refused" }.into(),
+            passed,
+            time: passed.then(|| Duration::from_micros(112)),
+            tls_time: None,
+            error: (!passed).then(|| "refused".into()),
+        }
+    }
+
+    #[test]
+    fn probe_lines_as_tcping_prints_them() {
+        assert_eq!(
+            probe_line(&report(3, true), None),
+            "127.0.0.1 port 80: open, seq=3, time=0.112 ms"
+        );
+        assert_eq!(
+            probe_line(&report(4, false), None),
+            "127.0.0.1 port 80: refused, seq=4"
+        );
+        let mut timeout = report(5, false);
+        timeout.status = "timeout".into();
+        timeout.error = Some("timeout after 1s".into());
+        assert_eq!(
+            probe_line(&timeout, None),
+            "127.0.0.1 port 80: timeout after 1s, seq=5"
+        );
+        let mut tls = report(6, true);
+        tls.tls_time = Some(Duration::from_micros(1840));
+        assert_eq!(
+            probe_line(&tls, Some(&TimeZone::UTC)),
+            "12:00:03.412 127.0.0.1 port 80: open, seq=6, time=0.112 ms, tls=1.840 ms"
+        );
+    }
+
+    #[test]
+    fn probe_json_has_the_fields_that_apply() {
+        let ok = probe_json(&report(1, true));
+        assert_eq!(ok["time_ms"], json!(0.112));
+        assert_eq!(ok["timestamp"], json!("2026-12-02T12:00:03.412Z"));
+        assert!(ok.get("error").is_none() && ok.get("tls_ms").is_none());
+        let failed = probe_json(&report(2, false));
+        assert_eq!(failed["error"], json!("refused"));
+        assert!(failed.get("time_ms").is_none());
+    }
+
+    #[test]
+    fn change_lines() {
+        let down = Change::Down {
+            since: at(3412),
+            reason: "refused".into(),
+        };
+        assert_eq!(
+            change_line("127.0.0.1 port 80", &down, &TimeZone::UTC),
+            "127.0.0.1 port 80 is down (refused) since 12:00:03.412"
+        );
+        let up = Change::Up {
+            after: Duration::from_millis(2004),
+        };
+        assert_eq!(
+            change_line("127.0.0.1 port 80", &up, &TimeZone::UTC),
+            "127.0.0.1 port 80 is up again after 2.004 s"
+        );
+    }
+
+    #[test]
+    fn summary_in_ping_layout_computed_from_the_stats() {
+        let mut stats = TargetStats::new();
+        for (i, us) in [81u64, 104, 131].iter().enumerate() {
+            stats.record_ok(at(i as u64 * 1000), Duration::from_micros(*us));
+        }
+        stats.record_failed(at(3412), "refused");
+        stats.record_ok(at(5416), Duration::from_micros(100));
+        stats.record_skipped();
+        let summary = stats.summary(at(6000));
+        let lines = summary_lines("127.0.0.1 port 80", &summary, &TimeZone::UTC);
+        assert_eq!(lines[0], "--- 127.0.0.1 port 80 ---");
+        assert_eq!(
+            lines[1],
+            "5 probes, 4 open, 1 failed (20.0% failed), 1 skipped"
+        );
+        // 81, 104, 131 and 100 µs: mean 104, mean of squares 11,134.5,
+        // mdev √(11,134.5 − 104²) = 17.847 µs.
+        assert_eq!(
+            lines[2],
+            "time min/avg/max/mdev = 0.081/0.104/0.131/0.018 ms"
+        );
+        assert_eq!(
+            lines[3],
+            "longest down: 2.004 s, from 12:00:03.412 to 12:00:05.416; now up"
+        );
+        let object = summary_json("127.0.0.1", Some(80), &summary);
+        assert_eq!(object["summary"], json!(true));
+        assert_eq!(object["longest_down_ms"], json!(2004.0));
+        assert_eq!(object["state"], json!("up"));
+        assert_eq!(object["avg_ms"], json!(0.104));
+    }
+
+    #[test]
+    fn a_target_still_down_and_one_never_up() {
+        let mut stats = TargetStats::new();
+        stats.record_failed(at(0), "refused");
+        let summary = stats.summary(at(2500));
+        let lines = summary_lines("h port 1", &summary, &TimeZone::UTC);
+        assert_eq!(
+            lines.len(),
+            3,
+            "no time line without a passing probe: {lines:?}"
+        );
+        assert_eq!(
+            lines[2],
+            "longest down: 2.500 s, from 12:00:00.000 until now; now down"
+        );
+        let object = summary_json("h", Some(1), &summary);
+        assert_eq!(object["min_ms"], Value::Null);
+        assert_eq!(object["state"], json!("down"));
+    }
+}
