@@ -41,7 +41,7 @@ Register-ArgumentCompleter -Native -CommandName 'twistctl' -ScriptBlock {
             [CompletionResult]::new('--at', '--at', [CompletionResultType]::ParameterName, 'Moments after start at which to print the time')
             [CompletionResult]::new('--stop-after', '--stop-after', [CompletionResultType]::ParameterName, 'When to stop the reactor')
             [CompletionResult]::new('--every', '--every', [CompletionResultType]::ParameterName, 'Print on a LoopingCall every DUR instead (the first print is at once)')
-            [CompletionResult]::new('--count', '--count', [CompletionResultType]::ParameterName, 'With --every: how many times to print before stopping')
+            [CompletionResult]::new('--count', '--count', [CompletionResultType]::ParameterName, 'With --every: how many times to print before stopping (without it: until --stop-after)')
             [CompletionResult]::new('--utc', '--utc', [CompletionResultType]::ParameterName, 'Print UTC instead of local time')
             [CompletionResult]::new('--precise', '--precise', [CompletionResultType]::ParameterName, 'Print milliseconds and how late each call fired')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)')

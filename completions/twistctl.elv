@@ -37,7 +37,7 @@ set edit:completion:arg-completer[twistctl] = {|@words|
             cand --at 'Moments after start at which to print the time'
             cand --stop-after 'When to stop the reactor'
             cand --every 'Print on a LoopingCall every DUR instead (the first print is at once)'
-            cand --count 'With --every: how many times to print before stopping'
+            cand --count 'With --every: how many times to print before stopping (without it: until --stop-after)'
             cand --utc 'Print UTC instead of local time'
             cand --precise 'Print milliseconds and how late each call fired'
             cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'

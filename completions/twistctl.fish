@@ -37,7 +37,7 @@ complete -c twistctl -n "__fish_twistctl_needs_command" -f -a "help" -d 'Print t
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l at -d 'Moments after start at which to print the time' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l stop-after -d 'When to stop the reactor' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l every -d 'Print on a LoopingCall every DUR instead (the first print is at once)' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l count -d 'With --every: how many times to print before stopping' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l count -d 'With --every: how many times to print before stopping (without it: until --stop-after)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l utc -d 'Print UTC instead of local time'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l precise -d 'Print milliseconds and how late each call fired'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'

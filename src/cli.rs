@@ -3,43 +3,11 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-/// Parses a duration written the humantime way: `1.5s`, `250ms`, `2m`, `1m 30s`.
-/// A bare number is taken as seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err("empty duration (examples: 1.5s, 250ms, 2m)".to_string());
-    }
-    if let Ok(seconds) = trimmed.parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds)
-            .map_err(|_| format!("'{text}' is not a valid duration (examples: 1.5s, 250ms, 2m)"));
-    }
-    if let Some(seconds) = trimmed
-        .strip_suffix('s')
-        .filter(|n| !n.ends_with('m') && !n.ends_with('n') && !n.ends_with('u'))
-        .and_then(|n| n.parse::<f64>().ok())
-    {
-        // humantime takes no fractions ("1.5s"); these are common enough to accept.
-        return Duration::try_from_secs_f64(seconds)
-            .map_err(|_| format!("'{text}' is not a valid duration (examples: 1.5s, 250ms, 2m)"));
-    }
-    humantime::parse_duration(trimmed)
-        .map_err(|e| format!("'{text}' is not a valid duration ({e}; examples: 1.5s, 250ms, 2m)"))
-}
-
-/// Like [`parse_duration`], but zero is refused: for a timeout or an interval, zero
-/// would mean giving up at once or retrying in a busy loop.
-pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
-    let duration = parse_duration(text)?;
-    if duration.is_zero() {
-        return Err(format!(
-            "'{text}' is zero; give a duration above zero (e.g. 500ms)"
-        ));
-    }
-    Ok(duration)
-}
+use crate::commands::duration::{parse as parse_duration, parse_nonzero as parse_nonzero_duration};
+use crate::commands::talk::server::{Mode, ServerConfig};
+use crate::commands::{self, completions, conntest, talk, timer_demo};
 
 /// twistctl: network tools on a Twisted-style reactor.
 #[derive(Debug, Parser)]
@@ -206,10 +174,11 @@ pub struct TimerDemoArgs {
     pub stop_after: Duration,
 
     /// Print on a LoopingCall every DUR instead (the first print is at once).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "count")]
+    #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration)]
     pub every: Option<Duration>,
 
-    /// With --every: how many times to print before stopping.
+    /// With --every: how many times to print before stopping (without it: until
+    /// --stop-after).
     #[arg(long, value_name = "N", requires = "every",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
@@ -343,6 +312,85 @@ pub struct TalkClientArgs {
     pub raw: bool,
 }
 
+/// A usage error found after clap's own checks: printed and exited like clap's (status
+/// 2), with the subcommand's usage line.
+fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> clap::Error {
+    let mut command = Cli::command();
+    command.build();
+    let kind = clap::error::ErrorKind::ValueValidation;
+    match command.find_subcommand_mut(subcommand) {
+        Some(sub) => sub.error(kind, message),
+        None => command.error(kind, message),
+    }
+}
+
+impl Cli {
+    /// The chosen subcommand as plain configuration: every check the command line can
+    /// make is made here, so a command never sees a bad value (or a clap type).
+    pub fn into_config(self) -> Result<commands::Config, clap::Error> {
+        let quiet = self.quiet;
+        Ok(match self.command {
+            Command::TimerDemo(args) => commands::Config::TimerDemo(timer_demo::Config {
+                plan: timer_demo::TourPlan {
+                    at: args.at,
+                    stop_after: args.stop_after,
+                    every: args.every.map(|every| (every, args.count)),
+                    precise: args.precise,
+                },
+                utc: args.utc,
+            }),
+            Command::Conntest(args) => commands::Config::Conntest(conntest_config(args, quiet)?),
+            Command::TalkServer(args) => commands::Config::TalkServer(talk::talk_server::Config {
+                bind: args.bind,
+                port: args.port,
+                server: ServerConfig {
+                    mode: if args.echo { Mode::Echo } else { Mode::Console },
+                    raw: args.raw,
+                    max_clients: args.max_clients,
+                    max_line: args.max_line,
+                    idle_timeout: args.idle_timeout,
+                },
+            }),
+            Command::TalkClient(args) => commands::Config::TalkClient(talk::client::Config {
+                host: args.host,
+                port: args.port,
+                timeout: args.timeout,
+                raw: args.raw,
+                linger: args.linger,
+            }),
+            Command::Completions(args) => {
+                commands::Config::Completions(completions::Config { shell: args.shell })
+            }
+        })
+    }
+}
+
+fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, clap::Error> {
+    use conntest::services::{SERVICES_PATH, ServiceDb};
+    use conntest::targets::{Family, parse_targets};
+    let family = match (args.ipv4, args.ipv6) {
+        (true, _) => Family::V4,
+        (_, true) => Family::V6,
+        _ => Family::Any,
+    };
+    let services = ServiceDb::at(SERVICES_PATH);
+    let targets = parse_targets(&args.targets, family, &services)
+        .map_err(|error| usage_error("conntest", error))?;
+    Ok(conntest::Config {
+        targets,
+        family,
+        timeout: args.timeout,
+        wait: args.wait,
+        interval: args.interval,
+        any: args.any,
+        open: args.open,
+        json: args.json,
+        concurrency: usize::try_from(args.concurrency).unwrap_or(usize::MAX),
+        command: args.command,
+        quiet,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,18 +399,5 @@ mod tests {
     #[test]
     fn clap_definitions_are_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_accept_fractions_and_units_and_name_bad_values() {
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        let error = parse_duration("soon").unwrap_err();
-        assert!(error.contains("'soon'"), "{error}");
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("").is_err());
     }
 }

@@ -35,6 +35,16 @@ impl ExitStatus {
             ExitStatus::Code(code) => code,
         }
     }
+
+    /// This status after a failure that is not worse than any failure: success becomes
+    /// [`ExitStatus::Failure`], any other status stays (a write error never hides a
+    /// timeout or a signal).
+    pub fn or_failure(self) -> ExitStatus {
+        match self {
+            ExitStatus::Success => ExitStatus::Failure,
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -50,5 +60,12 @@ mod tests {
         assert_eq!(ExitStatus::TimedOut.code(), 124);
         assert_eq!(ExitStatus::Signal(Signal::Interrupt).code(), 130);
         assert_eq!(ExitStatus::Signal(Signal::Terminate).code(), 143);
+    }
+
+    #[test]
+    fn a_later_failure_replaces_only_success() {
+        assert_eq!(ExitStatus::Success.or_failure(), ExitStatus::Failure);
+        assert_eq!(ExitStatus::TimedOut.or_failure(), ExitStatus::TimedOut);
+        assert_eq!(ExitStatus::Unresolved.or_failure(), ExitStatus::Unresolved);
     }
 }

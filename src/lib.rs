@@ -19,16 +19,20 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match cli::Cli::try_parse_from(args) {
-        Ok(cli) => cli,
+    let parsed = cli::Cli::try_parse_from(args).and_then(|cli| {
+        let (verbose, quiet) = (cli.verbose, cli.quiet);
+        cli.into_config().map(|config| (verbose, quiet, config))
+    });
+    let (verbose, quiet, config) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) => {
             // --help and --version are not errors; clap knows which is which.
             let _ = error.print();
             return error.exit_code();
         }
     };
-    logging::init(cli.verbose, cli.quiet);
-    commands::run(cli).code()
+    logging::init(verbose, quiet);
+    commands::run(config).code()
 }
 
 /// The README's Rust examples, compiled and run as doctests so they cannot rot.

@@ -1,6 +1,13 @@
 //! Logging to stderr through `env_logger`, set by `-v`/`-q` or `RUST_LOG`.
+//!
+//! Messages are for people: `twistctl: warning: ...` at the default level, and at
+//! `-v` plain `twistctl: ...` lines saying what is being done (addresses resolved,
+//! each attempt, its outcome and time). No timestamps and no module paths, except at
+//! `-vv` and up, where the reactor's debug lines say where they come from.
 
-use log::LevelFilter;
+use std::io::Write;
+
+use log::{Level, LevelFilter};
 
 /// The log level the flags ask for: warnings by default, `-v` info, `-vv` debug,
 /// `-vvv` trace, `-q` nothing.
@@ -23,7 +30,19 @@ pub fn init(verbose: u8, quiet: bool) {
     builder
         .filter_level(level(verbose, quiet))
         .filter_module("rustyline", LevelFilter::Warn)
-        .target(env_logger::Target::Stderr);
+        .target(env_logger::Target::Stderr)
+        .format(|out, record| match record.level() {
+            Level::Error => writeln!(out, "twistctl: {}", record.args()),
+            Level::Warn => writeln!(out, "twistctl: warning: {}", record.args()),
+            Level::Info => writeln!(out, "twistctl: {}", record.args()),
+            level => writeln!(
+                out,
+                "twistctl: [{} {}] {}",
+                level.as_str().to_lowercase(),
+                record.module_path().unwrap_or("?"),
+                record.args()
+            ),
+        });
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use assert_cmd::Command;
 
+mod common;
+
 fn twistctl() -> Command {
     let mut command = Command::cargo_bin("twistctl").expect("the twistctl binary is built");
     command
@@ -100,7 +102,10 @@ fn warnings_go_to_stderr_and_quiet_silences_them() {
     let output = twistctl().args(WARNED_TOUR).output().unwrap();
     assert!(output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("--at 50ms"), "{stderr}");
+    assert_eq!(
+        stderr, "twistctl: warning: --at 50ms is not before --stop-after 10ms; it will not print\n",
+        "a warning reads as a message, without timestamp or module path"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         !stdout.contains("--at"),
@@ -128,12 +133,22 @@ fn verbose_adds_log_lines_on_stderr_only() {
 
     let verbose = twistctl().args(args).arg("-v").output().unwrap();
     let stderr = String::from_utf8(verbose.stderr).unwrap();
-    assert!(stderr.contains("INFO"), "{stderr}");
-    assert!(!stderr.contains("DEBUG"), "-v is info, not debug: {stderr}");
+    assert!(
+        stderr.contains("twistctl: tour: 1 moment(s), stop after 20ms"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("[debug"),
+        "-v is info, not debug: {stderr}"
+    );
     assert_eq!(verbose.stdout.len(), plain.stdout.len(), "stdout unchanged");
 
     let debug = twistctl().args(args).arg("-vv").output().unwrap();
-    assert!(String::from_utf8(debug.stderr).unwrap().contains("DEBUG"));
+    assert!(
+        String::from_utf8(debug.stderr)
+            .unwrap()
+            .contains("[debug twistctl::")
+    );
 }
 
 #[test]
@@ -143,7 +158,11 @@ fn rust_log_still_works() {
         .env("RUST_LOG", "debug")
         .output()
         .unwrap();
-    assert!(String::from_utf8(output.stderr).unwrap().contains("DEBUG"));
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("[debug ")
+    );
 }
 
 #[test]
@@ -160,4 +179,84 @@ fn completions_print_a_script_for_each_shell() {
     let bad = twistctl().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("tcsh"));
+}
+
+/// Runs `twistctl ARGS` with stdout on /dev/full (every write fails with ENOSPC) and
+/// stdin empty; returns the status and stderr.
+fn to_full_disk(args: &[&str]) -> (Option<i32>, String) {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full exists");
+    let mut command = std::process::Command::new(common::TWISTCTL);
+    command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(full)
+        .stdin(std::process::Stdio::null());
+    let output = common::output_within(command, Duration::from_secs(20));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const FULL_DISK: &str = "twistctl: cannot write output: No space left on device\n";
+
+#[test]
+fn a_failed_write_to_stdout_is_reported_and_exits_1_in_every_subcommand() {
+    let (_conntest_listener, port) = common::loopback_listener();
+    let port = port.to_string();
+    let (listener, talk_port) = common::loopback_listener();
+    let talk_port = talk_port.to_string();
+    // talk-client's server greets and closes: the greeting is the write that fails.
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut stream, _) = listener.accept().unwrap();
+        let _ = stream.write_all(b"hello\n");
+    });
+    let cases: [&[&str]; 5] = [
+        &["timer-demo", "--at", "10ms", "--stop-after", "20ms"],
+        &["conntest", "127.0.0.1", &port],
+        &["completions", "bash"],
+        &["talk-client", "127.0.0.1", &talk_port],
+        &["talk-server", "--port", "0", "--bind", "127.0.0.1"],
+    ];
+    for args in cases {
+        let (code, stderr) = to_full_disk(args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.ends_with(FULL_DISK), "{args:?}: {stderr}");
+        assert_eq!(stderr.matches("cannot write").count(), 1, "{args:?}: once");
+    }
+    server.join().unwrap();
+}
+
+#[test]
+fn a_write_error_never_hides_a_worse_conntest_status() {
+    let (code, stderr) = to_full_disk(&["conntest", "nosuch.invalid", "80"]);
+    assert_eq!(code, Some(3), "the unresolved name decides: {stderr}");
+    let (code, stderr) = to_full_disk(&["conntest", "-q", "127.0.0.1", "1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        !stderr.contains("cannot write"),
+        "-q wrote nothing: {stderr}"
+    );
+}
+
+#[test]
+fn a_closed_pipe_is_silent_and_keeps_the_status() {
+    use std::process::Stdio;
+    let (_a, first) = common::loopback_listener();
+    let (_b, second) = common::loopback_listener();
+    let mut child = std::process::Command::new(common::TWISTCTL)
+        .args(["conntest", "127.0.0.1", &format!("{first},{second}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before anything is written: every write meets EPIPE.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 }

@@ -424,7 +424,7 @@ fn the_command_runs_only_on_success_and_its_status_is_the_result() {
     let (_listener, open) = loopback_listener();
     let out = check_then_run(open);
     assert_eq!(out.code, 7);
-    assert_eq!(out.stdout, format!("Connected to port {open}\nRAN\n"));
+    assert_eq!(out.stdout, "RAN\n");
 
     let (_socket, closed) = refusing_port();
     let out = check_then_run(closed);
@@ -443,6 +443,29 @@ fn the_command_runs_only_on_success_and_its_status_is_the_result() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn with_a_command_stdout_is_the_commands_alone_and_results_go_to_stderr() {
+    let (_listener, open) = loopback_listener();
+    let port = open.to_string();
+    for extra in [&[][..], &["--json"][..]] {
+        let mut args = vec!["--wait", "5s"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["127.0.0.1", &port, "--", "printf", "backup-data"]);
+        let out = run(&args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(
+            out.stdout, "backup-data",
+            "{extra:?}: only CMD's output on stdout"
+        );
+        let said = if extra.is_empty() {
+            format!("Connected to port {open}")
+        } else {
+            "\"status\":\"open\"".to_string()
+        };
+        assert!(out.stderr.contains(&said), "{extra:?}: {}", out.stderr);
+    }
 }
 
 #[test]

@@ -5,14 +5,23 @@
 //! the command runs the same tour on the real reactor.
 
 use std::cell::RefCell;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::cli::TimerDemoArgs;
+use super::scaffold::{self, Command, CommandError};
 use crate::exit::ExitStatus;
 use crate::reactor::looping::LoopingCall;
-use crate::reactor::{Reactor, Scheduler, StopReason};
+use crate::reactor::{Reactor, Scheduler, Signal, StopReason};
+
+/// What `twistctl timer-demo` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The tour.
+    pub plan: TourPlan,
+    /// Print UTC instead of local time.
+    pub utc: bool,
+}
 
 /// What the tour prints, and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,21 +30,11 @@ pub struct TourPlan {
     pub at: Vec<Duration>,
     /// When to stop.
     pub stop_after: Duration,
-    /// Print on a LoopingCall every interval, `count` times, instead.
-    pub every: Option<(Duration, u64)>,
+    /// Print on a LoopingCall every interval instead: `count` times, or without a
+    /// count until the stop.
+    pub every: Option<(Duration, Option<u64>)>,
     /// Print milliseconds and lateness.
     pub precise: bool,
-}
-
-impl From<&TimerDemoArgs> for TourPlan {
-    fn from(args: &TimerDemoArgs) -> TourPlan {
-        TourPlan {
-            at: args.at.clone(),
-            stop_after: args.stop_after,
-            every: args.every.zip(args.count),
-            precise: args.precise,
-        }
-    }
 }
 
 /// Formats the wall-clock time for one line; `precise` adds milliseconds.
@@ -76,9 +75,8 @@ impl<S: Scheduler + Clone + 'static> Tour<S> {
         };
         if let Err(error) = written {
             // A closed pipe (`timer-demo | head -1`) is a normal end, not a failure.
-            if error.kind() != io::ErrorKind::BrokenPipe {
-                log::error!("cannot write output: {error}");
-            }
+            // (The scaffold reports any other write error once, at the end.)
+            log::debug!("output failed: {error}");
             self.finish(false);
         }
     }
@@ -153,7 +151,7 @@ pub fn schedule_tour<S: Scheduler + Clone + 'static>(
                 let due = start + interval.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
                 tour.print_time(due);
                 *printed.borrow_mut() = k + 1;
-                if k + 1 >= count {
+                if count.is_some_and(|count| k + 1 >= count) {
                     tour.finish(true);
                 }
             });
@@ -166,61 +164,73 @@ pub fn schedule_tour<S: Scheduler + Clone + 'static>(
 }
 
 /// Runs `twistctl timer-demo`.
-pub fn run(args: &TimerDemoArgs) -> ExitStatus {
-    let reactor = match Reactor::new() {
-        Ok(reactor) => reactor,
-        Err(error) => {
-            eprintln!("twistctl timer-demo: cannot start the reactor: {error}");
-            return ExitStatus::Failure;
+pub fn run(config: Config) -> ExitStatus {
+    scaffold::run(Box::new(TimerDemo {
+        config,
+        looping: Rc::new(RefCell::new(None)),
+    }))
+}
+
+/// The command: the tour on the real reactor, between "Running the reactor..." and
+/// "Reactor stopped.".
+struct TimerDemo {
+    config: Config,
+    looping: Rc<RefCell<Option<LoopingCall>>>,
+}
+
+impl Command for TimerDemo {
+    fn start(&mut self, reactor: &Reactor) -> Result<(), CommandError> {
+        let plan = self.config.plan.clone();
+        if plan.every.is_none() {
+            for late in plan.at.iter().filter(|at| **at >= plan.stop_after) {
+                log::warn!(
+                    "--at {} is not before --stop-after {}; it will not print",
+                    crate::commands::duration::format(*late),
+                    crate::commands::duration::format(plan.stop_after)
+                );
+            }
         }
-    };
-    reactor.handle_signals();
-    let out: Output = Rc::new(RefCell::new(io::stdout()));
-    let plan = TourPlan::from(args);
-    if plan.every.is_none() {
-        for late in plan.at.iter().filter(|at| **at >= plan.stop_after) {
-            log::warn!(
-                "--at {} is not before --stop-after {}; it will not print",
-                humantime::format_duration(*late),
-                humantime::format_duration(plan.stop_after)
-            );
-        }
+        log::info!(
+            "tour: {}, stop after {}",
+            match plan.every {
+                Some((_, Some(count))) => format!("{count} moment(s)"),
+                Some((every, None)) =>
+                    format!("every {}", crate::commands::duration::format(every)),
+                None => format!("{} moment(s)", plan.at.len()),
+            },
+            crate::commands::duration::format(plan.stop_after)
+        );
+        let stopper = reactor.clone();
+        let stop: Rc<dyn Fn()> = Rc::new(move || {
+            let _ = stopper.stop();
+        });
+        let scheduled = reactor.clone();
+        let out: Output = Rc::new(RefCell::new(scaffold::stdout()));
+        let clock = wall_clock(self.config.utc);
+        // The tour starts with the loop, so its moments count from when the reactor
+        // runs; by then the signal handlers are installed, so the first line also tells
+        // a watching script that Ctrl-C will stop the reactor cleanly.
+        let keep = self.looping.clone();
+        reactor.call_when_running(move || {
+            if scaffold::print_line("Running the reactor...").is_err() {
+                stop();
+                return;
+            }
+            *keep.borrow_mut() = schedule_tour(&scheduled, &plan, out, clock, stop);
+        });
+        Ok(())
     }
-    log::info!(
-        "tour: {} moment(s), stop after {}",
-        plan.every.map_or(plan.at.len() as u64, |(_, count)| count),
-        humantime::format_duration(plan.stop_after)
-    );
-    let print = |out: &Output, text: &str| {
-        let mut out = out.borrow_mut();
-        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
-    };
-    let stopper = reactor.clone();
-    let stop: Rc<dyn Fn()> = Rc::new(move || {
-        let _ = stopper.stop();
-    });
-    let scheduled = reactor.clone();
-    let tour_out = out.clone();
-    let clock = wall_clock(args.utc);
-    // The tour starts with the loop, so its moments count from when the reactor runs;
-    // by then the signal handlers are installed, so the first line also tells a
-    // watching script that Ctrl-C will stop the reactor cleanly.
-    let looping = Rc::new(RefCell::new(None));
-    let keep = looping.clone();
-    reactor.call_when_running(move || {
-        print(&tour_out, "Running the reactor...");
-        *keep.borrow_mut() = schedule_tour(&scheduled, &plan, tour_out, clock, stop);
-    });
-    let outcome = reactor.run();
-    drop(looping);
-    print(&out, "Reactor stopped.");
-    match outcome {
-        Ok(StopReason::Signal(signal)) => ExitStatus::Signal(signal),
-        Ok(_) => ExitStatus::Success,
-        Err(error) => {
-            eprintln!("twistctl timer-demo: {error}");
-            ExitStatus::Failure
+
+    fn finish(self: Box<Self>, stopped: StopReason) -> ExitStatus {
+        self.looping.borrow_mut().take();
+        // The terminal echoed "^C" without a newline: end that line first.
+        if stopped == StopReason::Signal(Signal::Interrupt) && io::stdout().is_terminal() {
+            let _ = scaffold::print_line("");
         }
+        if !scaffold::stdout_gone() {
+            let _ = scaffold::print_line("Reactor stopped.");
+        }
+        scaffold::status_for(stopped)
     }
 }
 
@@ -334,7 +344,7 @@ mod tests {
         let plan = TourPlan {
             at: vec![],
             stop_after: ms(60_000),
-            every: Some((ms(1000), 3)),
+            every: Some((ms(1000), Some(3))),
             precise: false,
         };
         let h = Harness::start(plan);
@@ -360,7 +370,7 @@ mod tests {
         let plan = TourPlan {
             at: vec![],
             stop_after: ms(1500),
-            every: Some((ms(1000), 10)),
+            every: Some((ms(1000), Some(10))),
             precise: false,
         };
         let h = Harness::start(plan);

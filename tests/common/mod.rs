@@ -87,3 +87,27 @@ pub fn pty_exit_code(session: &mut PtySession) -> i32 {
         other => panic!("the process did not exit normally: {other:?}"),
     }
 }
+
+/// Runs `command` with the stdout it was given (a file, /dev/full) and stderr
+/// captured; a run longer than `limit` is killed, so a hang fails the test instead of
+/// the suite.
+pub fn output_within(mut command: Command, limit: std::time::Duration) -> std::process::Output {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let child = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("twistctl starts");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        if !finished.load(Ordering::SeqCst) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
+    let output = child.wait_with_output().expect("wait for twistctl");
+    done.store(true, Ordering::SeqCst);
+    output
+}

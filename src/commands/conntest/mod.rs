@@ -29,8 +29,9 @@ pub mod watch;
 
 use std::io::{self, Write};
 use std::rc::Rc;
+use std::time::Duration;
 
-use crate::cli::ConntestArgs;
+use super::scaffold::{self, Command, CommandError};
 use crate::exit::ExitStatus;
 use crate::reactor::{Reactor, StopReason};
 
@@ -38,81 +39,113 @@ use check::CheckContext;
 use gate::Gate;
 use output::{OutputOptions, Printer};
 use resolve::Resolver;
-use services::{SERVICES_PATH, ServiceDb};
 use session::{Session, SessionOptions};
-use targets::{Family, parse_targets};
+use targets::{Family, Target};
 
-/// Runs `twistctl conntest` and returns its exit status. `quiet` is the global `-q`:
-/// no results are printed (usage errors still are).
-pub fn run(args: &ConntestArgs, quiet: bool) -> ExitStatus {
-    let family = match (args.ipv4, args.ipv6) {
-        (true, _) => Family::V4,
-        (_, true) => Family::V6,
-        _ => Family::Any,
-    };
-    let services = ServiceDb::at(SERVICES_PATH);
-    let targets = match parse_targets(&args.targets, family, &services) {
-        Ok(targets) => targets,
-        Err(error) => {
-            let _ = writeln!(
-                io::stderr().lock(),
-                "error: {error}\n\nFor more information, try '--help'."
-            );
-            return ExitStatus::Usage;
-        }
-    };
-    let soft_limit = fdlimit::raise_nofile_limit();
-    let requested = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
-    let cap = fdlimit::attempt_cap(requested, soft_limit);
-    log::debug!(
-        "{} targets, at most {cap} attempts in flight",
-        targets.len()
-    );
+/// What `twistctl conntest` was asked to do, already checked: the command line
+/// (`src/cli.rs`) builds it, tests can too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The targets, in the order given; never empty.
+    pub targets: Vec<Target>,
+    /// `-4` / `-6`.
+    pub family: Family,
+    /// One connection attempt's (and one name lookup's) timeout; above zero.
+    pub timeout: Duration,
+    /// `--wait`: retry down targets until this long after the start.
+    pub wait: Option<Duration>,
+    /// `--interval`: time between retries of one target; above zero.
+    pub interval: Duration,
+    /// `--any`: done as soon as one target is up.
+    pub any: bool,
+    /// `--open`: print only targets that connected.
+    pub open: bool,
+    /// `--json`: one object per target.
+    pub json: bool,
+    /// `--concurrency`: at most this many attempts in flight; at least 1.
+    pub concurrency: usize,
+    /// `-- CMD`: what to exec once the check passed (empty: nothing).
+    pub command: Vec<String>,
+    /// `-q`: print no results.
+    pub quiet: bool,
+}
 
-    let reactor = match Reactor::new() {
-        Ok(reactor) => reactor,
-        Err(error) => {
-            let _ = writeln!(io::stderr().lock(), "twistctl: {error}");
-            return ExitStatus::Failure;
+/// Runs `twistctl conntest` and returns its exit status.
+pub fn run(config: Config) -> ExitStatus {
+    scaffold::run(Box::new(Conntest {
+        config,
+        session: None,
+    }))
+}
+
+/// The command: every target checked on one reactor, then `-- CMD` if all passed.
+struct Conntest {
+    config: Config,
+    session: Option<Session<Box<dyn Write>, io::Stderr>>,
+}
+
+impl Command for Conntest {
+    fn start(&mut self, reactor: &Reactor) -> Result<(), CommandError> {
+        let config = &self.config;
+        let soft_limit = fdlimit::raise_nofile_limit();
+        let cap = fdlimit::attempt_cap(config.concurrency, soft_limit);
+        log::debug!(
+            "{} targets, at most {cap} attempts in flight",
+            config.targets.len()
+        );
+        let ctx = Rc::new(CheckContext {
+            reactor: reactor.clone(),
+            gate: Gate::new(cap),
+            resolver: Resolver::new(reactor, config.timeout, config.family),
+            timeout: config.timeout,
+        });
+        let output = OutputOptions {
+            json: config.json,
+            open_only: config.open,
+            quiet: config.quiet,
+            single: config.targets.len() == 1,
+        };
+        // With `-- CMD`, stdout is CMD's alone: everything twistctl says goes to stderr,
+        // so `conntest db:5432 -- pg_dump > backup.sql` gets only the dump.
+        let out: Box<dyn Write> = if config.command.is_empty() {
+            Box::new(scaffold::stdout())
+        } else {
+            Box::new(io::stderr())
+        };
+        let printer = Printer::new(output, config.targets.len(), out, io::stderr());
+        let options = SessionOptions {
+            wait: config.wait,
+            interval: config.interval,
+            any: config.any,
+        };
+        self.session = Some(Session::start(
+            ctx,
+            config.targets.clone(),
+            options,
+            printer,
+        ));
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, stopped: StopReason) -> ExitStatus {
+        if let StopReason::Signal(signal) = stopped {
+            return ExitStatus::Signal(signal);
         }
-    };
-    reactor.handle_signals();
-    let ctx = Rc::new(CheckContext {
-        reactor: reactor.clone(),
-        gate: Gate::new(cap),
-        resolver: Resolver::new(&reactor, args.timeout, family),
-        timeout: args.timeout,
-    });
-    let output = OutputOptions {
-        json: args.json,
-        open_only: args.open,
-        quiet,
-        single: targets.len() == 1,
-    };
-    let printer = Printer::new(
-        output,
-        targets.len(),
-        io::stdout().lock(),
-        io::stderr().lock(),
-    );
-    let options = SessionOptions {
-        wait: args.wait,
-        interval: args.interval,
-        any: args.any,
-    };
-    let session = Session::start(ctx, targets, options, printer);
-    match reactor.run() {
-        Ok(StopReason::Signal(signal)) => return ExitStatus::Signal(signal),
-        Ok(StopReason::Stopped | StopReason::Crashed) => {}
-        Err(error) => {
-            let _ = writeln!(io::stderr().lock(), "twistctl: {error}");
-            return ExitStatus::Failure;
+        let status = self
+            .session
+            .as_ref()
+            .map_or(ExitStatus::Failure, Session::exit_status);
+        match self.config.command.split_first() {
+            // A failed write is a failure too: CMD runs only after a clean check.
+            Some((program, rest)) if status == ExitStatus::Success && !scaffold::stdout_gone() => {
+                exec(program, rest)
+            }
+            _ => status,
         }
     }
-    let status = session.exit_status();
-    match args.command.split_first() {
-        Some((program, rest)) if status == ExitStatus::Success => exec(program, rest),
-        _ => status,
+
+    fn stops_on_output_error(&self) -> bool {
+        false
     }
 }
 
@@ -123,13 +156,12 @@ pub fn run(args: &ConntestArgs, quiet: bool) -> ExitStatus {
 /// failed: 127 when the program was not found, 126 when it could not be run.
 fn exec(program: &str, args: &[String]) -> ExitStatus {
     use std::os::unix::process::CommandExt;
-    let _ = io::stdout().lock().flush();
+    let _ = scaffold::stdout().flush();
     let error = std::process::Command::new(program).args(args).exec();
-    let _ = writeln!(
-        io::stderr().lock(),
-        "twistctl: could not run '{program}': {}",
-        outcome::os_words(&error)
-    );
+    scaffold::eprint_error(&format!(
+        "could not run '{program}': {}",
+        scaffold::os_words(&error)
+    ));
     if error.kind() == io::ErrorKind::NotFound {
         ExitStatus::Code(127)
     } else {

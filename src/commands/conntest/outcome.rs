@@ -158,35 +158,7 @@ impl Outcome {
     }
 }
 
-/// An OS error's message without the " (os error 111)" that Rust appends.
-pub fn os_words(error: &std::io::Error) -> String {
-    let Some(code) = error.raw_os_error() else {
-        return words_of(error);
-    };
-    // A scan meets the same few error numbers thousands of times, and an error number's
-    // words never change within a run, so each is looked up once.
-    thread_local! {
-        static WORDS: std::cell::RefCell<std::collections::HashMap<i32, String>> =
-            std::cell::RefCell::default();
-    }
-    WORDS.with(|words| {
-        words
-            .borrow_mut()
-            .entry(code)
-            .or_insert_with(|| words_of(error))
-            .clone()
-    })
-}
-
-fn words_of(error: &std::io::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(at) = text.rfind(" (os error ")
-        && text.ends_with(')')
-    {
-        text.truncate(at);
-    }
-    text
-}
+pub use crate::commands::scaffold::os_words;
 
 #[cfg(test)]
 mod tests {

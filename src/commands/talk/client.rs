@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use crate::cli::TalkClientArgs;
+use crate::commands::scaffold::{self, Command, CommandError};
 use crate::exit::ExitStatus;
 use crate::protocols::line::{Delimiter, LineControl, LineHandler, LineReceiver};
 use crate::reactor::tcp::{ClientFactory, Connector};
@@ -687,98 +687,112 @@ impl ChatView for ConsoleView {
     }
 }
 
-/// Prints one line straight to stdout or stderr; a closed pipe is not an error here.
+/// Prints one line straight to stdout or stderr; stdout's write errors are the
+/// scaffold's to report.
 fn print_line(line: &str, to_stderr: bool) {
-    let result = if to_stderr {
-        writeln!(io::stderr().lock(), "{line}")
+    if to_stderr {
+        let _ = writeln!(io::stderr().lock(), "{line}");
     } else {
-        let mut out = io::stdout().lock();
-        writeln!(out, "{line}").and_then(|()| out.flush())
-    };
-    if let Err(error) = result
-        && error.kind() != io::ErrorKind::BrokenPipe
-    {
-        log::debug!("cannot print: {error}");
+        let _ = scaffold::print_line(line);
     }
 }
 
-/// Runs `twistctl talk-client`.
-pub fn run(args: &TalkClientArgs) -> ExitStatus {
-    let reactor = match Reactor::new() {
-        Ok(reactor) => reactor,
-        Err(error) => {
-            print_line(
-                &format!("twistctl talk-client: cannot start the reactor: {error}"),
-                true,
-            );
-            return ExitStatus::Failure;
-        }
-    };
-    reactor.handle_signals();
-    let view = Rc::new(ConsoleView {
-        reactor: reactor.clone(),
-        console: RefCell::new(None),
-    });
-    let outcome: Rc<RefCell<Option<Ending>>> = Rc::new(RefCell::new(None));
-    let on_end = {
-        let reactor = reactor.clone();
-        let view = view.clone();
-        let outcome = outcome.clone();
-        move |ending: Ending| {
-            // An end caused by the reactor's own shutdown (a signal) is not the story.
-            if !reactor.running() {
-                return;
-            }
-            let settle = view.is_interactive() && ending != Ending::Interrupted;
-            *outcome.borrow_mut() = Some(ending);
-            if settle {
-                let stopper = reactor.clone();
-                reactor.call_later(PRINT_SETTLE, move || {
-                    let _ = stopper.stop();
-                });
-            } else {
-                let _ = reactor.stop();
-            }
-        }
-    };
-    let scheduler: Rc<dyn Scheduler> = Rc::new(reactor.clone());
-    let options = ChatOptions {
-        raw: args.raw,
-        linger: args.linger,
-    };
-    let conversation = Conversation::new(options, view.clone(), scheduler, on_end);
-    let dialer = Dialer::new(&reactor, conversation.clone(), args.timeout);
-    let host = args.host.clone();
-    let port = args.port;
-    let starter = dialer.clone();
-    reactor.call_when_running(move || starter.start(&host, port));
+/// What `twistctl talk-client` was asked to do (built by `src/cli.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The server's host name or address.
+    pub host: String,
+    /// The server's port, 1-65535.
+    pub port: u16,
+    /// Give up connecting after this long.
+    pub timeout: Duration,
+    /// The classic tutorial's wire format: no line delimiters.
+    pub raw: bool,
+    /// `--linger`: how long to wait for the server to close after `bye` or the end of
+    /// input (see [`ChatOptions`]).
+    pub linger: Option<Duration>,
+}
 
-    let result = reactor.run();
-    // Every exit path: the terminal first, then the last words.
-    view.restore();
-    // An end the conversation reached comes first, even if a signal arrived while the
-    // console was settling.
-    let ending = outcome.borrow_mut().take();
-    let status = match (ending, result) {
-        (Some(ending), Ok(_)) => {
-            if let Some((text, to_stderr)) = ending.farewell() {
-                print_line(&text, to_stderr);
+/// Runs `twistctl talk-client`.
+pub fn run(config: Config) -> ExitStatus {
+    scaffold::run(Box::new(ClientCommand {
+        config,
+        parts: None,
+        outcome: Rc::new(RefCell::new(None)),
+    }))
+}
+
+/// The command: the conversation over one connection, with the console.
+struct ClientCommand {
+    config: Config,
+    parts: Option<(Rc<ConsoleView>, Rc<Dialer>, Rc<Conversation>)>,
+    outcome: Rc<RefCell<Option<Ending>>>,
+}
+
+impl Command for ClientCommand {
+    fn start(&mut self, reactor: &Reactor) -> Result<(), CommandError> {
+        let view = Rc::new(ConsoleView {
+            reactor: reactor.clone(),
+            console: RefCell::new(None),
+        });
+        let on_end = {
+            let reactor = reactor.clone();
+            let view = view.clone();
+            let outcome = self.outcome.clone();
+            move |ending: Ending| {
+                // An end caused by the reactor's own shutdown (a signal) is not the story.
+                if !reactor.running() {
+                    return;
+                }
+                let settle = view.is_interactive() && ending != Ending::Interrupted;
+                *outcome.borrow_mut() = Some(ending);
+                if settle {
+                    let stopper = reactor.clone();
+                    reactor.call_later(PRINT_SETTLE, move || {
+                        let _ = stopper.stop();
+                    });
+                } else {
+                    let _ = reactor.stop();
+                }
             }
-            ending.status()
+        };
+        let scheduler: Rc<dyn Scheduler> = Rc::new(reactor.clone());
+        let options = ChatOptions {
+            raw: self.config.raw,
+            linger: self.config.linger,
+        };
+        let conversation = Conversation::new(options, view.clone(), scheduler, on_end);
+        let dialer = Dialer::new(reactor, conversation.clone(), self.config.timeout);
+        let (host, port) = (self.config.host.clone(), self.config.port);
+        let starter = dialer.clone();
+        reactor.call_when_running(move || starter.start(&host, port));
+        self.parts = Some((view, dialer, conversation));
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, stopped: StopReason) -> ExitStatus {
+        // Every exit path: the terminal first, then the last words.
+        if let Some((view, _, _)) = &self.parts {
+            view.restore();
         }
-        (None, Ok(StopReason::Signal(signal))) => ExitStatus::Signal(signal),
-        (None, Ok(_)) => {
-            print_line("twistctl talk-client: stopped without an outcome", true);
-            ExitStatus::Failure
+        // An end the conversation reached comes first, even if a signal arrived while
+        // the console was settling.
+        let ending = self.outcome.borrow_mut().take();
+        match (ending, stopped) {
+            (Some(ending), _) => {
+                if let Some((text, to_stderr)) = ending.farewell() {
+                    print_line(&text, to_stderr);
+                }
+                ending.status()
+            }
+            (None, StopReason::Signal(signal)) => ExitStatus::Signal(signal),
+            (None, _) if scaffold::stdout_gone() => ExitStatus::Failure,
+            (None, _) => {
+                scaffold::eprint_error("talk-client stopped without an outcome");
+                ExitStatus::Failure
+            }
         }
-        (_, Err(error)) => {
-            print_line(&format!("twistctl talk-client: {error}"), true);
-            ExitStatus::Failure
-        }
-    };
-    drop(dialer);
-    drop(conversation);
-    status
+    }
 }
 
 #[cfg(test)]

@@ -170,8 +170,8 @@ impl Console {
         if self.print_above_prompt(line) {
             return;
         }
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        // Through the scaffold's stdout, which reports a failed write.
+        let _ = crate::commands::scaffold::print_line(line);
     }
 
     /// Prints one line on stderr, or above the prompt when interactive (where stderr

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use super::console::{Console, ConsoleEvent};
 use super::server::{Mode, Next, Operator, ServerConfig, TalkServer};
-use crate::cli::TalkServerArgs;
+use crate::commands::scaffold::{self, Command, CommandError};
 use crate::exit::ExitStatus;
 use crate::reactor::tcp::{CannotListenError, ListenOptions, ListeningPort};
 use crate::reactor::{Factory, Phase, Reactor, Scheduler, Signal, StopReason, SystemEvent};
@@ -51,9 +51,9 @@ impl Operator for Screen {
         match self.console.borrow().as_ref() {
             Some(console) => console.print(line),
             None => {
-                let mut out = io::stdout().lock();
-                // A closed stdout (`| head -1`) is not a reason to stop serving.
-                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+                // A closed stdout (`| head -1`) is not a reason to stop serving; the
+                // scaffold stops the server on any other write error.
+                let _ = scaffold::print_line(line);
             }
         }
     }
@@ -68,16 +68,15 @@ impl Operator for Screen {
     }
 }
 
-impl From<&TalkServerArgs> for ServerConfig {
-    fn from(args: &TalkServerArgs) -> ServerConfig {
-        ServerConfig {
-            mode: if args.echo { Mode::Echo } else { Mode::Console },
-            raw: args.raw,
-            max_clients: args.max_clients,
-            max_line: args.max_line,
-            idle_timeout: args.idle_timeout,
-        }
-    }
+/// What `twistctl talk-server` was asked to do (built by `src/cli.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// `--bind`: the address to listen on; `None`: every IPv4 and IPv6 address.
+    pub bind: Option<std::net::IpAddr>,
+    /// The port; 0 lets the kernel choose.
+    pub port: u16,
+    /// The chat's own settings.
+    pub server: ServerConfig,
 }
 
 /// Listens where asked; by default on `[::]` accepting IPv4 too, or on `0.0.0.0` when
@@ -114,75 +113,83 @@ pub fn listen(
 }
 
 /// Runs `twistctl talk-server`.
-pub fn run(args: &TalkServerArgs) -> ExitStatus {
-    let reactor = match Reactor::new() {
-        Ok(reactor) => reactor,
-        Err(error) => {
-            eprintln!("twistctl talk-server: cannot start the reactor: {error}");
-            return ExitStatus::Failure;
-        }
-    };
-    reactor.handle_signals();
-    let config = ServerConfig::from(args);
-    let screen = Rc::new(Screen::default());
-    let scheduler: Rc<dyn Scheduler> = Rc::new(reactor.clone());
-    let server = TalkServer::new(config, screen.clone(), scheduler);
-    let port = match listen(&reactor, args.bind, args.port, server.factory()) {
-        Ok(port) => port,
-        Err(error) => {
-            eprintln!("twistctl talk-server: {error}");
-            return ExitStatus::Failure;
-        }
-    };
-    screen.print(&format!("Listening on {}", port.host()));
+pub fn run(config: Config) -> ExitStatus {
+    scaffold::run(Box::new(ServerCommand {
+        config,
+        screen: Rc::new(Screen::default()),
+        interrupted: Rc::new(Cell::new(false)),
+        server: None,
+    }))
+}
 
-    let shutting_down = server.clone();
-    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || {
-        // The port's own Deferred is not waited for: closing it cannot block.
-        let _ = port.stop_listening();
-        shutting_down.shut_down()
-    });
+/// The command: the chat on a listening port, with the console, until the operator or
+/// a signal ends it.
+struct ServerCommand {
+    config: Config,
+    screen: Rc<Screen>,
+    interrupted: Rc<Cell<bool>>,
+    /// Held until the end: clients reach the chat through weak references.
+    server: Option<TalkServer>,
+}
 
-    let interrupted = Rc::new(Cell::new(false));
-    if config.mode == Mode::Console {
-        let stopping = Cell::new(false);
-        let flag = interrupted.clone();
-        let events = reactor.channel(move |reactor: &Reactor, event: ConsoleEvent| {
-            if stopping.get() {
-                return;
-            }
-            let stop = match event {
-                ConsoleEvent::Line(line) => server.typed_line(&line) == Next::Quit,
-                ConsoleEvent::Eof => true,
-                ConsoleEvent::Interrupted => {
-                    flag.set(true);
-                    true
-                }
-            };
-            if stop {
-                stopping.set(true);
-                // Fails only when a signal already began the shutdown.
-                let _ = reactor.stop();
-            }
+impl Command for ServerCommand {
+    fn start(&mut self, reactor: &Reactor) -> Result<(), CommandError> {
+        let config = self.config.server;
+        let screen = self.screen.clone();
+        let scheduler: Rc<dyn Scheduler> = Rc::new(reactor.clone());
+        let server = TalkServer::new(config, screen.clone(), scheduler);
+        self.server = Some(server.clone());
+        let port = listen(
+            reactor,
+            self.config.bind,
+            self.config.port,
+            server.factory(),
+        )
+        .map_err(|error| CommandError::failure(error.to_string()))?;
+        screen.print(&format!("Listening on {}", port.host()));
+
+        let shutting_down = server.clone();
+        reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || {
+            // The port's own Deferred is not waited for: closing it cannot block.
+            let _ = port.stop_listening();
+            shutting_down.shut_down()
         });
-        match Console::start(PROMPT, events) {
-            Ok(console) => *screen.console.borrow_mut() = Some(console),
-            Err(error) => {
-                eprintln!("twistctl talk-server: cannot read the console: {error}");
-                return ExitStatus::Failure;
-            }
+
+        if config.mode == Mode::Console {
+            let stopping = Cell::new(false);
+            let flag = self.interrupted.clone();
+            let events = reactor.channel(move |reactor: &Reactor, event: ConsoleEvent| {
+                if stopping.get() {
+                    return;
+                }
+                let stop = match event {
+                    ConsoleEvent::Line(line) => server.typed_line(&line) == Next::Quit,
+                    ConsoleEvent::Eof => true,
+                    ConsoleEvent::Interrupted => {
+                        flag.set(true);
+                        true
+                    }
+                };
+                if stop {
+                    stopping.set(true);
+                    // Fails only when a signal already began the shutdown.
+                    let _ = reactor.stop();
+                }
+            });
+            let console = Console::start(PROMPT, events).map_err(|error| {
+                CommandError::failure(format!("cannot read the console: {error}"))
+            })?;
+            *screen.console.borrow_mut() = Some(console);
         }
+        Ok(())
     }
 
-    let outcome = reactor.run();
-    screen.restore();
-    match outcome {
-        Ok(StopReason::Signal(signal)) => ExitStatus::Signal(signal),
-        Ok(_) if interrupted.get() => ExitStatus::Signal(Signal::Interrupt),
-        Ok(_) => ExitStatus::Success,
-        Err(error) => {
-            eprintln!("twistctl talk-server: {error}");
-            ExitStatus::Failure
+    fn finish(self: Box<Self>, stopped: StopReason) -> ExitStatus {
+        self.screen.restore();
+        match stopped {
+            StopReason::Signal(signal) => ExitStatus::Signal(signal),
+            _ if self.interrupted.get() => ExitStatus::Signal(Signal::Interrupt),
+            _ => ExitStatus::Success,
         }
     }
 }
