@@ -1,5 +1,6 @@
 //! `twistctl conntest` end to end: the built binary against loopback listeners on ports
-//! the kernel picks, plus the Happy Eyeballs race driven directly.
+//! the kernel picks, plus the Happy Eyeballs race driven through the endpoint with
+//! conntest's gate.
 //!
 //! A port that "never answers" is a listener with `listen(0)` that never accepts and
 //! whose one queue slot is taken: the kernel then drops further SYNs, so a connect to it
@@ -19,8 +20,8 @@ use assert_cmd::Command;
 use socket2::{Domain, Socket, Type};
 
 use twistctl::commands::conntest::gate::Gate;
-use twistctl::commands::conntest::race::{Race, RaceOutcome, RaceSettings};
-use twistctl::reactor::Reactor;
+use twistctl::reactor::endpoints::{EndpointOptions, HostnameEndpoint};
+use twistctl::reactor::{Address, Factory, Protocol, ProtocolResult, Reactor, Step, TransportRef};
 
 use common::{TWISTCTL, loopback_listener};
 
@@ -523,32 +524,56 @@ fn happy_eyeballs_connects_through_the_second_address_within_400ms() {
 
     let reactor = Reactor::new().unwrap();
     let gate = Gate::new(16);
-    let result: Rc<RefCell<Option<(RaceOutcome, Duration)>>> = Rc::default();
+    let result: Rc<RefCell<Option<(Result<SocketAddr, String>, Duration)>>> = Rc::default();
     let (r, out) = (reactor.clone(), result.clone());
     let started = reactor.seconds();
-    Race::start(
-        &reactor,
-        &gate,
-        &[silent.addr, open_addr],
-        RaceSettings::with_timeout(Duration::from_secs(5)),
-        move |outcome| {
-            *out.borrow_mut() = Some((outcome, r.seconds() - started));
+    let options = EndpointOptions {
+        attempt_timeout: Some(Duration::from_secs(5)),
+        ..EndpointOptions::default()
+    };
+    let _ = HostnameEndpoint::new(&reactor, "dual.test", open)
+        .with_options(options)
+        .with_addresses(vec![silent.addr, open_addr])
+        .with_limiter(Rc::new(gate.clone()))
+        .connect(Rc::new(CloseAtOnce))
+        .then(move |outcome| {
+            let peer = outcome
+                .map(|connection| connection.peer.as_inet().unwrap())
+                .map_err(|failure| failure.to_string());
+            *out.borrow_mut() = Some((peer, r.seconds() - started));
             let _ = r.stop();
-        },
-    );
+            Step::Value(())
+        });
     let r = reactor.clone();
     reactor.call_later(Duration::from_secs(5), move || {
         let _ = r.stop();
     });
     reactor.run().unwrap();
     let (outcome, took) = result.borrow_mut().take().expect("the race ended");
-    match outcome {
-        RaceOutcome::Connected(addr) => assert_eq!(addr, open_addr),
-        other => panic!("expected the open address to win, got {other:?}"),
-    }
+    assert_eq!(outcome, Ok(open_addr));
     assert!(took >= Duration::from_millis(250), "{took:?}");
     assert!(took < Duration::from_millis(400), "{took:?}");
     assert_eq!(gate.free(), 16, "the losing attempt gave its slot back");
+}
+
+/// Closes each connection as soon as it is made, as conntest's open check does.
+struct CloseAtOnce;
+
+impl Factory for CloseAtOnce {
+    fn build_protocol(&self, _addr: Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(CloseAtOnce))
+    }
+}
+
+impl Protocol for CloseAtOnce {
+    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+        transport.lose_connection();
+        Ok(())
+    }
+
+    fn data_received(&mut self, _: &TransportRef, _: &[u8]) -> ProtocolResult {
+        Ok(())
+    }
 }
 
 /// Waits until `pid` catches `signal` (its handler is installed), reading

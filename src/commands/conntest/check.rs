@@ -1,17 +1,19 @@
-//! One check of one target: resolve its host if it is a name, race its addresses, and
-//! say what happened as an [`Outcome`].
+//! One check of one target: connect to it through the reactor's hostname endpoint
+//! (name lookup off the loop, Happy Eyeballs, each attempt holding a slot of the
+//! [`Gate`]) and say what happened as an [`Outcome`].
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::gate::Gate;
 use super::outcome::Outcome;
-use super::race::{Race, RaceOutcome, RaceSettings};
-use super::resolve::Resolver;
-use super::targets::{HostKind, Target};
-use crate::reactor::Reactor;
+use super::targets::Target;
+use crate::reactor::endpoints::{
+    Connecting, EndpointError, EndpointErrorKind, EndpointOptions, HostnameEndpoint, Resolver,
+};
+use crate::reactor::{Address, Factory, Protocol, ProtocolResult, Reactor, Step, TransportRef};
 
 /// What every check shares.
 #[derive(Debug)]
@@ -20,7 +22,7 @@ pub struct CheckContext {
     pub reactor: Reactor,
     /// The cap on attempts in flight.
     pub gate: Gate,
-    /// Name lookups.
+    /// Name lookups, shared so that overlapping lookups of one name are one.
     pub resolver: Resolver,
     /// Each connection attempt's timeout.
     pub timeout: Duration,
@@ -30,7 +32,7 @@ pub struct CheckContext {
 #[derive(Debug, Clone)]
 pub struct Check {
     cancelled: Rc<Cell<bool>>,
-    race: Rc<RefCell<Option<Race>>>,
+    connecting: Connecting,
 }
 
 impl Check {
@@ -41,75 +43,84 @@ impl Check {
         target: &Target,
         on_done: impl FnOnce(Outcome) + 'static,
     ) -> Check {
-        let check = Check {
-            cancelled: Rc::new(Cell::new(false)),
-            race: Rc::new(RefCell::new(None)),
+        let cancelled = Rc::new(Cell::new(false));
+        let timeout = ctx.timeout;
+        let options = EndpointOptions {
+            attempt_timeout: Some(timeout),
+            ..EndpointOptions::default()
         };
-        let port = target.port;
-        match &target.host.kind {
-            HostKind::Ip(ip) => check.race(ctx, &[SocketAddr::new(*ip, port)], on_done),
-            HostKind::Name(name) => {
-                let (this, ctx2, host) = (check.clone(), ctx.clone(), target.host.clone());
-                ctx.resolver.resolve(name, move |resolution| {
-                    if this.cancelled.get() {
-                        return;
-                    }
-                    match resolution {
-                        Ok(ips) => {
-                            let addrs: Vec<SocketAddr> = ips
-                                .into_iter()
-                                .map(|ip| SocketAddr::new(ip, port))
-                                .collect();
-                            this.race(&ctx2, &addrs, on_done);
-                        }
-                        Err(error) => on_done(Outcome::unresolved(&host.text, &error)),
-                    }
+        let connecting = HostnameEndpoint::new(&ctx.reactor, target.host.text.clone(), target.port)
+            .with_options(options)
+            .with_resolver(ctx.resolver.clone())
+            .with_limiter(Rc::new(ctx.gate.clone()))
+            .start_plain(Rc::new(OpenCheck));
+        let (flag, host) = (cancelled.clone(), target.host.clone());
+        let _ = connecting.deferred().then(move |result| {
+            if !flag.get() {
+                on_done(match result {
+                    Ok(connection) => match connection.peer {
+                        Address::Tcp(addr) => Outcome::open(addr),
+                        Address::Unix(_) => Outcome::cancelled(None),
+                    },
+                    Err(failure) => match failure.downcast_ref::<EndpointError>() {
+                        Some(error) => outcome_of(&host.text, error, timeout),
+                        None => Outcome::cancelled(None),
+                    },
                 });
             }
+            Step::Value(())
+        });
+        Check {
+            cancelled,
+            connecting,
         }
-        check
-    }
-
-    fn race(
-        &self,
-        ctx: &Rc<CheckContext>,
-        addrs: &[SocketAddr],
-        on_done: impl FnOnce(Outcome) + 'static,
-    ) {
-        let cancelled = self.cancelled.clone();
-        let timeout = ctx.timeout;
-        let race = Race::start(
-            &ctx.reactor,
-            &ctx.gate,
-            addrs,
-            RaceSettings::with_timeout(timeout),
-            move |outcome| {
-                if cancelled.get() {
-                    return;
-                }
-                on_done(match outcome {
-                    RaceOutcome::Connected(addr) => Outcome::open(addr),
-                    RaceOutcome::Failed { addr, error } => {
-                        Outcome::connect_failed(addr, &error, timeout)
-                    }
-                    RaceOutcome::Cancelled { last_tried } => Outcome::cancelled(last_tried),
-                });
-            },
-        );
-        *self.race.borrow_mut() = Some(race);
     }
 
     /// The address the check is trying, or tried last; `None` while resolving.
     pub fn last_tried(&self) -> Option<SocketAddr> {
-        self.race.borrow().as_ref().and_then(Race::last_tried)
+        self.connecting.last_tried()
     }
 
     /// Stops the check; its `on_done` is not called.
     pub fn cancel(&self) {
         self.cancelled.set(true);
-        let race = self.race.borrow_mut().take();
-        if let Some(race) = race {
-            race.cancel();
+        self.connecting.cancel();
+    }
+}
+
+/// The outcome a failed connect stands for.
+fn outcome_of(host: &str, error: &EndpointError, timeout: Duration) -> Outcome {
+    let last_tried = error.attempts.last().map(|attempt| attempt.addr);
+    match &error.kind {
+        EndpointErrorKind::DnsLookup(error) => Outcome::unresolved(host, error),
+        EndpointErrorKind::Connect { addr, error } => {
+            Outcome::connect_failed(Some(*addr), error, timeout)
         }
+        EndpointErrorKind::Cancelled
+        | EndpointErrorKind::TimedOut { .. }
+        | EndpointErrorKind::NoProtocol { .. }
+        | EndpointErrorKind::Check { .. } => Outcome::cancelled(last_tried),
+    }
+}
+
+/// The open check: a connection that completes is closed at once, without a byte.
+struct OpenCheck;
+
+impl Factory for OpenCheck {
+    fn build_protocol(&self, _addr: Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(CloseAtOnce))
+    }
+}
+
+struct CloseAtOnce;
+
+impl Protocol for CloseAtOnce {
+    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+        transport.lose_connection();
+        Ok(())
+    }
+
+    fn data_received(&mut self, _transport: &TransportRef, _data: &[u8]) -> ProtocolResult {
+        Ok(())
     }
 }

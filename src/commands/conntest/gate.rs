@@ -9,6 +9,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use crate::reactor::endpoints::{AttemptLimiter, Grant};
+
 type Waiter = Box<dyn FnOnce(Permit)>;
 
 struct GateInner {
@@ -96,6 +98,13 @@ impl Gate {
     /// Callers queued for a slot.
     pub fn waiting(&self) -> usize {
         self.inner.waiters.borrow().len()
+    }
+}
+
+/// The hostname endpoint asks the gate for a slot before each attempt.
+impl AttemptLimiter for Gate {
+    fn acquire(&self, grant: Grant) {
+        Gate::acquire(self, move |permit| grant(Box::new(permit)));
     }
 }
 

@@ -2,11 +2,10 @@
 //!
 //! The pieces, one job each:
 //! - [`targets`] (with [`services`]): the command line's targets, strictly parsed;
-//! - [`resolve`]: name lookups on worker threads, never on the reactor thread;
-//! - [`race`]: Happy Eyeballs over one host's addresses;
 //! - [`gate`] and [`fdlimit`]: how many attempts may be in flight;
-//! - [`check`]: one target checked once; [`session`]: all of them, with `--wait` and
-//!   `--any`;
+//! - [`check`]: one target checked once, through the reactor's hostname endpoint
+//!   (name lookups on worker threads, Happy Eyeballs); [`session`]: all of them, with
+//!   `--wait` and `--any`;
 //! - [`outcome`] and [`output`]: what was found, printed in target order.
 //!
 //! Everything runs on one reactor; the only blocking calls (name lookups) run on its
@@ -19,8 +18,6 @@ pub mod gate;
 pub mod nagios;
 pub mod outcome;
 pub mod output;
-pub mod race;
-pub mod resolve;
 pub mod services;
 pub mod session;
 pub mod starttls;
@@ -33,12 +30,12 @@ use std::time::Duration;
 
 use super::scaffold::{self, Command, CommandError};
 use crate::exit::ExitStatus;
+use crate::reactor::endpoints::Resolver;
 use crate::reactor::{Reactor, StopReason};
 
 use check::CheckContext;
 use gate::Gate;
 use output::{OutputOptions, Printer};
-use resolve::Resolver;
 use session::{Session, SessionOptions};
 use targets::{Family, Target};
 

@@ -7,9 +7,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::resolve::ResolveError;
 use crate::exit::ExitStatus;
 use crate::reactor::ConnectError;
+use crate::reactor::endpoints::ResolveError;
 
 /// The status of a target, as `--json` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

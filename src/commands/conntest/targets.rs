@@ -12,28 +12,7 @@ use std::rc::Rc;
 
 use super::services::ServiceDb;
 
-/// Which address families may be used (`-4`, `-6`, or neither).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Family {
-    /// IPv4 and IPv6.
-    #[default]
-    Any,
-    /// `-4`: IPv4 only.
-    V4,
-    /// `-6`: IPv6 only.
-    V6,
-}
-
-impl Family {
-    /// Whether an address of this kind may be used.
-    pub fn allows(self, ip: IpAddr) -> bool {
-        match self {
-            Family::Any => true,
-            Family::V4 => ip.is_ipv4(),
-            Family::V6 => ip.is_ipv6(),
-        }
-    }
-}
+pub use crate::reactor::endpoints::Family;
 
 /// A host as the user wrote it, and whether it needs a name lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -247,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_lookups_of_one_name_share_one_answer() {
+    fn e02_overlapping_lookups_of_one_name_share_one_answer() {
         let results = run_lookups(&["localhost", "localhost"], Family::Any);
         assert_eq!(results.len(), 2);
         assert_eq!(results[0].1, results[1].1);
@@ -256,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_name_fails_with_the_resolvers_words() {
+    fn e03_an_unknown_name_fails_with_the_resolvers_words() {
         let results = run_lookups(&["nosuch.invalid"], Family::Any);
         match &results[0].1 {
             Err(ResolveError::Failed(words)) => {
@@ -268,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn the_family_filter_keeps_only_allowed_addresses() {
+    fn e03_the_family_filter_keeps_only_allowed_addresses() {
         let results = run_lookups(&["127.0.0.1"], Family::V6);
         assert_eq!(
             results[0].1,
