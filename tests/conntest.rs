@@ -510,6 +510,9 @@ fn every_usage_error_exits_2_and_names_the_bad_part() {
     }
 }
 
+/// The address that won (or the failure) and when.
+type RaceResult = (Result<SocketAddr, String>, Duration);
+
 #[test]
 fn happy_eyeballs_connects_through_the_second_address_within_400ms() {
     // First address: never answers (IPv6 loopback, or a second IPv4 loopback address
@@ -524,7 +527,7 @@ fn happy_eyeballs_connects_through_the_second_address_within_400ms() {
 
     let reactor = Reactor::new().unwrap();
     let gate = Gate::new(16);
-    let result: Rc<RefCell<Option<(Result<SocketAddr, String>, Duration)>>> = Rc::default();
+    let result: Rc<RefCell<Option<RaceResult>>> = Rc::default();
     let (r, out) = (reactor.clone(), result.clone());
     let started = reactor.seconds();
     let options = EndpointOptions {
