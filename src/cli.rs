@@ -87,10 +87,20 @@ pub enum Command {
     #[command(
         long_about = "Line chat, server side: talk with every connected client from this \
                       console. Clients are numbered from 1; their lines print as \
-                      'Client 1: hello', with control characters escaped. A typed line goes \
-                      to the client that spoke last (or the only one). At the 'Server: ' \
-                      prompt: /to N text, /all text, /who, /kick N, /quit, /help; //text \
-                      sends /text; a line 'bye' closes the client it is sent to. A client \
+                      'Client 1: hello', with control characters, bidirectional controls \
+                      and invisible characters escaped (\\x1b, \\u{202e}). The prompt names \
+                      where a typed line goes: 'to 3> ' (the client that spoke last, or \
+                      the only one), '> ' when that is nobody. The recipient is fixed when \
+                      the prompt is drawn: others speaking meanwhile change the next \
+                      prompt, not this line; if client 3 has left by Enter the line is not \
+                      sent ('* not sent: client 3 has left'); at '> ' it goes to the only \
+                      client, if there is exactly one. Enter on an empty line draws a fresh \
+                      prompt. When stdin is not a terminal there is no prompt: a line goes \
+                      to the client that spoke last, or the only one. Typed lines keep \
+                      their leading blanks. Commands: /to N text, /all text, /who, /kick N, \
+                      /quit, /help; //text sends /text; a line 'bye' closes the client it \
+                      is sent to. Ctrl-C clears a half-typed line; on an empty prompt it \
+                      stops the server (130), as SIGINT does. A client \
                       that ends its input (half-closes) is shown as '* client 3 finished \
                       sending' and stays connected for the answer, listed as half-closed by \
                       /who, until 'bye', /kick, --idle-timeout or /quit closes it; a last \
@@ -123,7 +133,10 @@ pub enum Command {
                       end half-closes while replies are still printed until the server \
                       closes (with no time limit unless --linger is given), so a script \
                       loses no reply. A last line from the server without a newline is \
-                      shown before the end.",
+                      shown before the end. Typed lines keep their leading blanks. Ctrl-C \
+                      clears a half-typed line, and on an empty prompt closes at once \
+                      (130). A half-typed line when the connection ends is printed back \
+                      on stderr ('* not sent: TEXT').",
         after_long_help = concat!("EXAMPLES:
     twistctl talk-client localhost 8000
     printf 'hello\\nbye\\n' | twistctl talk-client localhost 8000

@@ -117,6 +117,38 @@ fn an_incoming_line_leaves_a_partly_typed_line_intact() {
 }
 
 #[test]
+fn a_half_typed_line_is_given_back_when_the_connection_drops() {
+    let (mut session, server) = connected_client();
+    type_in_pty(&mut session, "  half a tho");
+    session
+        .exp_string("half a tho")
+        .expect("rustyline echoes the typing");
+    drop(server);
+    session
+        .exp_string("* not sent:   half a tho")
+        .expect("the unsent line given back");
+    expect_farewell(&mut session);
+    assert_eq!(pty_exit_code(&mut session), 0);
+}
+
+#[test]
+fn ctrl_c_clears_a_half_typed_line_and_on_an_empty_prompt_exits_130() {
+    let (mut session, mut server) = connected_client();
+    type_in_pty(&mut session, "oops");
+    session.exp_string("oops").expect("echoed");
+    session.send_control('c').expect("Ctrl-C");
+    session.exp_string("Client: ").expect("a fresh prompt");
+    type_in_pty(&mut session, "  indented\r");
+    assert_eq!(
+        read_until_contains(&mut server, b"\r\n"),
+        b"  indented\r\n",
+        "the cleared line was not sent, leading blanks were kept"
+    );
+    session.send_control('c').expect("Ctrl-C");
+    assert_eq!(pty_exit_code(&mut session), 130);
+}
+
+#[test]
 fn bye_at_the_prompt_ends_with_status_0() {
     let (mut session, mut server) = connected_client();
     type_in_pty(&mut session, "bye\r");
@@ -248,7 +280,9 @@ fn server_in_pty() -> (PtySession, u16) {
 #[test]
 fn talk_server_and_talk_client_in_two_terminals_talk_until_bye() {
     let (mut server, port) = server_in_pty();
-    server.exp_string("Server: ").expect("the server prompt");
+    server
+        .exp_string("> ")
+        .expect("the server prompt, naming nobody yet");
     let mut client = client_in_pty(port);
     client.exp_string("Client: ").expect("the client prompt");
     server

@@ -269,8 +269,8 @@ fn scripted_mode_prints_every_reply_that_comes_after_the_end_of_input() {
         Client::run_with_input(&["127.0.0.1", &port], "  hello there \n\n \t \nsecond\n");
     let (received, eof) = served.join().expect("the server thread");
     assert_eq!(
-        received, b"hello there\r\nsecond\r\n",
-        "trimmed, no empty lines"
+        received, b"  hello there\r\nsecond\r\n",
+        "leading blanks kept, trailing ones dropped, no empty lines"
     );
     assert!(eof, "the end of input is a half-close");
     finished.assert_ended(

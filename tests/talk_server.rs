@@ -373,7 +373,7 @@ fn lines_go_both_ways_and_a_client_bye_closes_it() {
     peer.send(b"hello\r\n");
     server.expect(&format!("Client {n}: hello"));
     server.type_line("  hi there ");
-    assert_eq!(peer.read_line(), "hi there\r\n");
+    assert_eq!(peer.read_line(), "  hi there\r\n");
     peer.send(b"bye\n");
     server.expect(&format!("Client {n}: bye"));
     server.expect(&format!("* client {n} disconnected: bye"));
@@ -847,8 +847,113 @@ fn server_in_pty() -> (PtySession, u16) {
     let timeout_ms = u64::try_from(PATIENCE.as_millis()).unwrap();
     let mut session = twistctl_in_pty(&["talk-server", "--port", "0"], timeout_ms);
     let (_, port) = expect_listening(&mut session);
-    session.exp_string("Server: ").expect("the prompt");
+    session.exp_string("> ").expect("the prompt, naming nobody");
     (session, port)
+}
+
+/// Connects a client and waits until the server in `session` announces it.
+fn pty_connect(session: &mut PtySession, port: u16, n: u64) -> Peer {
+    let peer = Peer::connect(port);
+    session
+        .exp_string(&format!(
+            "* client {n} connected from 127.0.0.1:{}",
+            peer.local_port()
+        ))
+        .expect("the connect line");
+    peer
+}
+
+/// Asserts that `peer` receives `line` as the next thing sent to it.
+fn assert_next_line(peer: &mut Peer, line: &str) {
+    assert_eq!(peer.read_line(), line);
+}
+
+#[test]
+fn pty_a_line_goes_to_the_client_its_prompt_named_while_another_speaks() {
+    let (mut session, port) = server_in_pty();
+    let mut one = pty_connect(&mut session, port, 1);
+    let mut two = pty_connect(&mut session, port, 2);
+    one.send(b"question from one\n");
+    session.exp_string("Client 1: question from one").unwrap();
+    // Enter on an empty line draws a fresh prompt, which names the last speaker.
+    type_in_pty(&mut session, "\r");
+    session
+        .exp_string("to 1> ")
+        .expect("the prompt names client 1");
+    type_in_pty(&mut session, "  ans");
+    session.exp_string("ans").unwrap();
+    // Client 2 speaks while the operator types: it becomes the next recipient, not
+    // this line's.
+    two.send(b"interrupting\n");
+    session.exp_string("Client 2: interrupting").unwrap();
+    one.send(b"and one again\n");
+    session.exp_string("Client 1: and one again").unwrap();
+    two.send(b"two again\n");
+    session.exp_string("Client 2: two again").unwrap();
+    type_in_pty(&mut session, "wer\r");
+    assert_next_line(&mut one, "  answer\r\n");
+    session
+        .exp_string("to 2> ")
+        .expect("the next prompt names the last speaker");
+    type_in_pty(&mut session, "for two\r");
+    assert_next_line(&mut two, "for two\r\n");
+    type_in_pty(&mut session, "/quit\r");
+    assert_eq!(pty_exit_code(&mut session), 0);
+}
+
+#[test]
+fn pty_a_line_for_a_client_that_left_before_enter_is_not_sent_to_anyone() {
+    let (mut session, port) = server_in_pty();
+    let mut one = pty_connect(&mut session, port, 1);
+    let mut two = pty_connect(&mut session, port, 2);
+    let mut three = pty_connect(&mut session, port, 3);
+    two.send(b"hi from two\n");
+    session.exp_string("Client 2: hi from two").unwrap();
+    type_in_pty(&mut session, "\r");
+    session
+        .exp_string("to 2> ")
+        .expect("the prompt names client 2");
+    type_in_pty(&mut session, "are you the");
+    session.exp_string("are you the").unwrap();
+    // Gone for good (a FIN would only say it finished sending).
+    socket2::SockRef::from(&two.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(two);
+    session
+        .exp_string("* client 2 disconnected: connection reset")
+        .unwrap();
+    type_in_pty(&mut session, "re?\r");
+    session
+        .exp_string("* not sent: client 2 has left")
+        .expect("the notice");
+    // Two clients remain and neither spoke: the next prompt names nobody, and a line
+    // typed there is not sent either.
+    session.exp_string("> ").unwrap();
+    type_in_pty(&mut session, "anyone?\r");
+    session
+        .exp_string("* not sent: the prompt named no client and 2 are connected")
+        .unwrap();
+    type_in_pty(&mut session, "/all first line for all\r");
+    assert_next_line(&mut one, "first line for all\r\n");
+    assert_next_line(&mut three, "first line for all\r\n");
+    type_in_pty(&mut session, "/quit\r");
+    assert_eq!(pty_exit_code(&mut session), 0);
+}
+
+#[test]
+fn pty_ctrl_c_clears_a_half_typed_line_and_on_an_empty_prompt_stops_with_130() {
+    let (mut session, port) = server_in_pty();
+    let mut peer = pty_connect(&mut session, port, 1);
+    type_in_pty(&mut session, "not this");
+    session.exp_string("not this").unwrap();
+    session.send_control('c').unwrap();
+    session.exp_string("> ").expect("a fresh prompt");
+    type_in_pty(&mut session, "this\r");
+    assert_next_line(&mut peer, "this\r\n");
+    session.send_control('c').unwrap();
+    peer.expect_closed();
+    assert_eq!(pty_exit_code(&mut session), 130);
 }
 
 #[test]

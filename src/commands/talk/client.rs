@@ -34,7 +34,7 @@ use crate::reactor::{
     Scheduler, Step, StopReason, TransportRef,
 };
 
-use super::console::{Console, ConsoleEvent};
+use super::console::{Console, ConsoleEvent, Prompt};
 use super::escape::escape_peer_text;
 
 /// The prompt shown while the operator may type.
@@ -298,7 +298,7 @@ impl Conversation {
     /// What the operator did at the console (or what piped input brought).
     pub fn typed(&self, event: ConsoleEvent) {
         match event {
-            ConsoleEvent::Line(line) => self.send_typed(&line),
+            ConsoleEvent::Line(line) | ConsoleEvent::Typed { line, .. } => self.send_typed(&line),
             ConsoleEvent::Eof => {
                 if self.phase.get() == Phase::Talking {
                     self.leave(false);
@@ -308,9 +308,11 @@ impl Conversation {
         }
     }
 
+    /// Sends a typed line: trailing blanks dropped, leading ones kept (indentation is
+    /// part of what was typed); a blank line sends nothing.
     fn send_typed(&self, line: &str) {
-        let text = line.trim();
-        if text.is_empty() {
+        let text = line.trim_end();
+        if text.trim_start().is_empty() {
             return;
         }
         match self.phase.get() {
@@ -330,7 +332,7 @@ impl Conversation {
         } else {
             transport.write_sequence(&[text.as_bytes(), LINE_END]);
         }
-        if text == "bye" {
+        if text.trim_start() == "bye" {
             self.leave(true);
         }
     }
@@ -650,6 +652,11 @@ impl ConsoleView {
             .is_some_and(Console::is_interactive)
     }
 
+    /// The line the operator was typing, not sent.
+    fn unsent(&self) -> Option<String> {
+        self.console.borrow().as_ref().and_then(Console::unsent)
+    }
+
     /// Puts the terminal back; printing is direct from then on.
     fn restore(&self) {
         if let Some(console) = self.console.borrow().as_ref() {
@@ -663,7 +670,7 @@ impl ChatView for ConsoleView {
         let sender = self
             .reactor
             .channel(move |_reactor: &Reactor, event: ConsoleEvent| deliver(event));
-        match Console::start(PROMPT, sender.clone()) {
+        match Console::start(Prompt::new(PROMPT), sender.clone()) {
             Ok(console) => *self.console.borrow_mut() = Some(console),
             Err(error) => {
                 log::error!("cannot read the console: {error}");
@@ -778,6 +785,12 @@ impl Command for ClientCommand {
         // An end the conversation reached comes first, even if a signal arrived while
         // the console was settling.
         let ending = self.outcome.borrow_mut().take();
+        // A half-typed line is given back rather than lost with the connection.
+        if let Some((view, _, _)) = &self.parts
+            && let Some(unsent) = view.unsent()
+        {
+            print_line(&format!("* not sent: {unsent}"), true);
+        }
         match (ending, stopped) {
             (Some(ending), _) => {
                 if let Some((text, to_stderr)) = ending.farewell() {
@@ -936,13 +949,16 @@ mod tests {
     }
 
     #[test]
-    fn l04_typed_lines_are_trimmed_and_sent_with_crlf_and_empty_ones_are_not_sent() {
+    fn l04_typed_lines_keep_leading_blanks_are_sent_with_crlf_and_empty_ones_are_not_sent() {
         let chat = Chat::connected(false);
         chat.type_line("  hello there \t");
         chat.type_line("");
         chat.type_line("   ");
-        chat.type_line("second");
-        assert_eq!(chat.transport().written(), b"hello there\r\nsecond\r\n");
+        chat.conversation.typed(ConsoleEvent::Typed {
+            line: "\tsecond".to_string(),
+            prompt: 0,
+        });
+        assert_eq!(chat.transport().written(), b"  hello there\r\n\tsecond\r\n");
         assert_eq!(chat.transport().write_calls(), 2, "one write per line");
     }
 
@@ -1092,7 +1108,7 @@ mod tests {
     fn raw_mode_sends_lines_without_a_newline_and_shows_each_read_as_one_message() {
         let mut chat = Chat::connected(true);
         chat.type_line(" hi ");
-        assert_eq!(chat.transport().written(), b"hi");
+        assert_eq!(chat.transport().written(), b" hi");
         chat.feed(b"hello");
         chat.feed(b"two\nlines");
         assert_eq!(

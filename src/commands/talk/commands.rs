@@ -36,7 +36,8 @@ pub enum CommandError {
 
 /// The help text `/help` prints, one line each.
 pub const HELP: &[&str] = &[
-    "text        send to the client that spoke last (or the only client)",
+    "text        send to the client the prompt names (to 3>), or with the prompt",
+    "            '> ' to the only client",
     "/to N text  send to client N",
     "/all text   send to every client",
     "/who        list the clients: number, address, idle time",
@@ -47,18 +48,20 @@ pub const HELP: &[&str] = &[
     "A line \"bye\" closes the client it is sent to.",
 ];
 
-/// Interprets one typed line. Leading and trailing whitespace is trimmed first, and
-/// from message text too (`/to 2   hi  ` sends `hi`).
+/// Interprets one typed line. Plain text keeps its leading whitespace (indentation is
+/// part of what was typed) and loses its trailing whitespace; commands are recognised
+/// after leading blanks, and their text is trimmed (`/to 2   hi  ` sends `hi`).
 pub fn parse(line: &str) -> Result<OperatorCommand, CommandError> {
-    let line = line.trim();
-    if line.is_empty() {
+    let text = line.trim_end();
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
         return Ok(OperatorCommand::Nothing);
     }
-    if let Some(literal) = line.strip_prefix("//") {
+    if let Some(literal) = trimmed.strip_prefix("//") {
         return Ok(OperatorCommand::Say(format!("/{literal}")));
     }
-    let Some(command) = line.strip_prefix('/') else {
-        return Ok(OperatorCommand::Say(line.to_string()));
+    let Some(command) = trimmed.strip_prefix('/') else {
+        return Ok(OperatorCommand::Say(text.to_string()));
     };
     let (name, rest) = split_word(command);
     match name {
@@ -114,8 +117,9 @@ mod tests {
     }
 
     #[test]
-    fn plain_lines_are_trimmed_and_blank_lines_send_nothing() {
-        assert_eq!(parse("  hello there \t"), Ok(say("hello there")));
+    fn plain_lines_keep_leading_whitespace_and_blank_lines_send_nothing() {
+        assert_eq!(parse("  hello there \t"), Ok(say("  hello there")));
+        assert_eq!(parse("\tfn main() {}"), Ok(say("\tfn main() {}")));
         assert_eq!(parse(""), Ok(Nothing));
         assert_eq!(parse(" \t "), Ok(Nothing));
     }

@@ -10,11 +10,18 @@
 //! The terminal mode is saved at start and restored by [`Console::restore`] (also on
 //! drop), because the process may end while rustyline holds the terminal in raw mode
 //! on the console thread.
+//!
+//! The prompt is a [`Prompt`] the reactor thread may change at any time; it takes
+//! effect when the next prompt is drawn, and each line comes back with the tag of the
+//! prompt it was typed at, so that a line goes where its prompt said. Ctrl-C clears a
+//! half-typed line, as shells do, and only on an empty line ends the input. The line
+//! being typed is tracked, so that it can be given back ([`Console::unsent`]) when the
+//! talk ends under the operator's fingers.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -26,13 +33,143 @@ use crate::reactor::Sender;
 /// What the console thread hands to the reactor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleEvent {
-    /// A line the operator typed (or a line of piped input), without its newline.
+    /// A line of piped input (no prompt was drawn), without its newline.
     Line(String),
+    /// A line typed at a prompt; `prompt` is the tag that prompt carried when it was
+    /// drawn (see [`Prompt::set`]).
+    Typed {
+        /// The line, without its newline.
+        line: String,
+        /// The tag of the prompt it was typed at.
+        prompt: u64,
+    },
     /// End of input: Ctrl-D on an empty line, or the end of the pipe or file.
     Eof,
-    /// Ctrl-C at the prompt (the terminal sends no SIGINT while rustyline reads).
+    /// Ctrl-C at an empty prompt (the terminal sends no SIGINT while rustyline reads;
+    /// on a half-typed line Ctrl-C only clears it).
     Interrupted,
 }
+
+impl ConsoleEvent {
+    /// The text of a line, typed or piped.
+    pub fn line(&self) -> Option<&str> {
+        match self {
+            ConsoleEvent::Line(line) | ConsoleEvent::Typed { line, .. } => Some(line),
+            ConsoleEvent::Eof | ConsoleEvent::Interrupted => None,
+        }
+    }
+}
+
+/// The prompt the console draws before each line: a text, and a tag that comes back
+/// with the line typed at it. Set from the reactor thread; a prompt already drawn stays
+/// as it is (rustyline cannot change it under the operator's typing), the next one
+/// shows the change.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    shared: Arc<(Mutex<PromptState>, Condvar)>,
+    /// The owner acknowledges each typed line ([`Prompt::handled`]); the console draws
+    /// the next prompt once it has, so that the prompt shows the line's effect.
+    waits: bool,
+}
+
+#[derive(Debug)]
+struct PromptState {
+    text: String,
+    tag: u64,
+    /// Typed lines the owner has handled.
+    handled: u64,
+}
+
+/// The longest the console waits for a typed line to be handled before it draws the
+/// next prompt anyway: a busy reactor must not freeze the keyboard.
+const PROMPT_WAIT: Duration = Duration::from_millis(250);
+
+impl Prompt {
+    /// A prompt that always shows `text`, with tag 0.
+    pub fn new(text: &str) -> Prompt {
+        Prompt::build(text, false)
+    }
+
+    /// A prompt that its owner changes, and that acknowledges each typed line with
+    /// [`Prompt::handled`]: the next prompt is drawn after that (or after a short
+    /// wait), so it shows where the next line will go.
+    pub fn routed(text: &str) -> Prompt {
+        Prompt::build(text, true)
+    }
+
+    fn build(text: &str, waits: bool) -> Prompt {
+        let state = PromptState {
+            text: text.to_string(),
+            tag: 0,
+            handled: 0,
+        };
+        Prompt {
+            shared: Arc::new((Mutex::new(state), Condvar::new())),
+            waits,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, PromptState> {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Shows `text` from the next prompt on; lines typed at it carry `tag`.
+    pub fn set(&self, text: &str, tag: u64) {
+        let mut state = self.state();
+        text.clone_into(&mut state.text);
+        state.tag = tag;
+    }
+
+    /// One more typed line has been acted on.
+    pub fn handled(&self) {
+        self.state().handled += 1;
+        self.shared.1.notify_all();
+    }
+
+    /// The text and tag to draw now.
+    pub fn current(&self) -> (String, u64) {
+        let state = self.state();
+        (state.text.clone(), state.tag)
+    }
+
+    /// Waits (briefly) until `typed` lines have been handled.
+    fn wait_handled(&self, typed: u64) {
+        if !self.waits {
+            return;
+        }
+        let guard = self.state();
+        let _ = self
+            .shared
+            .1
+            .wait_timeout_while(guard, PROMPT_WAIT, |state| state.handled < typed);
+    }
+}
+
+/// The line being typed, as rustyline last showed it; shared with the reactor thread.
+type Typing = Arc<Mutex<String>>;
+
+/// rustyline's helper: it asks for a hint after every edit, which is where the line
+/// being typed is recorded. It completes, highlights and validates nothing.
+struct Tracker {
+    typing: Typing,
+}
+
+impl rustyline::hint::Hinter for Tracker {
+    type Hint = String;
+
+    fn hint(&self, line: &str, _pos: usize, _ctx: &rustyline::Context<'_>) -> Option<String> {
+        let mut typing = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+        line.clone_into(&mut typing);
+        None
+    }
+}
+
+impl rustyline::completion::Completer for Tracker {
+    type Candidate = String;
+}
+impl rustyline::highlight::Highlighter for Tracker {}
+impl rustyline::validate::Validator for Tracker {}
+impl rustyline::Helper for Tracker {}
 
 /// Longest line read from piped input; a longer one arrives in pieces of this size, so
 /// a file without newlines cannot make the console hold unbounded memory.
@@ -109,6 +246,7 @@ impl Printing {
 /// The console: a reading thread plus the means to print around its prompt.
 pub struct Console {
     printer: RefCell<Option<Printing>>,
+    typing: Typing,
     saved_terminal: Option<nix::sys::termios::Termios>,
     restored: Cell<bool>,
 }
@@ -134,14 +272,16 @@ pub fn wants_interactive() -> bool {
 impl Console {
     /// Starts the console thread; its lines go to `events`. Interactive with `prompt`
     /// when [`wants_interactive`], plain lines otherwise.
-    pub fn start(prompt: &str, events: Sender<ConsoleEvent>) -> io::Result<Console> {
+    pub fn start(prompt: Prompt, events: Sender<ConsoleEvent>) -> io::Result<Console> {
+        let typing = Typing::default();
         if wants_interactive() {
             // Saved before rustyline touches the terminal, to put it back on any exit.
             let saved_terminal = nix::sys::termios::tcgetattr(io::stdin()).ok();
-            match start_interactive(prompt.to_string(), events.clone()) {
+            match start_interactive(prompt, events.clone(), typing.clone()) {
                 Ok(printer) => {
                     return Ok(Console {
                         printer: RefCell::new(Some(Printing::start(printer)?)),
+                        typing,
                         saved_terminal,
                         restored: Cell::new(false),
                     });
@@ -154,6 +294,7 @@ impl Console {
         start_plain(events)?;
         Ok(Console {
             printer: RefCell::new(None),
+            typing,
             saved_terminal: None,
             restored: Cell::new(true),
         })
@@ -162,6 +303,13 @@ impl Console {
     /// True when rustyline drives the terminal (prompt shown, printing above it).
     pub fn is_interactive(&self) -> bool {
         self.printer.borrow().is_some()
+    }
+
+    /// The line the operator has half typed (not yet sent with Enter), if any: to be
+    /// given back when the talk ends before it could be sent.
+    pub fn unsent(&self) -> Option<String> {
+        let typing = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+        (!typing.trim().is_empty()).then(|| typing.clone())
     }
 
     /// Prints one line on stdout (above the prompt when interactive). A closed stdout
@@ -225,19 +373,27 @@ impl Drop for Console {
 }
 
 /// Starts rustyline on its own thread and returns its external printer.
-fn start_interactive(prompt: String, events: Sender<ConsoleEvent>) -> io::Result<Printer> {
+fn start_interactive(
+    prompt: Prompt,
+    events: Sender<ConsoleEvent>,
+    typing: Typing,
+) -> io::Result<Printer> {
     let (printer_tx, printer_rx) = mpsc::channel::<io::Result<Printer>>();
     thread::Builder::new()
         .name("twistctl-console".to_string())
         .spawn(move || {
             // The editor lives on this thread; only its printer crosses to the reactor.
-            let mut editor = match rustyline::DefaultEditor::new() {
-                Ok(editor) => editor,
-                Err(error) => {
-                    let _ = printer_tx.send(Err(io::Error::other(error)));
-                    return;
-                }
-            };
+            let mut editor =
+                match rustyline::Editor::<Tracker, rustyline::history::DefaultHistory>::new() {
+                    Ok(editor) => editor,
+                    Err(error) => {
+                        let _ = printer_tx.send(Err(io::Error::other(error)));
+                        return;
+                    }
+                };
+            editor.set_helper(Some(Tracker {
+                typing: typing.clone(),
+            }));
             match editor.create_external_printer() {
                 Ok(printer) => {
                     let _ = printer_tx.send(Ok(Box::new(printer)));
@@ -247,14 +403,24 @@ fn start_interactive(prompt: String, events: Sender<ConsoleEvent>) -> io::Result
                     return;
                 }
             }
+            let mut typed_lines = 0;
             loop {
-                match editor.readline(&prompt) {
+                prompt.wait_handled(typed_lines);
+                // The recipient is fixed here, when the prompt is drawn.
+                let (text, tag) = prompt.current();
+                let read = editor.readline(&text);
+                let typed = std::mem::take(&mut *typing.lock().unwrap_or_else(|e| e.into_inner()));
+                match read {
                     Ok(line) => {
                         if !line.trim().is_empty() {
                             let _ = editor.add_history_entry(line.as_str());
                         }
-                        events.send(ConsoleEvent::Line(line));
+                        typed_lines += 1;
+                        events.send(ConsoleEvent::Typed { line, prompt: tag });
                     }
+                    // Ctrl-C on a half-typed line drops the line, as shells do: the next
+                    // prompt is drawn below it.
+                    Err(ReadlineError::Interrupted) if !typed.is_empty() => {}
                     Err(ReadlineError::Interrupted) => {
                         events.send(ConsoleEvent::Interrupted);
                         return;

@@ -79,14 +79,30 @@ impl<C> Registry<C> {
     /// Where a typed line without `/to` goes: the client that spoke last if it is still
     /// connected, else the only client.
     pub fn route(&self) -> Result<u64, RouteError> {
-        if let Some(id) = self.last_spoke.filter(|id| self.clients.contains_key(id)) {
+        self.route_among(|_| true)
+    }
+
+    /// As [`Registry::route`], counting only the clients for which `eligible` holds
+    /// (not those already being closed, say).
+    pub fn route_among(&self, eligible: impl Fn(&C) -> bool) -> Result<u64, RouteError> {
+        let usable = |id: &u64| self.clients.get(id).is_some_and(&eligible);
+        if let Some(id) = self.last_spoke.filter(usable) {
             return Ok(id);
         }
-        let mut ids = self.clients.keys();
+        self.only_among(eligible)
+    }
+
+    /// The one client for which `eligible` holds, if there is exactly one.
+    pub fn only_among(&self, eligible: impl Fn(&C) -> bool) -> Result<u64, RouteError> {
+        let mut ids = self
+            .clients
+            .iter()
+            .filter(|(_, client)| eligible(client))
+            .map(|(&id, _)| id);
         match (ids.next(), ids.next()) {
             (None, _) => Err(RouteError::NoClients),
-            (Some(&only), None) => Ok(only),
-            (Some(_), Some(_)) => Err(RouteError::Ambiguous(self.clients.len())),
+            (Some(only), None) => Ok(only),
+            (Some(_), Some(_)) => Err(RouteError::Ambiguous(2 + ids.count())),
         }
     }
 
@@ -168,6 +184,23 @@ mod tests {
         registry.remove(one);
         registry.spoke(one);
         assert_eq!(registry.route(), Err(RouteError::Ambiguous(2)));
+    }
+
+    #[test]
+    fn route_among_skips_clients_that_are_not_eligible() {
+        let mut registry = Registry::new();
+        let one = registry.add(true);
+        let two = registry.add(false);
+        registry.spoke(two);
+        assert_eq!(registry.route_among(|&open| open), Ok(one));
+        let three = registry.add(true);
+        assert_eq!(
+            registry.route_among(|&open| open),
+            Err(RouteError::Ambiguous(2))
+        );
+        registry.spoke(three);
+        assert_eq!(registry.route_among(|&open| open), Ok(three));
+        assert_eq!(registry.only_among(|&open| !open), Ok(two));
     }
 
     #[test]

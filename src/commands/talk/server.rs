@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::commands::{self, OperatorCommand};
 use super::escape::escape_peer_text;
-use super::registry::Registry;
+use super::registry::{Registry, RouteError};
 use super::server_client::{Client, ClientEvents, ClientSettings, Disconnect, Flow, plain_address};
 use crate::reactor::{
     Address, Deferred, Factory, Protocol, ProtocolResult, Scheduler, TransportRef,
@@ -24,6 +24,11 @@ pub trait Operator {
     fn print(&self, line: &str);
     /// A notice for the operator on stderr: a line that could not be sent, a bad command.
     fn eprint(&self, line: &str);
+    /// Where a line typed at the next prompt would go changed: to client N, or (None)
+    /// to nobody in particular.
+    fn recipient_changed(&self, recipient: Option<u64>) {
+        let _ = recipient;
+    }
 }
 
 /// How the server runs.
@@ -85,6 +90,8 @@ struct State {
     stopping: Cell<bool>,
     /// Fired when the last client has gone during a shutdown.
     drained: RefCell<Option<Deferred<()>>>,
+    /// The recipient last told to the operator.
+    recipient: Cell<Option<u64>>,
     me: Weak<State>,
 }
 
@@ -103,6 +110,7 @@ impl TalkServer {
                 clients: RefCell::new(Registry::new()),
                 stopping: Cell::new(false),
                 drained: RefCell::new(None),
+                recipient: Cell::new(None),
                 me: me.clone(),
             }),
         }
@@ -121,8 +129,34 @@ impl TalkServer {
         self.state.clients.borrow().len()
     }
 
-    /// Acts on one line the operator typed (or one line of piped input).
+    /// Acts on one line of piped input (no prompt was shown): plain text goes to the
+    /// client that spoke last, or to the only client.
     pub fn typed_line(&self, line: &str) -> Next {
+        self.act(line, None)
+    }
+
+    /// Acts on one line typed at a prompt that named client `named` (`None`: nobody).
+    /// Plain text goes to that client and to no one else, even if others spoke since
+    /// the prompt was drawn; a prompt that named nobody sends to the only client, if
+    /// exactly one is connected now.
+    pub fn typed_at_prompt(&self, line: &str, named: Option<u64>) -> Next {
+        self.act(line, Some(named))
+    }
+
+    /// Where the next prompt's line would go: the client that spoke last, or the only
+    /// one; clients being closed do not count.
+    pub fn recipient(&self) -> Option<u64> {
+        self.state.recipient()
+    }
+
+    fn act(&self, line: &str, prompt: Option<Option<u64>>) -> Next {
+        let next = self.act_on(line, prompt);
+        // A bye or /kick may have changed who the next line goes to.
+        self.state.publish_recipient();
+        next
+    }
+
+    fn act_on(&self, line: &str, prompt: Option<Option<u64>>) -> Next {
         let command = match commands::parse(line) {
             Ok(command) => command,
             Err(error) => {
@@ -133,13 +167,37 @@ impl TalkServer {
         let state = &self.state;
         match command {
             OperatorCommand::Nothing => {}
-            OperatorCommand::Say(text) => {
-                let route = state.clients.borrow().route();
-                match route {
-                    Ok(id) => state.say_to(id, &text),
-                    Err(error) => state.operator.eprint(&format!("* not sent: {error}")),
+            OperatorCommand::Say(text) => match prompt {
+                None => {
+                    let route = state.clients.borrow().route_among(is_open);
+                    match route {
+                        Ok(id) => state.say_to(id, &text),
+                        Err(error) => state.operator.eprint(&format!("* not sent: {error}")),
+                    }
                 }
-            }
+                Some(Some(id)) => {
+                    let client = state.clients.borrow().get(id).cloned();
+                    match client.filter(is_open) {
+                        Some(client) => state.say(&client, &text),
+                        None => state
+                            .operator
+                            .eprint(&format!("* not sent: client {id} has left")),
+                    }
+                }
+                Some(None) => {
+                    let only = state.clients.borrow().only_among(is_open);
+                    match only {
+                        Ok(id) => state.say_to(id, &text),
+                        Err(RouteError::NoClients) => {
+                            state.operator.eprint("* not sent: no client is connected");
+                        }
+                        Err(RouteError::Ambiguous(count)) => state.operator.eprint(&format!(
+                            "* not sent: the prompt named no client and {count} are connected; \
+                             use /to N text"
+                        )),
+                    }
+                }
+            },
             OperatorCommand::To(id, text) => state.say_to(id, &text),
             OperatorCommand::All(text) => {
                 let clients = state.clients.borrow().snapshot();
@@ -189,7 +247,24 @@ impl TalkServer {
     }
 }
 
+/// A client that lines may still be sent to (not being closed).
+fn is_open(client: &Rc<Client>) -> bool {
+    !client.is_closing()
+}
+
 impl State {
+    fn recipient(&self) -> Option<u64> {
+        self.clients.borrow().route_among(is_open).ok()
+    }
+
+    /// Tells the operator when the recipient of the next prompt changed.
+    fn publish_recipient(&self) {
+        let recipient = self.recipient();
+        if self.recipient.replace(recipient) != recipient {
+            self.operator.recipient_changed(recipient);
+        }
+    }
+
     fn settings(&self) -> ClientSettings {
         ClientSettings {
             raw: self.config.raw,
@@ -215,7 +290,7 @@ impl State {
         if !client.send_line(text.as_bytes()) {
             return;
         }
-        if text == "bye" {
+        if text.trim() == "bye" {
             client.close(Disconnect::Bye);
         }
     }
@@ -252,6 +327,7 @@ impl ClientEvents for State {
         client.set_id(id);
         self.operator
             .print(&format!("* client {id} connected from {}", client.peer()));
+        self.publish_recipient();
     }
 
     fn received(&self, client: &Rc<Client>, message: &[u8]) {
@@ -278,6 +354,7 @@ impl ClientEvents for State {
                 if shown.trim_ascii() == b"bye" {
                     client.close(Disconnect::Bye);
                 }
+                self.publish_recipient();
             }
         }
     }
@@ -295,6 +372,7 @@ impl ClientEvents for State {
         }
         self.operator
             .print(&format!("* client {id} disconnected: {reason}"));
+        self.publish_recipient();
         if self.stopping.get() && self.clients.borrow().is_empty() {
             let drained = self.drained.borrow_mut().take();
             if let Some(drained) = drained {
@@ -361,6 +439,7 @@ mod tests {
     struct Recorder {
         out: RefCell<Vec<String>>,
         err: RefCell<Vec<String>>,
+        recipients: RefCell<Vec<Option<u64>>>,
     }
 
     impl Operator for Recorder {
@@ -369,6 +448,9 @@ mod tests {
         }
         fn eprint(&self, line: &str) {
             self.err.borrow_mut().push(line.to_string());
+        }
+        fn recipient_changed(&self, recipient: Option<u64>) {
+            self.recipients.borrow_mut().push(recipient);
         }
     }
 
@@ -480,7 +562,7 @@ mod tests {
         client.feed(b"hello\r\nsecond line\n").unwrap();
         assert_eq!(h.out(), ["Client 1: hello", "Client 1: second line"]);
         assert_eq!(h.typed("  hi there  "), Next::Continue);
-        assert_eq!(written(&client), "hi there\r\n");
+        assert_eq!(written(&client), "  hi there\r\n", "indentation is kept");
         assert!(h.err().is_empty());
     }
 
@@ -892,6 +974,92 @@ mod tests {
         h.typed("/kick 1");
         assert_eq!(written(&client), "");
         assert!(client.transport().lost_connection());
+    }
+
+    #[test]
+    fn a_line_goes_to_the_client_its_prompt_named_even_if_another_spoke_since() {
+        let h = Harness::new(config());
+        let mut one = h.connect(5001);
+        let mut two = h.connect(5002);
+        one.feed(b"question for you\n").unwrap();
+        let named = h.server.recipient();
+        assert_eq!(named, Some(1));
+        // While the operator types at "to 1> ", client 2 speaks.
+        two.feed(b"me too!\n").unwrap();
+        assert_eq!(h.server.recipient(), Some(2), "the next prompt names 2");
+        h.server.typed_at_prompt("answer for one", named);
+        assert_eq!(written(&one), "answer for one\r\n");
+        assert_eq!(written(&two), "");
+        // Piped input (no prompt) still goes to the last speaker.
+        h.typed("for the last speaker");
+        assert_eq!(written(&two), "for the last speaker\r\n");
+        assert!(h.err().is_empty());
+    }
+
+    #[test]
+    fn a_line_for_a_client_that_left_is_not_sent_to_anyone() {
+        let h = Harness::new(config());
+        let mut one = h.connect(5001);
+        let two = h.connect(5002);
+        one.feed(b"hi\n").unwrap();
+        let named = h.server.recipient();
+        one.lose(CloseReason::Done);
+        assert_eq!(h.server.recipient(), Some(2));
+        h.server.typed_at_prompt("are you there?", named);
+        assert_eq!(h.err(), ["* not sent: client 1 has left"]);
+        assert_eq!(written(&two), "");
+    }
+
+    #[test]
+    fn a_line_for_a_client_being_closed_is_not_sent() {
+        let h = Harness::new(config());
+        let one = h.connect(5001);
+        h.server.typed_at_prompt("bye", Some(1));
+        assert_eq!(
+            h.server.recipient(),
+            None,
+            "closing clients are no recipients"
+        );
+        h.server.typed_at_prompt("one more thing", Some(1));
+        assert_eq!(h.err(), ["* not sent: client 1 has left"]);
+        assert_eq!(written(&one), "bye\r\n");
+    }
+
+    #[test]
+    fn a_prompt_that_named_nobody_sends_to_the_only_client_at_enter() {
+        let h = Harness::new(config());
+        h.server.typed_at_prompt("anyone?", None);
+        assert_eq!(h.err(), ["* not sent: no client is connected"]);
+        let one = h.connect(5001);
+        h.server.typed_at_prompt("just you", None);
+        assert_eq!(written(&one), "just you\r\n");
+        let two = h.connect(5002);
+        h.server.typed_at_prompt("which one?", None);
+        assert_eq!(
+            h.err(),
+            ["* not sent: the prompt named no client and 2 are connected; use /to N text"]
+        );
+        assert_eq!(written(&one), "");
+        assert_eq!(written(&two), "");
+        // Commands work at any prompt.
+        h.server.typed_at_prompt("/to 2 you", None);
+        assert_eq!(written(&two), "you\r\n");
+    }
+
+    #[test]
+    fn the_operator_is_told_when_the_next_recipient_changes() {
+        let h = Harness::new(config());
+        let mut one = h.connect(5001);
+        let mut two = h.connect(5002);
+        two.feed(b"hello\n").unwrap();
+        two.feed(b"again\n").unwrap();
+        two.lose(CloseReason::Done);
+        h.typed("bye");
+        one.close();
+        assert_eq!(
+            *h.operator.recipients.borrow(),
+            [Some(1), None, Some(2), Some(1), None]
+        );
     }
 
     #[test]

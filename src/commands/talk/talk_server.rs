@@ -11,15 +11,23 @@ use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 
-use super::console::{Console, ConsoleEvent};
+use super::console::{Console, ConsoleEvent, Prompt};
 use super::server::{Mode, Next, Operator, ServerConfig, TalkServer};
 use crate::commands::scaffold::{self, Command, CommandError};
 use crate::exit::ExitStatus;
 use crate::reactor::tcp::{CannotListenError, ListenOptions, ListeningPort};
 use crate::reactor::{Factory, Phase, Reactor, Scheduler, Signal, StopReason, SystemEvent};
 
-/// The prompt shown when the console is interactive.
-pub const PROMPT: &str = "Server: ";
+/// The prompt shown when no client would get a typed line.
+pub const NOBODY_PROMPT: &str = "> ";
+
+/// The prompt that names where a typed line goes: `to 3> `, or `> ` for nobody.
+pub fn prompt_for(recipient: Option<u64>) -> String {
+    match recipient {
+        Some(id) => format!("to {id}> "),
+        None => NOBODY_PROMPT.to_string(),
+    }
+}
 
 impl Operator for Console {
     fn print(&self, line: &str) {
@@ -33,9 +41,19 @@ impl Operator for Console {
 
 /// Stdout and stderr, through the console once it has started (so that lines appear
 /// above its prompt), directly before that and in `--echo` mode.
-#[derive(Default)]
 struct Screen {
     console: RefCell<Option<Console>>,
+    /// The console's prompt, which names the recipient of the next line.
+    prompt: Prompt,
+}
+
+impl Default for Screen {
+    fn default() -> Screen {
+        Screen {
+            console: RefCell::new(None),
+            prompt: Prompt::routed(NOBODY_PROMPT),
+        }
+    }
 }
 
 impl Screen {
@@ -65,6 +83,11 @@ impl Operator for Screen {
                 let _ = writeln!(io::stderr().lock(), "{line}");
             }
         }
+    }
+
+    fn recipient_changed(&self, recipient: Option<u64>) {
+        self.prompt
+            .set(&prompt_for(recipient), recipient.unwrap_or(0));
     }
 }
 
@@ -158,12 +181,20 @@ impl Command for ServerCommand {
         if config.mode == Mode::Console {
             let stopping = Cell::new(false);
             let flag = self.interrupted.clone();
+            let answered = self.screen.prompt.clone();
             let events = reactor.channel(move |reactor: &Reactor, event: ConsoleEvent| {
                 if stopping.get() {
                     return;
                 }
                 let stop = match event {
                     ConsoleEvent::Line(line) => server.typed_line(&line) == Next::Quit,
+                    ConsoleEvent::Typed { line, prompt: tag } => {
+                        // Tag 0 is the prompt that named nobody; clients count from 1.
+                        let named = (tag != 0).then_some(tag);
+                        let next = server.typed_at_prompt(&line, named);
+                        answered.handled();
+                        next == Next::Quit
+                    }
                     ConsoleEvent::Eof => true,
                     ConsoleEvent::Interrupted => {
                         flag.set(true);
@@ -176,7 +207,7 @@ impl Command for ServerCommand {
                     let _ = reactor.stop();
                 }
             });
-            let console = Console::start(PROMPT, events).map_err(|error| {
+            let console = Console::start(self.screen.prompt.clone(), events).map_err(|error| {
                 CommandError::failure(format!("cannot read the console: {error}"))
             })?;
             *screen.console.borrow_mut() = Some(console);
