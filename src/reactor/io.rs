@@ -8,7 +8,6 @@ use std::io;
 use std::rc::Rc;
 
 use super::Reactor;
-use super::tcp::TcpTransport;
 
 /// What a readiness event says about a source. Edge-triggered: act until `WouldBlock`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,28 +80,52 @@ impl IoKey {
 pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
 pub(crate) const SIGNAL_TOKEN: mio::Token = mio::Token(usize::MAX - 1);
 
+/// What the registry needs of the reactor's connections, the sources it keeps as their
+/// own type (see [`Handler`]). The stream transport implements it; the registry knows
+/// nothing else about it.
+pub(crate) trait Connection {
+    /// The connection's socket is ready.
+    fn ready(self: &Rc<Self>, readiness: Readiness);
+
+    /// The reactor is shutting down: the connection ends (R-10, P-28).
+    fn shutdown(self: &Rc<Self>);
+
+    /// The registry is dropped with the connection still in it: break the reference
+    /// cycle between the connection and a protocol that keeps its transport.
+    fn release(&self);
+}
+
 /// What a source is registered with: its handler.
 ///
-/// TCP connections are kept as their own type rather than as `dyn IoHandler`, so that a
-/// connection can be found again from its key alone ([`IoRegistry::tcp`]): a transport
-/// called through `&self` (every `Transport` method) reaches its own `Rc` through the
-/// registry instead of through a pointer to itself, and a connector reaches its
-/// connection through the connection's key. Idle connections are counted in the
-/// thousands, and each saves that pointer. The loop dispatches to a connection directly
-/// with the `Rc` it took from the slot, so an event costs one registry lookup.
-#[derive(Clone)]
-pub(crate) enum Handler {
-    /// An open TCP connection.
-    Tcp(Rc<TcpTransport>),
+/// Connections (`C`, the reactor's one connection type) are kept as their own type
+/// rather than as `dyn IoHandler`, so that a connection can be found again from its key
+/// alone ([`IoRegistry::connection`]): a transport called through `&self` (every
+/// `Transport` method) reaches its own `Rc` through the registry instead of through a
+/// pointer to itself, and a connector reaches its connection through the connection's
+/// key. Idle connections are counted in the thousands, and each saves that pointer. The
+/// loop dispatches to a connection directly with the `Rc` it took from the slot, so an
+/// event costs one registry lookup and no virtual call.
+pub(crate) enum Handler<C> {
+    /// An open connection.
+    Connection(Rc<C>),
     /// Any other source: listening ports, connect attempts, user handlers.
     Dyn(Rc<dyn IoHandler>),
 }
 
-impl Handler {
+impl<C> Clone for Handler<C> {
+    fn clone(&self) -> Self {
+        match self {
+            Handler::Connection(connection) => Handler::Connection(connection.clone()),
+            Handler::Dyn(handler) => Handler::Dyn(handler.clone()),
+        }
+    }
+}
+
+impl<C: Connection> Handler<C> {
     /// Tells the handler what its source is ready for.
     pub(crate) fn ready(&self, reactor: &Reactor, readiness: Readiness) {
         match self {
-            Handler::Tcp(transport) => transport.ready(readiness),
+            Handler::Connection(connection) => connection.ready(readiness),
             Handler::Dyn(handler) => handler.ready(reactor, readiness),
         }
     }
@@ -110,7 +133,7 @@ impl Handler {
     /// The reactor is shutting down: the source must close.
     pub(crate) fn shutdown(&self, reactor: &Reactor) {
         match self {
-            Handler::Tcp(transport) => transport.shutdown(),
+            Handler::Connection(connection) => connection.shutdown(),
             Handler::Dyn(handler) => handler.shutdown(reactor),
         }
     }
@@ -119,13 +142,13 @@ impl Handler {
 /// One registry slot. 16 bytes (tag, generation, one thin pointer), since a server
 /// keeps one per open connection: a `dyn` handle would be two pointers, so the few
 /// other handlers (ports, connect attempts) are boxed once more instead.
-enum Slot {
+enum Slot<C> {
     Free {
         generation: u32,
     },
-    Tcp {
+    Connection {
         generation: u32,
-        transport: Rc<TcpTransport>,
+        connection: Rc<C>,
     },
     Dyn {
         generation: u32,
@@ -134,22 +157,22 @@ enum Slot {
 }
 
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+const _: () = assert!(std::mem::size_of::<Slot<u8>>() == 16);
 
-impl Slot {
+impl<C> Slot<C> {
     fn generation(&self) -> u32 {
         match self {
             Slot::Free { generation }
-            | Slot::Tcp { generation, .. }
+            | Slot::Connection { generation, .. }
             | Slot::Dyn { generation, .. } => *generation,
         }
     }
 
-    fn used(generation: u32, handler: Handler) -> Slot {
+    fn used(generation: u32, handler: Handler<C>) -> Slot<C> {
         match handler {
-            Handler::Tcp(transport) => Slot::Tcp {
+            Handler::Connection(connection) => Slot::Connection {
                 generation,
-                transport,
+                connection,
             },
             Handler::Dyn(handler) => Slot::Dyn {
                 generation,
@@ -159,12 +182,12 @@ impl Slot {
     }
 
     /// The handler, if the slot is in use by the registration of `generation`.
-    fn handler(&self, generation: u32) -> Option<Handler> {
+    fn handler(&self, generation: u32) -> Option<Handler<C>> {
         match self {
-            Slot::Tcp {
+            Slot::Connection {
                 generation: g,
-                transport,
-            } if *g == generation => Some(Handler::Tcp(transport.clone())),
+                connection,
+            } if *g == generation => Some(Handler::Connection(connection.clone())),
             Slot::Dyn {
                 generation: g,
                 handler,
@@ -175,15 +198,24 @@ impl Slot {
 }
 
 /// Slots of registered handlers, reused through a free list.
-#[derive(Default)]
-pub(crate) struct IoRegistry {
-    slots: Vec<Slot>,
+pub(crate) struct IoRegistry<C: Connection> {
+    slots: Vec<Slot<C>>,
     free: Vec<u32>,
     live: usize,
 }
 
-impl IoRegistry {
-    pub(crate) fn insert(&mut self, handler: Handler) -> io::Result<IoKey> {
+impl<C: Connection> Default for IoRegistry<C> {
+    fn default() -> Self {
+        IoRegistry {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+}
+
+impl<C: Connection> IoRegistry<C> {
+    pub(crate) fn insert(&mut self, handler: Handler<C>) -> io::Result<IoKey> {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -217,7 +249,7 @@ impl IoRegistry {
     }
 
     /// Puts `handler` in the slot of `key`; false if `key` is stale.
-    pub(crate) fn replace(&mut self, key: IoKey, handler: Handler) -> bool {
+    pub(crate) fn replace(&mut self, key: IoKey, handler: Handler<C>) -> bool {
         match self.slots.get_mut(key.index as usize) {
             Some(slot)
                 if !matches!(slot, Slot::Free { .. }) && slot.generation() == key.generation =>
@@ -230,24 +262,24 @@ impl IoRegistry {
     }
 
     /// The handler behind a token, unless the token is stale.
-    pub(crate) fn get(&self, token: mio::Token) -> Option<Handler> {
+    pub(crate) fn get(&self, token: mio::Token) -> Option<Handler<C>> {
         let key = IoKey::from_token(token);
         self.slots.get(key.index as usize)?.handler(key.generation)
     }
 
-    /// The TCP connection registered under `key`, unless `key` is stale or holds
-    /// something else.
-    pub(crate) fn tcp(&self, key: IoKey) -> Option<Rc<TcpTransport>> {
+    /// The connection registered under `key`, unless `key` is stale or holds something
+    /// else.
+    pub(crate) fn connection(&self, key: IoKey) -> Option<Rc<C>> {
         match self.slots.get(key.index as usize)? {
-            Slot::Tcp {
+            Slot::Connection {
                 generation,
-                transport,
-            } if *generation == key.generation => Some(transport.clone()),
+                connection,
+            } if *generation == key.generation => Some(connection.clone()),
             _ => None,
         }
     }
 
-    pub(crate) fn handlers(&self) -> Vec<Handler> {
+    pub(crate) fn handlers(&self) -> Vec<Handler<C>> {
         self.slots
             .iter()
             .filter_map(|slot| slot.handler(slot.generation()))
@@ -258,21 +290,21 @@ impl IoRegistry {
         self.live
     }
 
-    /// Every open TCP connection, for tests that look inside one.
+    /// Every open connection, for tests that look inside one.
     #[cfg(test)]
-    pub(crate) fn tcp_connections(&self) -> Vec<Rc<TcpTransport>> {
+    pub(crate) fn connections(&self) -> Vec<Rc<C>> {
         self.slots
             .iter()
             .filter_map(|slot| match slot {
-                Slot::Tcp { transport, .. } => Some(transport.clone()),
+                Slot::Connection { connection, .. } => Some(connection.clone()),
                 _ => None,
             })
             .collect()
     }
 }
 
-impl Drop for IoRegistry {
-    /// Breaks the one reference cycle the registry's entries can hold: a TCP connection
+impl<C: Connection> Drop for IoRegistry<C> {
+    /// Breaks the one reference cycle the registry's entries can hold: a connection
     /// owns its protocol, and the protocol may keep the connection's transport (which is
     /// the connection). Closing the connection breaks it, and a reactor that shuts down
     /// closes every connection (P-28); a reactor dropped without that (never run, or
@@ -280,8 +312,8 @@ impl Drop for IoRegistry {
     /// forever.
     fn drop(&mut self) {
         for slot in &self.slots {
-            if let Slot::Tcp { transport, .. } = slot {
-                transport.release_protocol();
+            if let Slot::Connection { connection, .. } = slot {
+                connection.release();
             }
         }
     }

@@ -27,7 +27,6 @@
 //! ```
 
 pub mod address;
-mod connect_socket;
 pub mod defer;
 pub mod endpoints;
 pub mod failure;
@@ -69,6 +68,10 @@ pub use time::{
 pub use triggers::{Phase, SystemEvent, TriggerHandle, TriggerOutput, UnknownTrigger};
 
 use io::{IoRegistry, SIGNAL_TOKEN, WAKER_TOKEN};
+
+/// The reactor's connections: what the I/O registry keeps as their own type (see
+/// [`io::Handler`]).
+pub(crate) type StreamConnection = tcp::TcpTransport;
 use signal::SignalSource;
 use thread::{ThreadQueue, WorkerPool};
 use time::{TimerQueue, log_result};
@@ -119,14 +122,14 @@ struct Inner {
     timers: TimerQueue,
     poll: RefCell<mio::Poll>,
     registry: mio::Registry,
-    io: RefCell<IoRegistry>,
+    io: RefCell<IoRegistry<StreamConnection>>,
     thread_queue: Arc<ThreadQueue>,
     /// Continuations the reactor itself schedules for the next iteration.
     soon: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     /// Write buffers given back by drained connections, for the next one that writes.
     spare_buffers: RefCell<SpareBuffers>,
-    /// Sockets of connects refused at once, for the next connect (see `connect_socket`).
-    spare_sockets: RefCell<connect_socket::SpareSockets>,
+    /// TCP's own pools (sockets of connects refused at once, for the next connect).
+    tcp: tcp::TcpPools,
     triggers: Rc<Triggers>,
     state: Cell<RunState>,
     running: Cell<bool>,
@@ -255,7 +258,7 @@ impl Reactor {
                 thread_queue: Arc::new(ThreadQueue::new(waker)),
                 soon: RefCell::new(VecDeque::new()),
                 spare_buffers: RefCell::new(SpareBuffers::default()),
-                spare_sockets: RefCell::new(connect_socket::SpareSockets::default()),
+                tcp: tcp::TcpPools::default(),
                 triggers: Rc::new(Triggers::default()),
                 state: Cell::new(RunState::Idle),
                 running: Cell::new(false),
@@ -506,13 +509,13 @@ impl Reactor {
         self.register_handler(source, interest, io::Handler::Dyn(handler))
     }
 
-    /// [`Reactor::register_io`] for any kind of registry entry (TCP connections are
+    /// [`Reactor::register_io`] for any kind of registry entry (connections are
     /// registered as their own type, see [`io::Handler`]).
     pub(crate) fn register_handler(
         &self,
         source: &mut impl mio::event::Source,
         interest: mio::Interest,
-        handler: io::Handler,
+        handler: io::Handler<StreamConnection>,
     ) -> std::io::Result<IoKey> {
         let key = self.inner.io.borrow_mut().insert(handler)?;
         if let Err(error) = self.inner.registry.register(source, key.token(), interest) {
@@ -563,13 +566,17 @@ impl Reactor {
     }
 
     /// [`Reactor::replace_io_handler`] for any kind of registry entry.
-    pub(crate) fn replace_handler(&self, key: IoKey, handler: io::Handler) -> bool {
+    pub(crate) fn replace_handler(
+        &self,
+        key: IoKey,
+        handler: io::Handler<StreamConnection>,
+    ) -> bool {
         self.inner.io.borrow_mut().replace(key, handler)
     }
 
-    /// The TCP connection registered under `key`, if it is still registered.
-    pub(crate) fn tcp_connection(&self, key: IoKey) -> Option<Rc<tcp::TcpTransport>> {
-        self.inner.io.borrow().tcp(key)
+    /// The connection registered under `key`, if it is still registered.
+    pub(crate) fn connection(&self, key: IoKey) -> Option<Rc<StreamConnection>> {
+        self.inner.io.borrow().connection(key)
     }
 
     pub(crate) fn downgrade(&self) -> WeakReactor {
@@ -610,15 +617,6 @@ impl Reactor {
         buffer.clear();
         spare.bytes += capacity;
         spare.buffers.push(buffer);
-    }
-
-    /// Begins a non-blocking connect to `destination`, reusing a spare socket where it
-    /// can; see [`connect_socket::start_connect`].
-    pub(crate) fn start_connect(
-        &self,
-        destination: std::net::SocketAddr,
-    ) -> std::io::Result<mio::net::TcpStream> {
-        connect_socket::start_connect(&mut self.inner.spare_sockets.borrow_mut(), destination)
     }
 
     /// Counts one more user of `factory`; true when it is the first (P-01: call

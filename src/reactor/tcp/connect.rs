@@ -155,7 +155,7 @@ impl Connector {
             }
             ConnectorState::Connected => {
                 if let Some(reactor) = self.inner.reactor.upgrade()
-                    && let Some(connection) = reactor.tcp_connection(self.inner.connection.get())
+                    && let Some(connection) = reactor.connection(self.inner.connection.get())
                 {
                     connection.lose_connection();
                 }

@@ -31,6 +31,7 @@ use super::Reactor;
 use super::protocol::{CloseReason, ConnectError, Factory};
 
 mod connect;
+mod connect_socket;
 mod listen;
 mod transport;
 
@@ -150,6 +151,13 @@ impl CompactAddr {
     }
 }
 
+/// TCP's state kept by the reactor: sockets of connects refused at once, for the next
+/// connect (see `connect_socket`).
+#[derive(Default)]
+pub(crate) struct TcpPools {
+    spare_sockets: std::cell::RefCell<connect_socket::SpareSockets>,
+}
+
 // ---------------------------------------------------------------------------------------
 // The reactor's TCP methods
 
@@ -186,5 +194,12 @@ impl Reactor {
         timeout: Option<Duration>,
     ) -> Connector {
         Connector::start(self, address, factory, timeout)
+    }
+
+    /// Begins a non-blocking connect to `destination`, reusing a spare socket where it
+    /// can; see [`connect_socket::start_connect`].
+    fn start_connect(&self, destination: SocketAddr) -> io::Result<mio::net::TcpStream> {
+        let mut spares = self.inner.tcp.spare_sockets.borrow_mut();
+        connect_socket::start_connect(&mut spares, destination)
     }
 }

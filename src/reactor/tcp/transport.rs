@@ -16,7 +16,7 @@ use super::listen::PortInner;
 use super::{CompactAddr, HIGH_WATER_MARK, WRITE_BUFFER_LIMIT};
 use crate::reactor::address::Address;
 use crate::reactor::failure::Failure;
-use crate::reactor::io::{Handler, IoKey, Readiness};
+use crate::reactor::io::{Connection, Handler, IoKey, Readiness};
 use crate::reactor::protocol::{CloseReason, Producer, Protocol, Transport, TransportRef};
 use crate::reactor::{Reactor, WeakReactor};
 
@@ -242,7 +242,7 @@ impl TcpTransport {
     /// registered. Every connection is registered from `start` until `close`, which is
     /// the whole time its protocol can call it, so no pointer to itself is needed.
     fn this(&self, reactor: &Reactor) -> Option<Rc<TcpTransport>> {
-        let this = reactor.tcp_connection(self.key.get())?;
+        let this = reactor.connection(self.key.get())?;
         std::ptr::eq(Rc::as_ptr(&this), self).then_some(this)
     }
 
@@ -484,7 +484,7 @@ impl TcpTransport {
 
     /// Drops the protocol without telling it anything, for a reactor that is dropped
     /// with the connection still open (see `IoRegistry`'s `Drop`).
-    pub(crate) fn release_protocol(&self) {
+    fn release_protocol(&self) {
         let protocol = match self.protocol.try_borrow_mut() {
             Ok(mut slot) => slot.take(),
             Err(_) => None,
@@ -548,7 +548,7 @@ impl TcpTransport {
                 // A connector's socket is registered already: its key must be freed on
                 // failure.
                 self.key.set(key);
-                if !reactor.replace_handler(key, Handler::Tcp(self.clone())) {
+                if !reactor.replace_handler(key, Handler::Connection(self.clone())) {
                     Err(io::Error::other("the connection's registration is gone"))
                 } else {
                     self.with_stream(|stream| {
@@ -560,7 +560,11 @@ impl TcpTransport {
             }
             None => self
                 .with_stream(|stream| {
-                    reactor.register_handler(stream, Interest::READABLE, Handler::Tcp(self.clone()))
+                    reactor.register_handler(
+                        stream,
+                        Interest::READABLE,
+                        Handler::Connection(self.clone()),
+                    )
                 })
                 .unwrap_or_else(|| Err(no_socket())),
         };
@@ -874,9 +878,9 @@ fn reason_from_io(error: io::Error) -> CloseReason {
 
 /// The loop's side of a connection: the registry hands each event to the connection's
 /// own `Rc` (see `io::Handler`), which the protocol's calls need.
-impl TcpTransport {
+impl Connection for TcpTransport {
     /// The socket is ready for `readiness`.
-    pub(crate) fn ready(self: &Rc<Self>, readiness: Readiness) {
+    fn ready(self: &Rc<Self>, readiness: Readiness) {
         if readiness.error
             && let Some(error) = self
                 .with_stream(|stream| stream.take_error().ok().flatten())
@@ -893,8 +897,12 @@ impl TcpTransport {
     }
 
     /// The reactor is shutting down: the connection ends (R-10, P-28).
-    pub(crate) fn shutdown(self: &Rc<Self>) {
+    fn shutdown(self: &Rc<Self>) {
         self.close(CloseReason::Lost(None));
+    }
+
+    fn release(&self) {
+        self.release_protocol();
     }
 }
 
@@ -1002,7 +1010,7 @@ mod tests {
             .inner
             .io
             .borrow()
-            .tcp_connections()
+            .connections()
             .into_iter()
             .find(|c| Rc::as_ptr(c) as *const () == wanted)
             .expect("the transport is an open connection")
@@ -1100,7 +1108,7 @@ mod tests {
             },
             on_data: |reactor, transport, seen| {
                 // The server's bytes arrived: its flush has sent them all.
-                for connection in reactor.inner.io.borrow().tcp_connections() {
+                for connection in reactor.inner.io.borrow().connections() {
                     if !std::ptr::eq(
                         Rc::as_ptr(&connection) as *const (),
                         Rc::as_ptr(transport) as *const (),
