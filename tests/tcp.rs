@@ -583,7 +583,7 @@ fn p06_listen_failure_leaves_factory_untouched() {
     let address = taken.local_addr().unwrap();
     let factory = Fac::new("f", &log, |_| None).rc();
     let error = reactor.listen_tcp(address, factory).unwrap_err();
-    assert_eq!(error.address, address);
+    assert_eq!(error.address, Address::Tcp(address));
     assert_eq!(error.source.kind(), std::io::ErrorKind::AddrInUse);
     assert!(
         events(&log).is_empty(),

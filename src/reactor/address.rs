@@ -53,6 +53,22 @@ impl Address {
     }
 }
 
+impl Address {
+    /// The address a system call gave: IP, a UNIX path or abstract name, or unnamed.
+    pub(crate) fn from_sockaddr(address: &socket2::SockAddr) -> Address {
+        if let Some(inet) = address.as_socket() {
+            return Address::Tcp(inet);
+        }
+        if let Some(path) = address.as_pathname() {
+            return Address::Unix(UnixAddress::Path(path.to_path_buf()));
+        }
+        match address.as_abstract_namespace() {
+            Some(name) => Address::Unix(UnixAddress::Abstract(name.into())),
+            None => Address::Unix(UnixAddress::Unnamed),
+        }
+    }
+}
+
 impl From<SocketAddr> for Address {
     fn from(address: SocketAddr) -> Address {
         Address::Tcp(address)
@@ -81,6 +97,25 @@ impl UnixAddress {
         match text.strip_prefix('@') {
             Some(name) => UnixAddress::Abstract(name.as_bytes().into()),
             None => UnixAddress::Path(PathBuf::from(text)),
+        }
+    }
+
+    /// The socket address to bind or connect to; an unnamed address has none.
+    pub(crate) fn to_sockaddr(&self) -> std::io::Result<socket2::SockAddr> {
+        match self {
+            UnixAddress::Path(path) => socket2::SockAddr::unix(path),
+            UnixAddress::Abstract(name) => {
+                // The kernel's form of an abstract name: a NUL, then the name.
+                use std::os::unix::ffi::OsStrExt;
+                let mut bytes = Vec::with_capacity(name.len() + 1);
+                bytes.push(0);
+                bytes.extend_from_slice(name);
+                socket2::SockAddr::unix(std::ffi::OsStr::from_bytes(&bytes))
+            }
+            UnixAddress::Unnamed => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an unnamed UNIX socket address cannot be bound or connected to",
+            )),
         }
     }
 

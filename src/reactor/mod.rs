@@ -35,11 +35,13 @@ pub mod looping;
 pub mod protocol;
 pub mod reconnect;
 pub mod signal;
+pub mod stream;
 pub mod tcp;
 pub mod testing;
 pub mod thread;
 pub mod time;
 pub mod triggers;
+pub mod unix;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -57,7 +59,8 @@ pub use failure::{Failure, MessageError};
 pub use io::{IoHandler, IoKey, Readiness};
 pub use looping::{LoopStep, LoopingCall, LoopingCallError, WeakLoopingCall, defer_later};
 pub use protocol::{
-    CloseReason, ConnectError, Factory, Producer, Protocol, ProtocolResult, Transport, TransportRef,
+    CloseReason, ConnectError, Factory, PeerCredentials, Producer, Protocol, ProtocolResult,
+    Transport, TransportRef,
 };
 pub use signal::Signal;
 pub use thread::ReactorHandle;
@@ -71,7 +74,7 @@ use io::{IoRegistry, SIGNAL_TOKEN, WAKER_TOKEN};
 
 /// The reactor's connections: what the I/O registry keeps as their own type (see
 /// [`io::Handler`]).
-pub(crate) type StreamConnection = tcp::TcpTransport;
+pub(crate) type StreamConnection = stream::StreamTransport;
 use signal::SignalSource;
 use thread::{ThreadQueue, WorkerPool};
 use time::{TimerQueue, log_result};

@@ -104,6 +104,13 @@ pub trait Transport {
     /// The local address of the connection (X-15, U-06).
     fn host(&self) -> Address;
 
+    /// The process, user and group at the other end of a UNIX connection, as the kernel
+    /// recorded them when it connected (SO_PEERCRED), while the connection is open;
+    /// `None` for TCP, after the close, and for transports that cannot tell.
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        None
+    }
+
     /// Stops reading until `resume_producing`.
     fn pause_producing(&self);
 
@@ -116,6 +123,18 @@ pub trait Transport {
 
     /// Forgets the registered producer.
     fn unregister_producer(&self);
+}
+
+/// Who is at the other end of a local (UNIX) connection: the peer's process, user and
+/// group when it connected, as the kernel tells them (not what the peer claims).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// The peer's process id.
+    pub pid: i32,
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
 }
 
 /// Makes one protocol per connection, and is told when the first port or connector

@@ -21,7 +21,6 @@
 use std::io;
 use std::net::SocketAddr;
 
-use mio::net::TcpStream;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 /// Sockets kept for reuse, one per address family.
@@ -53,7 +52,7 @@ impl SpareSockets {
 pub(crate) fn start_connect(
     spares: &mut SpareSockets,
     destination: SocketAddr,
-) -> io::Result<TcpStream> {
+) -> io::Result<Socket> {
     let address = SockAddr::from(destination);
     if let Some(socket) = spares.slot(&destination).take() {
         match begin(spares, socket, &destination, &address) {
@@ -102,9 +101,9 @@ fn begin(
     socket: Socket,
     destination: &SocketAddr,
     address: &SockAddr,
-) -> io::Result<TcpStream> {
+) -> io::Result<Socket> {
     match socket.connect(address) {
-        Ok(()) => return Ok(into_stream(socket)),
+        Ok(()) => return Ok(socket),
         Err(error) if is_in_progress(&error) => {}
         Err(error) => return Err(error),
     }
@@ -118,10 +117,10 @@ fn check(
     socket: Socket,
     destination: &SocketAddr,
     address: &SockAddr,
-) -> io::Result<TcpStream> {
+) -> io::Result<Socket> {
     match socket.connect(address) {
-        Ok(()) => Ok(into_stream(socket)),
-        Err(error) if error.raw_os_error() == Some(libc::EALREADY) => Ok(into_stream(socket)),
+        Ok(()) => Ok(socket),
+        Err(error) if error.raw_os_error() == Some(libc::EALREADY) => Ok(socket),
         Err(error) => {
             // The attempt ended and the call reset the socket: it can connect again.
             if error.kind() == io::ErrorKind::ConnectionRefused {
@@ -139,15 +138,11 @@ fn check(
     socket: Socket,
     _destination: &SocketAddr,
     _address: &SockAddr,
-) -> io::Result<TcpStream> {
+) -> io::Result<Socket> {
     match socket.take_error()? {
-        None => Ok(into_stream(socket)),
+        None => Ok(socket),
         Some(error) => Err(error),
     }
-}
-
-fn into_stream(socket: Socket) -> TcpStream {
-    TcpStream::from_std(socket.into())
 }
 
 #[cfg(test)]
@@ -163,7 +158,7 @@ mod tests {
     }
 
     /// Waits (bounded) until `stream`'s connect has finished, and returns its outcome.
-    fn outcome(stream: &TcpStream) -> io::Result<()> {
+    fn outcome(stream: &Socket) -> io::Result<()> {
         for _ in 0..1000 {
             match stream.peer_addr() {
                 Ok(_) => return Ok(()),
@@ -198,7 +193,8 @@ mod tests {
         assert_eq!(spares.len(), 0);
         outcome(&stream).expect("handshake completes");
         let (_accepted, peer) = listener.accept().expect("accept");
-        assert_eq!(peer, stream.local_addr().expect("local address"));
+        let local = stream.local_addr().expect("local address");
+        assert_eq!(Some(peer), local.as_socket());
     }
 
     #[test]
@@ -243,6 +239,7 @@ mod tests {
         let stream = start_connect(&mut spares, open).expect("a fresh socket connects");
         outcome(&stream).expect("handshake completes");
         let local = stream.local_addr().expect("local address");
+        let local = local.as_socket().expect("an IP address");
         let peers: Vec<SocketAddr> = (0..2)
             .map(|_| listener.accept().expect("accept").1)
             .collect();

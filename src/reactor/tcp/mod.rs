@@ -1,53 +1,28 @@
-//! TCP on the reactor: listening ports ([`Reactor::listen_tcp`]), outgoing connections
-//! ([`Reactor::connect_tcp`] and its [`Connector`]), and the connection's transport
-//! ([`TcpTransport`]).
-//!
-//! Ownership: one [`TcpTransport`] per connection is both the registry's I/O handler and
-//! the transport its protocol writes to; it owns the protocol. The reactor's I/O registry
-//! holds it while the socket is open, and the protocol may keep it (as its
-//! [`TransportRef`]) as long as it likes. The transport holds no pointer to itself: where
-//! it needs its own `Rc` (to run something later, or to hand itself to its protocol) it
-//! looks itself up in the registry by its key, which only succeeds while it is open.
-//! So nothing forms a cycle, and a connection is freed once it is closed and its
-//! protocol lets go of it.
-//!
-//! Everything a transport method asks for happens later, from the loop: writes are
-//! flushed at the start of the next iteration (or when the socket turns writable), and
-//! `connection_lost` is never called inside `lose_connection` or `abort_connection`
-//!
-//!
-//! The code is in three parts: the connection and its transport (`transport`), listening
-//! ports (`listen`), and outgoing connections (`connect`). This module keeps what they
-//! share, and the reactor's methods that open ports and connections.
-//!
-//! [`TransportRef`]: crate::reactor::TransportRef
+//! TCP on the reactor: listening ports ([`Reactor::listen_tcp`]) and outgoing
+//! connections ([`Reactor::connect_tcp`]). The connection, the accepting and the
+//! connector are the stream code shared with UNIX sockets (`reactor::stream`); this
+//! module makes the TCP sockets: binding with its options, and starting a connect on a
+//! spare socket where it can (`connect_socket`).
 
+use std::cell::RefCell;
+use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV6};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::Reactor;
-use super::protocol::{CloseReason, ConnectError, Factory};
+use super::address::Address;
+use super::defer::Deferred;
+use super::protocol::Factory;
+use super::stream::PortInner;
 
-mod connect;
 mod connect_socket;
-mod listen;
-mod transport;
 
-pub use connect::Connector;
-pub use listen::ListeningPort;
-pub use transport::TcpTransport;
-
-/// Outgoing bytes above which a registered producer is told to pause.
-pub const HIGH_WATER_MARK: usize = 64 * 1024;
-
-/// Outgoing bytes above which a connection is aborted instead of buffering more: a peer
-/// that does not read cannot make us hold unbounded memory.
-pub const WRITE_BUFFER_LIMIT: usize = 64 * 1024 * 1024;
-
-/// The default connect timeout.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub use super::stream::{
+    AlreadyConnectingError, CannotListenError, ClientFactory, Connector, DEFAULT_CONNECT_TIMEOUT,
+    HIGH_WATER_MARK, NotConnectingError, WRITE_BUFFER_LIMIT,
+};
 
 /// Options of a listening socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,94 +43,55 @@ impl Default for ListenOptions {
     }
 }
 
-/// `listen_tcp` could not bind or listen (Twisted's CannotListenError, P-06).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {address}: {source}")]
-pub struct CannotListenError {
-    /// The address asked for.
-    pub address: SocketAddr,
-    /// What the OS said.
-    #[source]
-    pub source: io::Error,
-}
-
-/// `stop_connecting` was called on a connector that is not connecting (P-18).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the connector is not connecting")]
-pub struct NotConnectingError;
-
-/// `connect` was called on a connector that is not disconnected (P-17).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the connector is already connecting or connected")]
-pub struct AlreadyConnectingError;
-
-/// A factory for outgoing connections: a [`Factory`] that is also told how the attempt
-/// went (P-11..P-14).
-pub trait ClientFactory: Factory {
-    /// An attempt has started; `connector.stop_connecting()` may be called here (P-11).
-    fn started_connecting(&self, connector: &Connector) {
-        let _ = connector;
-    }
-
-    /// The attempt failed; `connector.connect()` here tries again (P-13, P-17).
-    fn client_connection_failed(&self, connector: &Connector, reason: &ConnectError) {
-        let _ = (connector, reason);
-    }
-
-    /// An established connection ended, after its protocol's `connection_lost`;
-    /// `connector.connect()` here reconnects (P-14, P-17).
-    fn client_connection_lost(&self, connector: &Connector, reason: &CloseReason) {
-        let _ = (connector, reason);
-    }
-}
-
-fn factory_address(factory: &Rc<impl ?Sized>) -> usize {
-    Rc::as_ptr(factory) as *const () as usize
-}
-
-/// P-01: `start_factory` on the first user only.
-fn factory_do_start(reactor: &Reactor, factory: &Rc<dyn Factory>) {
-    if reactor.factory_user_added(factory_address(factory)) {
-        factory.start_factory();
-    }
-}
-
-/// P-01: `stop_factory` after the last user only.
-fn factory_do_stop(reactor: &Reactor, factory: &Rc<dyn Factory>) {
-    if reactor.factory_user_removed(factory_address(factory)) {
-        factory.stop_factory();
-    }
-}
-
-/// A socket address in 16 bytes instead of `SocketAddr`'s 32: IPv4 inline, IPv6 boxed.
-/// Every connection keeps its peer's, and every connector its destination.
-#[derive(Debug, Clone)]
-enum CompactAddr {
-    V4(Ipv4Addr, u16),
-    V6(Box<SocketAddrV6>),
-}
-
-impl CompactAddr {
-    fn new(address: SocketAddr) -> CompactAddr {
-        match address {
-            SocketAddr::V4(a) => CompactAddr::V4(*a.ip(), a.port()),
-            SocketAddr::V6(a) => CompactAddr::V6(Box::new(a)),
-        }
-    }
-
-    fn get(&self) -> SocketAddr {
-        match self {
-            CompactAddr::V4(ip, port) => SocketAddr::from((*ip, *port)),
-            CompactAddr::V6(a) => SocketAddr::V6(**a),
-        }
-    }
-}
-
 /// TCP's state kept by the reactor: sockets of connects refused at once, for the next
 /// connect (see `connect_socket`).
 #[derive(Default)]
 pub(crate) struct TcpPools {
-    spare_sockets: std::cell::RefCell<connect_socket::SpareSockets>,
+    spare_sockets: RefCell<connect_socket::SpareSockets>,
+}
+
+/// A listening TCP port (Twisted's `IListeningPort`).
+#[derive(Clone)]
+pub struct ListeningPort {
+    inner: Rc<PortInner>,
+}
+
+impl fmt::Debug for ListeningPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListeningPort")
+            .field("address", &self.host())
+            .finish()
+    }
+}
+
+impl ListeningPort {
+    /// The listening address, with the port the OS chose for port 0 (P-10, X-15).
+    pub fn host(&self) -> SocketAddr {
+        match self.inner.address() {
+            Address::Tcp(address) => *address,
+            Address::Unix(_) => unreachable!("a TCP port has an IP address"),
+        }
+    }
+
+    /// Stops accepting. The socket closes later, then the factory's `stop_factory` runs
+    /// if this was its last user, then the returned Deferred fires (P-09). Connections
+    /// already accepted stay open.
+    pub fn stop_listening(&self) -> Deferred<()> {
+        self.inner.stop_listening()
+    }
+}
+
+fn bind_listener(address: SocketAddr, options: ListenOptions) -> io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if let (SocketAddr::V6(_), Some(v6_only)) = (address, options.v6_only) {
+        socket.set_only_v6(v6_only)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(options.backlog)?;
+    Ok(socket)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -180,7 +116,19 @@ impl Reactor {
         factory: Rc<dyn Factory>,
         options: ListenOptions,
     ) -> Result<ListeningPort, CannotListenError> {
-        ListeningPort::open(self, address, factory, options)
+        let fail = |source| CannotListenError {
+            address: Address::Tcp(address),
+            source,
+        };
+        let socket = bind_listener(address, options).map_err(fail)?;
+        let bound = socket
+            .local_addr()
+            .map_err(fail)?
+            .as_socket()
+            .unwrap_or(address);
+        let inner =
+            PortInner::open(self, socket, Address::Tcp(bound), factory, None).map_err(fail)?;
+        Ok(ListeningPort { inner })
     }
 
     /// Connects to `address` (P-11): starts the factory if this connector is its first
@@ -193,12 +141,12 @@ impl Reactor {
         factory: Rc<dyn ClientFactory>,
         timeout: Option<Duration>,
     ) -> Connector {
-        Connector::start(self, address, factory, timeout)
+        Connector::start(self, Address::Tcp(address), factory, timeout)
     }
 
     /// Begins a non-blocking connect to `destination`, reusing a spare socket where it
     /// can; see [`connect_socket::start_connect`].
-    fn start_connect(&self, destination: SocketAddr) -> io::Result<mio::net::TcpStream> {
+    pub(crate) fn start_tcp_connect(&self, destination: SocketAddr) -> io::Result<socket2::Socket> {
         let mut spares = self.inner.tcp.spare_sockets.borrow_mut();
         connect_socket::start_connect(&mut spares, destination)
     }

@@ -1,18 +1,22 @@
-//! Listening TCP ports: binding, accepting (with a back-off when the process runs out of
-//! descriptors), and starting a connection for each accepted socket.
+//! Listening ports, TCP or UNIX: accepting (with a back-off when the process runs out of
+//! descriptors), starting a connection for each accepted socket, and removing a UNIX
+//! port's socket file when it stops (U-03). Binding is the socket kind's own (`tcp/`,
+//! `unix/`).
 
 use std::cell::{Cell, RefCell};
-use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use mio::Interest;
-use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use socket2::Socket;
 
-use super::transport::{LostNotice, TcpTransport};
-use super::{CannotListenError, ListenOptions, factory_do_start, factory_do_stop};
+use super::transport::{LostNotice, StreamTransport};
+use super::{factory_do_start, factory_do_stop};
 use crate::reactor::address::Address;
 use crate::reactor::defer::Deferred;
 use crate::reactor::io::{IoHandler, IoKey, Readiness};
@@ -32,12 +36,53 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest pause of accepting after repeated failures.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-pub(super) struct PortInner {
+/// The socket file a UNIX port created: removed when the port stops, unless it is no
+/// longer the same file (U-03).
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    /// Where it is.
+    pub(crate) path: PathBuf,
+    /// Its device and inode when it was made.
+    pub(crate) identity: (u64, u64),
+}
+
+impl SocketFile {
+    /// The file at `path`, as it is now.
+    pub(crate) fn at(path: PathBuf) -> io::Result<SocketFile> {
+        let meta = std::fs::symlink_metadata(&path)?;
+        Ok(SocketFile {
+            path,
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// Removes the file if it is still the one this port made.
+    fn remove(&self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {
+                if let Err(error) = std::fs::remove_file(&self.path) {
+                    log::warn!("could not remove {}: {error}", self.path.display());
+                }
+            }
+            Ok(_) => log::debug!(
+                "{} is no longer our socket; left alone",
+                self.path.display()
+            ),
+            Err(error) => log::debug!("{}: {error}", self.path.display()),
+        }
+    }
+}
+
+/// A listening socket and what it accepts for. `tcp::ListeningPort` and
+/// `unix::UnixPort` are handles on one.
+pub(crate) struct PortInner {
     reactor: WeakReactor,
-    listener: RefCell<Option<TcpListener>>,
+    listener: RefCell<Option<Socket>>,
     key: Cell<Option<IoKey>>,
     factory: Rc<dyn Factory>,
-    address: SocketAddr,
+    address: Address,
+    /// The UNIX socket file to remove when the port stops.
+    file: Option<SocketFile>,
     accept_paused: Cell<bool>,
     /// The next pause after an accept failure (see [`ACCEPT_BACKOFF`]).
     accept_backoff: Cell<Duration>,
@@ -47,68 +92,60 @@ pub(super) struct PortInner {
     this: Weak<PortInner>,
 }
 
-/// A listening TCP port (Twisted's `IListeningPort`).
-#[derive(Clone)]
-pub struct ListeningPort {
-    inner: Rc<PortInner>,
-}
-
-impl fmt::Debug for ListeningPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListeningPort")
-            .field("address", &self.inner.address)
-            .finish()
-    }
-}
-
-impl ListeningPort {
-    /// Binds and listens on `address`, registers the socket, and starts the factory:
-    /// [`Reactor::listen_tcp_with`].
-    pub(super) fn open(
+impl PortInner {
+    /// Registers a bound and listening `socket` (non-blocking) and starts the factory
+    /// (P-06). `file` is the UNIX socket file to remove when the port stops.
+    pub(crate) fn open(
         reactor: &Reactor,
-        address: SocketAddr,
+        socket: Socket,
+        address: Address,
         factory: Rc<dyn Factory>,
-        options: ListenOptions,
-    ) -> Result<ListeningPort, CannotListenError> {
-        let fail = |source| CannotListenError { address, source };
-        let mut listener = bind_listener(address, options).map_err(fail)?;
-        let bound = listener.local_addr().map_err(fail)?;
+        file: Option<SocketFile>,
+    ) -> io::Result<Rc<PortInner>> {
         let inner = Rc::new_cyclic(|this| PortInner {
             reactor: reactor.downgrade(),
             listener: RefCell::new(None),
             key: Cell::new(None),
             factory: factory.clone(),
-            address: bound,
+            address,
+            file,
             accept_paused: Cell::new(false),
             accept_backoff: Cell::new(ACCEPT_BACKOFF),
             accept_retry: RefCell::new(None),
             stopped: Cell::new(false),
             this: this.clone(),
         });
-        let key = reactor
-            .register_io(&mut listener, Interest::READABLE, inner.clone())
-            .map_err(fail)?;
+        let fd = socket.as_raw_fd();
+        let key = match reactor.register_io(&mut SourceFd(&fd), Interest::READABLE, inner.clone()) {
+            Ok(key) => key,
+            Err(error) => {
+                // Nobody else will: the file this port made goes with it.
+                if let Some(file) = &inner.file {
+                    file.remove();
+                }
+                return Err(error);
+            }
+        };
         inner.key.set(Some(key));
-        *inner.listener.borrow_mut() = Some(listener);
+        *inner.listener.borrow_mut() = Some(socket);
         factory_do_start(reactor, &factory);
-        Ok(ListeningPort { inner })
+        Ok(inner)
     }
 
-    /// The listening address, with the port the OS chose for port 0 (P-10, X-15).
-    pub fn host(&self) -> SocketAddr {
-        self.inner.address
+    /// The listening address (P-10, X-15, U-06).
+    pub(crate) fn address(&self) -> &Address {
+        &self.address
     }
 
     /// Stops accepting. The socket closes later, then the factory's `stop_factory` runs
-    /// if this was its last user, then the returned Deferred fires (P-09). Connections
-    /// already accepted stay open.
-    pub fn stop_listening(&self) -> Deferred<()> {
+    /// if this was its last user, then the returned Deferred fires (P-09, U-03).
+    pub(crate) fn stop_listening(self: &Rc<Self>) -> Deferred<()> {
         let done = Deferred::new();
-        let Some(reactor) = self.inner.reactor.upgrade() else {
+        let Some(reactor) = self.reactor.upgrade() else {
             let _ = done.callback(());
             return done;
         };
-        let inner = self.inner.clone();
+        let inner = self.clone();
         let fired = done.clone();
         reactor.call_soon(Box::new(move || {
             inner.close();
@@ -124,11 +161,18 @@ impl PortInner {
             return;
         }
         let reactor = self.reactor.upgrade();
-        if let Some(mut listener) = self.listener.borrow_mut().take()
-            && let (Some(reactor), Some(key)) = (&reactor, self.key.take())
-            && let Err(error) = reactor.deregister_io(&mut listener, key)
-        {
-            log::debug!("deregistering port {}: {error}", self.address);
+        let listener = self.listener.borrow_mut().take();
+        if let Some(listener) = listener {
+            if let (Some(reactor), Some(key)) = (&reactor, self.key.take())
+                && let Err(error) = reactor.deregister_io(&mut SourceFd(&listener.as_raw_fd()), key)
+            {
+                log::debug!("deregistering port {}: {error}", self.address);
+            }
+            drop(listener);
+            // U-03: after the close, so that nothing can connect to a file that is gone.
+            if let Some(file) = &self.file {
+                file.remove();
+            }
         }
         if let Some(reactor) = reactor {
             factory_do_stop(&reactor, &self.factory);
@@ -141,7 +185,7 @@ impl PortInner {
                 return;
             }
             let accepted = match self.listener.borrow().as_ref() {
-                Some(listener) => listener.accept(),
+                Some(listener) => accept(listener),
                 None => return,
             };
             match accepted {
@@ -214,12 +258,12 @@ impl PortInner {
     }
 
     /// P-07, P-08: build the protocol, or refuse the connection.
-    fn serve(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
-        let Some(protocol) = self.factory.build_protocol(Address::Tcp(peer)) else {
+    fn serve(&self, reactor: &Reactor, stream: Socket, peer: Address) {
+        let Some(protocol) = self.factory.build_protocol(peer.clone()) else {
             drop(stream); // P-08: the client sees a connect, then an orderly close.
             return;
         };
-        let connection = TcpTransport::new(reactor, stream, peer, protocol);
+        let connection = StreamTransport::new(reactor, stream, peer.clone(), protocol);
         let notice = LostNotice::Port(self.this.clone());
         if let Err(error) = connection.start(reactor, None, Some(notice)) {
             // The protocol never started, so there is nobody else to tell.
@@ -238,15 +282,15 @@ impl IoHandler for PortInner {
     }
 }
 
-fn bind_listener(address: SocketAddr, options: ListenOptions) -> io::Result<TcpListener> {
-    let domain = socket2::Domain::for_address(address);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if let (SocketAddr::V6(_), Some(v6_only)) = (address, options.v6_only) {
-        socket.set_only_v6(v6_only)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(options.backlog)?;
-    Ok(TcpListener::from_std(socket.into()))
+/// Accepts one connection: a non-blocking, close-on-exec socket and its peer's address.
+fn accept(listener: &Socket) -> io::Result<(Socket, Address)> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let (socket, peer) = listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let (socket, peer) = {
+        let (socket, peer) = listener.accept()?;
+        socket.set_nonblocking(true)?;
+        (socket, peer)
+    };
+    Ok((socket, Address::from_sockaddr(&peer)))
 }

@@ -1,17 +1,19 @@
-//! Outgoing TCP connections: the [`Connector`] that makes an attempt, times it out,
-//! reports how it went to its [`ClientFactory`], and hears of the connection's end.
+//! Outgoing connections, TCP or UNIX: the [`Connector`] that makes an attempt, times it
+//! out, reports how it went to its [`ClientFactory`], and hears of the connection's end.
+//! Starting the connect is the socket kind's own (`tcp/`, `unix/`).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
 use mio::Interest;
-use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use socket2::Socket;
 
-use super::transport::{LostNotice, TcpTransport};
+use super::transport::{LostNotice, StreamTransport};
 use super::{
     AlreadyConnectingError, ClientFactory, CompactAddr, NotConnectingError, factory_do_start,
     factory_do_stop,
@@ -30,7 +32,7 @@ enum ConnectorState {
 }
 
 struct Attempt {
-    stream: TcpStream,
+    stream: Socket,
     key: IoKey,
     timer: Option<DelayedCall>,
 }
@@ -88,10 +90,10 @@ const _: () = assert!(std::mem::size_of::<ConnectorInner>() == 88);
 
 impl Connector {
     /// A connector for `address` that begins its first attempt at once:
-    /// [`Reactor::connect_tcp`].
-    pub(super) fn start(
+    /// [`Reactor::connect_tcp`], [`Reactor::connect_unix`].
+    pub(crate) fn start(
         reactor: &Reactor,
-        address: SocketAddr,
+        address: Address,
         factory: Rc<dyn ClientFactory>,
         timeout: Option<Duration>,
     ) -> Connector {
@@ -114,7 +116,7 @@ impl Connector {
 
     /// The address as requested (P-16).
     pub fn destination(&self) -> Address {
-        Address::Tcp(self.inner.destination.get())
+        self.inner.destination.get()
     }
 
     /// True while an attempt is under way.
@@ -186,13 +188,18 @@ impl Connector {
         self.inner.generation.set(generation);
         // On loopback a refusal is often known before connect() returns: it is reported
         // (later, P-13) without registering a socket that is already dead.
-        match reactor.start_connect(self.inner.destination.get()) {
-            Ok(mut stream) => {
+        let started = match self.inner.destination.get() {
+            Address::Tcp(address) => reactor.start_tcp_connect(address),
+            Address::Unix(address) => crate::reactor::unix::start_connect(&address),
+        };
+        match started {
+            Ok(stream) => {
                 let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
                     connector: self.inner.clone(),
                     generation,
                 });
-                match reactor.register_io(&mut stream, Interest::WRITABLE, handler) {
+                let fd = stream.as_raw_fd();
+                match reactor.register_io(&mut SourceFd(&fd), Interest::WRITABLE, handler) {
                     Ok(key) => {
                         let timer = self.inner.timeout.map(|timeout| {
                             let connector = Rc::downgrade(&self.inner);
@@ -269,7 +276,7 @@ impl Connector {
             // common case costs one syscall instead of two. Only without it does the
             // socket's pending error tell a failure from a spurious wake-up.
             match attempt.stream.peer_addr() {
-                Ok(peer) => Ok(peer),
+                Ok(peer) => Ok(Address::from_sockaddr(&peer)),
                 Err(e) => match attempt.stream.take_error() {
                     Ok(Some(error)) => Err(error),
                     // Not connected yet and no error: a spurious wake-up; wait.
@@ -286,7 +293,7 @@ impl Connector {
     }
 
     /// P-12 and P-20.
-    fn connected(&self, peer: SocketAddr) {
+    fn connected(&self, peer: Address) {
         let Some(reactor) = self.inner.reactor.upgrade() else {
             return;
         };
@@ -297,16 +304,18 @@ impl Connector {
             let _ = timer.cancel();
         }
         self.inner.state.set(ConnectorState::Connected);
-        let Some(protocol) = self.inner.factory.build_protocol(Address::Tcp(peer)) else {
-            let mut stream = attempt.stream;
-            if let Err(error) = reactor.deregister_io(&mut stream, attempt.key) {
+        let Some(protocol) = self.inner.factory.build_protocol(peer.clone()) else {
+            let stream = attempt.stream;
+            if let Err(error) =
+                reactor.deregister_io(&mut SourceFd(&stream.as_raw_fd()), attempt.key)
+            {
                 log::debug!("deregistering refused connection: {error}");
             }
             drop(stream);
             self.lost(&CloseReason::Done);
             return;
         };
-        let connection = TcpTransport::new(&reactor, attempt.stream, peer, protocol);
+        let connection = StreamTransport::new(&reactor, attempt.stream, peer, protocol);
         self.inner.connection.set(attempt.key);
         let notice = LostNotice::Connector(self.clone());
         if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(notice)) {

@@ -1,15 +1,19 @@
-//! One TCP connection: the transport its protocol writes to, and the I/O handler that
-//! reads its socket, flushes its writes, and ends it.
+//! One stream connection, TCP or UNIX: the transport its protocol writes to, and the
+//! I/O handler that reads its socket, flushes its writes, and ends it. Everything here
+//! is the same system call on either kind of socket; where they differ (addresses,
+//! peer credentials) the socket's own answer is used.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use mio::Interest;
-use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use socket2::Socket;
 
 use super::connect::Connector;
 use super::listen::PortInner;
@@ -17,7 +21,9 @@ use super::{CompactAddr, HIGH_WATER_MARK, WRITE_BUFFER_LIMIT};
 use crate::reactor::address::Address;
 use crate::reactor::failure::Failure;
 use crate::reactor::io::{Connection, Handler, IoKey, Readiness};
-use crate::reactor::protocol::{CloseReason, Producer, Protocol, Transport, TransportRef};
+use crate::reactor::protocol::{
+    CloseReason, PeerCredentials, Producer, Protocol, Transport, TransportRef,
+};
 use crate::reactor::{Reactor, WeakReactor};
 
 /// Bytes read per `read` call.
@@ -95,7 +101,7 @@ impl Busy {
     }
 }
 
-/// One pass of [`TcpTransport::flush`] over the write buffer.
+/// One pass of [`StreamTransport::flush`] over the write buffer.
 enum FlushStep {
     /// Nothing (left) to send.
     Empty,
@@ -114,11 +120,11 @@ enum FlushStep {
 /// the thousands: the handler and the transport are the same object, yes/no states are
 /// bits, the local address is asked of the socket, and the state of writing (buffer,
 /// producer) is allocated only while it is used. See BENCHMARKS.md, "idle".
-pub struct TcpTransport {
+pub struct StreamTransport {
     reactor: WeakReactor,
-    /// `None` once closed. A `Cell`, not a `RefCell`: only [`TcpTransport::with_stream`]
+    /// `None` once closed. A `Cell`, not a `RefCell`: only [`StreamTransport::with_stream`]
     /// takes it out, for one system call, so no borrow flag is needed.
-    stream: Cell<Option<TcpStream>>,
+    stream: Cell<Option<Socket>>,
     /// The registry key while registered, [`IoKey::NONE`] before and after.
     key: Cell<IoKey>,
     /// Bits of [`flag`].
@@ -127,7 +133,7 @@ pub struct TcpTransport {
     /// The peer's address, kept: `peer()` must answer after the close too. The local
     /// address is not kept; see `host()`.
     peer: CompactAddr,
-    /// A `Cell`, not a `RefCell`: only [`TcpTransport::with_busy`] takes it out, and
+    /// A `Cell`, not a `RefCell`: only [`StreamTransport::with_busy`] takes it out, and
     /// calls no user code meanwhile.
     busy: Cell<Option<Box<Busy>>>,
     /// `None` before the connection starts (if it never does) and after
@@ -141,18 +147,18 @@ pub struct TcpTransport {
 // to every connection shows up there. Release builds only: in debug builds mio's
 // sockets carry a selector id.
 #[cfg(all(target_pointer_width = "64", not(debug_assertions)))]
-const _: () = assert!(std::mem::size_of::<TcpTransport>() == 88);
+const _: () = assert!(std::mem::size_of::<StreamTransport>() == 88);
 
-impl fmt::Debug for TcpTransport {
+impl fmt::Debug for StreamTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcpTransport")
+        f.debug_struct("StreamTransport")
             .field("peer", &self.peer.get())
             .field("host", &Transport::host(self))
             .finish()
     }
 }
 
-impl TcpTransport {
+impl StreamTransport {
     /// Bytes written but not yet sent.
     pub fn buffered(&self) -> usize {
         self.with_busy_if_any(|busy| busy.pending()).unwrap_or(0)
@@ -180,7 +186,7 @@ impl TcpTransport {
         result
     }
 
-    /// [`TcpTransport::with_busy`], but only if the connection has write state.
+    /// [`StreamTransport::with_busy`], but only if the connection has write state.
     fn with_busy_if_any<R>(&self, f: impl FnOnce(&mut Busy) -> R) -> Option<R> {
         let mut busy = self.busy.take()?;
         let result = f(&mut busy);
@@ -198,7 +204,7 @@ impl TcpTransport {
 
     /// Runs `f` on the socket, unless it is closed. `f` must not call user code (the
     /// socket is out of its cell meanwhile); it makes one system call.
-    fn with_stream<R>(&self, f: impl FnOnce(&mut TcpStream) -> R) -> Option<R> {
+    fn with_stream<R>(&self, f: impl FnOnce(&mut Socket) -> R) -> Option<R> {
         let mut stream = self.stream.take()?;
         let result = f(&mut stream);
         self.stream.set(Some(stream));
@@ -229,7 +235,7 @@ impl TcpTransport {
 
     /// Runs `f` on the connection from the loop, later; not at all once the connection
     /// is closed (nothing scheduled has anything left to do then).
-    fn schedule(&self, f: impl FnOnce(&Rc<TcpTransport>) + 'static) {
+    fn schedule(&self, f: impl FnOnce(&Rc<StreamTransport>) + 'static) {
         let Some(reactor) = self.reactor.upgrade() else {
             return;
         };
@@ -241,7 +247,7 @@ impl TcpTransport {
     /// This connection's own `Rc`, found through its registry slot, while it is
     /// registered. Every connection is registered from `start` until `close`, which is
     /// the whole time its protocol can call it, so no pointer to itself is needed.
-    fn this(&self, reactor: &Reactor) -> Option<Rc<TcpTransport>> {
+    fn this(&self, reactor: &Reactor) -> Option<Rc<StreamTransport>> {
         let this = reactor.connection(self.key.get())?;
         std::ptr::eq(Rc::as_ptr(&this), self).then_some(this)
     }
@@ -259,15 +265,15 @@ impl TcpTransport {
             (false, true) => Interest::WRITABLE,
             (true, true) => Interest::READABLE | Interest::WRITABLE,
         };
-        if let Some(Err(error)) =
-            self.with_stream(|stream| reactor.reregister_io(stream, key, interest))
-        {
+        if let Some(Err(error)) = self.with_stream(|stream| {
+            reactor.reregister_io(&mut SourceFd(&stream.as_raw_fd()), key, interest)
+        }) {
             log::debug!("could not change interest of {}: {error}", self.peer.get());
         }
     }
 }
 
-impl Transport for TcpTransport {
+impl Transport for StreamTransport {
     fn write(&self, data: &[u8]) {
         if data.is_empty() {
             return;
@@ -352,8 +358,7 @@ impl Transport for TcpTransport {
             self.release_buffer(buffer);
         }
         // Linger 0 makes the close send a reset.
-        if let Some(Err(error)) = self
-            .with_stream(|stream| socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO)))
+        if let Some(Err(error)) = self.with_stream(|stream| stream.set_linger(Some(Duration::ZERO)))
         {
             log::debug!("could not set SO_LINGER on {}: {error}", self.peer.get());
         }
@@ -374,7 +379,7 @@ impl Transport for TcpTransport {
     }
 
     fn peer(&self) -> Address {
-        Address::Tcp(self.peer.get())
+        self.peer.get()
     }
 
     /// Asked of the socket while it is open, and answered from the address read just
@@ -384,12 +389,21 @@ impl Transport for TcpTransport {
     fn host(&self) -> Address {
         let open = self
             .with_stream(|stream| stream.local_addr().ok())
-            .flatten();
+            .flatten()
+            .map(|address| Address::from_sockaddr(&address));
         open.or_else(|| {
             self.with_busy_if_any(|busy| busy.host.as_ref().map(CompactAddr::get))
                 .flatten()
         })
-        .map_or_else(|| self.peer(), Address::Tcp)
+        .unwrap_or_else(|| self.peer())
+    }
+
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        if !matches!(self.peer, CompactAddr::Unix(_) | CompactAddr::UnixUnnamed) {
+            return None;
+        }
+        self.with_stream(|stream| peer_credentials(stream))
+            .flatten()
     }
 
     fn pause_producing(&self) {
@@ -461,15 +475,15 @@ impl LostNotice {
     }
 }
 
-impl TcpTransport {
+impl StreamTransport {
     /// Wraps an accepted or connected stream. The caller registers it and starts it.
     pub(super) fn new(
         reactor: &Reactor,
-        stream: TcpStream,
-        peer: SocketAddr,
+        stream: Socket,
+        peer: Address,
         protocol: Box<dyn Protocol>,
-    ) -> Rc<TcpTransport> {
-        Rc::new(TcpTransport {
+    ) -> Rc<StreamTransport> {
+        Rc::new(StreamTransport {
             reactor: reactor.downgrade(),
             stream: Cell::new(Some(stream)),
             key: Cell::new(IoKey::NONE),
@@ -552,7 +566,8 @@ impl TcpTransport {
                     Err(io::Error::other("the connection's registration is gone"))
                 } else {
                     self.with_stream(|stream| {
-                        reactor.reregister_io(stream, key, Interest::READABLE)
+                        let fd = stream.as_raw_fd();
+                        reactor.reregister_io(&mut SourceFd(&fd), key, Interest::READABLE)
                     })
                     .unwrap_or_else(|| Err(no_socket()))
                     .map(|()| key)
@@ -561,7 +576,7 @@ impl TcpTransport {
             None => self
                 .with_stream(|stream| {
                     reactor.register_handler(
-                        stream,
+                        &mut SourceFd(&stream.as_raw_fd()),
                         Interest::READABLE,
                         Handler::Connection(self.clone()),
                     )
@@ -676,7 +691,7 @@ impl TcpTransport {
                     let from = busy.sent;
                     let to = busy.out.len().min(from + budget);
                     let Some(written) =
-                        self.with_stream(|stream| stream.write(&busy.out[from..to]))
+                        self.with_stream(|stream| send(stream, &busy.out[from..to]))
                     else {
                         return FlushStep::NoSocket;
                     };
@@ -836,7 +851,7 @@ impl TcpTransport {
             // address in every connection from the start would have cost anyway.
             if let Ok(host) = stream.local_addr() {
                 let mut closed = busy.take().unwrap_or_default();
-                closed.host = Some(CompactAddr::new(host));
+                closed.host = Some(CompactAddr::new(Address::from_sockaddr(&host)));
                 self.put_busy(closed);
             }
             drop(stream);
@@ -857,7 +872,7 @@ impl TcpTransport {
 /// Reads and discards what the peer sent that nobody will read: closing a socket with
 /// unread bytes makes the kernel send a reset instead of a FIN, which would destroy data
 /// still in flight to the peer.
-fn drain_unread(stream: &mut TcpStream) {
+fn drain_unread(stream: &mut Socket) {
     let mut sink = [0u8; 4096];
     for _ in 0..64 {
         match stream.read(&mut sink) {
@@ -865,6 +880,38 @@ fn drain_unread(stream: &mut TcpStream) {
             _ => return,
         }
     }
+}
+
+/// SO_PEERCRED: who connected, as the kernel recorded it at connect time.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_credentials(stream: &Socket) -> Option<PeerCredentials> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    match getsockopt(stream, sockopt::PeerCredentials) {
+        Ok(credentials) => Some(PeerCredentials {
+            pid: credentials.pid(),
+            uid: credentials.uid(),
+            gid: credentials.gid(),
+        }),
+        Err(error) => {
+            log::debug!("SO_PEERCRED: {error}");
+            None
+        }
+    }
+}
+
+/// Other systems have other calls for this (getpeereid); not offered there.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn peer_credentials(_stream: &Socket) -> Option<PeerCredentials> {
+    None
+}
+
+/// Sends without raising SIGPIPE when the peer has gone (the error says so instead).
+fn send(stream: &Socket, data: &[u8]) -> io::Result<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let flags = libc::MSG_NOSIGNAL;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let flags = 0;
+    stream.send_with_flags(data, flags)
 }
 
 fn reason_from_io(error: io::Error) -> CloseReason {
@@ -878,7 +925,7 @@ fn reason_from_io(error: io::Error) -> CloseReason {
 
 /// The loop's side of a connection: the registry hands each event to the connection's
 /// own `Rc` (see `io::Handler`), which the protocol's calls need.
-impl Connection for TcpTransport {
+impl Connection for StreamTransport {
     /// The socket is ready for `readiness`.
     fn ready(self: &Rc<Self>, readiness: Readiness) {
         if readiness.error
@@ -908,7 +955,7 @@ impl Connection for TcpTransport {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddr};
 
     use super::*;
     use crate::reactor::ProtocolResult;
@@ -1004,7 +1051,7 @@ mod tests {
     }
 
     /// The concrete connection behind a protocol's handle.
-    fn connection_of(reactor: &Reactor, transport: &TransportRef) -> Rc<TcpTransport> {
+    fn connection_of(reactor: &Reactor, transport: &TransportRef) -> Rc<StreamTransport> {
         let wanted = Rc::as_ptr(transport) as *const ();
         reactor
             .inner
@@ -1016,7 +1063,7 @@ mod tests {
             .expect("the transport is an open connection")
     }
 
-    fn has_write_state(connection: &TcpTransport) -> bool {
+    fn has_write_state(connection: &StreamTransport) -> bool {
         connection.with_busy_if_any(|_| ()).is_some()
     }
 
@@ -1068,7 +1115,7 @@ mod tests {
 
     impl ClientFactory for ScriptedFactory {}
 
-    fn note(seen: &RefCell<Vec<String>>, what: &str, connection: &TcpTransport) {
+    fn note(seen: &RefCell<Vec<String>>, what: &str, connection: &StreamTransport) {
         seen.borrow_mut().push(format!(
             "{what}: state {}, buffered {}",
             has_write_state(connection),

@@ -1,0 +1,1142 @@
+//! UNIX domain sockets against spec items U-01..U-06, on sockets in a temporary
+//! directory (and Linux abstract names).
+//!
+//! U-01 says every P and X item that does not name TCP holds over UNIX sockets; the
+//! connection code is the one TCP uses, so a representative set runs here: lifecycle
+//! order, buffered writes, lose and abort, half-close, pausing, the producer's high-water
+//! mark, and the accept back-off when descriptors run out. Every run is bounded by a
+//! watchdog that stops the reactor and fails the test after 5 s.
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use twistctl::reactor::tcp::{ClientFactory, Connector, HIGH_WATER_MARK};
+use twistctl::reactor::unix::{UnixListenOptions, UnixPort};
+use twistctl::reactor::{
+    Address, CloseReason, ConnectError, Factory, PeerCredentials, Producer, Protocol,
+    ProtocolResult, Reactor, Step, TransportRef, UnixAddress,
+};
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+
+type Log = Rc<RefCell<Vec<String>>>;
+
+fn new_log() -> Log {
+    Rc::new(RefCell::new(Vec::new()))
+}
+
+fn push(log: &Log, event: impl Into<String>) {
+    log.borrow_mut().push(event.into());
+}
+
+fn events(log: &Log) -> Vec<String> {
+    log.borrow().clone()
+}
+
+/// Only the events that start with `prefix`, in order.
+fn side(log: &Log, prefix: &str) -> Vec<String> {
+    events(log)
+        .into_iter()
+        .filter(|e| e.starts_with(prefix))
+        .collect()
+}
+
+const WATCHDOG: Duration = Duration::from_secs(5);
+
+/// Runs the reactor until the test stops it; fails if the watchdog had to.
+fn run(reactor: &Reactor) {
+    let fired = Rc::new(Cell::new(false));
+    let (flag, r) = (fired.clone(), reactor.clone());
+    let dog = reactor.call_later(WATCHDOG, move || {
+        flag.set(true);
+        r.stop()
+    });
+    reactor.run().expect("the reactor ran");
+    let _ = dog.cancel();
+    assert!(!fired.get(), "watchdog: the test did not finish within 5 s");
+}
+
+fn stop(reactor: &Reactor) {
+    let _ = reactor.stop();
+}
+
+fn reason(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Done => "Done",
+        CloseReason::Lost(_) => "Lost",
+        CloseReason::Reset(_) => "Reset",
+        CloseReason::Aborted => "Aborted",
+        CloseReason::Protocol(_) => "Protocol",
+    }
+}
+
+/// A directory of its own for each test, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "twistctl-unix-{}-{name}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn socket(&self, name: &str) -> UnixAddress {
+        UnixAddress::Path(self.path(name))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An abstract name no other run uses.
+fn abstract_name(name: &str) -> UnixAddress {
+    UnixAddress::from_arg(&format!("@twistctl-test-{}-{name}", std::process::id()))
+}
+
+/// `len` bytes of a pattern whose every position is checkable.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+type MadeHook = Box<dyn FnMut(&TransportRef) -> ProtocolResult>;
+type DataHook = Box<dyn FnMut(&TransportRef, &[u8]) -> ProtocolResult>;
+type LostHook = Box<dyn FnMut(&CloseReason)>;
+type FailedHook = Box<dyn FnMut(&ConnectError)>;
+type HalfHook = Box<dyn FnMut(&TransportRef) -> ProtocolResult>;
+
+/// A protocol that logs its events as `TAG:event` and runs a hook for each.
+struct Rec {
+    tag: &'static str,
+    log: Log,
+    made: Option<MadeHook>,
+    data: Option<DataHook>,
+    lost: Option<LostHook>,
+    read_lost: Option<HalfHook>,
+    write_lost: Option<HalfHook>,
+    /// Logs each chunk's bytes as `TAG:data` only once, then counts silently.
+    quiet_data: bool,
+    saw_data: bool,
+}
+
+impl Rec {
+    fn new(tag: &'static str, log: &Log) -> Rec {
+        Rec {
+            tag,
+            log: log.clone(),
+            made: None,
+            data: None,
+            lost: None,
+            read_lost: None,
+            write_lost: None,
+            quiet_data: true,
+            saw_data: false,
+        }
+    }
+
+    fn made(mut self, f: impl FnMut(&TransportRef) -> ProtocolResult + 'static) -> Rec {
+        self.made = Some(Box::new(f));
+        self
+    }
+
+    fn data(mut self, f: impl FnMut(&TransportRef, &[u8]) -> ProtocolResult + 'static) -> Rec {
+        self.data = Some(Box::new(f));
+        self
+    }
+
+    fn lost(mut self, f: impl FnMut(&CloseReason) + 'static) -> Rec {
+        self.lost = Some(Box::new(f));
+        self
+    }
+
+    fn half_close(
+        mut self,
+        read: impl FnMut(&TransportRef) -> ProtocolResult + 'static,
+        write: impl FnMut(&TransportRef) -> ProtocolResult + 'static,
+    ) -> Rec {
+        self.read_lost = Some(Box::new(read));
+        self.write_lost = Some(Box::new(write));
+        self
+    }
+
+    fn log(&self, what: &str) {
+        push(&self.log, format!("{}:{what}", self.tag));
+    }
+}
+
+impl Protocol for Rec {
+    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.log("made");
+        match &mut self.made {
+            Some(f) => f(transport),
+            None => Ok(()),
+        }
+    }
+
+    fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
+        if !self.quiet_data || !self.saw_data {
+            self.log("data");
+        }
+        self.saw_data = true;
+        match &mut self.data {
+            Some(f) => f(transport, data),
+            None => Ok(()),
+        }
+    }
+
+    fn connection_lost(&mut self, why: &CloseReason) {
+        self.log(&format!("lost({})", reason(why)));
+        if let Some(f) = &mut self.lost {
+            f(why);
+        }
+    }
+
+    fn wants_half_close(&self) -> bool {
+        self.read_lost.is_some()
+    }
+
+    fn read_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.log("read_lost");
+        match &mut self.read_lost {
+            Some(f) => f(transport),
+            None => Ok(()),
+        }
+    }
+
+    fn write_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.log("write_lost");
+        match &mut self.write_lost {
+            Some(f) => f(transport),
+            None => Ok(()),
+        }
+    }
+}
+
+type Build = Box<dyn Fn(Address) -> Option<Box<dyn Protocol>>>;
+
+/// A factory that logs its events as `TAG:event` and builds protocols with `build`.
+struct Fac {
+    tag: &'static str,
+    log: Log,
+    build: Build,
+    on_lost: RefCell<Option<LostHook>>,
+    on_failed: RefCell<Option<FailedHook>>,
+}
+
+impl Fac {
+    fn new(
+        tag: &'static str,
+        log: &Log,
+        build: impl Fn(Address) -> Option<Box<dyn Protocol>> + 'static,
+    ) -> Fac {
+        Fac {
+            tag,
+            log: log.clone(),
+            build: Box::new(build),
+            on_lost: RefCell::new(None),
+            on_failed: RefCell::new(None),
+        }
+    }
+
+    fn protocol(tag: &'static str, log: &Log, shape: impl Fn(Rec) -> Rec + 'static) -> Fac {
+        let l = log.clone();
+        Fac::new(tag, log, move |_| {
+            Some(Box::new(shape(Rec::new(
+                if tag == "sf" { "srv" } else { "cli" },
+                &l,
+            ))))
+        })
+    }
+
+    fn on_lost(self, f: impl FnMut(&CloseReason) + 'static) -> Fac {
+        *self.on_lost.borrow_mut() = Some(Box::new(f));
+        self
+    }
+
+    fn on_failed(self, f: impl FnMut(&ConnectError) + 'static) -> Fac {
+        *self.on_failed.borrow_mut() = Some(Box::new(f));
+        self
+    }
+
+    fn log(&self, what: &str) {
+        push(&self.log, format!("{}:{what}", self.tag));
+    }
+}
+
+impl Factory for Fac {
+    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
+        self.log(&format!("build({addr})"));
+        (self.build)(addr)
+    }
+
+    fn start_factory(&self) {
+        self.log("start");
+    }
+
+    fn stop_factory(&self) {
+        self.log("stop");
+    }
+}
+
+impl ClientFactory for Fac {
+    fn started_connecting(&self, _connector: &Connector) {
+        self.log("started");
+    }
+
+    fn client_connection_failed(&self, _connector: &Connector, reason: &ConnectError) {
+        self.log("failed");
+        if let Some(f) = &mut *self.on_failed.borrow_mut() {
+            f(reason);
+        }
+    }
+
+    fn client_connection_lost(&self, _connector: &Connector, why: &CloseReason) {
+        self.log(&format!("conn_lost({})", reason(why)));
+        if let Some(f) = &mut *self.on_lost.borrow_mut() {
+            f(why);
+        }
+    }
+}
+
+fn listen(reactor: &Reactor, address: &UnixAddress, factory: Fac) -> UnixPort {
+    reactor
+        .listen_unix(address.clone(), Rc::new(factory))
+        .expect("listening")
+}
+
+fn connect(reactor: &Reactor, address: &UnixAddress, factory: Fac) -> Connector {
+    reactor.connect_unix(address.clone(), Rc::new(factory), Some(WATCHDOG))
+}
+
+/// Stops the reactor on the `n`th call: for tests that wait for events on both sides.
+fn countdown(reactor: &Reactor, n: usize) -> Rc<dyn Fn()> {
+    let left = Rc::new(Cell::new(n));
+    let r = reactor.clone();
+    Rc::new(move || {
+        left.set(left.get() - 1);
+        if left.get() == 0 {
+            stop(&r);
+        }
+    })
+}
+
+/// Stops the reactor on the client factory's `client_connection_lost`.
+fn stop_on_lost(reactor: &Reactor) -> impl FnMut(&CloseReason) + 'static {
+    let r = reactor.clone();
+    move |_| stop(&r)
+}
+
+// ---------------------------------------------------------------------------------------
+// U-01: the P and X items over UNIX sockets
+
+#[test]
+fn u01_p07_p12_p14_lifecycle_order_on_both_sides() {
+    let dir = TempDir::new("lifecycle");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let server = Fac::protocol("sf", &log, |p| {
+        p.data(|t, data| {
+            t.write(data);
+            t.lose_connection();
+            Ok(())
+        })
+    });
+    let port = listen(&reactor, &address, server);
+    let client = Fac::protocol("cf", &log, |p| {
+        p.made(|t| {
+            t.write(b"ping");
+            Ok(())
+        })
+    })
+    .on_lost(stop_on_lost(&reactor));
+    connect(&reactor, &address, client);
+    run(&reactor);
+    drop(port);
+    let path = address.path().unwrap().display().to_string();
+    assert_eq!(
+        side(&log, "s"),
+        [
+            "sf:start".to_string(),
+            "sf:build(unix:)".into(),
+            "srv:made".into(),
+            "srv:data".into(),
+            "srv:lost(Done)".into(),
+            // The reactor's shutdown closes the port (P-28).
+            "sf:stop".into(),
+        ]
+    );
+    assert_eq!(
+        side(&log, "c"),
+        [
+            "cf:start".to_string(),
+            "cf:started".into(),
+            format!("cf:build(unix:{path})"),
+            "cli:made".into(),
+            "cli:data".into(),
+            "cli:lost(Done)".into(),
+            "cf:conn_lost(Done)".into(),
+            "cf:stop".into(),
+        ]
+    );
+}
+
+#[test]
+fn u01_x01_x05_buffered_writes_arrive_whole_and_in_order_before_the_close() {
+    const LEN: usize = 4 * 1024 * 1024;
+    let dir = TempDir::new("buffered");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    // Both ends must have seen the close: the server's protocol and the client's factory.
+    let both = countdown(&reactor, 2);
+    let (r, b) = (received.clone(), both.clone());
+    let server = Fac::protocol("sf", &log, move |p| {
+        let (r, b) = (r.clone(), b.clone());
+        p.data(move |_, data| {
+            r.borrow_mut().extend_from_slice(data);
+            Ok(())
+        })
+        .lost(move |_| b())
+    });
+    let _port = listen(&reactor, &address, server);
+    let client = Fac::protocol("cf", &log, |p| {
+        p.made(|t| {
+            let data = pattern(LEN);
+            // Several writes, then the close: all of it is sent first (X-05).
+            for chunk in data.chunks(300_000) {
+                t.write(chunk);
+            }
+            t.lose_connection();
+            assert!(t.is_disconnecting(), "X-07");
+            t.write(b""); // X-01: nothing
+            Ok(())
+        })
+    })
+    .on_lost(move |_| both());
+    connect(&reactor, &address, client);
+    run(&reactor);
+    assert_eq!(received.borrow().len(), LEN);
+    assert!(*received.borrow() == pattern(LEN), "bytes in order");
+    assert!(events(&log).contains(&"cli:lost(Done)".to_string()));
+    assert!(events(&log).contains(&"srv:lost(Done)".to_string()));
+}
+
+#[test]
+fn u01_x08_abort_drops_what_was_buffered() {
+    let dir = TempDir::new("abort");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let server = Fac::protocol("sf", &log, |p| {
+        p.made(|t| {
+            t.write(&pattern(1024 * 1024));
+            t.abort_connection();
+            t.abort_connection(); // X-09: harmless
+            t.write(b"never sent");
+            Ok(())
+        })
+    });
+    let _port = listen(&reactor, &address, server);
+    let client = Fac::protocol("cf", &log, |p| p).on_lost(stop_on_lost(&reactor));
+    connect(&reactor, &address, client);
+    run(&reactor);
+    let events = events(&log);
+    assert!(
+        events.contains(&"srv:lost(Aborted)".to_string()),
+        "{events:?}"
+    );
+    assert!(
+        !events.contains(&"cli:data".to_string()),
+        "nothing buffered was sent: {events:?}"
+    );
+}
+
+#[test]
+fn u01_x11_x12_half_close_both_ways() {
+    let dir = TempDir::new("half");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    // The server answers the client's EOF, then closes its side too.
+    let server = Fac::protocol("sf", &log, |p| {
+        p.half_close(
+            |t| {
+                t.write(b"bye");
+                t.lose_write_connection();
+                Ok(())
+            },
+            |_| Ok(()),
+        )
+    });
+    let _port = listen(&reactor, &address, server);
+    let reply = Rc::new(RefCell::new(Vec::new()));
+    let r = reply.clone();
+    let client = Fac::protocol("cf", &log, move |p| {
+        let r = r.clone();
+        p.made(|t| {
+            t.write(b"hello");
+            t.lose_write_connection();
+            t.write(b"discarded"); // X-03
+            Ok(())
+        })
+        .data(move |_, data| {
+            r.borrow_mut().extend_from_slice(data);
+            Ok(())
+        })
+        .half_close(|_| Ok(()), |_| Ok(()))
+    })
+    .on_lost(stop_on_lost(&reactor));
+    connect(&reactor, &address, client);
+    run(&reactor);
+    assert_eq!(&*reply.borrow(), b"bye");
+    let client_side = side(&log, "cli");
+    assert_eq!(
+        client_side,
+        [
+            "cli:made",
+            "cli:write_lost",
+            "cli:data",
+            "cli:read_lost",
+            "cli:lost(Done)"
+        ]
+    );
+    let server_side = side(&log, "srv");
+    assert_eq!(
+        server_side,
+        [
+            "srv:made",
+            "srv:data",
+            "srv:read_lost",
+            "srv:write_lost",
+            "srv:lost(Done)"
+        ]
+    );
+}
+
+#[test]
+fn u01_x18_pause_producing_holds_data_until_resume() {
+    let dir = TempDir::new("pause");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let held: Rc<RefCell<Option<TransportRef>>> = Rc::new(RefCell::new(None));
+    let h = held.clone();
+    let server = Fac::protocol("sf", &log, move |p| {
+        let h = h.clone();
+        p.made(move |t| {
+            t.pause_producing(); // honoured inside connection_made (X-18)
+            *h.borrow_mut() = Some(t.clone());
+            Ok(())
+        })
+        .data(|t, _| {
+            t.lose_connection();
+            Ok(())
+        })
+    });
+    let _port = listen(&reactor, &address, server);
+    let (l, h, r) = (log.clone(), held.clone(), reactor.clone());
+    let client = Fac::protocol("cf", &log, move |p| {
+        let (l, h, r) = (l.clone(), h.clone(), r.clone());
+        p.made(move |t| {
+            t.write(b"while paused");
+            // The bytes reach the paused server's socket; nothing is delivered until
+            // it resumes.
+            let (l, h) = (l.clone(), h.clone());
+            r.call_later(Duration::from_millis(50), move || {
+                push(&l, "resume");
+                if let Some(t) = h.borrow_mut().take() {
+                    t.resume_producing();
+                }
+            });
+            Ok(())
+        })
+    })
+    .on_lost(stop_on_lost(&reactor));
+    connect(&reactor, &address, client);
+    run(&reactor);
+    let events = events(&log);
+    let resume = events.iter().position(|e| e == "resume").expect("resumed");
+    let data = events.iter().position(|e| e == "srv:data").expect("data");
+    assert!(resume < data, "no data while paused: {events:?}");
+}
+
+/// Counts what it is told.
+#[derive(Default)]
+struct CountingProducer {
+    paused: Cell<usize>,
+    resumed: Cell<usize>,
+    stopped: Cell<usize>,
+}
+
+impl Producer for CountingProducer {
+    fn pause_producing(&self) {
+        self.paused.set(self.paused.get() + 1);
+    }
+    fn resume_producing(&self) {
+        self.resumed.set(self.resumed.get() + 1);
+    }
+    fn stop_producing(&self) {
+        self.stopped.set(self.stopped.get() + 1);
+    }
+}
+
+#[test]
+fn u01_x19_producer_paused_above_the_high_water_mark_and_resumed_when_drained() {
+    let dir = TempDir::new("producer");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let producer = Rc::new(CountingProducer::default());
+    let at_write = Rc::new(Cell::new(0));
+    let (p2, aw) = (producer.clone(), at_write.clone());
+    let server = Fac::protocol("sf", &log, move |p| {
+        let (p2, aw) = (p2.clone(), aw.clone());
+        p.made(move |t| {
+            t.register_producer(p2.clone());
+            t.write(&pattern(HIGH_WATER_MARK + 1));
+            aw.set(p2.paused.get());
+            t.lose_connection();
+            Ok(())
+        })
+    });
+    let _port = listen(&reactor, &address, server);
+    let got = Rc::new(Cell::new(0));
+    let g = got.clone();
+    let client = Fac::protocol("cf", &log, move |p| {
+        let g = g.clone();
+        p.data(move |_, data| {
+            g.set(g.get() + data.len());
+            Ok(())
+        })
+    })
+    .on_lost(stop_on_lost(&reactor));
+    connect(&reactor, &address, client);
+    run(&reactor);
+    assert_eq!(
+        at_write.get(),
+        1,
+        "paused by the write that passed the mark"
+    );
+    assert_eq!(producer.resumed.get(), 1, "resumed once drained");
+    assert_eq!(
+        producer.stopped.get(),
+        1,
+        "stopped when the connection ended"
+    );
+    assert_eq!(got.get(), HIGH_WATER_MARK + 1);
+}
+
+const EMFILE_CHILD: &str = "TWISTCTL_UNIX_EMFILE_CHILD";
+
+/// Runs only as the child of `u01_accept_emfile_pauses_and_recovers` (which sets the
+/// environment variable and lowers the descriptor limit); in a normal run it returns.
+#[test]
+fn u01_accept_emfile_child_process() {
+    let Some(dir) = std::env::var_os(EMFILE_CHILD) else {
+        return;
+    };
+    let address = UnixAddress::Path(PathBuf::from(dir).join("s"));
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let made_at: Rc<RefCell<Vec<Duration>>> = Rc::new(RefCell::new(Vec::new()));
+    let (m, r) = (made_at.clone(), reactor.clone());
+    let server = Fac::protocol("sf", &log, move |p| {
+        let (m, r) = (m.clone(), r.clone());
+        p.made(move |_| {
+            m.borrow_mut().push(r.seconds());
+            if m.borrow().len() == 3 {
+                stop(&r);
+            }
+            Ok(())
+        })
+    });
+    let _port = listen(&reactor, &address, server);
+    let path = address.path().unwrap();
+    let clients: Vec<StdStream> = (0..3).map(|_| StdStream::connect(path).unwrap()).collect();
+    // Use up every descriptor left, so that accept fails with EMFILE.
+    let mut hogs = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => hogs.push(file),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "EMFILE: {e}");
+                break;
+            }
+        }
+    }
+    let hogs = Rc::new(RefCell::new(hogs));
+    let freed_at = Rc::new(Cell::new(Duration::ZERO));
+    let (h, f, r) = (hogs.clone(), freed_at.clone(), reactor.clone());
+    reactor.call_later(Duration::from_millis(350), move || {
+        h.borrow_mut().clear();
+        f.set(r.seconds());
+    });
+    run(&reactor);
+    let made_at = made_at.borrow();
+    assert_eq!(made_at.len(), 3, "{:?}", events(&log));
+    for at in made_at.iter() {
+        assert!(
+            *at >= freed_at.get(),
+            "accepted only once descriptors were free"
+        );
+    }
+    drop(clients);
+    println!("EMFILE-CHILD-OK");
+}
+
+#[test]
+fn u01_accept_emfile_pauses_and_recovers() {
+    let dir = TempDir::new("emfile");
+    let exe = std::env::current_exe().unwrap();
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" "$@""#)
+        .arg(&exe)
+        .args([
+            "u01_accept_emfile_child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(EMFILE_CHILD, &dir.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("EMFILE-CHILD-OK"),
+        "child failed: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// U-02: permission bits; an existing path; stale sockets
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
+}
+
+fn listen_with(
+    reactor: &Reactor,
+    address: &UnixAddress,
+    options: UnixListenOptions,
+) -> Result<UnixPort, twistctl::reactor::tcp::CannotListenError> {
+    let log = new_log();
+    reactor.listen_unix_with(
+        address.clone(),
+        Rc::new(Fac::protocol("sf", &log, |p| p)),
+        options,
+    )
+}
+
+#[test]
+fn u02_the_socket_file_gets_the_mode_asked_for_whatever_the_umask() {
+    let dir = TempDir::new("mode");
+    let reactor = Reactor::new().unwrap();
+    let default = dir.socket("default");
+    let _a = listen_with(&reactor, &default, UnixListenOptions::default()).unwrap();
+    assert_eq!(mode_of(default.path().unwrap()), 0o666, "Twisted's default");
+    let private = dir.socket("private");
+    let options = UnixListenOptions {
+        mode: 0o600,
+        ..UnixListenOptions::default()
+    };
+    let _b = listen_with(&reactor, &private, options).unwrap();
+    assert_eq!(mode_of(private.path().unwrap()), 0o600);
+    assert!(is_socket(private.path().unwrap()));
+}
+
+#[test]
+fn u02_an_existing_path_is_address_in_use_and_left_alone() {
+    let dir = TempDir::new("exists");
+    let reactor = Reactor::new().unwrap();
+    let address = dir.socket("file");
+    std::fs::write(address.path().unwrap(), b"not a socket").unwrap();
+    for remove_stale in [false, true] {
+        let options = UnixListenOptions {
+            remove_stale,
+            ..UnixListenOptions::default()
+        };
+        let error = listen_with(&reactor, &address, options).expect_err("in use");
+        assert_eq!(error.source.kind(), std::io::ErrorKind::AddrInUse);
+        assert_eq!(error.address, Address::Unix(address.clone()));
+        assert!(error.to_string().contains("unix:"), "{error}");
+        // A path that is not a socket is never removed.
+        assert_eq!(
+            std::fs::read(address.path().unwrap()).unwrap(),
+            b"not a socket"
+        );
+    }
+}
+
+#[test]
+fn u02_a_stale_socket_is_taken_over_only_when_asked() {
+    let dir = TempDir::new("stale");
+    let reactor = Reactor::new().unwrap();
+    let address = dir.socket("s");
+    // A server that went away without removing its socket file.
+    drop(StdListener::bind(address.path().unwrap()).unwrap());
+    assert!(is_socket(address.path().unwrap()));
+    let error = listen_with(&reactor, &address, UnixListenOptions::default()).expect_err("U-02");
+    assert_eq!(error.source.kind(), std::io::ErrorKind::AddrInUse);
+    let options = UnixListenOptions {
+        remove_stale: true,
+        ..UnixListenOptions::default()
+    };
+    let _port = listen_with(&reactor, &address, options).expect("the stale file is replaced");
+    StdStream::connect(address.path().unwrap()).expect("ours now: it accepts");
+}
+
+#[test]
+fn u02_a_live_socket_is_never_taken_over() {
+    let dir = TempDir::new("live");
+    let reactor = Reactor::new().unwrap();
+    let address = dir.socket("s");
+    let live = StdListener::bind(address.path().unwrap()).unwrap();
+    let options = UnixListenOptions {
+        remove_stale: true,
+        ..UnixListenOptions::default()
+    };
+    let error = listen_with(&reactor, &address, options).expect_err("someone accepts on it");
+    assert_eq!(error.source.kind(), std::io::ErrorKind::AddrInUse);
+    // Still the other server's: a connect reaches it.
+    let _client = StdStream::connect(address.path().unwrap()).unwrap();
+    live.set_nonblocking(true).unwrap();
+    assert!(
+        live.accept().is_ok(),
+        "the live listener got the connection"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// U-03: the socket file goes with the port
+
+#[test]
+fn u03_stop_listening_removes_the_socket_file_then_the_factory_stops() {
+    let dir = TempDir::new("unlink");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let address = dir.socket("s");
+    let port = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+    let path = address.path().unwrap().to_path_buf();
+    assert!(is_socket(&path));
+    let (r, l, p) = (reactor.clone(), log.clone(), path.clone());
+    reactor.call_when_running(move || {
+        let (r, l) = (r.clone(), l.clone());
+        port.stop_listening().add_callback(move |()| {
+            push(&l, format!("fired, file exists: {}", p.exists()));
+            stop(&r);
+            Step::Value(())
+        });
+    });
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        ["sf:start", "sf:stop", "fired, file exists: false"]
+    );
+    // The same path can be listened on again.
+    let _again = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+}
+
+#[test]
+fn u03_a_file_the_port_did_not_create_is_left_alone() {
+    let dir = TempDir::new("replaced");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let address = dir.socket("s");
+    let port = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+    let path = address.path().unwrap().to_path_buf();
+    // Someone else removed ours and put their own file there.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"theirs").unwrap();
+    let r = reactor.clone();
+    reactor.call_when_running(move || {
+        let r = r.clone();
+        port.stop_listening().add_callback(move |()| {
+            stop(&r);
+            Step::Value(())
+        });
+    });
+    run(&reactor);
+    assert_eq!(std::fs::read(&path).unwrap(), b"theirs");
+}
+
+#[test]
+fn u03_reactor_shutdown_removes_the_socket_file() {
+    let dir = TempDir::new("shutdown");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let address = dir.socket("s");
+    let _port = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+    let r = reactor.clone();
+    reactor.call_when_running(move || stop(&r));
+    run(&reactor);
+    assert!(!address.path().unwrap().exists(), "P-28, U-03");
+    assert_eq!(events(&log), ["sf:start", "sf:stop"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// U-04: abstract names
+
+#[test]
+fn u04_abstract_names_connect_create_no_file_and_are_freed_on_stop() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let address = abstract_name("u04");
+    let server = Fac::protocol("sf", &log, |p| {
+        p.made(|t| {
+            t.write(b"hi");
+            t.lose_connection();
+            Ok(())
+        })
+    });
+    let port = listen(&reactor, &address, server);
+    assert_eq!(port.host(), address);
+    assert!(port.host().to_string().starts_with("unix:@twistctl-test-"));
+    let r = reactor.clone();
+    let client = Fac::protocol("cf", &log, |p| p).on_lost(move |_| {
+        let r = r.clone();
+        port.stop_listening().add_callback(move |()| {
+            stop(&r);
+            Step::Value(())
+        });
+    });
+    connect(&reactor, &address, client);
+    run(&reactor);
+    let name = String::from_utf8_lossy(address.abstract_name().unwrap()).into_owned();
+    assert!(!Path::new(&name).exists() && !Path::new(&format!("@{name}")).exists());
+    assert!(events(&log).contains(&"cli:data".to_string()));
+    // Freed: the name can be bound again.
+    let _again = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+}
+
+// ---------------------------------------------------------------------------------------
+// U-05: connect errors, through the loop
+
+/// Connects to `address` and returns the connect error, checking that nothing was
+/// reported inside `connect_unix` (P-13).
+fn connect_failure(address: &UnixAddress) -> ConnectError {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let failure: Rc<RefCell<Option<ConnectError>>> = Rc::new(RefCell::new(None));
+    let (f, r) = (failure.clone(), reactor.clone());
+    let client = Fac::protocol("cf", &log, |p| p).on_failed(move |e| {
+        *f.borrow_mut() = Some(e.clone());
+        stop(&r);
+    });
+    connect(&reactor, address, client);
+    assert_eq!(
+        events(&log),
+        ["cf:start", "cf:started"],
+        "nothing yet (P-13)"
+    );
+    run(&reactor);
+    assert_eq!(
+        events(&log),
+        ["cf:start", "cf:started", "cf:failed", "cf:stop"]
+    );
+    failure.borrow_mut().take().expect("a failure")
+}
+
+fn errno(error: &ConnectError) -> Option<i32> {
+    match error {
+        ConnectError::Refused(e) | ConnectError::Other(e) => e.raw_os_error(),
+        _ => None,
+    }
+}
+
+#[test]
+fn u05_a_missing_path_fails_with_enoent() {
+    let dir = TempDir::new("enoent");
+    let error = connect_failure(&dir.socket("nobody"));
+    assert!(matches!(error, ConnectError::Other(_)), "{error:?}");
+    assert_eq!(errno(&error), Some(libc::ENOENT));
+}
+
+#[test]
+fn u05_a_socket_nobody_accepts_on_is_refused() {
+    let dir = TempDir::new("refused");
+    let address = dir.socket("s");
+    drop(StdListener::bind(address.path().unwrap()).unwrap());
+    let error = connect_failure(&address);
+    assert!(matches!(error, ConnectError::Refused(_)), "{error:?}");
+    assert_eq!(errno(&error), Some(libc::ECONNREFUSED));
+    let error = connect_failure(&abstract_name("nobody-accepts"));
+    assert!(matches!(error, ConnectError::Refused(_)), "{error:?}");
+}
+
+#[test]
+fn u05_a_path_without_permission_fails_with_eacces() {
+    // Root passes every permission check.
+    if is_root() {
+        eprintln!("skipped: running as root, who is never refused permission");
+        return;
+    }
+    let dir = TempDir::new("eacces");
+    let address = dir.socket("s");
+    let _listener = StdListener::bind(address.path().unwrap()).unwrap();
+    std::fs::set_permissions(
+        address.path().unwrap(),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    let error = connect_failure(&address);
+    assert_eq!(errno(&error), Some(libc::EACCES), "{error:?}");
+}
+
+/// Whether this process runs as root, read from /proc (no unsafe call needed).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn u05_a_path_that_is_not_a_socket_is_refused() {
+    let dir = TempDir::new("notsock");
+    let address = dir.socket("file");
+    std::fs::write(address.path().unwrap(), b"").unwrap();
+    let error = connect_failure(&address);
+    assert_eq!(errno(&error), Some(libc::ECONNREFUSED), "{error:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// U-06: addresses; peer credentials
+
+type Seen = Rc<RefCell<Vec<(String, Address, Address, Option<PeerCredentials>)>>>;
+
+fn record(tag: &'static str, seen: &Seen) -> impl Fn(Rec) -> Rec + 'static {
+    let seen = seen.clone();
+    move |p| {
+        let seen = seen.clone();
+        p.made(move |t| {
+            seen.borrow_mut()
+                .push((tag.into(), t.host(), t.peer(), t.peer_credentials()));
+            t.lose_connection();
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn u06_host_and_peer_are_unix_addresses_and_credentials_name_the_peer() {
+    let dir = TempDir::new("addresses");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let seen: Seen = Rc::new(RefCell::new(Vec::new()));
+    let port = listen(
+        &reactor,
+        &address,
+        Fac::protocol("sf", &log, record("srv", &seen)),
+    );
+    assert_eq!(port.host(), address);
+    let client = Fac::protocol("cf", &log, record("cli", &seen)).on_lost(stop_on_lost(&reactor));
+    let connector = connect(&reactor, &address, client);
+    assert_eq!(connector.destination(), Address::Unix(address.clone()));
+    run(&reactor);
+    let seen = seen.borrow();
+    let find = |tag: &str| seen.iter().find(|s| s.0 == tag).cloned().expect(tag);
+    let listening = Address::Unix(address.clone());
+    let unnamed = Address::Unix(UnixAddress::Unnamed);
+    let (_, server_host, server_peer, server_credentials) = find("srv");
+    let (_, client_host, client_peer, client_credentials) = find("cli");
+    assert_eq!(server_host, listening);
+    assert_eq!(server_peer, unnamed, "an unbound client is unnamed");
+    assert_eq!(client_peer, listening);
+    assert_eq!(client_host, unnamed);
+    assert_eq!(server_peer.to_string(), "unix:");
+    // Both ends are this process.
+    let me = std::process::id() as i32;
+    let credentials = server_credentials.expect("the server knows who connected");
+    assert_eq!(credentials.pid, me);
+    assert_eq!(client_credentials.map(|c| c.pid), Some(me));
+    let uid = std::fs::metadata(address.path().unwrap().parent().unwrap())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    assert_eq!(credentials.uid, uid, "the directory we made is ours");
+}
+
+#[test]
+fn u06_tcp_connections_have_no_peer_credentials() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let seen: Seen = Rc::new(RefCell::new(Vec::new()));
+    let port = reactor
+        .listen_tcp(
+            "127.0.0.1:0".parse().unwrap(),
+            Rc::new(Fac::protocol("sf", &log, record("srv", &seen))),
+        )
+        .unwrap();
+    let client = Fac::protocol("cf", &log, record("cli", &seen)).on_lost(stop_on_lost(&reactor));
+    reactor.connect_tcp(port.host(), Rc::new(client), Some(WATCHDOG));
+    run(&reactor);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.3.is_none() && !s.2.is_unix()));
+}
+
+#[test]
+fn u06_a_std_client_reads_what_the_server_wrote() {
+    // Interoperability with a plain socket: the reactor's server, std's client.
+    let dir = TempDir::new("std");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let r = reactor.clone();
+    let server = Fac::protocol("sf", &log, move |p| {
+        let r = r.clone();
+        p.data(|t, data| {
+            t.write(data);
+            t.lose_connection();
+            Ok(())
+        })
+        .lost(move |_| stop(&r))
+    });
+    let _port = listen(&reactor, &address, server);
+    let path = address.path().unwrap().to_path_buf();
+    let client = std::thread::spawn(move || {
+        let mut stream = StdStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+        stream.write_all(b"echo me").unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).unwrap();
+        back
+    });
+    run(&reactor);
+    assert_eq!(client.join().unwrap(), b"echo me");
+}
