@@ -109,7 +109,7 @@ impl Ending {
             Ending::GaveUp(after) => Some((
                 format!(
                     "* the server had not closed after {}; giving up",
-                    humantime::format_duration(*after)
+                    crate::commands::duration::format(*after)
                 ),
                 true,
             )),

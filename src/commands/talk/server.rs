@@ -306,16 +306,19 @@ impl State {
             self.operator.print("* no clients connected");
         }
         for (id, client) in clients {
-            let idle = Duration::from_secs(client.idle().as_secs());
+            // Whole seconds: "0s", not "0ms", for a client heard just now.
+            let idle = match client.idle().as_secs() {
+                0 => "0s".to_string(),
+                secs => crate::commands::duration::format(Duration::from_secs(secs)),
+            };
             let half_closed = if client.is_half_closed() {
                 " half-closed"
             } else {
                 ""
             };
             self.operator.print(&format!(
-                "* client {id} {} idle {}{half_closed}",
+                "* client {id} {} idle {idle}{half_closed}",
                 client.peer(),
-                humantime::format_duration(idle)
             ));
         }
     }
@@ -722,7 +725,7 @@ mod tests {
         assert_eq!(
             h.out(),
             [
-                "* client 1 127.0.0.1:5001 idle 1m 10s",
+                "* client 1 127.0.0.1:5001 idle 1m10s",
                 "* client 2 127.0.0.1:5002 idle 3s",
             ]
         );

@@ -408,7 +408,7 @@ impl Client {
                 if idle >= timeout {
                     let notice = format!(
                         "* disconnected: idle for {}",
-                        humantime::format_duration(timeout)
+                        crate::commands::duration::format(timeout)
                     );
                     client.close_telling(Some(&notice), Disconnect::IdleTimeout);
                 } else {
