@@ -1006,3 +1006,17 @@ fn pty_ctrl_c_at_the_prompt_closes_clients_and_exits_130() {
     peer.expect_closed();
     assert_eq!(pty_exit_code(&mut session), 130);
 }
+
+#[test]
+fn pty_sigint_from_outside_stops_the_server_even_with_a_half_typed_line() {
+    let (mut session, port) = server_in_pty();
+    let mut peer = pty_connect(&mut session, port, 1);
+    type_in_pty(&mut session, "half a li");
+    session.exp_string("half a li").unwrap();
+    session
+        .process_mut()
+        .signal(nix::sys::signal::Signal::SIGINT)
+        .expect("send SIGINT");
+    peer.expect_closed();
+    assert_eq!(pty_exit_code(&mut session), 130);
+}
