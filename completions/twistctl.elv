@@ -69,11 +69,11 @@ set edit:completion:arg-completer[twistctl] = {|@words|
             cand --version 'Print version'
         }
         &'twistctl;talk-server'= {
-            cand --port 'The port to listen on (0: any free port)'
-            cand --bind 'The address to listen on (default: every IPv4 and IPv6 address)'
-            cand --max-clients 'At most N clients at once; the next one is told the server is full'
-            cand --max-line 'Longest line accepted from a client, in bytes'
-            cand --idle-timeout 'Close clients that send nothing for DUR'
+            cand --port 'The port to listen on, as an option (the same as PORT)'
+            cand --bind 'The address to listen on: an IP address (127.0.0.1, ::1 or [::1]) or a name (localhost: every address it resolves to). Default: every IPv4 and IPv6 address'
+            cand --max-clients 'At most N clients at once (1 or more); the next one is told the server is full'
+            cand --max-line 'Longest line accepted from a client, in bytes (1 or more)'
+            cand --idle-timeout 'Close clients that send nothing for DUR (0: never)'
             cand --echo 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either'
             cand --raw 'The classic tutorial''s wire format: no line delimiters'
             cand -v 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'

@@ -57,11 +57,11 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s v -l verb
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s V -l version -d 'Print version'
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l port -d 'The port to listen on (0: any free port)' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l bind -d 'The address to listen on (default: every IPv4 and IPv6 address)' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-clients -d 'At most N clients at once; the next one is told the server is full' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-line -d 'Longest line accepted from a client, in bytes' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l idle-timeout -d 'Close clients that send nothing for DUR' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l port -d 'The port to listen on, as an option (the same as PORT)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l bind -d 'The address to listen on: an IP address (127.0.0.1, ::1 or [::1]) or a name (localhost: every address it resolves to). Default: every IPv4 and IPv6 address' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-clients -d 'At most N clients at once (1 or more); the next one is told the server is full' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-line -d 'Longest line accepted from a client, in bytes (1 or more)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l idle-timeout -d 'Close clients that send nothing for DUR (0: never)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'

@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::commands::duration::{parse as parse_duration, parse_nonzero as parse_nonzero_duration};
+use crate::commands::services::{SERVICES_PATH, ServiceDb};
 use crate::commands::talk::server::{Mode, ServerConfig};
+use crate::commands::target::{self, Family, Host, parse_bind};
 use crate::commands::{self, completions, conntest, talk, timer_demo};
 
 /// twistctl: network tools on a Twisted-style reactor.
@@ -110,8 +112,8 @@ pub enum Command {
                       its end means /quit. The first line of output is 'Listening on \
                       ADDRESS:PORT'.",
         after_long_help = concat!("EXAMPLES:
-    twistctl talk-server --port 8000
-    twistctl talk-server --port 0 --echo --idle-timeout 5m
+    twistctl talk-server 8000
+    twistctl talk-server --bind localhost 0 --echo --idle-timeout 5m
 
 ", "EXIT STATUS:
     0    /quit, Ctrl-D or end of input
@@ -139,6 +141,7 @@ pub enum Command {
                       on stderr ('* not sent: TEXT').",
         after_long_help = concat!("EXAMPLES:
     twistctl talk-client localhost 8000
+    twistctl talk-client '[::1]:8000'
     printf 'hello\\nbye\\n' | twistctl talk-client localhost 8000
     printf 'what time is it?\\n' | twistctl talk-client --linger 1m localhost 8000
 
@@ -208,28 +211,29 @@ pub struct TimerDemoArgs {
 /// Options of `twistctl conntest`.
 #[derive(Debug, Clone, Args)]
 pub struct ConntestArgs {
-    /// The targets: `HOST PORTS`, or one or more `HOST:PORTS` (IPv6 literals in
-    /// brackets).
+    /// The targets.
     #[arg(
         value_name = "TARGET",
         required = true,
-        help = "HOST PORTS, or one or more HOST:PORTS ([::1]:PORTS for IPv6). PORTS is a port, \
-                a list (80,443), a range (8000-8100), a service name (ssh), or a mix"
+        help = "HOST PORTS, HOST PORT PORT... (digits only, as nc takes them), or one or more \
+                HOST:PORTS ([::1]:PORTS for IPv6). PORTS is a port, a list (80,443), a range \
+                (8000-8100), a service name (ssh), or a mix"
     )]
     pub targets: Vec<String>,
 
     /// Give up on one connection attempt, or one name lookup, after DUR.
-    #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration, default_value = "10s")]
+    #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration, default_value = "10s",
+          allow_hyphen_values = true)]
     pub timeout: Duration,
 
     /// Retry down targets every --interval until all are up, or until DUR has passed
     /// since the start (then exit 124).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     pub wait: Option<Duration>,
 
     /// With --wait: time between retries of a down target.
     #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration,
-          default_value = "500ms", requires = "wait")]
+          default_value = "500ms", requires = "wait", allow_hyphen_values = true)]
     pub interval: Duration,
 
     /// Succeed as soon as any one target is up; the others are cancelled (wait for one
@@ -248,9 +252,9 @@ pub struct ConntestArgs {
 
     /// At most N connection attempts in flight (never more than the open-file limit
     /// allows).
-    #[arg(long, value_name = "N", default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub concurrency: u32,
+    #[arg(long, value_name = "N", default_value = "512", value_parser = parse_count,
+          allow_hyphen_values = true)]
+    pub concurrency: usize,
 
     /// Use IPv4 addresses only.
     #[arg(short = '4', conflicts_with = "ipv6")]
@@ -269,24 +273,32 @@ pub struct ConntestArgs {
 /// Options of `twistctl talk-server`.
 #[derive(Debug, Clone, Args)]
 pub struct TalkServerArgs {
-    /// The port to listen on (0: any free port).
-    #[arg(long, default_value_t = 8000)]
-    pub port: u16,
+    /// The port to listen on (0: the kernel chooses a free port) [default: 8000].
+    #[arg(value_name = "PORT", value_parser = parse_listen_port, conflicts_with = "port_option")]
+    pub port: Option<u16>,
 
-    /// The address to listen on (default: every IPv4 and IPv6 address).
-    #[arg(long, value_name = "ADDR")]
-    pub bind: Option<std::net::IpAddr>,
+    /// The port to listen on, as an option (the same as PORT).
+    #[arg(long = "port", id = "port_option", value_name = "PORT",
+          value_parser = parse_listen_port, allow_hyphen_values = true)]
+    pub port_option: Option<u16>,
 
-    /// At most N clients at once; the next one is told the server is full.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    /// The address to listen on: an IP address (127.0.0.1, ::1 or [::1]) or a name
+    /// (localhost: every address it resolves to). Default: every IPv4 and IPv6 address.
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind)]
+    pub bind: Option<Host>,
+
+    /// At most N clients at once (1 or more); the next one is told the server is full.
+    #[arg(long, value_name = "N", default_value = "1024", value_parser = parse_count,
+          allow_hyphen_values = true)]
     pub max_clients: usize,
 
-    /// Longest line accepted from a client, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    /// Longest line accepted from a client, in bytes (1 or more).
+    #[arg(long, value_name = "BYTES", default_value = "65536", value_parser = parse_count,
+          allow_hyphen_values = true)]
     pub max_line: usize,
 
-    /// Close clients that send nothing for DUR.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    /// Close clients that send nothing for DUR (0: never).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     pub idle_timeout: Option<Duration>,
 
     /// No console (stdin is ignored): send every received line back to its sender, until
@@ -302,27 +314,47 @@ pub struct TalkServerArgs {
 /// Options of `twistctl talk-client`.
 #[derive(Debug, Clone, Args)]
 pub struct TalkClientArgs {
-    /// The server's host name or address.
-    #[arg(default_value = "localhost")]
-    pub host: String,
-
-    /// The server's port.
-    #[arg(default_value_t = 8000)]
-    pub port: u16,
+    /// The server.
+    #[arg(
+        value_name = "TARGET",
+        help = "The server, written as for conntest, one port: HOST PORT, HOST:PORT, \
+                [::1]:PORT, or a service name for the port (localhost http) \
+                [default: localhost 8000]"
+    )]
+    pub target: Vec<String>,
 
     /// Give up connecting after DUR.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration, default_value = "30s",
+          allow_hyphen_values = true)]
     pub timeout: Duration,
 
     /// Once this side has stopped sending (bye, or the end of input), wait at most DUR
     /// for the server to close, then give up with status 124. Default: 2s after bye, no
     /// limit after the end of input.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     pub linger: Option<Duration>,
 
     /// The classic tutorial's wire format: no line delimiters.
     #[arg(long)]
     pub raw: bool,
+}
+
+/// A count or size: 1 or more. Zero and negative numbers are refused with a message
+/// that says so (not clap's "unexpected argument '-8'").
+fn parse_count(text: &str) -> Result<usize, String> {
+    if text.starts_with('-') {
+        return Err(format!("'{text}' is negative; give a number of 1 or more"));
+    }
+    match text.parse::<usize>() {
+        Ok(0) => Err(format!("'{text}' is zero; give a number of 1 or more")),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("'{text}' is not a number (give 1 or more)")),
+    }
+}
+
+/// talk-server's port: 1-65535, or 0 for a port the kernel chooses.
+fn parse_listen_port(text: &str) -> Result<u16, String> {
+    target::parse_port(text, true)
 }
 
 /// A usage error found after clap's own checks: printed and exited like clap's (status
@@ -334,6 +366,50 @@ fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> clap::Error
     match command.find_subcommand_mut(subcommand) {
         Some(sub) => sub.error(kind, message),
         None => command.error(kind, message),
+    }
+}
+
+/// Parses the command line into the global flags (`-v` count, `-q`) and the chosen
+/// subcommand's configuration. A negative number where a port goes gets a message
+/// about ports, not clap's "unexpected argument '-8'".
+pub fn parse<I, T>(args: I) -> Result<(u8, bool, commands::Config), clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let cli = Cli::try_parse_from(&args).map_err(|error| explain_negative_port(error, &args))?;
+    let (verbose, quiet) = (cli.verbose, cli.quiet);
+    cli.into_config().map(|config| (verbose, quiet, config))
+}
+
+/// Positional arguments are hosts and ports, and options take their values with
+/// `allow_hyphen_values`: an unknown argument that is a negative number is a port.
+fn explain_negative_port(error: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return error;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let negative = arg.strip_prefix('-').is_some_and(|rest| {
+        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b',')
+    });
+    if !negative {
+        return error;
+    }
+    let command = Cli::command();
+    let subcommand = args.iter().skip(1).find_map(|arg| {
+        let arg = arg.to_str()?;
+        command
+            .find_subcommand(arg)
+            .map(|sub| sub.get_name().to_string())
+    });
+    let message = format!("invalid port '{arg}': ports are 1-65535");
+    match subcommand {
+        Some(name) => usage_error(&name, message),
+        None => error,
     }
 }
 
@@ -355,18 +431,18 @@ impl Cli {
             Command::Conntest(args) => commands::Config::Conntest(conntest_config(args, quiet)?),
             Command::TalkServer(args) => commands::Config::TalkServer(talk::talk_server::Config {
                 bind: args.bind,
-                port: args.port,
+                port: args.port.or(args.port_option).unwrap_or(8000),
                 server: ServerConfig {
                     mode: if args.echo { Mode::Echo } else { Mode::Console },
                     raw: args.raw,
                     max_clients: args.max_clients,
                     max_line: args.max_line,
-                    idle_timeout: args.idle_timeout,
+                    // Zero means no idle timeout, as for ssh's ServerAliveInterval.
+                    idle_timeout: args.idle_timeout.filter(|idle| !idle.is_zero()),
                 },
             }),
             Command::TalkClient(args) => commands::Config::TalkClient(talk::client::Config {
-                host: args.host,
-                port: args.port,
+                target: talk_client_target(&args.target)?,
                 timeout: args.timeout,
                 raw: args.raw,
                 linger: args.linger,
@@ -378,16 +454,26 @@ impl Cli {
     }
 }
 
+/// talk-client's one target (localhost 8000 when none is given).
+fn talk_client_target(args: &[String]) -> Result<target::Target, clap::Error> {
+    let defaults = ["localhost".to_string(), "8000".to_string()];
+    let args = if args.is_empty() { &defaults[..] } else { args };
+    let services = ServiceDb::at(SERVICES_PATH);
+    target::parse_destination(args, Family::Any, &services)
+        .and_then(|destination| target::tcp_only(vec![destination]))
+        .map(|mut targets| targets.remove(0))
+        .map_err(|error| usage_error("talk-client", error))
+}
+
 fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, clap::Error> {
-    use conntest::services::{SERVICES_PATH, ServiceDb};
-    use conntest::targets::{Family, parse_targets};
     let family = match (args.ipv4, args.ipv6) {
         (true, _) => Family::V4,
         (_, true) => Family::V6,
         _ => Family::Any,
     };
     let services = ServiceDb::at(SERVICES_PATH);
-    let targets = parse_targets(&args.targets, family, &services)
+    let targets = target::parse_destinations(&args.targets, family, &services)
+        .and_then(target::tcp_only)
         .map_err(|error| usage_error("conntest", error))?;
     Ok(conntest::Config {
         targets,
@@ -398,7 +484,7 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
         any: args.any,
         open: args.open,
         json: args.json,
-        concurrency: usize::try_from(args.concurrency).unwrap_or(usize::MAX),
+        concurrency: args.concurrency,
         command: args.command,
         quiet,
     })

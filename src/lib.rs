@@ -11,19 +11,13 @@ pub mod logging;
 pub mod protocols;
 pub mod reactor;
 
-use clap::Parser;
-
 /// Parses the command line, starts logging, runs the subcommand; returns the exit status.
 pub fn main_with_args<I, T>(args: I) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let parsed = cli::Cli::try_parse_from(args).and_then(|cli| {
-        let (verbose, quiet) = (cli.verbose, cli.quiet);
-        cli.into_config().map(|config| (verbose, quiet, config))
-    });
-    let (verbose, quiet, config) = match parsed {
+    let (verbose, quiet, config) = match cli::parse(args) {
         Ok(parsed) => parsed,
         Err(error) => {
             // --help and --version are not errors; clap knows which is which.

@@ -260,3 +260,111 @@ fn a_closed_pipe_is_silent_and_keeps_the_status() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 }
+
+/// `twistctl ARGS` with empty stdin: status, stdout, stderr.
+fn run_with_no_input(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = twistctl().args(args).write_stdin("").output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_targets_numbers_and_durations_are_usage_errors_naming_the_bad_part() {
+    let cases: [(&[&str], &str); 17] = [
+        (
+            &["conntest", "db", "-8"],
+            "invalid port '-8': ports are 1-65535",
+        ),
+        (
+            &["talk-client", "localhost", "-8"],
+            "invalid port '-8': ports are 1-65535",
+        ),
+        (
+            &["talk-server", "-8"],
+            "invalid port '-8': ports are 1-65535",
+        ),
+        (&["talk-server", "--port", "-8"], "ports are 1-65535"),
+        (&["conntest", "db", "0"], "port 0"),
+        (&["talk-client", "localhost", "0"], "port 0"),
+        (&["conntest", ":80"], "missing host in ':80'"),
+        (&["talk-client", ":80"], "missing host in ':80'"),
+        (&["conntest", "db]:80"], "stray ']' in 'db]:80'"),
+        (&["conntest", "[::1:80"], "missing ']'"),
+        (&["conntest", "--timeout", "0", "db", "80"], "'0' is zero"),
+        (
+            &["talk-client", "--timeout", "0", "db", "80"],
+            "'0' is zero",
+        ),
+        (&["talk-server", "--max-line", "0"], "'0' is zero"),
+        (&["talk-server", "--max-clients", "0"], "'0' is zero"),
+        (&["talk-server", "--max-clients", "-3"], "'-3' is negative"),
+        (&["timer-demo", "--stop-after", "5x"], "unknown unit 'x'"),
+        (&["talk-client", "localhost", "80,81"], "exactly one"),
+    ];
+    for (args, expected) in cases {
+        let (code, stdout, stderr) = run_with_no_input(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("unexpected argument"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("month"), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+    }
+}
+
+#[test]
+fn talk_client_takes_a_target_as_conntest_does() {
+    use std::io::Write;
+    let (listener, port) = common::loopback_listener();
+    let port = port.to_string();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().unwrap();
+            let _ = stream.write_all(b"welcome\n");
+        }
+    });
+    for target in [
+        vec!["127.0.0.1", port.as_str()],
+        vec![&format!("127.0.0.1:{port}")],
+    ] {
+        let mut args = vec!["talk-client"];
+        args.extend(target.iter().map(|s| &**s));
+        let (code, stdout, stderr) = run_with_no_input(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stdout.contains("Server: welcome"), "{args:?}: {stdout}");
+    }
+    server.join().unwrap();
+}
+
+#[test]
+fn talk_server_takes_its_port_positionally_and_binds_every_address_of_a_name() {
+    let (code, stdout, stderr) = run_with_no_input(&["talk-server", "--bind", "localhost", "0"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let listening: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("Listening on "))
+        .collect();
+    assert!(!listening.is_empty(), "{stdout}");
+    let ports: Vec<&str> = listening
+        .iter()
+        .map(|line| line.rsplit(':').next().unwrap())
+        .collect();
+    assert!(
+        ports.iter().all(|p| *p == ports[0] && *p != "0"),
+        "{stdout}"
+    );
+    for bind in ["127.0.0.1", "[::1]", "::1"] {
+        let (code, stdout, stderr) = run_with_no_input(&["talk-server", "--bind", bind, "0"]);
+        // A machine without IPv6 cannot bind ::1: that is a runtime failure, not usage.
+        assert_ne!(code, Some(2), "{bind}: {stderr}");
+        if code == Some(0) {
+            let shown = bind.trim_start_matches('[').trim_end_matches(']');
+            assert!(stdout.contains(shown), "{bind}: {stdout}");
+        }
+    }
+}

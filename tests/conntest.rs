@@ -644,3 +644,22 @@ fn a_closed_stdout_pipe_ends_output_quietly_without_a_panic() {
         output.status
     );
 }
+
+#[test]
+fn nc_style_host_port_port_checks_each_port_of_the_host() {
+    let (_a, first) = loopback_listener();
+    let (_b, second) = loopback_listener();
+    let out = run(&["127.0.0.1", &first.to_string(), &second.to_string()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        format!("Connected to 127.0.0.1 port {first}\nConnected to 127.0.0.1 port {second}\n")
+    );
+    let out = run(&["127.0.0.1", &first.to_string(), "ssh"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains(&format!("write 127.0.0.1 {first},ssh")),
+        "{}",
+        out.stderr
+    );
+}

@@ -7,7 +7,9 @@ pub mod conntest;
 pub mod dirs;
 pub mod duration;
 pub mod scaffold;
+pub mod services;
 pub mod talk;
+pub mod target;
 pub mod timer_demo;
 
 #[cfg(test)]

@@ -18,11 +18,13 @@ pub mod gate;
 pub mod nagios;
 pub mod outcome;
 pub mod output;
-pub mod services;
 pub mod session;
 pub mod starttls;
-pub mod targets;
 pub mod watch;
+
+// The target grammar and the services database are shared with talk-client.
+pub use crate::commands::services;
+pub use crate::commands::target as targets;
 
 use std::io::{self, Write};
 use std::rc::Rc;

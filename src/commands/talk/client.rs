@@ -707,10 +707,8 @@ fn print_line(line: &str, to_stderr: bool) {
 /// What `twistctl talk-client` was asked to do (built by `src/cli.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// The server's host name or address.
-    pub host: String,
-    /// The server's port, 1-65535.
-    pub port: u16,
+    /// The server: a host (name or IP literal) and a port, 1-65535.
+    pub target: crate::commands::target::Target,
     /// Give up connecting after this long.
     pub timeout: Duration,
     /// The classic tutorial's wire format: no line delimiters.
@@ -770,7 +768,10 @@ impl Command for ClientCommand {
         };
         let conversation = Conversation::new(options, view.clone(), scheduler, on_end);
         let dialer = Dialer::new(reactor, conversation.clone(), self.config.timeout);
-        let (host, port) = (self.config.host.clone(), self.config.port);
+        let (host, port) = (
+            self.config.target.host.text.clone(),
+            self.config.target.port,
+        );
         let starter = dialer.clone();
         reactor.call_when_running(move || starter.start(&host, port));
         self.parts = Some((view, dialer, conversation));

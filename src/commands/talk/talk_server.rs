@@ -14,6 +14,7 @@ use std::rc::Rc;
 use super::console::{Console, ConsoleEvent, Prompt};
 use super::server::{Mode, Next, Operator, ServerConfig, TalkServer};
 use crate::commands::scaffold::{self, Command, CommandError};
+use crate::commands::target::{Host, HostKind};
 use crate::exit::ExitStatus;
 use crate::reactor::tcp::{CannotListenError, ListenOptions, ListeningPort};
 use crate::reactor::{Factory, Phase, Reactor, Scheduler, Signal, StopReason, SystemEvent};
@@ -92,10 +93,11 @@ impl Operator for Screen {
 }
 
 /// What `twistctl talk-server` was asked to do (built by `src/cli.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// `--bind`: the address to listen on; `None`: every IPv4 and IPv6 address.
-    pub bind: Option<std::net::IpAddr>,
+    /// `--bind`: an IP literal, or a name whose every address is listened on; `None`:
+    /// every IPv4 and IPv6 address.
+    pub bind: Option<Host>,
     /// The port; 0 lets the kernel choose.
     pub port: u16,
     /// The chat's own settings.
@@ -135,6 +137,33 @@ pub fn listen(
     }
 }
 
+/// The addresses `--bind` names: `[None]` (every address) without it, the literal, or
+/// every address a name resolves to. The lookup runs before the reactor does, so it
+/// blocks nothing.
+fn bind_addresses(bind: Option<&Host>) -> Result<Vec<Option<std::net::IpAddr>>, CommandError> {
+    use std::net::ToSocketAddrs;
+    let Some(host) = bind else {
+        return Ok(vec![None]);
+    };
+    match &host.kind {
+        HostKind::Ip(ip) => Ok(vec![Some(*ip)]),
+        HostKind::Name(name) => {
+            let mut ips: Vec<_> = (name.as_str(), 0)
+                .to_socket_addrs()
+                .map_err(|error| {
+                    CommandError::failure(format!(
+                        "cannot resolve --bind '{name}': {}",
+                        scaffold::os_words(&error)
+                    ))
+                })?
+                .map(|addr| Some(addr.ip()))
+                .collect();
+            ips.dedup();
+            Ok(ips)
+        }
+    }
+}
+
 /// Runs `twistctl talk-server`.
 pub fn run(config: Config) -> ExitStatus {
     scaffold::run(Box::new(ServerCommand {
@@ -162,19 +191,23 @@ impl Command for ServerCommand {
         let scheduler: Rc<dyn Scheduler> = Rc::new(reactor.clone());
         let server = TalkServer::new(config, screen.clone(), scheduler);
         self.server = Some(server.clone());
-        let port = listen(
-            reactor,
-            self.config.bind,
-            self.config.port,
-            server.factory(),
-        )
-        .map_err(|error| CommandError::failure(error.to_string()))?;
-        screen.print(&format!("Listening on {}", port.host()));
+        let mut ports = Vec::new();
+        let mut port_number = self.config.port;
+        for bind in bind_addresses(self.config.bind.as_ref())? {
+            let port = listen(reactor, bind, port_number, server.factory())
+                .map_err(|error| CommandError::failure(error.to_string()))?;
+            screen.print(&format!("Listening on {}", port.host()));
+            // With port 0 and several addresses, all share the port the kernel chose.
+            port_number = port.host().port();
+            ports.push(port);
+        }
 
         let shutting_down = server.clone();
         reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || {
-            // The port's own Deferred is not waited for: closing it cannot block.
-            let _ = port.stop_listening();
+            // The ports' own Deferreds are not waited for: closing cannot block.
+            for port in &ports {
+                let _ = port.stop_listening();
+            }
             shutting_down.shut_down()
         });
 

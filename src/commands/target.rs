@@ -1,16 +1,21 @@
-//! What to check: the command line's `HOST PORTS` or `HOST:PORTS...` turned into one
-//! [`Target`] per host and port, in the order written.
+//! The one target grammar of every subcommand that connects (conntest, talk-client):
+//! `HOST PORT`, `HOST PORT PORT...`, `HOST:PORT`, `[V6]:PORT`, service names
+//! (`localhost http`), `unix:PATH` and `unix:@NAME`, turned into typed
+//! [`Destination`]s, one per host and port, in the order written; plus the single port
+//! and the listening address of talk-server.
 //!
 //! Parsing is strict where peers are lax, because a lax parse makes a script believe a
-//! wrong answer: port 0, a port over 65535 (never wrapped: 70000 is not 4464), an empty
-//! list item, a reversed range and an IP literal that `-4`/`-6` excludes are all usage
-//! errors whose message names the bad part.
+//! wrong answer: port 0, a negative port, a port over 65535 (never wrapped: 70000 is not
+//! 4464), an empty host or list item, a reversed range, a stray `[` or `]` and an IP
+//! literal that `-4`/`-6` excludes are all usage errors whose message names the bad
+//! part.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::Rc;
 
 use super::services::ServiceDb;
+use crate::reactor::UnixAddress;
 
 pub use crate::reactor::endpoints::Family;
 
@@ -53,43 +58,160 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Turns the positional arguments into targets.
+/// One place to connect to, as the command line wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A host and a port.
+    Tcp(Target),
+    /// `unix:PATH` or `unix:@NAME` (a Linux abstract name).
+    Unix(UnixAddress),
+}
+
+/// Turns positional arguments into destinations, in the order written. The forms:
 ///
-/// Two arguments whose second has no `:` and whose first carries no port are the
-/// classic `HOST PORTS`; otherwise every argument is `HOST:PORTS` (`[V6]:PORTS` for an
-/// IPv6 literal).
-pub fn parse_targets(
+/// - `HOST PORTS`: one host, then its ports (`80`, `80,443`, `8000-8100`, `ssh`);
+/// - `HOST PORT PORT...` (as nc takes them): one host, then several port arguments,
+///   each of digits only (a port, a list or a range);
+/// - `HOST:PORTS`, `[V6]:PORTS`, `unix:PATH`, `unix:@NAME`: one destination per
+///   argument, as many as given.
+pub fn parse_destinations(
     args: &[String],
     family: Family,
     services: &ServiceDb,
-) -> Result<Vec<Target>, UsageError> {
+) -> Result<Vec<Destination>, UsageError> {
     if args.is_empty() {
         return Err(UsageError(
-            "no target given (write HOST PORTS or HOST:PORTS)".into(),
+            "no target given (write HOST PORT or HOST:PORT)".into(),
         ));
     }
-    if let [host_arg, ports] = args
-        && !ports.contains(':')
+    if let [host_arg, first_ports, more @ ..] = args
+        && !host_arg.starts_with(UNIX_PREFIX)
+        && !first_ports.contains(':')
+        && (more.is_empty() || is_digit_spec(first_ports))
     {
         let (host, port_part) = split_target(host_arg)?;
         if port_part.is_none() {
             let host = Rc::new(check_family(host, family)?);
-            if ports.is_empty() {
+            if first_ports.is_empty() {
                 return Err(UsageError(format!("empty port list for host '{host_arg}'")));
             }
-            return expand(host, ports, ports, services);
+            if let Some(bad) = more.iter().find(|arg| !is_digit_spec(arg)) {
+                let all: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+                return Err(UsageError(format!(
+                    "'{bad}' is not a port: after '{host_arg}' every argument must be a \
+                     port, list or range of digits (for several ports of one host write \
+                     {host_arg} {})",
+                    all.join(",")
+                )));
+            }
+            let mut destinations = Vec::new();
+            for ports in &args[1..] {
+                destinations.extend(expand(host.clone(), ports, ports, services)?);
+            }
+            return Ok(destinations);
         }
     }
-    let mut targets = Vec::new();
+    let mut destinations = Vec::new();
     for arg in args {
+        if let Some(rest) = arg.strip_prefix(UNIX_PREFIX) {
+            destinations.push(Destination::Unix(unix_address(rest, arg)?));
+            continue;
+        }
         let (host, ports) = split_target(arg)?;
         let Some(ports) = ports else {
             return Err(UsageError(missing_port_message(arg, &host)));
         };
         let host = Rc::new(check_family(host, family)?);
-        targets.extend(expand(host, ports, arg, services)?);
+        destinations.extend(expand(host, ports, arg, services)?);
     }
-    Ok(targets)
+    Ok(destinations)
+}
+
+/// Like [`parse_destinations`], for a command that connects to exactly one place
+/// (talk-client): the same forms, but one host and one port.
+pub fn parse_destination(
+    args: &[String],
+    family: Family,
+    services: &ServiceDb,
+) -> Result<Destination, UsageError> {
+    let mut destinations = parse_destinations(args, family, services)?;
+    if destinations.len() != 1 {
+        return Err(UsageError(format!(
+            "'{}' names {} ports; give exactly one (HOST PORT or HOST:PORT)",
+            args.join(" "),
+            destinations.len()
+        )));
+    }
+    Ok(destinations.remove(0))
+}
+
+/// The TCP targets, in order, or a usage error for a UNIX one (for a command that
+/// does not connect to UNIX sockets yet).
+pub fn tcp_only(destinations: Vec<Destination>) -> Result<Vec<Target>, UsageError> {
+    destinations
+        .into_iter()
+        .map(|destination| match destination {
+            Destination::Tcp(target) => Ok(target),
+            Destination::Unix(address) => Err(UsageError(format!(
+                "'{address}': UNIX socket targets are not supported here yet"
+            ))),
+        })
+        .collect()
+}
+
+const UNIX_PREFIX: &str = "unix:";
+
+fn unix_address(rest: &str, arg: &str) -> Result<UnixAddress, UsageError> {
+    if rest.is_empty() || rest == "@" {
+        return Err(UsageError(format!(
+            "missing socket path in '{arg}' (write unix:PATH or unix:@NAME)"
+        )));
+    }
+    Ok(UnixAddress::from_arg(rest))
+}
+
+/// A port spec made of digits only: `5432`, `80,443`, `8000-8100`.
+fn is_digit_spec(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .split(',')
+            .all(|item| item.split('-').all(is_number) && item.split('-').count() <= 2)
+}
+
+/// A port typed on its own (talk-server's PORT, `--port`): 1-65535, or 0 as well
+/// when `zero_means_any` (the kernel chooses).
+pub fn parse_port(text: &str, zero_means_any: bool) -> Result<u16, String> {
+    if text.starts_with('-') {
+        return Err(format!("invalid port '{text}': ports are 1-65535"));
+    }
+    if zero_means_any && text == "0" {
+        return Ok(0);
+    }
+    if !is_number(text) {
+        return Err(format!("invalid port '{text}': ports are 1-65535"));
+    }
+    port_number(text).map_err(|reason| format!("invalid port '{text}': {reason}"))
+}
+
+/// An address to listen on (`--bind`): an IP literal, with or without brackets
+/// (`127.0.0.1`, `::1`, `[::1]`), or a name whose every address is used
+/// (`localhost`).
+pub fn parse_bind(text: &str) -> Result<Host, String> {
+    let inner = match text.strip_prefix('[') {
+        Some(rest) => rest
+            .strip_suffix(']')
+            .ok_or_else(|| format!("missing ']' in '{text}'"))?,
+        None => text,
+    };
+    if let Ok(ip) = inner.parse::<IpAddr>() {
+        return Ok(ip_host(inner, ip));
+    }
+    if inner.len() != text.len() {
+        return Err(format!(
+            "'{inner}' in '{text}' is not an IPv6 address (brackets are for IPv6 literals only)"
+        ));
+    }
+    host_from(text, text).map_err(|error| error.0)
 }
 
 fn missing_port_message(arg: &str, host: &Host) -> String {
@@ -107,21 +229,33 @@ fn expand(
     ports: &str,
     arg: &str,
     services: &ServiceDb,
-) -> Result<Vec<Target>, UsageError> {
+) -> Result<Vec<Destination>, UsageError> {
     if ports.is_empty() {
         return Err(UsageError(format!("empty port list in '{arg}'")));
     }
     Ok(parse_ports(ports, services)?
         .into_iter()
-        .map(|port| Target {
-            host: host.clone(),
-            port,
+        .map(|port| {
+            Destination::Tcp(Target {
+                host: host.clone(),
+                port,
+            })
         })
         .collect())
 }
 
 /// Splits one argument into its host and, if present, its port part.
 fn split_target(arg: &str) -> Result<(Host, Option<&str>), UsageError> {
+    let unbracketed = arg.strip_prefix('[').unwrap_or(arg);
+    if let Some(stray) = unbracketed.chars().find(|c| *c == '[').or_else(|| {
+        (!arg.starts_with('['))
+            .then(|| arg.chars().find(|c| *c == ']'))
+            .flatten()
+    }) {
+        return Err(UsageError(format!(
+            "stray '{stray}' in '{arg}' (write [ADDRESS]:PORT for an IPv6 address)"
+        )));
+    }
     if let Some(rest) = arg.strip_prefix('[') {
         let Some((inner, after)) = rest.split_once(']') else {
             return Err(UsageError(format!("missing ']' in '{arg}'")));
@@ -179,6 +313,11 @@ fn ip_host(text: &str, ip: IpAddr) -> Host {
 fn host_from(text: &str, arg: &str) -> Result<Host, UsageError> {
     if text.is_empty() {
         return Err(UsageError(format!("missing host in '{arg}'")));
+    }
+    if let Some(stray) = text.chars().find(|c| matches!(c, '[' | ']')) {
+        return Err(UsageError(format!(
+            "stray '{stray}' in '{arg}' (write [ADDRESS]:PORT for an IPv6 address)"
+        )));
     }
     if let Ok(ip) = text.parse::<Ipv4Addr>() {
         return Ok(ip_host(text, IpAddr::V4(ip)));
@@ -243,6 +382,9 @@ enum Item {
 }
 
 fn parse_item(item: &str, services: &ServiceDb) -> Result<Item, String> {
+    if item.strip_prefix('-').is_some_and(is_number) {
+        return Err("a negative number (ports are 1-65535)".into());
+    }
     if is_number(item) {
         return port_number(item).map(Item::One);
     }
@@ -290,8 +432,8 @@ fn port_number(digits: &str) -> Result<u16, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::services::Services;
     use super::*;
+    use crate::commands::services::Services;
 
     fn db() -> ServiceDb {
         ServiceDb::preloaded(Services::parse(
@@ -305,7 +447,8 @@ mod tests {
 
     fn parse_with(args: &[&str], family: Family) -> Result<Vec<(String, u16)>, String> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        parse_targets(&args, family, &db())
+        parse_destinations(&args, family, &db())
+            .and_then(tcp_only)
             .map(|targets| {
                 targets
                     .into_iter()
@@ -354,15 +497,19 @@ mod tests {
     fn ip_literals_need_no_resolver_and_names_do() {
         let db = db();
         let args = ["127.0.0.1:80".to_string(), "localhost:80".to_string()];
-        let targets = parse_targets(&args, Family::Any, &db).unwrap();
+        let targets = tcp_only(parse_destinations(&args, Family::Any, &db).unwrap()).unwrap();
         assert_eq!(
             targets[0].host.kind,
             HostKind::Ip("127.0.0.1".parse().unwrap())
         );
         assert_eq!(targets[1].host.kind, HostKind::Name("localhost".into()));
-        let v6 = parse_targets(&["::1".into(), "80".into()], Family::Any, &db).unwrap();
+        let parse = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            tcp_only(parse_destinations(&args, Family::Any, &db).unwrap()).unwrap()
+        };
+        let v6 = parse(&["::1", "80"]);
         assert_eq!(v6[0].host.kind, HostKind::Ip("::1".parse().unwrap()));
-        let bracketed = parse_targets(&["[::1]".into(), "80".into()], Family::Any, &db).unwrap();
+        let bracketed = parse(&["[::1]", "80"]);
         assert_eq!(bracketed[0].host.text, "::1");
     }
 
@@ -452,6 +599,77 @@ mod tests {
         // "::1:80" is a valid IPv6 address, not host ::1 with port 80.
         let error = parse(&["::1:80"]).unwrap_err();
         assert!(error.contains("missing port in '::1:80'"), "{error}");
+    }
+
+    #[test]
+    fn nc_style_host_port_port_takes_digit_ports_and_suggests_commas_otherwise() {
+        assert_eq!(
+            parse(&["db", "5432", "6379", "8000-8001"]),
+            Ok(pairs(&[
+                ("db", 5432),
+                ("db", 6379),
+                ("db", 8000),
+                ("db", 8001)
+            ]))
+        );
+        let error = parse(&["db", "5432", "ssh"]).unwrap_err();
+        assert!(
+            error.contains("'ssh'") && error.contains("db 5432,ssh"),
+            "{error}"
+        );
+        let error = parse(&["db", "5432", "cache:6379"]).unwrap_err();
+        assert!(error.contains("'cache:6379'"), "{error}");
+    }
+
+    #[test]
+    fn stray_brackets_and_negative_ports_are_usage_errors() {
+        for bad in ["db]:80", "::1]:80", "d[b:80", "[::1]]:80"] {
+            let error = parse(&[bad]).unwrap_err();
+            assert!(error.contains(&format!("'{bad}'")), "{error}");
+        }
+        let error = parse(&["db", "-8"]).unwrap_err();
+        assert!(error.contains("ports are 1-65535"), "{error}");
+    }
+
+    #[test]
+    fn unix_targets_parse_to_paths_and_abstract_names() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let parsed = parse_destinations(
+            &args(&["unix:/run/app.sock", "unix:@name"]),
+            Family::Any,
+            &db(),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            [
+                Destination::Unix(UnixAddress::from_arg("/run/app.sock")),
+                Destination::Unix(UnixAddress::from_arg("@name")),
+            ]
+        );
+        assert!(parse_destinations(&args(&["unix:"]), Family::Any, &db()).is_err());
+    }
+
+    #[test]
+    fn one_destination_is_one_port_and_listening_ports_may_be_zero() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(parse_destination(&args(&["localhost", "http"]), Family::Any, &db()).is_ok());
+        let error =
+            parse_destination(&args(&["localhost", "80,81"]), Family::Any, &db()).unwrap_err();
+        assert!(error.0.contains("exactly one"), "{error}");
+        assert_eq!(parse_port("0", true), Ok(0));
+        assert!(parse_port("0", false).is_err());
+        assert!(
+            parse_port("-8", true)
+                .unwrap_err()
+                .contains("ports are 1-65535")
+        );
+        assert_eq!(parse_bind("[::1]").unwrap().text, "::1");
+        assert_eq!(
+            parse_bind("localhost").unwrap().kind,
+            HostKind::Name("localhost".into())
+        );
+        assert!(parse_bind("[db]").is_err());
     }
 
     #[test]
