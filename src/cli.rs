@@ -90,27 +90,28 @@ pub enum Command {
         long_about = "Line chat, server side: talk with every connected client from this \
                       console. Clients are numbered from 1; their lines print as \
                       'Client 1: hello', with control characters, bidirectional controls \
-                      and invisible characters escaped (\\x1b, \\u{202e}). The prompt names \
-                      where a typed line goes: 'to 3> ' (the client that spoke last, or \
-                      the only one), '> ' when that is nobody. The recipient is fixed when \
-                      the prompt is drawn: others speaking meanwhile change the next \
-                      prompt, not this line; if client 3 has left by Enter the line is not \
-                      sent ('* not sent: client 3 has left'); at '> ' it goes to the only \
-                      client, if there is exactly one. Enter on an empty line draws a fresh \
-                      prompt. When stdin is not a terminal there is no prompt: a line goes \
-                      to the client that spoke last, or the only one. Typed lines keep \
-                      their leading blanks. Commands: /to N text, /all text, /who, /kick N, \
-                      /quit, /help; //text sends /text; a line 'bye' closes the client it \
-                      is sent to. Ctrl-C clears a half-typed line; on an empty prompt it \
-                      stops the server (130), as SIGINT does. A client \
-                      that ends its input (half-closes) is shown as '* client 3 finished \
-                      sending' and stays connected for the answer, listed as half-closed by \
-                      /who, until 'bye', /kick, --idle-timeout or /quit closes it; a last \
-                      line without a newline is shown first. /kick tells the client \
-                      '* disconnected by the operator', --idle-timeout '* disconnected: idle \
-                      for DUR'. When stdin is not a terminal its lines are typed lines, and \
-                      its end means /quit. The first line of output is 'Listening on \
-                      ADDRESS:PORT'.",
+                      and invisible characters escaped (\\x1b, \\u{202e}). The first line of \
+                      output is 'Listening on ADDRESS:PORT'.\n\n\
+                      The prompt names where a typed line goes: 'to 3> ' (the client that \
+                      spoke last, or the only one), '> ' when that is nobody. The recipient \
+                      is fixed when the prompt is drawn: others speaking meanwhile change \
+                      the next prompt, not this line; if client 3 has left by Enter the \
+                      line is not sent ('* not sent: client 3 has left'); at '> ' it goes \
+                      to the only client, if there is exactly one. Enter on an empty line \
+                      draws a fresh prompt. Typed lines keep their leading blanks. Ctrl-C \
+                      clears a half-typed line; on an empty prompt it stops the server \
+                      (130), as SIGINT does.\n\n\
+                      Commands: /to N text, /all text, /who, /kick N, /quit, /help; //text \
+                      sends /text; a line 'bye' closes the client it is sent to. /kick \
+                      tells the client '* disconnected by the operator', --idle-timeout \
+                      '* disconnected: idle for DUR'.\n\n\
+                      A client that ends its input (half-closes) is shown as '* client 3 \
+                      finished sending' and stays connected for the answer, listed as \
+                      half-closed by /who, until 'bye', /kick, --idle-timeout or /quit \
+                      closes it; a last line without a newline is shown first.\n\n\
+                      When stdin is not a terminal there is no prompt: its lines are typed \
+                      lines, each going to the client that spoke last (or the only one), \
+                      and its end means /quit.",
         after_long_help = concat!("EXAMPLES:
     twistctl talk-server 8000
     twistctl talk-server --bind localhost 0 --echo --idle-timeout 5m
@@ -127,18 +128,20 @@ pub enum Command {
     /// Line chat, client side: talk with the operator of a talk-server.
     #[command(
         long_about = "Line chat, client side: talk with the operator of a talk-server (or any \
-                      line server). Typed lines are sent; lines from the server print as \
-                      'Server: text', with control characters escaped, above the 'Client: ' \
-                      prompt. Typing 'bye' sends it and half-closes; the client ends when the \
-                      server closes, or gives up after --linger (2s by default) with status \
-                      124. When stdin is not a terminal its lines are sent as typed, and its \
-                      end half-closes while replies are still printed until the server \
-                      closes (with no time limit unless --linger is given), so a script \
-                      loses no reply. A last line from the server without a newline is \
-                      shown before the end. Typed lines keep their leading blanks. Ctrl-C \
-                      clears a half-typed line, and on an empty prompt closes at once \
-                      (130). A half-typed line when the connection ends is printed back \
-                      on stderr ('* not sent: TEXT').",
+                      line server). Typed lines are sent, keeping their leading blanks; \
+                      lines from the server print as 'Server: text', with control \
+                      characters, bidirectional controls and invisible characters escaped, \
+                      above the 'Client: ' prompt. A last line from the server without a \
+                      newline is shown before the end.\n\n\
+                      Typing 'bye' sends it and half-closes; the client ends when the server \
+                      closes, or gives up after --linger (2s by default) with status 124 \
+                      ('* the server had not closed after 2s; giving up'). When stdin is not \
+                      a terminal its lines are sent as typed, and its end half-closes while \
+                      replies are still printed until the server closes (with no time \
+                      limit unless --linger is given), so a script loses no reply.\n\n\
+                      Ctrl-C clears a half-typed line, and on an empty prompt closes at once \
+                      (130). A half-typed line when the connection ends is printed back on \
+                      stderr ('* not sent: TEXT').",
         after_long_help = concat!("EXAMPLES:
     twistctl talk-client localhost 8000
     twistctl talk-client '[::1]:8000'
