@@ -690,7 +690,10 @@ fn e09_a_tcp_description_listens_and_another_connects_to_it() {
     let reactor = Reactor::new().unwrap();
     let log: Log = Rc::default();
     let server = parse_server("tcp:0:interface=127.0.0.1:backlog=8").unwrap();
-    let Listening::Tcp(port) = server.listen(&reactor, Rc::new(Greeter(b"hi"))).unwrap();
+    let listening = server.listen(&reactor, Rc::new(Greeter(b"hi"))).unwrap();
+    let Listening::Tcp(port) = listening else {
+        panic!("a TCP port: {listening:?}");
+    };
     let port = port.host().port();
     let client = parse_client(&format!("tcp:127.0.0.1:{port}:timeout=2")).unwrap();
     let d = client.connect(&reactor, Counting::new(&log));

@@ -1140,3 +1140,190 @@ fn u06_a_std_client_reads_what_the_server_wrote() {
     run(&reactor);
     assert_eq!(client.join().unwrap(), b"echo me");
 }
+
+// ---------------------------------------------------------------------------------------
+// E-09: `unix:` endpoint descriptions listen and connect
+
+use twistctl::reactor::endpoints::description::Listening;
+use twistctl::reactor::endpoints::{Connection, parse_client, parse_server};
+use twistctl::reactor::unix::UnixConnectError;
+
+type Outcome = Rc<RefCell<Option<Result<Connection, twistctl::reactor::Failure>>>>;
+
+/// Connects by `description`; what the Deferred gave is there after the run.
+fn connect_by_description(reactor: &Reactor, description: &str, factory: Fac) -> Outcome {
+    let outcome: Outcome = Rc::new(RefCell::new(None));
+    let o = outcome.clone();
+    let _done = parse_client(description)
+        .expect("a valid description")
+        .connect(reactor, Rc::new(factory))
+        .then(move |result| {
+            *o.borrow_mut() = Some(result);
+            Step::Value(())
+        });
+    outcome
+}
+
+#[test]
+fn e09_u02_a_unix_server_description_listens_with_its_mode_and_a_client_one_connects() {
+    let dir = TempDir::new("describe");
+    let path = dir.path("d.sock");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let server = Fac::protocol("sf", &log, |p| {
+        p.data(|t, data| {
+            t.write(data);
+            t.lose_connection();
+            Ok(())
+        })
+    });
+    let description = format!("unix:{}:mode=0640", path.display());
+    let listening = parse_server(&description)
+        .unwrap()
+        .listen(&reactor, Rc::new(server))
+        .expect("listening");
+    let Listening::Unix(port) = &listening else {
+        panic!("a UNIX port: {listening:?}");
+    };
+    assert_eq!(port.host(), UnixAddress::Path(path.clone()));
+    assert_eq!(mode_of(&path), 0o640);
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (r, rc) = (received.clone(), reactor.clone());
+    // An endpoint's factory is a plain Factory: the protocol's end stops the run.
+    let client = Fac::protocol("cf", &log, move |p| {
+        let (r, rc) = (r.clone(), rc.clone());
+        p.made(|t| {
+            t.write(b"over a description");
+            Ok(())
+        })
+        .data(move |_, data| {
+            r.borrow_mut().extend_from_slice(data);
+            Ok(())
+        })
+        .lost(move |_| stop(&rc))
+    });
+    let outcome = connect_by_description(&reactor, &format!("unix:{}", path.display()), client);
+    run(&reactor);
+    let connection = outcome
+        .borrow_mut()
+        .take()
+        .expect("fired")
+        .expect("connected");
+    assert_eq!(
+        connection.peer,
+        Address::Unix(UnixAddress::Path(path.clone()))
+    );
+    assert!(
+        connection.transport.peer_credentials().is_none(),
+        "only while open"
+    );
+    assert_eq!(&*received.borrow(), b"over a description");
+    // The Deferred fired after the protocol's connection_made (E-01).
+    assert_eq!(side(&log, "cli")[0], "cli:made");
+    assert!(
+        !path.exists(),
+        "the reactor's shutdown removed the socket file (U-03)"
+    );
+}
+
+#[test]
+fn e09_u02_a_unix_server_description_takes_over_a_stale_socket_but_not_a_live_one() {
+    let dir = TempDir::new("describe-stale");
+    let path = dir.path("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let description = format!("unix:{}", path.display());
+    let live = StdListener::bind(&path).unwrap();
+    let error = parse_server(&description)
+        .unwrap()
+        .listen(&reactor, Rc::new(Fac::protocol("sf", &log, |p| p)))
+        .expect_err("a live socket is never taken over");
+    assert!(error.to_string().contains("in use"), "{error}");
+    drop(live); // now stale: the file stays, nobody accepts
+    let listening = parse_server(&description)
+        .unwrap()
+        .listen(&reactor, Rc::new(Fac::protocol("sf", &log, |p| p)))
+        .expect("a stale socket file is taken over");
+    assert!(matches!(listening, Listening::Unix(_)));
+    StdStream::connect(&path).expect("ours now");
+}
+
+#[test]
+fn e09_u04_u05_a_unix_client_description_reports_why_it_failed() {
+    let dir = TempDir::new("describe-fail");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let missing = connect_by_description(
+        &reactor,
+        &format!("unix:{}", dir.path("none").display()),
+        Fac::protocol("cf", &log, |p| p),
+    );
+    let refused_name = abstract_name("described-refused");
+    let UnixAddress::Abstract(name) = &refused_name else {
+        unreachable!()
+    };
+    let refused = connect_by_description(
+        &reactor,
+        &format!("unix:@{}", String::from_utf8_lossy(name)),
+        Fac::protocol("cf", &log, |p| p),
+    );
+    let r = reactor.clone();
+    reactor.call_later(Duration::from_millis(20), move || stop(&r));
+    run(&reactor);
+    let error_of = |outcome: &Outcome| {
+        let failure = outcome
+            .borrow_mut()
+            .take()
+            .expect("fired")
+            .expect_err("failed");
+        failure
+            .downcast_ref::<UnixConnectError>()
+            .cloned()
+            .expect("a UnixConnectError")
+    };
+    let missing = error_of(&missing);
+    assert_eq!(errno(&missing.error), Some(libc::ENOENT));
+    assert!(
+        missing.to_string().starts_with("cannot connect to unix:/"),
+        "{missing}"
+    );
+    let refused = error_of(&refused);
+    assert!(
+        matches!(refused.error, ConnectError::Refused(_)),
+        "{refused}"
+    );
+    assert_eq!(refused.address, refused_name);
+}
+
+#[test]
+fn e07_cancelling_a_unix_connect_stops_it() {
+    let dir = TempDir::new("describe-cancel");
+    let path = dir.path("s");
+    // A listener whose queue is never served: the connect completes in the kernel,
+    // and the cancel comes before the reactor gets to it.
+    let _listener = StdListener::bind(&path).unwrap();
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let outcome: Outcome = Rc::new(RefCell::new(None));
+    let o = outcome.clone();
+    let deferred = parse_client(&format!("unix:{}", path.display()))
+        .unwrap()
+        .connect(&reactor, Rc::new(Fac::protocol("cf", &log, |p| p)));
+    deferred.cancel();
+    let _done = deferred.then(move |result| {
+        *o.borrow_mut() = Some(result);
+        Step::Value(())
+    });
+    let failure = outcome
+        .borrow_mut()
+        .take()
+        .expect("fired at once")
+        .expect_err("cancelled");
+    let error = failure.downcast_ref::<UnixConnectError>().expect("typed");
+    assert!(matches!(error.error, ConnectError::UserAborted), "{error}");
+    assert_eq!(
+        events(&log),
+        ["cf:start", "cf:stop"],
+        "no protocol was built"
+    );
+}

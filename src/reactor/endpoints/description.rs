@@ -5,6 +5,8 @@
 //! starting with `@` is a Linux abstract name, U-04), `ssl:PORT:privateKey=FILE:certKey=FILE`
 //! (with `interface` and `backlog` as for `tcp`). Clients: `tcp:HOST:PORT[:timeout=S]`,
 //! `unix:PATH[:timeout=S]`, `tls:HOST:PORT[:trustRoots=DIR|FILE][:timeout=S]`.
+//! Listening on `unix:PATH` takes over a socket file nobody accepts on any more (as
+//! Twisted's UNIX endpoint does with its default lock file), never a live one.
 //!
 //! The first field is the kind; positional fields may also be given by name
 //! (`tcp:port=80`); `key=value` fields come in any order; `\:` escapes a colon and `\\`
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use super::{Connection, EndpointOptions, HostnameEndpoint};
 use crate::reactor::tcp::{ListenOptions, ListeningPort};
+use crate::reactor::unix::{self, UnixEndpoint, UnixListenOptions, UnixPort};
 use crate::reactor::{Deferred, Factory, Failure, Reactor, UnixAddress};
 
 /// Where and how to listen.
@@ -418,8 +421,8 @@ fn parse_client_fields(description: &str) -> Result<ClientDescription, Descripti
     }
 }
 
-/// A kind this build cannot listen or connect with yet (the UNIX and TLS kinds until
-/// their layers connect them up).
+/// A kind this build cannot listen or connect with yet (the TLS kinds until their
+/// layer connects them up).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("'{kind}:' endpoints cannot be used yet")]
 pub struct UnsupportedKind {
@@ -432,12 +435,14 @@ pub struct UnsupportedKind {
 pub enum Listening {
     /// A TCP port.
     Tcp(ListeningPort),
+    /// A UNIX socket.
+    Unix(UnixPort),
 }
 
 /// Why listening by a description failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    /// Binding or listening failed.
+    /// Binding or listening failed (TCP or UNIX).
     #[error(transparent)]
     Tcp(#[from] crate::reactor::tcp::CannotListenError),
     /// The kind is not connected up yet.
@@ -467,7 +472,20 @@ impl ServerDescription {
                     reactor.listen_tcp_with(address, factory, options)?,
                 ))
             }
-            ServerDescription::Unix { .. } => Err(UnsupportedKind { kind: "unix" }.into()),
+            ServerDescription::Unix { path, mode } => {
+                // As Twisted's UNIX server endpoint (its lockfile default): a socket file
+                // left by a server that is gone is taken over, a live one never (U-02).
+                let options = UnixListenOptions {
+                    mode: mode.unwrap_or(unix::DEFAULT_MODE),
+                    remove_stale: true,
+                    ..UnixListenOptions::default()
+                };
+                Ok(Listening::Unix(reactor.listen_unix_with(
+                    path.clone(),
+                    factory,
+                    options,
+                )?))
+            }
             ServerDescription::Ssl { .. } => Err(UnsupportedKind { kind: "ssl" }.into()),
         }
     }
@@ -490,8 +508,12 @@ impl ClientDescription {
                     .with_options(options)
                     .connect(factory)
             }
-            ClientDescription::Unix { .. } => {
-                Deferred::fail(Failure::new(UnsupportedKind { kind: "unix" }))
+            ClientDescription::Unix { path, timeout } => {
+                let mut endpoint = UnixEndpoint::new(reactor, path.clone());
+                if timeout.is_some() {
+                    endpoint = endpoint.with_timeout(*timeout);
+                }
+                endpoint.connect(factory)
             }
             ClientDescription::Tls { .. } => {
                 Deferred::fail(Failure::new(UnsupportedKind { kind: "tls" }))

@@ -27,6 +27,10 @@ use super::defer::Deferred;
 use super::protocol::Factory;
 use super::stream::{CannotListenError, ClientFactory, Connector, PortInner, SocketFile};
 
+mod endpoint;
+
+pub use endpoint::{NoProtocol, UnixConnectError, UnixEndpoint};
+
 /// The permission bits a socket file gets unless told otherwise: Twisted's default
 /// (U-02). Anyone who can reach the directory may connect; pass a stricter mode (e.g.
 /// 0o600) for a socket only its owner should use.
