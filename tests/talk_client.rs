@@ -460,6 +460,29 @@ fn a_refused_connection_says_so_on_stderr_and_exits_1() {
 }
 
 #[test]
+fn when_no_address_of_a_name_connects_each_one_tried_is_reported() {
+    let (_, port) = loopback_listener();
+    let finished = Client::run_with_input(&["localhost", &port.to_string()], "");
+    assert_eq!(finished.code, Some(1));
+    let stderr = finished.stderr.trim_end();
+    assert!(
+        stderr.starts_with("Connection failed - goodbye! ("),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}: connection refused")),
+        "{stderr}"
+    );
+    // Every address localhost has is named, not only the last one tried.
+    let named = stderr.matches(": connection refused").count();
+    let addresses = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port))
+        .unwrap()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert_eq!(named, addresses, "{stderr}");
+}
+
+#[test]
 fn an_unresolvable_name_fails_with_status_1() {
     let finished = Client::run_with_input(&["no-such-host.invalid", "8000", "--timeout", "5s"], "");
     assert_eq!(finished.code, Some(1));

@@ -12,23 +12,25 @@
 //!   ended ([`Ending`]). It knows neither the console nor the reactor: it talks to a
 //!   [`ChatView`] and a [`Scheduler`], so tests drive it with a fake view, a
 //!   `StringTransport` and a `FakeClock`.
-//! - The dialer: resolves the host on a worker thread (never on the reactor thread; an
-//!   IP literal needs no lookup), then tries each address in turn until one connects or
-//!   `--timeout` has passed since start.
+//! - `dial`: connects through the reactor's hostname endpoint (the lookup on a worker
+//!   thread, Happy Eyeballs over the addresses, `--timeout` bounding it all) and, when
+//!   nothing connected, says what became of every address tried.
 //! - [`run`]: wires both to the reactor and the console, and on every exit path restores
 //!   the terminal before printing the last message.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use crate::commands::scaffold::{self, Command, CommandError};
 use crate::exit::ExitStatus;
 use crate::protocols::line::{Delimiter, LineControl, LineHandler, LineReceiver};
-use crate::reactor::tcp::{ClientFactory, Connector};
+use crate::reactor::endpoints::{
+    Attempt, AttemptOutcome, Connecting, EndpointError, EndpointErrorKind, EndpointOptions,
+    HostnameEndpoint,
+};
 use crate::reactor::{
     Address, CloseReason, ConnectError, DelayedCall, Factory, Protocol, ProtocolResult, Reactor,
     Scheduler, Step, StopReason, TransportRef,
@@ -478,20 +480,8 @@ impl LineHandler for ClientLines {
 // ---------------------------------------------------------------------------------------
 // Connecting
 
-/// The address to connect to when `host` is an IP literal (`::1` or `[::1]` too), so no
-/// lookup is needed; `None` for a name.
-pub fn literal_address(host: &str, port: u16) -> Option<SocketAddr> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    bare.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, port))
-}
-
 /// Says why an attempt on `address` failed, without repeating the OS text twice.
-fn describe_failure(address: Address, error: &ConnectError, timeout: Duration) -> String {
+fn describe_failure(address: SocketAddr, error: &ConnectError, timeout: Duration) -> String {
     match error {
         ConnectError::Refused(_) => format!("{address}: connection refused"),
         ConnectError::TimedOut => format!(
@@ -502,135 +492,89 @@ fn describe_failure(address: Address, error: &ConnectError, timeout: Duration) -
     }
 }
 
-/// Tries the resolved addresses one after another, within one overall deadline.
-struct Dialer {
-    me: Weak<Dialer>,
-    reactor: Reactor,
-    conversation: Rc<Conversation>,
-    timeout: Duration,
-    deadline: Duration,
-    remaining: RefCell<VecDeque<SocketAddr>>,
-    connected: Cell<bool>,
-}
-
-impl Dialer {
-    fn new(reactor: &Reactor, conversation: Rc<Conversation>, timeout: Duration) -> Rc<Dialer> {
-        let deadline = reactor.seconds().saturating_add(timeout);
-        Rc::new_cyclic(|me| Dialer {
-            me: me.clone(),
-            reactor: reactor.clone(),
-            conversation,
-            timeout,
-            deadline,
-            remaining: RefCell::new(VecDeque::new()),
-            connected: Cell::new(false),
+/// Every address tried and what became of it, for the message when none connected.
+fn describe_attempts(attempts: &[Attempt], timeout: Duration) -> String {
+    let described: Vec<String> = attempts
+        .iter()
+        .map(|attempt| match &attempt.outcome {
+            AttemptOutcome::Failed(error) => describe_failure(attempt.addr, error, timeout),
+            AttemptOutcome::Pending | AttemptOutcome::Stopped | AttemptOutcome::Connected => {
+                format!("{}: no answer", attempt.addr)
+            }
         })
-    }
+        .collect();
+    described.join("; ")
+}
 
-    /// Starts: at once for an IP literal, else after a lookup on a worker thread. The
-    /// deadline covers the lookup too: a resolver that hangs cannot hold the client.
-    fn start(&self, host: &str, port: u16) {
-        let me = self.me.clone();
-        let timeout = self.timeout;
-        self.reactor.call_later(self.timeout, move || {
-            if let Some(dialer) = me.upgrade()
-                && !dialer.connected.get()
-            {
-                dialer.fail(format!(
-                    "timed out after {}",
-                    humantime::format_duration(timeout)
-                ));
-            }
-        });
-        if let Some(address) = literal_address(host, port) {
-            self.try_addresses(vec![address]);
-            return;
+/// Why the connect failed, naming every address tried.
+fn describe_endpoint_error(error: &EndpointError, timeout: Duration) -> String {
+    let tried = describe_attempts(&error.attempts, timeout);
+    match &error.kind {
+        EndpointErrorKind::DnsLookup(words) => {
+            format!("cannot resolve '{}': {words}", error.host)
         }
-        let lookup_host = host.to_string();
-        let me = self.me.clone();
-        let shown = host.to_string();
-        self.reactor
-            .defer_to_thread(move || {
-                (lookup_host.as_str(), port)
-                    .to_socket_addrs()
-                    .map(|found| found.collect::<Vec<SocketAddr>>())
-            })
-            .add_both(move |outcome| {
-                if let Some(dialer) = me.upgrade() {
-                    match outcome {
-                        Ok(found) if found.is_empty() => {
-                            dialer.fail(format!("'{shown}' has no address"));
-                        }
-                        Ok(found) => dialer.try_addresses(found),
-                        Err(failure) => {
-                            dialer.fail(format!("cannot resolve '{shown}': {failure}"));
-                        }
-                    }
-                }
-                Step::Value(Vec::new())
-            });
-    }
-
-    fn try_addresses(&self, addresses: Vec<SocketAddr>) {
-        if self.conversation.is_over() {
-            return;
+        EndpointErrorKind::TimedOut { after, .. } if tried.is_empty() => {
+            format!("timed out after {}", humantime::format_duration(*after))
         }
-        *self.remaining.borrow_mut() = addresses.into();
-        self.try_next(None);
-    }
-
-    /// Connects to the next address, or fails with `last_error` when none is left.
-    fn try_next(&self, last_error: Option<String>) {
-        let next = self.remaining.borrow_mut().pop_front();
-        let left = self.deadline.saturating_sub(self.reactor.seconds());
-        match next {
-            Some(address) if !left.is_zero() => {
-                log::debug!("connecting to {address}");
-                let Some(me) = self.me.upgrade() else {
-                    return;
-                };
-                let factory: Rc<dyn ClientFactory> = Rc::new(TalkClientFactory { dialer: me });
-                self.reactor.connect_tcp(address, factory, Some(left));
-            }
-            Some(_) => self.fail(format!(
-                "timed out after {}",
-                humantime::format_duration(self.timeout)
-            )),
-            None => self.fail(last_error.unwrap_or_else(|| "no address to try".to_string())),
-        }
-    }
-
-    fn fail(&self, reason: String) {
-        if !self.connected.get() {
-            self.conversation.connect_failed(reason);
-        }
+        EndpointErrorKind::TimedOut { after, .. } => format!(
+            "timed out after {} ({tried})",
+            humantime::format_duration(*after)
+        ),
+        _ if !tried.is_empty() => tried,
+        _ => error.to_string(),
     }
 }
 
-/// The factory of one attempt.
+/// Connects the conversation to `host` and `port` through the reactor's hostname
+/// endpoint: the name is looked up on a worker thread (an IP literal needs no lookup),
+/// the addresses race with Happy Eyeballs, and `timeout` bounds the whole connect,
+/// lookup included, so a resolver that hangs cannot hold the client.
+fn dial(
+    endpoint: HostnameEndpoint,
+    conversation: &Rc<Conversation>,
+    timeout: Duration,
+) -> Connecting {
+    let options = EndpointOptions {
+        attempt_timeout: Some(timeout),
+        resolve_timeout: timeout,
+        deadline: Some(timeout),
+        ..EndpointOptions::default()
+    };
+    let factory = Rc::new(TalkClientFactory {
+        conversation: conversation.clone(),
+    });
+    let connecting = endpoint.with_options(options).start_plain(factory);
+    let conversation = conversation.clone();
+    let _ = connecting.deferred().then(move |outcome| {
+        match outcome {
+            Ok(connection) => log::info!("connected to {}", connection.peer),
+            Err(failure) => {
+                let reason = match failure.downcast_ref::<EndpointError>() {
+                    Some(error) => describe_endpoint_error(error, timeout),
+                    None => failure.to_string(),
+                };
+                log::info!("{reason}");
+                if !conversation.is_over() {
+                    conversation.connect_failed(reason);
+                }
+            }
+        }
+        Step::Value(())
+    });
+    connecting
+}
+
+/// The factory of the winning connection: the conversation's protocol.
 struct TalkClientFactory {
-    dialer: Rc<Dialer>,
+    conversation: Rc<Conversation>,
 }
 
 impl Factory for TalkClientFactory {
-    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
-        if self.dialer.conversation.is_over() {
+    fn build_protocol(&self, _addr: Address) -> Option<Box<dyn Protocol>> {
+        if self.conversation.is_over() {
             return None;
         }
-        log::info!("connected to {addr}");
-        self.dialer.connected.set(true);
-        Some(self.dialer.conversation.protocol())
-    }
-}
-
-impl ClientFactory for TalkClientFactory {
-    fn client_connection_failed(&self, connector: &Connector, reason: &ConnectError) {
-        if self.dialer.conversation.is_over() {
-            return;
-        }
-        let why = describe_failure(connector.destination(), reason, self.dialer.timeout);
-        log::info!("{why}");
-        self.dialer.try_next(Some(why));
+        Some(self.conversation.protocol())
     }
 }
 
@@ -730,7 +674,7 @@ pub fn run(config: Config) -> ExitStatus {
 /// The command: the conversation over one connection, with the console.
 struct ClientCommand {
     config: Config,
-    parts: Option<(Rc<ConsoleView>, Rc<Dialer>, Rc<Conversation>)>,
+    parts: Option<(Rc<ConsoleView>, Rc<Conversation>)>,
     outcome: Rc<RefCell<Option<Ending>>>,
 }
 
@@ -767,27 +711,26 @@ impl Command for ClientCommand {
             linger: self.config.linger,
         };
         let conversation = Conversation::new(options, view.clone(), scheduler, on_end);
-        let dialer = Dialer::new(reactor, conversation.clone(), self.config.timeout);
-        let (host, port) = (
-            self.config.target.host.text.clone(),
-            self.config.target.port,
-        );
-        let starter = dialer.clone();
-        reactor.call_when_running(move || starter.start(&host, port));
-        self.parts = Some((view, dialer, conversation));
+        let target = &self.config.target;
+        let endpoint = HostnameEndpoint::new(reactor, target.host.text.clone(), target.port);
+        let (starter, timeout) = (conversation.clone(), self.config.timeout);
+        reactor.call_when_running(move || {
+            dial(endpoint, &starter, timeout);
+        });
+        self.parts = Some((view, conversation));
         Ok(())
     }
 
     fn finish(self: Box<Self>, stopped: StopReason) -> ExitStatus {
         // Every exit path: the terminal first, then the last words.
-        if let Some((view, _, _)) = &self.parts {
+        if let Some((view, _)) = &self.parts {
             view.restore();
         }
         // An end the conversation reached comes first, even if a signal arrived while
         // the console was settling.
         let ending = self.outcome.borrow_mut().take();
         // A half-typed line is given back rather than lost with the connection.
-        if let Some((view, _, _)) = &self.parts
+        if let Some((view, _)) = &self.parts
             && let Some(unsent) = view.unsent()
         {
             print_line(&format!("* not sent: {unsent}"), true);
@@ -1239,17 +1182,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn ip_literals_need_no_lookup_and_names_do() {
-        let v4 = SocketAddr::from(([127, 0, 0, 1], 8000));
-        assert_eq!(literal_address("127.0.0.1", 8000), Some(v4));
-        let v6: SocketAddr = "[::1]:8000".parse().expect("an address");
-        assert_eq!(literal_address("::1", 8000), Some(v6));
-        assert_eq!(literal_address("[::1]", 8000), Some(v6));
-        assert_eq!(literal_address("localhost", 8000), None);
-        assert_eq!(literal_address("[localhost]", 8000), None);
-    }
-
     /// Runs a real reactor until the conversation connects or ends; returns the endings
     /// and whether it connected.
     fn dial(addresses: Vec<SocketAddr>, timeout: Duration) -> (Vec<Ending>, bool) {
@@ -1277,9 +1209,10 @@ mod tests {
                 let _ = stopper.stop();
             },
         );
-        let dialer = Dialer::new(&reactor, conversation, timeout);
-        let starter = dialer.clone();
-        reactor.call_when_running(move || starter.try_addresses(addresses));
+        let endpoint = HostnameEndpoint::new(&reactor, "server.test", 1).with_addresses(addresses);
+        reactor.call_when_running(move || {
+            super::dial(endpoint, &conversation, timeout);
+        });
         // A bound on the test: no attempt on loopback takes this long.
         let guard = reactor.clone();
         reactor.call_later(Duration::from_secs(10), move || {
@@ -1296,7 +1229,7 @@ mod tests {
     }
 
     #[test]
-    fn p13_each_address_is_tried_in_turn_until_one_connects() {
+    fn the_addresses_are_tried_until_one_connects() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let open = listener.local_addr().expect("an address");
         let (endings, connected) = dial(vec![closed_port(), open], Duration::from_secs(5));
@@ -1310,26 +1243,30 @@ mod tests {
     }
 
     #[test]
-    fn p15_when_every_address_refuses_the_last_failure_is_reported() {
+    fn when_every_address_refuses_each_one_tried_is_reported() {
         let first = closed_port();
         let last = closed_port();
         let (endings, connected) = dial(vec![first, last], Duration::from_secs(5));
         assert!(!connected);
         assert_eq!(
             endings,
-            [Ending::ConnectFailed(format!("{last}: connection refused"))]
+            [Ending::ConnectFailed(format!(
+                "{first}: connection refused; {last}: connection refused"
+            ))]
         );
     }
 
     #[test]
-    fn x14_no_attempt_starts_once_the_connect_deadline_has_passed() {
+    fn the_timeout_bounds_the_whole_connect_and_names_what_got_no_answer() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let open = listener.local_addr().expect("an address");
         let (endings, connected) = dial(vec![open], Duration::ZERO);
         assert!(!connected);
         assert_eq!(
             endings,
-            [Ending::ConnectFailed("timed out after 0s".into())]
+            [Ending::ConnectFailed(format!(
+                "timed out after 0s ({open}: no answer)"
+            ))]
         );
     }
 }
