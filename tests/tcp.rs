@@ -80,6 +80,7 @@ fn reason(reason: &CloseReason) -> String {
         CloseReason::Reset(_) => "Reset".into(),
         CloseReason::Aborted => "Aborted".into(),
         CloseReason::Protocol(failure) => format!("Protocol({})", failure.error_message()),
+        CloseReason::Tls(error) => format!("Tls({error})"),
     }
 }
 

@@ -73,6 +73,7 @@ fn reason(reason: &CloseReason) -> &'static str {
         CloseReason::Reset(_) => "Reset",
         CloseReason::Aborted => "Aborted",
         CloseReason::Protocol(_) => "Protocol",
+        CloseReason::Tls(_) => "Tls",
     }
 }
 

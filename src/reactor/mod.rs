@@ -40,6 +40,7 @@ pub mod tcp;
 pub mod testing;
 pub mod thread;
 pub mod time;
+pub mod tls;
 pub mod triggers;
 pub mod unix;
 

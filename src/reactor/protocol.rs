@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use super::address::Address;
 use super::failure::Failure;
+use super::tls::{StartTls, StartTlsError, TlsError, TlsSession};
 
 /// A shared handle on a connection's transport. Protocols may keep a clone; the handle
 /// does not own the protocol, so keeping it makes no reference cycle.
@@ -25,6 +26,13 @@ pub type ProtocolResult = Result<(), Failure>;
 pub trait Protocol: 'static {
     /// The connection is up; `transport` writes to it and closes it (P-03).
     fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+        let _ = transport;
+        Ok(())
+    }
+
+    /// The TLS handshake completed and the peer was verified (S-02): once, before any
+    /// `data_received`. Never called on a connection without TLS.
+    fn handshake_completed(&mut self, transport: &TransportRef) -> ProtocolResult {
         let _ = transport;
         Ok(())
     }
@@ -123,6 +131,21 @@ pub trait Transport {
 
     /// Forgets the registered producer.
     fn unregister_producer(&self);
+
+    /// What the TLS handshake settled (version, cipher, ALPN, the peer's chain; S-06),
+    /// once it completed; `None` without TLS or before.
+    fn tls(&self) -> Option<Rc<TlsSession>> {
+        None
+    }
+
+    /// Starts TLS on this established connection (S-12): what was written before goes
+    /// out in the clear, what is written after (through this handle too) is
+    /// encrypted, and the same protocol goes on receiving the decrypted data; it gets
+    /// `handshake_completed`, not a second `connection_made`.
+    fn start_tls(&self, tls: StartTls) -> Result<(), StartTlsError> {
+        let _ = tls;
+        Err(StartTlsError::Unsupported)
+    }
 }
 
 /// Who is at the other end of a local (UNIX) connection: the peer's process, user and
@@ -163,6 +186,9 @@ pub enum CloseReason {
     Aborted,
     /// Closed because one of the protocol's own callbacks returned this error (P-22).
     Protocol(Failure),
+    /// The TLS handshake or a TLS record failed (S-04): what went wrong, and the
+    /// certificate chain the peer presented.
+    Tls(TlsError),
 }
 
 impl CloseReason {
@@ -181,6 +207,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Reset(e) => write!(f, "connection reset by peer: {e}"),
             CloseReason::Aborted => f.write_str("connection aborted"),
             CloseReason::Protocol(failure) => write!(f, "protocol error: {failure}"),
+            CloseReason::Tls(error) => write!(f, "TLS: {error}"),
         }
     }
 }

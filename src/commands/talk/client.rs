@@ -133,6 +133,7 @@ fn ending_from(reason: &CloseReason) -> Ending {
         CloseReason::Lost(None) => Ending::Broken("connection lost".to_string()),
         CloseReason::Aborted => Ending::Broken("connection aborted".to_string()),
         CloseReason::Protocol(failure) => Ending::Broken(failure.to_string()),
+        CloseReason::Tls(error) => Ending::Broken(error.to_string()),
     }
 }
 

@@ -24,6 +24,7 @@ use crate::reactor::io::{Connection, Handler, IoKey, Readiness};
 use crate::reactor::protocol::{
     CloseReason, PeerCredentials, Producer, Protocol, Transport, TransportRef,
 };
+use crate::reactor::tls::{self, StartTls, StartTlsError, TlsSession, TlsTransport};
 use crate::reactor::{Reactor, WeakReactor};
 
 /// Bytes read per `read` call.
@@ -48,25 +49,30 @@ enum WriteSide {
     Closed,
 }
 
-/// A connection's yes/no states, as bits of one byte: every connection carries them all.
+/// A connection's yes/no states, as bits of one word: every connection carries them all.
 mod flag {
     /// A flush is queued for the next iteration (one per batch of writes, X-04).
-    pub(super) const FLUSH_SCHEDULED: u8 = 1 << 0;
+    pub(super) const FLUSH_SCHEDULED: u16 = 1 << 0;
     /// The socket is registered for writability: a flush could not send everything.
-    pub(super) const WRITE_INTEREST: u8 = 1 << 1;
+    pub(super) const WRITE_INTEREST: u16 = 1 << 1;
     /// The connection is closing: `lose_connection` or `abort_connection` was called,
     /// or the peer's EOF ends it.
-    pub(super) const DISCONNECTING: u8 = 1 << 2;
+    pub(super) const DISCONNECTING: u16 = 1 << 2;
     /// `abort_connection` was called.
-    pub(super) const ABORTED: u8 = 1 << 3;
+    pub(super) const ABORTED: u16 = 1 << 3;
     /// `pause_producing` stopped reading.
-    pub(super) const READ_PAUSED: u8 = 1 << 4;
+    pub(super) const READ_PAUSED: u16 = 1 << 4;
     /// The peer shut down its write side.
-    pub(super) const READ_EOF: u8 = 1 << 5;
+    pub(super) const READ_EOF: u16 = 1 << 5;
     /// The socket is closed; the protocol has been or is being told.
-    pub(super) const CLOSED: u8 = 1 << 6;
+    pub(super) const CLOSED: u16 = 1 << 6;
     /// The registered producer was told to pause.
-    pub(super) const PRODUCER_PAUSED: u8 = 1 << 7;
+    pub(super) const PRODUCER_PAUSED: u16 = 1 << 7;
+    /// A layer (TLS, S-12) runs under the protocol: the protocol's calls on this
+    /// transport go to the layer, which reaches the socket through a [`Lower`](super::Lower).
+    pub(super) const LAYERED: u16 = 1 << 8;
+    /// The layer's protocol waits to take the protocol's place once its callback returns.
+    pub(super) const LAYER_PENDING: u16 = 1 << 9;
 }
 
 /// What only a connection that writes, has a producer, or has a close reason recorded
@@ -85,6 +91,11 @@ struct Busy {
     reason: Option<CloseReason>,
     /// After the close, the local address the socket had (see `Transport::host`).
     host: Option<CompactAddr>,
+    /// The layer over the socket (TLS after `start_tls`), which the protocol's calls on
+    /// this transport go to.
+    upper: Option<Rc<TlsTransport>>,
+    /// The layer's protocol, until it takes the protocol's place.
+    layer_protocol: Option<Box<dyn Protocol>>,
 }
 
 impl Busy {
@@ -98,6 +109,8 @@ impl Busy {
             && self.producer.is_none()
             && self.reason.is_none()
             && self.host.is_none()
+            && self.upper.is_none()
+            && self.layer_protocol.is_none()
     }
 }
 
@@ -128,7 +141,7 @@ pub struct StreamTransport {
     /// The registry key while registered, [`IoKey::NONE`] before and after.
     key: Cell<IoKey>,
     /// Bits of [`flag`].
-    flags: Cell<u8>,
+    flags: Cell<u16>,
     write_side: Cell<WriteSide>,
     /// The peer's address, kept: `peer()` must answer after the close too. The local
     /// address is not kept; see `host()`.
@@ -153,7 +166,7 @@ impl fmt::Debug for StreamTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamTransport")
             .field("peer", &self.peer.get())
-            .field("host", &Transport::host(self))
+            .field("host", &self.own_host())
             .finish()
     }
 }
@@ -164,15 +177,15 @@ impl StreamTransport {
         self.with_busy_if_any(|busy| busy.pending()).unwrap_or(0)
     }
 
-    fn has(&self, flags: u8) -> bool {
+    fn has(&self, flags: u16) -> bool {
         self.flags.get() & flags != 0
     }
 
-    fn raise(&self, flags: u8) {
+    fn raise(&self, flags: u16) {
         self.flags.set(self.flags.get() | flags);
     }
 
-    fn lower(&self, flags: u8) {
+    fn lower(&self, flags: u16) {
         self.flags.set(self.flags.get() & !flags);
     }
 
@@ -273,8 +286,10 @@ impl StreamTransport {
     }
 }
 
-impl Transport for StreamTransport {
-    fn write(&self, data: &[u8]) {
+/// The transport's own behaviour, on its socket; the `Transport` methods come here
+/// unless a layer runs over the socket.
+impl StreamTransport {
+    fn own_write(&self, data: &[u8]) {
         if data.is_empty() {
             return;
         }
@@ -320,7 +335,7 @@ impl Transport for StreamTransport {
                 "write buffer to {} would exceed {WRITE_BUFFER_LIMIT} bytes; aborting",
                 self.peer.get()
             );
-            self.abort_connection();
+            self.own_abort_connection();
             return;
         };
         // Called with the write state back in place: the producer may write again.
@@ -330,13 +345,13 @@ impl Transport for StreamTransport {
         self.schedule_flush();
     }
 
-    fn write_sequence(&self, chunks: &[&[u8]]) {
+    fn own_write_sequence(&self, chunks: &[&[u8]]) {
         for chunk in chunks {
-            self.write(chunk);
+            self.own_write(chunk);
         }
     }
 
-    fn lose_connection(&self) {
+    fn own_lose_connection(&self) {
         if self.has(flag::DISCONNECTING | flag::CLOSED) {
             return;
         }
@@ -345,7 +360,7 @@ impl Transport for StreamTransport {
         self.schedule_flush();
     }
 
-    fn abort_connection(&self) {
+    fn own_abort_connection(&self) {
         if self.has(flag::ABORTED | flag::CLOSED) {
             return;
         }
@@ -366,7 +381,7 @@ impl Transport for StreamTransport {
         self.schedule(|this| this.close(CloseReason::Aborted));
     }
 
-    fn lose_write_connection(&self) {
+    fn own_lose_write_connection(&self) {
         if self.has(flag::CLOSED) || self.write_side.get() != WriteSide::Open {
             return;
         }
@@ -374,11 +389,11 @@ impl Transport for StreamTransport {
         self.schedule_flush();
     }
 
-    fn is_disconnecting(&self) -> bool {
+    fn own_is_disconnecting(&self) -> bool {
         self.has(flag::DISCONNECTING | flag::CLOSED)
     }
 
-    fn peer(&self) -> Address {
+    fn own_peer(&self) -> Address {
         self.peer.get()
     }
 
@@ -386,7 +401,7 @@ impl Transport for StreamTransport {
     /// before it closed afterwards: keeping it in every connection would cost 16 bytes
     /// each, and few protocols ask. The peer's address stands in if the system cannot
     /// tell (as when the transport was made).
-    fn host(&self) -> Address {
+    fn own_host(&self) -> Address {
         let open = self
             .with_stream(|stream| stream.local_addr().ok())
             .flatten()
@@ -395,10 +410,10 @@ impl Transport for StreamTransport {
             self.with_busy_if_any(|busy| busy.host.as_ref().map(CompactAddr::get))
                 .flatten()
         })
-        .unwrap_or_else(|| self.peer())
+        .unwrap_or_else(|| self.own_peer())
     }
 
-    fn peer_credentials(&self) -> Option<PeerCredentials> {
+    fn own_peer_credentials(&self) -> Option<PeerCredentials> {
         if !matches!(self.peer, CompactAddr::Unix(_) | CompactAddr::UnixUnnamed) {
             return None;
         }
@@ -406,11 +421,11 @@ impl Transport for StreamTransport {
             .flatten()
     }
 
-    fn pause_producing(&self) {
+    fn own_pause_producing(&self) {
         self.raise(flag::READ_PAUSED);
     }
 
-    fn resume_producing(&self) {
+    fn own_resume_producing(&self) {
         if !self.has(flag::READ_PAUSED) {
             return;
         }
@@ -419,7 +434,7 @@ impl Transport for StreamTransport {
         self.schedule(|this| this.read_ready());
     }
 
-    fn register_producer(&self, producer: Rc<dyn Producer>) {
+    fn own_register_producer(&self, producer: Rc<dyn Producer>) {
         if self.has(flag::CLOSED) {
             // Nothing will ever drain or stop it: stop it now (as Twisted does).
             producer.stop_producing();
@@ -440,7 +455,7 @@ impl Transport for StreamTransport {
         }
     }
 
-    fn unregister_producer(&self) {
+    fn own_unregister_producer(&self) {
         let producer = self.with_busy_if_any(|busy| {
             self.lower(flag::PRODUCER_PAUSED);
             busy.producer.take()
@@ -448,6 +463,215 @@ impl Transport for StreamTransport {
         // Dropped with the write state back in place: it may be the last handle on
         // user code.
         drop(producer);
+    }
+}
+
+impl StreamTransport {
+    /// The layer the protocol's calls go to, if one runs over the socket.
+    fn upper(&self) -> Option<Rc<TlsTransport>> {
+        if !self.has(flag::LAYERED) {
+            return None;
+        }
+        self.with_busy_if_any(|busy| busy.upper.clone()).flatten()
+    }
+
+    /// Puts the waiting layer's protocol in the protocol's place, the protocol under it
+    /// (S-12); called with the protocol slot free.
+    fn install_layer(&self) {
+        self.lower(flag::LAYER_PENDING);
+        let Some((Some(layer), Some(protocol))) =
+            self.with_busy_if_any(|busy| (busy.upper.clone(), busy.layer_protocol.take()))
+        else {
+            return;
+        };
+        let Ok(mut slot) = self.protocol.try_borrow_mut() else {
+            return;
+        };
+        if let Some(old) = slot.take() {
+            tls::adopt_protocol(&layer, old);
+        }
+        *slot = Some(protocol);
+    }
+}
+
+/// The protocol's handle: its calls go to the layer over the socket when there is one
+/// (after `start_tls`), to the socket otherwise.
+impl Transport for StreamTransport {
+    fn write(&self, data: &[u8]) {
+        match self.upper() {
+            Some(upper) => upper.write(data),
+            None => self.own_write(data),
+        }
+    }
+
+    fn write_sequence(&self, chunks: &[&[u8]]) {
+        match self.upper() {
+            Some(upper) => upper.write_sequence(chunks),
+            None => self.own_write_sequence(chunks),
+        }
+    }
+
+    fn lose_connection(&self) {
+        match self.upper() {
+            Some(upper) => upper.lose_connection(),
+            None => self.own_lose_connection(),
+        }
+    }
+
+    fn abort_connection(&self) {
+        match self.upper() {
+            Some(upper) => upper.abort_connection(),
+            None => self.own_abort_connection(),
+        }
+    }
+
+    fn lose_write_connection(&self) {
+        match self.upper() {
+            Some(upper) => upper.lose_write_connection(),
+            None => self.own_lose_write_connection(),
+        }
+    }
+
+    fn is_disconnecting(&self) -> bool {
+        match self.upper() {
+            Some(upper) => upper.is_disconnecting(),
+            None => self.own_is_disconnecting(),
+        }
+    }
+
+    fn peer(&self) -> Address {
+        self.own_peer()
+    }
+
+    fn host(&self) -> Address {
+        self.own_host()
+    }
+
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.own_peer_credentials()
+    }
+
+    fn pause_producing(&self) {
+        match self.upper() {
+            Some(upper) => upper.pause_producing(),
+            None => self.own_pause_producing(),
+        }
+    }
+
+    fn resume_producing(&self) {
+        match self.upper() {
+            Some(upper) => upper.resume_producing(),
+            None => self.own_resume_producing(),
+        }
+    }
+
+    fn register_producer(&self, producer: Rc<dyn Producer>) {
+        match self.upper() {
+            Some(upper) => upper.register_producer(producer),
+            None => self.own_register_producer(producer),
+        }
+    }
+
+    fn unregister_producer(&self) {
+        match self.upper() {
+            Some(upper) => upper.unregister_producer(),
+            None => self.own_unregister_producer(),
+        }
+    }
+
+    fn tls(&self) -> Option<Rc<TlsSession>> {
+        self.upper().and_then(|upper| upper.tls())
+    }
+
+    /// Puts a TLS layer between the socket and the protocol (S-12). Inside one of the
+    /// protocol's callbacks, the layer takes the protocol once the callback returns;
+    /// from then on (and for writes at once) the protocol's calls on this transport go
+    /// through the layer.
+    fn start_tls(&self, start: StartTls) -> Result<(), StartTlsError> {
+        if self.has(flag::LAYERED) {
+            return Err(StartTlsError::Unsupported);
+        }
+        if self.has(flag::CLOSED | flag::DISCONNECTING) || self.write_side.get() != WriteSide::Open
+        {
+            return Err(StartTlsError::NotConnected);
+        }
+        let reactor = self.reactor.upgrade().ok_or(StartTlsError::NotConnected)?;
+        let this = self.this(&reactor).ok_or(StartTlsError::NotConnected)?;
+        let lower: TransportRef = Rc::new(Lower(Rc::downgrade(&this)));
+        let (layer, protocol) = tls::start_layer(&reactor, lower, start)?;
+        self.with_busy(|busy| {
+            busy.upper = Some(layer);
+            busy.layer_protocol = Some(protocol);
+        });
+        self.raise(flag::LAYERED | flag::LAYER_PENDING);
+        if self.protocol.try_borrow_mut().is_ok() {
+            self.install_layer();
+        }
+        Ok(())
+    }
+}
+
+/// The socket side of a layered connection: the handle the layer over the socket (TLS
+/// after `start_tls`) writes to and closes, bypassing the layer. Weak: the connection
+/// owns the layer.
+struct Lower(Weak<StreamTransport>);
+
+impl Lower {
+    fn with<R>(&self, f: impl FnOnce(&StreamTransport) -> R) -> Option<R> {
+        self.0.upgrade().map(|connection| f(&connection))
+    }
+}
+
+impl Transport for Lower {
+    fn write(&self, data: &[u8]) {
+        self.with(|c| c.own_write(data));
+    }
+
+    fn lose_connection(&self) {
+        self.with(StreamTransport::own_lose_connection);
+    }
+
+    fn abort_connection(&self) {
+        self.with(StreamTransport::own_abort_connection);
+    }
+
+    fn lose_write_connection(&self) {
+        self.with(StreamTransport::own_lose_write_connection);
+    }
+
+    fn is_disconnecting(&self) -> bool {
+        self.with(StreamTransport::own_is_disconnecting)
+            .unwrap_or(true)
+    }
+
+    fn peer(&self) -> Address {
+        self.with(StreamTransport::own_peer)
+            .unwrap_or_else(tls::unknown_address)
+    }
+
+    fn host(&self) -> Address {
+        self.with(StreamTransport::own_host)
+            .unwrap_or_else(tls::unknown_address)
+    }
+
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.with(StreamTransport::own_peer_credentials).flatten()
+    }
+
+    fn pause_producing(&self) {
+        self.with(StreamTransport::own_pause_producing);
+    }
+
+    fn resume_producing(&self) {
+        self.with(StreamTransport::own_resume_producing);
+    }
+
+    fn register_producer(&self, producer: Rc<dyn Producer>) {
+        self.with(|c| c.own_register_producer(producer));
+    }
+
+    fn unregister_producer(&self) {
+        self.with(StreamTransport::own_unregister_producer);
     }
 }
 
@@ -526,6 +750,9 @@ impl StreamTransport {
             let transport: TransportRef = self.clone();
             f(protocol.as_mut(), &transport)
         };
+        if self.has(flag::LAYER_PENDING) {
+            self.install_layer();
+        }
         if let Err(failure) = result {
             self.protocol_failed(failure);
         }
@@ -541,7 +768,7 @@ impl StreamTransport {
                 busy.reason = Some(CloseReason::Protocol(failure));
             }
         });
-        self.lose_connection();
+        self.own_lose_connection();
     }
 
     /// Registers the socket, installs the connector's hook, and calls
@@ -827,6 +1054,7 @@ impl StreamTransport {
             Some(busy) => {
                 self.release_buffer(std::mem::take(&mut busy.out));
                 busy.sent = 0;
+                drop(busy.layer_protocol.take());
                 (busy.reason.take(), busy.producer.take())
             }
             None => (None, None),
