@@ -55,10 +55,14 @@ Register-ArgumentCompleter -Native -CommandName 'twistctl' -ScriptBlock {
             break
         }
         'twistctl;conntest' {
-            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Give up on one connection attempt, or one name lookup, after DUR')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Give up on one connection attempt, or one name lookup, after DUR (default 10s; with --watch, the --interval)')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'Retry down targets every --interval until all are up, or until DUR has passed since the start (then exit 124)')
-            [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'With --wait: time between retries of a down target')
+            [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'With --wait: time between retries of a down target (default 500ms). With --watch: time between the starts of two probes of a target (default 1s)')
+            [CompletionResult]::new('--count', '--count', [CompletionResultType]::ParameterName, 'With --watch: stop after N probes of each target')
             [CompletionResult]::new('--concurrency', '--concurrency', [CompletionResultType]::ParameterName, 'At most N connection attempts in flight (never more than the open-file limit allows)')
+            [CompletionResult]::new('--watch', '--watch', [CompletionResultType]::ParameterName, 'Probe every target again and again on a fixed grid (--interval), a line per probe, and print loss and latency statistics at the end (Ctrl-C, SIGTERM or --count); Ctrl-\ or Enter prints them so far. A TCP ping')
+            [CompletionResult]::new('--timestamps', '--timestamps', [CompletionResultType]::ParameterName, 'With --watch: start each probe line with the local time (12:00:03.412)')
+            [CompletionResult]::new('--changes', '--changes', [CompletionResultType]::ParameterName, 'With --watch: print only the lines that say a target went down or came back (and the summary), for logs that run for days')
             [CompletionResult]::new('--any', '--any', [CompletionResultType]::ParameterName, 'Succeed as soon as any one target is up; the others are cancelled (wait for one of these replicas)')
             [CompletionResult]::new('--open', '--open', [CompletionResultType]::ParameterName, 'Print only targets that connected (scan mode); the exit status is unchanged')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'One JSON object per target per line on stdout: host, port, addr, status, error, elapsed_ms')

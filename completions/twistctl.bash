@@ -87,7 +87,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__conntest)
-            opts="-4 -6 -v -q -h -V --timeout --wait --interval --any --open --json --concurrency --verbose --quiet --help --version"
+            opts="-4 -6 -v -q -h -V --timeout --wait --interval --watch --count --timestamps --changes --any --open --json --concurrency --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -102,6 +102,10 @@ _twistctl() {
                     return 0
                     ;;
                 --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --count)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -50,10 +50,14 @@ set edit:completion:arg-completer[twistctl] = {|@words|
             cand --version 'Print version'
         }
         &'twistctl;conntest'= {
-            cand --timeout 'Give up on one connection attempt, or one name lookup, after DUR'
+            cand --timeout 'Give up on one connection attempt, or one name lookup, after DUR (default 10s; with --watch, the --interval)'
             cand --wait 'Retry down targets every --interval until all are up, or until DUR has passed since the start (then exit 124)'
-            cand --interval 'With --wait: time between retries of a down target'
+            cand --interval 'With --wait: time between retries of a down target (default 500ms). With --watch: time between the starts of two probes of a target (default 1s)'
+            cand --count 'With --watch: stop after N probes of each target'
             cand --concurrency 'At most N connection attempts in flight (never more than the open-file limit allows)'
+            cand --watch 'Probe every target again and again on a fixed grid (--interval), a line per probe, and print loss and latency statistics at the end (Ctrl-C, SIGTERM or --count); Ctrl-\ or Enter prints them so far. A TCP ping'
+            cand --timestamps 'With --watch: start each probe line with the local time (12:00:03.412)'
+            cand --changes 'With --watch: print only the lines that say a target went down or came back (and the summary), for logs that run for days'
             cand --any 'Succeed as soon as any one target is up; the others are cancelled (wait for one of these replicas)'
             cand --open 'Print only targets that connected (scan mode); the exit status is unchanged'
             cand --json 'One JSON object per target per line on stdout: host, port, addr, status, error, elapsed_ms'

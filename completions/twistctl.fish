@@ -44,10 +44,14 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s v -l ve
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s V -l version -d 'Print version'
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l timeout -d 'Give up on one connection attempt, or one name lookup, after DUR' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l timeout -d 'Give up on one connection attempt, or one name lookup, after DUR (default 10s; with --watch, the --interval)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l wait -d 'Retry down targets every --interval until all are up, or until DUR has passed since the start (then exit 124)' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l interval -d 'With --wait: time between retries of a down target' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l interval -d 'With --wait: time between retries of a down target (default 500ms). With --watch: time between the starts of two probes of a target (default 1s)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l count -d 'With --watch: stop after N probes of each target' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l concurrency -d 'At most N connection attempts in flight (never more than the open-file limit allows)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l watch -d 'Probe every target again and again on a fixed grid (--interval), a line per probe, and print loss and latency statistics at the end (Ctrl-C, SIGTERM or --count); Ctrl-\\ or Enter prints them so far. A TCP ping'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l timestamps -d 'With --watch: start each probe line with the local time (12:00:03.412)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l changes -d 'With --watch: print only the lines that say a target went down or came back (and the summary), for logs that run for days'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l any -d 'Succeed as soon as any one target is up; the others are cancelled (wait for one of these replicas)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l open -d 'Print only targets that connected (scan mode); the exit status is unchanged'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l json -d 'One JSON object per target per line on stdout: host, port, addr, status, error, elapsed_ms'

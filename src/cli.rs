@@ -70,6 +70,8 @@ pub enum Command {
     twistctl conntest --wait 30s db:5432 cache:6379 -- ./migrate
     twistctl conntest --open --json 127.0.0.1 1-1024
     twistctl conntest --any --wait 1m replica1:5432 replica2:5432
+    twistctl conntest --watch --count 10 example.com:443
+    twistctl conntest --watch --changes --timestamps db:5432 cache:6379 >> uptime.log
 
 ", "EXIT STATUS:
     0    every target is up (with --any: at least one)
@@ -81,7 +83,9 @@ pub enum Command {
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM
     With several targets: the status of the first failed target in argument order.
-    With -- CMD: the status of CMD once it has run.")
+    With -- CMD: the status of CMD once it has run.
+    With --watch: 0 when every target answered at least once, else 1 (also after
+    Ctrl-C, which is the normal way to end a watch); 143 after SIGTERM; 2 usage.")
     )]
     Conntest(ConntestArgs),
 
@@ -224,20 +228,43 @@ pub struct ConntestArgs {
     )]
     pub targets: Vec<String>,
 
-    /// Give up on one connection attempt, or one name lookup, after DUR.
-    #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration, default_value = "10s",
+    /// Give up on one connection attempt, or one name lookup, after DUR (default 10s;
+    /// with --watch, the --interval).
+    #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration,
           allow_hyphen_values = true)]
-    pub timeout: Duration,
+    pub timeout: Option<Duration>,
 
     /// Retry down targets every --interval until all are up, or until DUR has passed
     /// since the start (then exit 124).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true,
+          group = "repeat")]
     pub wait: Option<Duration>,
 
-    /// With --wait: time between retries of a down target.
+    /// With --wait: time between retries of a down target (default 500ms). With
+    /// --watch: time between the starts of two probes of a target (default 1s).
     #[arg(long, value_name = "DUR", value_parser = parse_nonzero_duration,
-          default_value = "500ms", requires = "wait", allow_hyphen_values = true)]
-    pub interval: Duration,
+          requires = "repeat", allow_hyphen_values = true)]
+    pub interval: Option<Duration>,
+
+    /// Probe every target again and again on a fixed grid (--interval), a line per
+    /// probe, and print loss and latency statistics at the end (Ctrl-C, SIGTERM or
+    /// --count); Ctrl-\ or Enter prints them so far. A TCP ping.
+    #[arg(long, group = "repeat", conflicts_with_all = ["any", "open", "command"])]
+    pub watch: bool,
+
+    /// With --watch: stop after N probes of each target.
+    #[arg(long, value_name = "N", requires = "watch", value_parser = parse_count,
+          allow_hyphen_values = true)]
+    pub count: Option<usize>,
+
+    /// With --watch: start each probe line with the local time (12:00:03.412).
+    #[arg(long, requires = "watch")]
+    pub timestamps: bool,
+
+    /// With --watch: print only the lines that say a target went down or came back
+    /// (and the summary), for logs that run for days.
+    #[arg(long, requires = "watch")]
+    pub changes: bool,
 
     /// Succeed as soon as any one target is up; the others are cancelled (wait for one
     /// of these replicas).
@@ -478,12 +505,30 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
     let targets = target::parse_destinations(&args.targets, family, &services)
         .and_then(target::tcp_only)
         .map_err(|error| usage_error("conntest", error))?;
+    let default_interval = if args.watch {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(500)
+    };
+    let interval = args.interval.unwrap_or(default_interval);
+    // A watch probes once per interval, so by default a probe may take all of it.
+    let default_timeout = if args.watch {
+        interval
+    } else {
+        Duration::from_secs(10)
+    };
+    let timeout = args.timeout.unwrap_or(default_timeout);
     Ok(conntest::Config {
         targets,
         family,
-        timeout: args.timeout,
+        timeout,
         wait: args.wait,
-        interval: args.interval,
+        interval,
+        watch: args.watch.then_some(conntest::WatchConfig {
+            count: args.count.map(|n| n as u64),
+            timestamps: args.timestamps,
+            changes_only: args.changes,
+        }),
         any: args.any,
         open: args.open,
         json: args.json,

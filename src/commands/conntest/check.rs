@@ -11,7 +11,8 @@ use super::gate::Gate;
 use super::outcome::Outcome;
 use super::targets::Target;
 use crate::reactor::endpoints::{
-    Connecting, EndpointError, EndpointErrorKind, EndpointOptions, HostnameEndpoint, Resolver,
+    AttemptOutcome, Connecting, EndpointError, EndpointErrorKind, EndpointOptions,
+    HostnameEndpoint, Resolver,
 };
 use crate::reactor::{Address, Factory, Protocol, ProtocolResult, Reactor, Step, TransportRef};
 
@@ -79,6 +80,16 @@ impl Check {
     /// The address the check is trying, or tried last; `None` while resolving.
     pub fn last_tried(&self) -> Option<SocketAddr> {
         self.connecting.last_tried()
+    }
+
+    /// How long the winning attempt took, from its `connect()` to the established
+    /// connection (no name lookup, no losing attempt); `None` until one connected.
+    pub fn connect_time(&self) -> Option<Duration> {
+        self.connecting
+            .attempts()
+            .into_iter()
+            .find(|attempt| matches!(attempt.outcome, AttemptOutcome::Connected))
+            .and_then(|attempt| attempt.took)
     }
 
     /// Stops the check; its `on_done` is not called.

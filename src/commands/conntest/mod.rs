@@ -33,13 +33,15 @@ use std::time::Duration;
 use super::scaffold::{self, Command, CommandError};
 use crate::exit::ExitStatus;
 use crate::reactor::endpoints::Resolver;
-use crate::reactor::{Reactor, StopReason};
+use crate::reactor::{Reactor, Signal, StopReason};
 
 use check::CheckContext;
 use gate::Gate;
 use output::{OutputOptions, Printer};
 use session::{Session, SessionOptions};
 use targets::{Family, Target};
+use watch::probe::CheckProber;
+use watch::{Watch, WatchOptions, WatchTarget};
 
 /// What `twistctl conntest` was asked to do, already checked: the command line
 /// (`src/cli.rs`) builds it, tests can too.
@@ -67,6 +69,19 @@ pub struct Config {
     pub command: Vec<String>,
     /// `-q`: print no results.
     pub quiet: bool,
+    /// `--watch`: probe again and again (then `interval` is the probe interval).
+    pub watch: Option<WatchConfig>,
+}
+
+/// What `--watch` adds to a [`Config`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// `--count`: stop after this many probes per target.
+    pub count: Option<u64>,
+    /// `--timestamps`: prefix probe lines with the local time.
+    pub timestamps: bool,
+    /// `--changes`: print only the state-change lines and the summary.
+    pub changes_only: bool,
 }
 
 /// Runs `twistctl conntest` and returns its exit status.
@@ -74,6 +89,7 @@ pub fn run(config: Config) -> ExitStatus {
     scaffold::run(Box::new(Conntest {
         config,
         session: None,
+        watch: None,
     }))
 }
 
@@ -81,6 +97,7 @@ pub fn run(config: Config) -> ExitStatus {
 struct Conntest {
     config: Config,
     session: Option<Session<Box<dyn Write>, io::Stderr>>,
+    watch: Option<Watch>,
 }
 
 impl Command for Conntest {
@@ -98,6 +115,10 @@ impl Command for Conntest {
             resolver: Resolver::new(reactor, config.timeout, config.family),
             timeout: config.timeout,
         });
+        if let Some(watch) = &config.watch {
+            self.watch = Some(start_watch(reactor, ctx, config, watch));
+            return Ok(());
+        }
         let output = OutputOptions {
             json: config.json,
             open_only: config.open,
@@ -127,6 +148,16 @@ impl Command for Conntest {
     }
 
     fn finish(self: Box<Self>, stopped: StopReason) -> ExitStatus {
+        if let Some(watch) = &self.watch {
+            watch.stop();
+            watch.print_summary();
+            // Ctrl-C is how a watch normally ends (as with ping); SIGTERM is not.
+            return match stopped {
+                StopReason::Signal(signal @ Signal::Terminate) => ExitStatus::Signal(signal),
+                _ if watch.every_target_answered() => ExitStatus::Success,
+                _ => ExitStatus::Failure,
+            };
+        }
         if let StopReason::Signal(signal) = stopped {
             return ExitStatus::Signal(signal);
         }
@@ -146,6 +177,49 @@ impl Command for Conntest {
     fn stops_on_output_error(&self) -> bool {
         false
     }
+}
+
+/// Starts `--watch`: a probe grid over every target, printing to stdout, stopping the
+/// reactor after `--count` probes per target or when stdout is gone.
+fn start_watch(
+    reactor: &Reactor,
+    ctx: Rc<CheckContext>,
+    config: &Config,
+    settings: &WatchConfig,
+) -> Watch {
+    let targets = config
+        .targets
+        .iter()
+        .map(|t| WatchTarget {
+            label: format!("{} port {}", t.host.text, t.port),
+            host: t.host.text.clone(),
+            port: Some(t.port),
+        })
+        .collect();
+    let options = WatchOptions {
+        interval: config.interval,
+        count: settings.count,
+        timeout: config.timeout,
+        timestamps: settings.timestamps,
+        changes_only: settings.changes_only,
+        json: config.json,
+    };
+    let stopper = reactor.clone();
+    let watch = Watch::start(
+        Rc::new(reactor.clone()),
+        Box::new(CheckProber::new(ctx, config.targets.clone())),
+        targets,
+        options,
+        Box::new(scaffold::stdout()),
+        jiff::tz::TimeZone::system(),
+        move || {
+            // Fails only when a stop is already under way.
+            let _ = stopper.stop();
+        },
+    );
+    let interim = watch.clone();
+    watch::probe::summary_on_request(reactor, move || interim.print_summary());
+    watch
 }
 
 /// Replaces this process with `program` (the `-- CMD` of a successful check), as

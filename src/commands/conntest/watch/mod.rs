@@ -3,6 +3,7 @@
 //!
 //! - [`stats`]: per-target counts, latency statistics and the up/down history;
 //! - [`lines`]: what is printed, as text and as JSON;
+//! - [`probe`]: the real probes, and the requests for a summary (Ctrl-\\, Enter);
 //! - this module: the grid. Each target has a [`LoopingCall`] started at once; a tick
 //!   starts a probe, unless the previous one is still pending within its timeout, in
 //!   which case the tick is skipped and counted. A pending probe whose timeout has
@@ -14,6 +15,7 @@
 //! in the real check.
 
 pub mod lines;
+pub mod probe;
 pub mod stats;
 
 use std::cell::RefCell;
@@ -132,7 +134,8 @@ impl std::fmt::Debug for Watch {
 impl Watch {
     /// Starts watching `targets` (the first probes start inside this call). `out` gets
     /// every line, flushed as written; `tz` is the zone of the times printed;
-    /// `on_finished` runs once every target has run its `--count` probes.
+    /// `on_finished` runs once every target has run its `--count` probes, or when a
+    /// line cannot be written.
     pub fn start(
         scheduler: Rc<dyn Scheduler>,
         prober: Box<dyn Prober>,
@@ -360,9 +363,19 @@ impl Watch {
     }
 
     fn write(&self, line: &str) {
-        let mut out = self.inner.out.borrow_mut();
-        // A failed write is the scaffold's to report; the watch goes on until stopped.
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        let written = {
+            let mut out = self.inner.out.borrow_mut();
+            writeln!(out, "{line}").and_then(|()| out.flush())
+        };
+        // Output is all a watch is for: once it cannot be written (a closed pipe, a
+        // full disk, reported by whoever owns the writer), the watch ends.
+        if written.is_err() {
+            self.stop();
+            let finished = self.inner.on_finished.borrow_mut().take();
+            if let Some(finished) = finished {
+                finished();
+            }
+        }
     }
 }
 
