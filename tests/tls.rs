@@ -1669,3 +1669,116 @@ fn s_interop_server_against_openssl_s_client() {
     assert!(entries(&log).contains(&"server handshake TLSv1.3".to_string()));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+// ---------------------------------------------------------------------------------------
+// E-09: ssl: and tls: descriptions run on the layer
+
+/// Writes the test CA, the leaf and its key as PEM files; returns their paths.
+fn pem_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let leaf = &pki().leaf;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, pem("CERTIFICATE", &pki().ca)).expect("write");
+    std::fs::write(&paths.1, pem("CERTIFICATE", &leaf.chain[0])).expect("write");
+    std::fs::write(&paths.2, pem("PRIVATE KEY", leaf.key.secret_der())).expect("write");
+    paths
+}
+
+/// E-09 over TLS: `ssl:PORT:privateKey=..:certKey=..` listens with the layer, and
+/// `tls:HOST:PORT:trustRoots=..` connects through it; the endpoint fires once the
+/// handshake verified the server, and fails with the TLS reason when it cannot.
+#[test]
+fn e09_ssl_and_tls_descriptions_listen_and_connect() {
+    use twistctl::reactor::endpoints::{
+        EndpointError, EndpointErrorKind, Listening, parse_client, parse_server,
+    };
+    let dir = temp_dir("e09");
+    let (ca, cert, key) = pem_files(&dir);
+    let missing = parse_server(&format!(
+        "ssl:0:interface=127.0.0.1:privateKey={}:certKey={}",
+        dir.join("missing.key").display(),
+        cert.display()
+    ))
+    .expect("parsed");
+    let reactor = Reactor::new().expect("reactor");
+    let log = new_log();
+    let servers = Peers::new("server", &log, &reactor, Script::default());
+    let Err(error) = missing.listen(&reactor, servers.clone()) else {
+        panic!("listening without a key");
+    };
+    assert!(error.to_string().contains("missing.key"), "{error}");
+
+    let description = parse_server(&format!(
+        "ssl:0:interface=127.0.0.1:privateKey={}:certKey={}",
+        key.display(),
+        cert.display()
+    ))
+    .expect("parsed");
+    let Listening::Tcp(port) = description
+        .listen(&reactor, servers.clone())
+        .expect("listening")
+    else {
+        panic!("a TCP port");
+    };
+    let port = port.host().port();
+    // Trusted by its CA file, then by the directory holding it; not by the system's roots.
+    let roots_dir = dir.join("roots");
+    std::fs::create_dir_all(&roots_dir).expect("dir");
+    std::fs::copy(&ca, roots_dir.join("ca.pem")).expect("copy");
+    let outcomes = Rc::new(RefCell::new(Vec::new()));
+    let trusted = [
+        format!("tls:localhost:{port}:trustRoots={}", ca.display()),
+        format!("tls:localhost:{port}:trustRoots={}", roots_dir.display()),
+        format!("tls:localhost:{port}"),
+    ];
+    let left = Rc::new(Cell::new(trusted.len()));
+    for text in &trusted {
+        let clients = Peers::new("client", &log, &reactor, Script::default());
+        let outcomes = outcomes.clone();
+        let (left, r) = (left.clone(), reactor.clone());
+        let deferred = parse_client(text)
+            .expect("parsed")
+            .connect(&reactor, clients);
+        let _ended = deferred.then(move |outcome| {
+            outcomes.borrow_mut().push(match &outcome {
+                Ok(connection) => {
+                    let session = connection.transport.tls().expect("handshake done");
+                    connection.transport.lose_connection();
+                    format!("connected {}", session.version)
+                }
+                Err(failure) => match failure.downcast_ref::<EndpointError>() {
+                    Some(EndpointError {
+                        kind: EndpointErrorKind::Check { failure, .. },
+                        ..
+                    }) => match failure.downcast_ref::<CloseReason>() {
+                        Some(CloseReason::Tls(error)) => format!("failed {:?}", error.failure),
+                        other => format!("check failed otherwise: {other:?}"),
+                    },
+                    _ => format!("failed: {failure}"),
+                },
+            });
+            left.set(left.get() - 1);
+            if left.get() == 0 {
+                let _ = r.stop();
+            }
+            twistctl::reactor::Step::Value(())
+        });
+    }
+    run(&reactor);
+    let mut outcomes = outcomes.borrow().clone();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            "connected TLSv1.3",
+            "connected TLSv1.3",
+            "failed UnknownIssuer"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

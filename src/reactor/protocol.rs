@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use super::address::Address;
 use super::failure::Failure;
-use super::tls::{StartTls, StartTlsError, TlsError, TlsSession};
+use super::tls::{StartTls, StartTlsError, TlsError, TlsSession, TlsTransport};
 
 /// A shared handle on a connection's transport. Protocols may keep a clone; the handle
 /// does not own the protocol, so keeping it makes no reference cycle.
@@ -145,6 +145,15 @@ pub trait Transport {
     fn start_tls(&self, tls: StartTls) -> Result<(), StartTlsError> {
         let _ = tls;
         Err(StartTlsError::Unsupported)
+    }
+
+    /// For the TLS layer that is this transport's protocol: from now on this
+    /// transport's methods go to `layer`, so that every holder of this handle writes
+    /// through TLS. Returns the handle the layer itself uses to reach the stream, or
+    /// `None` when this transport keeps no layer (the layer then uses this handle).
+    fn layer_over(&self, layer: Rc<TlsTransport>) -> Option<TransportRef> {
+        let _ = layer;
+        None
     }
 }
 

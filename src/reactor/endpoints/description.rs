@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use super::{Connection, EndpointOptions, HostnameEndpoint};
 use crate::reactor::tcp::{ListenOptions, ListeningPort};
+use crate::reactor::tls;
 use crate::reactor::unix::{self, UnixEndpoint, UnixListenOptions, UnixPort};
 use crate::reactor::{Deferred, Factory, Failure, Reactor, UnixAddress};
 
@@ -448,6 +449,9 @@ pub enum ListenError {
     /// The kind is not connected up yet.
     #[error(transparent)]
     Unsupported(#[from] UnsupportedKind),
+    /// The TLS certificate or key could not be used (S-13: at listen time).
+    #[error(transparent)]
+    Tls(#[from] crate::reactor::tls::TlsConfigError),
 }
 
 impl ServerDescription {
@@ -486,7 +490,29 @@ impl ServerDescription {
                     options,
                 )?))
             }
-            ServerDescription::Ssl { .. } => Err(UnsupportedKind { kind: "ssl" }.into()),
+            ServerDescription::Ssl {
+                port,
+                interface,
+                backlog,
+                private_key,
+                cert_key,
+            } => {
+                let identity = tls::ServerIdentity::from_pem_files(cert_key, private_key)?;
+                let config = tls::TlsServerConfig::new(&tls::ServerOptions {
+                    identities: vec![identity],
+                    resumption: true,
+                    ..tls::ServerOptions::default()
+                })?;
+                let mut options = ListenOptions::default();
+                if let Some(backlog) = backlog {
+                    options.backlog = i32::try_from(*backlog).unwrap_or(i32::MAX);
+                }
+                let address = SocketAddr::new(*interface, *port);
+                let factory = tls::server_factory(reactor, &config, factory);
+                Ok(Listening::Tcp(
+                    reactor.listen_tcp_with(address, factory, options)?,
+                ))
+            }
         }
     }
 }
@@ -515,8 +541,37 @@ impl ClientDescription {
                 }
                 endpoint.connect(factory)
             }
-            ClientDescription::Tls { .. } => {
-                Deferred::fail(Failure::new(UnsupportedKind { kind: "tls" }))
+            ClientDescription::Tls {
+                host,
+                port,
+                trust_roots,
+                timeout,
+            } => {
+                // The connection counts as made once the handshake verified the server.
+                let checked = trust_roots
+                    .as_deref()
+                    .map_or(Ok(tls::Verify::System), tls::trust_roots)
+                    .and_then(|verify| {
+                        tls::TlsClientConfig::new(&tls::ClientOptions {
+                            verify,
+                            resumption: true,
+                            ..tls::ClientOptions::default()
+                        })
+                    })
+                    .and_then(|config| {
+                        tls::checked_client_factory(reactor, &config, host, factory)
+                    });
+                let factory = match checked {
+                    Ok(factory) => factory,
+                    Err(error) => return Deferred::fail(Failure::new(error)),
+                };
+                let mut options = EndpointOptions::default();
+                if timeout.is_some() {
+                    options.attempt_timeout = *timeout;
+                }
+                HostnameEndpoint::new(reactor, host.clone(), *port)
+                    .with_options(options)
+                    .connect_checked(factory)
             }
         }
     }

@@ -51,7 +51,8 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 pub use description::{
-    ClientDescription, DescriptionError, ServerDescription, parse_client, parse_server,
+    ClientDescription, DescriptionError, ListenError, Listening, ServerDescription, parse_client,
+    parse_server,
 };
 pub use race::interleave;
 pub use resolve::{Family, Resolution, ResolveError, Resolver};

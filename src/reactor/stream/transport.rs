@@ -609,6 +609,19 @@ impl Transport for StreamTransport {
         }
         Ok(())
     }
+
+    /// A TLS connection from the start: its layer is this transport's protocol, and
+    /// whoever else holds this transport (an endpoint's caller) reaches the layer too.
+    fn layer_over(&self, layer: Rc<TlsTransport>) -> Option<TransportRef> {
+        if self.has(flag::LAYERED | flag::CLOSED) {
+            return None;
+        }
+        let reactor = self.reactor.upgrade()?;
+        let this = self.this(&reactor)?;
+        self.with_busy(|busy| busy.upper = Some(layer));
+        self.raise(flag::LAYERED);
+        Some(Rc::new(Lower(Rc::downgrade(&this))))
+    }
 }
 
 /// The socket side of a layered connection: the handle the layer over the socket (TLS

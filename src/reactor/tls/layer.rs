@@ -618,6 +618,10 @@ impl Transport for TlsTransport {
         }
     }
 
+    fn peer_credentials(&self) -> Option<crate::reactor::protocol::PeerCredentials> {
+        self.outer().and_then(|outer| outer.peer_credentials())
+    }
+
     /// Stops reading the outer transport, and holds back what was already decrypted.
     fn pause_producing(&self) {
         self.raise(flag::READ_PAUSED);
@@ -720,7 +724,8 @@ pub(super) struct TlsProtocol {
 
 impl Protocol for TlsProtocol {
     fn connection_made(&mut self, transport: &TransportRef) -> Result<(), Failure> {
-        self.tls.outer_made(transport);
+        let lower = transport.layer_over(self.tls.clone());
+        self.tls.outer_made(lower.as_ref().unwrap_or(transport));
         Ok(())
     }
 

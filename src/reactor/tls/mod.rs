@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use super::Reactor;
 use super::address::Address;
+use super::endpoints::{CheckHandle, CheckedFactory};
+use super::failure::Failure;
 use super::protocol::{CloseReason, ConnectError, Factory, Protocol, TransportRef};
 use super::tcp::{CannotListenError, ClientFactory, Connector, ListeningPort};
 
@@ -272,6 +274,114 @@ pub fn client_factory(
         inner,
         lost: Rc::new(RefCell::new(None)),
     }))
+}
+
+/// The user's protocol, with the endpoint's check passed when the handshake completed
+/// (a failed handshake ends the connection, which fails the check with its reason).
+struct HandshakeCheck {
+    inner: Box<dyn Protocol>,
+    check: CheckHandle,
+}
+
+impl Protocol for HandshakeCheck {
+    fn connection_made(&mut self, transport: &TransportRef) -> Result<(), Failure> {
+        self.inner.connection_made(transport)
+    }
+
+    fn handshake_completed(&mut self, transport: &TransportRef) -> Result<(), Failure> {
+        self.check.pass();
+        self.inner.handshake_completed(transport)
+    }
+
+    fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> Result<(), Failure> {
+        self.inner.data_received(transport, data)
+    }
+
+    fn connection_lost(&mut self, reason: &CloseReason) {
+        // Before the handshake completed: the check fails with the TLS reason (the
+        // stream under it only saw an orderly close). After it: nothing happens.
+        self.check.fail(Failure::new(reason.clone()));
+        self.inner.connection_lost(reason);
+    }
+
+    fn wants_half_close(&self) -> bool {
+        self.inner.wants_half_close()
+    }
+
+    fn read_connection_lost(&mut self, transport: &TransportRef) -> Result<(), Failure> {
+        self.inner.read_connection_lost(transport)
+    }
+
+    fn write_connection_lost(&mut self, transport: &TransportRef) -> Result<(), Failure> {
+        self.inner.write_connection_lost(transport)
+    }
+}
+
+struct CheckedClient {
+    reactor: super::WeakReactor,
+    config: TlsClientConfig,
+    server_name: String,
+    inner: Rc<dyn Factory>,
+}
+
+impl CheckedFactory for CheckedClient {
+    fn build_protocol(&self, addr: SocketAddr, check: CheckHandle) -> Option<Box<dyn Protocol>> {
+        let reactor = self.reactor.upgrade()?;
+        let inner = self.inner.build_protocol(Address::Tcp(addr))?;
+        let checked = Box::new(HandshakeCheck { inner, check });
+        match client_protocol(&reactor, &self.config, &self.server_name, checked) {
+            Ok(protocol) => Some(protocol),
+            Err(error) => {
+                log::error!("TLS connection to {addr} not started: {error}");
+                None
+            }
+        }
+    }
+}
+
+/// For an endpoint's `connect_checked`: protocols from `inner` over TLS to
+/// `server_name`, the connection counting as made once the handshake completed and
+/// the server was verified. A failed handshake fails the endpoint's check with
+/// [`CloseReason::Tls`] as the failure.
+pub fn checked_client_factory(
+    reactor: &Reactor,
+    config: &TlsClientConfig,
+    server_name: &str,
+    inner: Rc<dyn Factory>,
+) -> Result<Rc<dyn CheckedFactory>, TlsConfigError> {
+    config::server_name(server_name)?;
+    Ok(Rc::new(CheckedClient {
+        reactor: reactor.downgrade(),
+        config: config.clone(),
+        server_name: server_name.to_string(),
+        inner,
+    }))
+}
+
+/// The CA certificates of a PEM file, or of every PEM file in a directory (as
+/// `trustRoots=` of a `tls:` description takes them).
+pub fn trust_roots(path: &std::path::Path) -> Result<Verify, TlsConfigError> {
+    if !path.is_dir() {
+        return Ok(Verify::CaFile(path.to_path_buf()));
+    }
+    let entries = std::fs::read_dir(path).map_err(|source| TlsConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut roots = Vec::new();
+    for entry in entries.flatten() {
+        if entry.path().is_file() {
+            // Files that hold no certificate (keys, notes) are skipped.
+            roots.extend(read_certificates(&entry.path()).unwrap_or_default());
+        }
+    }
+    if roots.is_empty() {
+        return Err(TlsConfigError::Missing {
+            path: path.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    Ok(Verify::Roots(roots))
 }
 
 impl Reactor {
