@@ -1328,3 +1328,89 @@ fn e07_cancelling_a_unix_connect_stops_it() {
         "no protocol was built"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// A listener's full queue: a UNIX connect answers EAGAIN instead of waiting in the
+// kernel, so the connector tries again until its timeout.
+
+/// A listener at `path` with a queue of one that already holds a connection nobody
+/// accepted: the next connect finds the queue full. Returns it and the queued client.
+fn full_listener(path: &Path) -> (socket2::Socket, StdStream) {
+    let listener =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&socket2::SockAddr::unix(path).unwrap())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let queued = StdStream::connect(path).unwrap();
+    (listener, queued)
+}
+
+#[test]
+fn u05_a_full_listener_queue_is_waited_out() {
+    let dir = TempDir::new("queue-full");
+    let address = dir.socket("s");
+    let (listener, _queued) = full_listener(address.path().unwrap());
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let client = Fac::protocol("cf", &log, |p| {
+        p.made(|t| {
+            t.lose_connection();
+            Ok(())
+        })
+    })
+    .on_lost(stop_on_lost(&reactor));
+    connect(&reactor, &address, client);
+    // Make room after a while: accept the queued connection.
+    let l = log.clone();
+    reactor.call_later(Duration::from_millis(30), move || {
+        let (accepted, _) = listener.accept().expect("the queued connection");
+        push(&l, "room made");
+        // Keep the listener (and what it accepted) until the end of the run.
+        std::mem::forget((listener, accepted));
+    });
+    run(&reactor);
+    let path = address.path().unwrap().display().to_string();
+    assert_eq!(
+        events(&log),
+        [
+            "cf:start".to_string(),
+            "cf:started".into(),
+            "room made".into(),
+            format!("cf:build(unix:{path})"),
+            "cli:made".into(),
+            "cli:lost(Done)".into(),
+            "cf:conn_lost(Done)".into(),
+            "cf:stop".into(),
+        ]
+    );
+}
+
+#[test]
+fn u05_x14_a_queue_that_stays_full_times_out() {
+    let dir = TempDir::new("queue-stays-full");
+    let address = dir.socket("s");
+    let (_listener, _queued) = full_listener(address.path().unwrap());
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let failure = Rc::new(RefCell::new(None));
+    let (f, r) = (failure.clone(), reactor.clone());
+    let client = Fac::protocol("cf", &log, |p| p).on_failed(move |e| {
+        *f.borrow_mut() = Some(e.clone());
+        stop(&r);
+    });
+    let started = reactor.seconds();
+    reactor.connect_unix(
+        address.clone(),
+        Rc::new(client),
+        Some(Duration::from_millis(80)),
+    );
+    run(&reactor);
+    let waited = reactor.seconds() - started;
+    assert!(
+        matches!(failure.borrow().as_ref(), Some(ConnectError::TimedOut)),
+        "{:?}",
+        failure.borrow()
+    );
+    assert!(waited >= Duration::from_millis(80), "{waited:?}");
+}

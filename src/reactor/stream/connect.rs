@@ -32,10 +32,22 @@ enum ConnectorState {
 }
 
 struct Attempt {
-    stream: Socket,
+    /// The connecting socket; `None` while a UNIX connect waits to try again.
+    stream: Option<Socket>,
     key: IoKey,
+    /// The attempt's timeout.
     timer: Option<DelayedCall>,
+    /// The next try of a UNIX connect whose listener's queue was full.
+    retry: Option<DelayedCall>,
 }
+
+/// The first wait before a UNIX connect tries again after the listener's queue was
+/// full (EAGAIN: a UNIX connect never waits in the kernel); each further wait doubles,
+/// up to [`QUEUE_FULL_RETRY_MAX`], until the attempt's timeout.
+const QUEUE_FULL_RETRY: Duration = Duration::from_millis(1);
+
+/// The longest wait between tries of a UNIX connect to a full queue.
+const QUEUE_FULL_RETRY_MAX: Duration = Duration::from_millis(100);
 
 /// Counts a connector's attempts. 32 bits, so that it packs with the connector's other
 /// small fields; it wraps, and an attempt's events are long gone four billion attempts
@@ -186,41 +198,91 @@ impl Connector {
         }
         let generation = self.inner.generation.get().wrapping_add(1);
         self.inner.generation.set(generation);
+        self.try_connect(&reactor, generation, None, QUEUE_FULL_RETRY);
+        self.inner.factory.started_connecting(self);
+    }
+
+    /// Starts the attempt's socket: registered and waiting to turn writable, or (a UNIX
+    /// listener's queue was full) waiting `wait` to try again, or failed (reported
+    /// later). `timer` is the attempt's timeout if a try before this one started it.
+    fn try_connect(
+        &self,
+        reactor: &Reactor,
+        generation: AttemptGeneration,
+        timer: Option<DelayedCall>,
+        wait: Duration,
+    ) {
         // On loopback a refusal is often known before connect() returns: it is reported
         // (later, P-13) without registering a socket that is already dead.
         let started = match self.inner.destination.get() {
             Address::Tcp(address) => reactor.start_tcp_connect(address),
             Address::Unix(address) => crate::reactor::unix::start_connect(&address),
         };
-        match started {
-            Ok(stream) => {
-                let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
-                    connector: self.inner.clone(),
-                    generation,
+        let registered = started.and_then(|stream| {
+            let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
+                connector: self.inner.clone(),
+                generation,
+            });
+            let fd = stream.as_raw_fd();
+            let key = reactor.register_io(&mut SourceFd(&fd), Interest::WRITABLE, handler)?;
+            Ok((stream, key))
+        });
+        let queue_full = matches!(&registered, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            && matches!(self.inner.destination, CompactAddr::Unix(_));
+        let (stream, key, retry) = match registered {
+            Ok((stream, key)) => (Some(stream), key, None),
+            Err(_) if queue_full => {
+                // Strongly, as the registered attempt's handler does: a caller may drop
+                // the connector, and the attempt must go on.
+                let inner = self.inner.clone();
+                let retry = reactor.call_later(wait, move || {
+                    Connector { inner }.retry(generation, wait);
                 });
-                let fd = stream.as_raw_fd();
-                match reactor.register_io(&mut SourceFd(&fd), Interest::WRITABLE, handler) {
-                    Ok(key) => {
-                        let timer = self.inner.timeout.map(|timeout| {
-                            let connector = Rc::downgrade(&self.inner);
-                            reactor.call_later(timeout, move || {
-                                if let Some(inner) = connector.upgrade() {
-                                    let connector = Connector { inner };
-                                    if connector.inner.generation.get() == generation {
-                                        connector.fail(ConnectError::TimedOut);
-                                    }
-                                }
-                            })
-                        });
-                        *self.inner.attempt.borrow_mut() =
-                            Some(Box::new(Attempt { stream, key, timer }));
-                    }
-                    Err(error) => self.fail_later(&reactor, generation, error),
+                (None, IoKey::NONE, Some(retry))
+            }
+            Err(error) => {
+                if let Some(timer) = timer {
+                    let _ = timer.cancel();
+                }
+                return self.fail_later(reactor, generation, error);
+            }
+        };
+        let timer = timer.or_else(|| self.start_timer(reactor, generation));
+        *self.inner.attempt.borrow_mut() = Some(Box::new(Attempt {
+            stream,
+            key,
+            timer,
+            retry,
+        }));
+    }
+
+    /// The attempt's timeout, if it has one.
+    fn start_timer(&self, reactor: &Reactor, generation: AttemptGeneration) -> Option<DelayedCall> {
+        let timeout = self.inner.timeout?;
+        let connector = Rc::downgrade(&self.inner);
+        Some(reactor.call_later(timeout, move || {
+            if let Some(inner) = connector.upgrade() {
+                let connector = Connector { inner };
+                if connector.inner.generation.get() == generation {
+                    connector.fail(ConnectError::TimedOut);
                 }
             }
-            Err(error) => self.fail_later(&reactor, generation, error),
+        }))
+    }
+
+    /// A UNIX connect whose listener's queue was full tries again.
+    fn retry(&self, generation: AttemptGeneration, waited: Duration) {
+        if self.inner.generation.get() != generation || !self.is_connecting() {
+            return;
         }
-        self.inner.factory.started_connecting(self);
+        let Some(reactor) = self.inner.reactor.upgrade() else {
+            return;
+        };
+        let Some(attempt) = self.inner.attempt.borrow_mut().take() else {
+            return;
+        };
+        let wait = waited.saturating_mul(2).min(QUEUE_FULL_RETRY_MAX);
+        self.try_connect(&reactor, generation, attempt.timer, wait);
     }
 
     fn fail_later(&self, reactor: &Reactor, generation: AttemptGeneration, error: io::Error) {
@@ -232,20 +294,21 @@ impl Connector {
         }));
     }
 
-    /// Drops the attempt's socket and timer.
-    /// Drops the attempt's socket and timer. The socket is closed, which also takes it
+    /// Drops the attempt's socket and timers. The socket is closed, which also takes it
     /// out of the poll, so only its registry slot needs freeing.
     fn end_attempt(&self) {
         let Some(attempt) = self.inner.attempt.borrow_mut().take() else {
             return;
         };
-        if let Some(timer) = attempt.timer {
+        for timer in [attempt.timer, attempt.retry].into_iter().flatten() {
             let _ = timer.cancel();
         }
-        if let Some(reactor) = self.inner.reactor.upgrade() {
-            reactor.forget_io(attempt.key);
+        if let Some(stream) = attempt.stream {
+            if let Some(reactor) = self.inner.reactor.upgrade() {
+                reactor.forget_io(attempt.key);
+            }
+            drop(stream);
         }
-        drop(attempt.stream);
     }
 
     /// P-13: `client_connection_failed`, then the factory's stop unless it reconnected.
@@ -269,15 +332,15 @@ impl Connector {
     fn attempt_ready(&self) {
         let outcome = {
             let attempt = self.inner.attempt.borrow();
-            let Some(attempt) = attempt.as_ref() else {
+            let Some(stream) = attempt.as_ref().and_then(|a| a.stream.as_ref()) else {
                 return;
             };
             // The peer address first: once it is known the connect succeeded, and the
             // common case costs one syscall instead of two. Only without it does the
             // socket's pending error tell a failure from a spurious wake-up.
-            match attempt.stream.peer_addr() {
+            match stream.peer_addr() {
                 Ok(peer) => Ok(Address::from_sockaddr(&peer)),
-                Err(e) => match attempt.stream.take_error() {
+                Err(e) => match stream.take_error() {
                     Ok(Some(error)) => Err(error),
                     // Not connected yet and no error: a spurious wake-up; wait.
                     Ok(None) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -300,25 +363,32 @@ impl Connector {
         let Some(attempt) = self.inner.attempt.borrow_mut().take() else {
             return;
         };
-        if let Some(timer) = attempt.timer {
+        // Only called for an attempt with a socket (see attempt_ready).
+        let Attempt {
+            stream: Some(stream),
+            key,
+            timer,
+            retry: _,
+        } = *attempt
+        else {
+            return;
+        };
+        if let Some(timer) = timer {
             let _ = timer.cancel();
         }
         self.inner.state.set(ConnectorState::Connected);
         let Some(protocol) = self.inner.factory.build_protocol(peer.clone()) else {
-            let stream = attempt.stream;
-            if let Err(error) =
-                reactor.deregister_io(&mut SourceFd(&stream.as_raw_fd()), attempt.key)
-            {
+            if let Err(error) = reactor.deregister_io(&mut SourceFd(&stream.as_raw_fd()), key) {
                 log::debug!("deregistering refused connection: {error}");
             }
             drop(stream);
             self.lost(&CloseReason::Done);
             return;
         };
-        let connection = StreamTransport::new(&reactor, attempt.stream, peer, protocol);
-        self.inner.connection.set(attempt.key);
+        let connection = StreamTransport::new(&reactor, stream, peer, protocol);
+        self.inner.connection.set(key);
         let notice = LostNotice::Connector(self.clone());
-        if let Err(error) = connection.start(&reactor, Some(attempt.key), Some(notice)) {
+        if let Err(error) = connection.start(&reactor, Some(key), Some(notice)) {
             // No protocol method ran: to the factory the attempt failed (P-13).
             self.fail(ConnectError::Other(Rc::new(error)));
         }
