@@ -110,16 +110,41 @@ pub enum StopReason {
     Crashed,
 }
 
+/// Where the reactor is in its life: the one state every run-time question is
+/// answered from (is it running, may it stop, must the loop end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunState {
     /// Made, or crashed out of: `run()` may be called.
     Idle,
-    /// Inside `run()`, shutdown not requested.
-    Started,
-    /// Inside `run()`, shutdown requested or under way.
-    Stopping,
-    /// `run()` returned after a shutdown.
+    /// Inside `run()`.
+    Running(Run),
+    /// `run()` returned after a shutdown (or after a crash that followed `stop()`).
     Ended,
+}
+
+/// The state of a `run()` under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    /// What [`Reactor::running`] says: true from startup's `During` phase until
+    /// shutdown's `Before` phase has completed.
+    running: bool,
+    /// How far the shutdown has got.
+    shutdown: Shutdown,
+    /// `crash()` was called: the loop ends at the end of this iteration.
+    crashing: bool,
+}
+
+/// How far a run's shutdown has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// `stop()` has not been called.
+    NotRequested,
+    /// `stop()` was called; the shutdown starts in the next iteration.
+    Requested,
+    /// The shutdown triggers are running.
+    Begun,
+    /// The shutdown is complete: the loop ends.
+    Complete,
 }
 
 struct Inner {
@@ -136,11 +161,6 @@ struct Inner {
     tcp: tcp::TcpPools,
     triggers: Rc<Triggers>,
     state: Cell<RunState>,
-    running: Cell<bool>,
-    stop_requested: Cell<bool>,
-    shutdown_begun: Cell<bool>,
-    exit_loop: Cell<bool>,
-    crash_requested: Cell<bool>,
     stop_reason: Cell<StopReason>,
     wants_signals: Cell<bool>,
     signals: RefCell<Option<SignalSource>>,
@@ -199,7 +219,6 @@ impl std::fmt::Debug for Reactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reactor")
             .field("state", &self.inner.state.get())
-            .field("running", &self.inner.running.get())
             .finish()
     }
 }
@@ -265,11 +284,6 @@ impl Reactor {
                 tcp: tcp::TcpPools::default(),
                 triggers: Rc::new(Triggers::default()),
                 state: Cell::new(RunState::Idle),
-                running: Cell::new(false),
-                stop_requested: Cell::new(false),
-                shutdown_begun: Cell::new(false),
-                exit_loop: Cell::new(false),
-                crash_requested: Cell::new(false),
                 stop_reason: Cell::new(StopReason::Stopped),
                 wants_signals: Cell::new(false),
                 signals: RefCell::new(None),
@@ -290,7 +304,7 @@ impl Reactor {
     /// True from the `During` phase of startup until shutdown's `Before` phase has
     /// completed.
     pub fn running(&self) -> bool {
-        self.inner.running.get()
+        matches!(self.inner.state.get(), RunState::Running(run) if run.running)
     }
 
     /// Schedules `f` to run `delay` from now (T-01). It never runs inside this call, even
@@ -487,19 +501,52 @@ impl Reactor {
     /// Requests shutdown and returns at once. Fails when the reactor is not
     /// running or a stop was already requested.
     pub fn stop(&self) -> Result<(), ReactorError> {
-        if self.inner.state.get() != RunState::Started {
-            return Err(ReactorError::NotRunning);
+        match self.inner.state.get() {
+            RunState::Running(run) if run.shutdown == Shutdown::NotRequested => {
+                self.update_run(|run| run.shutdown = Shutdown::Requested);
+                Ok(())
+            }
+            _ => Err(ReactorError::NotRunning),
         }
-        self.inner.state.set(RunState::Stopping);
-        self.inner.stop_requested.set(true);
-        Ok(())
     }
 
     /// Leaves the loop at the end of the current iteration without firing shutdown or
     /// disconnecting anything; `run()` may be called again afterwards, unless
     /// `stop()` had been called: its shutdown cannot be started twice (as in Twisted).
     pub fn crash(&self) {
-        self.inner.crash_requested.set(true);
+        self.update_run(|run| {
+            // A shutdown that is complete ends the loop anyway, as a shutdown.
+            if run.shutdown != Shutdown::Complete {
+                run.crashing = true;
+            }
+        });
+    }
+
+    /// Changes the state of the run under way; nothing happens outside `run()`.
+    fn update_run(&self, change: impl FnOnce(&mut Run)) {
+        if let RunState::Running(mut run) = self.inner.state.get() {
+            change(&mut run);
+            self.inner.state.set(RunState::Running(run));
+        }
+    }
+
+    /// The state of the run under way.
+    fn current_run(&self) -> Option<Run> {
+        match self.inner.state.get() {
+            RunState::Running(run) => Some(run),
+            RunState::Idle | RunState::Ended => None,
+        }
+    }
+
+    /// The shutdown is complete: the loop must end before anything else runs.
+    fn shutdown_complete(&self) -> bool {
+        self.current_run()
+            .is_some_and(|run| run.shutdown == Shutdown::Complete)
+    }
+
+    /// `crash()` was called during this run.
+    fn crashing(&self) -> bool {
+        self.current_run().is_some_and(|run| run.crashing)
     }
 
     /// Registers an I/O source; `handler` is called when it is ready. For transports and
@@ -659,28 +706,31 @@ impl Reactor {
     pub fn run(&self) -> Result<StopReason, ReactorError> {
         match self.inner.state.get() {
             RunState::Idle => {}
-            RunState::Started | RunState::Stopping => return Err(ReactorError::AlreadyRunning),
+            RunState::Running(_) => return Err(ReactorError::AlreadyRunning),
             RunState::Ended => return Err(ReactorError::NotRestartable),
         }
-        self.inner.state.set(RunState::Started);
-        self.inner.exit_loop.set(false);
-        self.inner.crash_requested.set(false);
+        self.inner.state.set(RunState::Running(Run {
+            running: false,
+            shutdown: Shutdown::NotRequested,
+            crashing: false,
+        }));
         self.start_up();
         let outcome = self.run_loop();
         if let Some(signals) = self.inner.signals.borrow_mut().take() {
             signals.uninstall(&self.inner.registry);
         }
-        if self.inner.crash_requested.get() && !self.inner.exit_loop.get() {
+        if let Some(run) = self.current_run()
+            && run.crashing
+        {
             // Once stop() was called the shutdown has (partly) happened and cannot be
             // run again, so, as in Twisted, a crash after stop() leaves the reactor
             // unrestartable instead of restarting it with its shutdown state spent.
-            let next = if self.inner.stop_requested.get() {
-                RunState::Ended
-            } else {
+            let next = if run.shutdown == Shutdown::NotRequested {
                 RunState::Idle
+            } else {
+                RunState::Ended
             };
             self.inner.state.set(next);
-            self.inner.running.set(false);
             outcome?;
             return Ok(StopReason::Crashed);
         }
@@ -692,7 +742,7 @@ impl Reactor {
     fn start_up(&self) {
         let reactor = self.clone();
         let between = Box::new(move || {
-            reactor.inner.running.set(true);
+            reactor.update_run(|run| run.running = true);
             if reactor.inner.wants_signals.get() {
                 match SignalSource::install(&reactor.inner.registry) {
                     Ok(source) => *reactor.inner.signals.borrow_mut() = Some(source),
@@ -720,20 +770,23 @@ impl Reactor {
             self.run_queued_calls();
             // The shutdown finished in a continuation: its after triggers are the last
             // thing that runs, so no timer of this iteration may follow them.
-            if self.inner.exit_loop.get() {
+            if self.shutdown_complete() {
                 return Ok(());
             }
             self.inner.timers.admit();
             self.inner.timers.run_due();
-            if self.inner.stop_requested.get() && !self.inner.shutdown_begun.get() {
-                self.inner.shutdown_begun.set(true);
+            if self
+                .current_run()
+                .is_some_and(|run| run.shutdown == Shutdown::Requested)
+            {
+                self.update_run(|run| run.shutdown = Shutdown::Begun);
                 self.shut_down();
             }
-            if self.inner.exit_loop.get() || self.inner.crash_requested.get() {
+            if self.shutdown_complete() || self.crashing() {
                 return Ok(());
             }
             self.poll_io(&mut events)?;
-            if self.inner.crash_requested.get() {
+            if self.crashing() {
                 return Ok(());
             }
         }
@@ -743,12 +796,12 @@ impl Reactor {
     fn run_queued_calls(&self) {
         let soon = std::mem::take(&mut *self.inner.soon.borrow_mut());
         for f in soon {
-            if self.inner.exit_loop.get() {
+            if self.shutdown_complete() {
                 return;
             }
             f();
         }
-        if self.inner.exit_loop.get() {
+        if self.shutdown_complete() {
             return;
         }
         for call in self.inner.thread_queue.take_all() {
@@ -759,7 +812,7 @@ impl Reactor {
     fn shut_down(&self) {
         let reactor = self.clone();
         let between = Box::new(move || {
-            reactor.inner.running.set(false);
+            reactor.update_run(|run| run.running = false);
             // Every connection and port ends with ConnectionLost (R-10, P-28).
             let handlers = reactor.inner.io.borrow().handlers();
             for handler in handlers {
@@ -767,7 +820,14 @@ impl Reactor {
             }
         });
         let reactor = self.clone();
-        let done = Box::new(move || reactor.inner.exit_loop.set(true));
+        let done = Box::new(move || {
+            reactor.update_run(|run| {
+                run.shutdown = Shutdown::Complete;
+                // Complete wins over a crash asked for meanwhile: the run ended as a
+                // shutdown (it is not restartable, R-07).
+                run.crashing = false;
+            });
+        });
         triggers::fire(
             &self.inner.triggers,
             SystemEvent::Shutdown,
@@ -823,7 +883,10 @@ impl Reactor {
         };
         for signal in arrived {
             // A second signal while stopping is ignored.
-            if self.inner.state.get() == RunState::Started {
+            if self
+                .current_run()
+                .is_some_and(|run| run.shutdown == Shutdown::NotRequested)
+            {
                 log::info!("received {signal:?}, stopping");
                 self.inner.stop_reason.set(StopReason::Signal(signal));
                 let _ = self.stop();
