@@ -821,7 +821,9 @@ impl<H: LineHandler> Inner<H> {
         match self.body.try_borrow_mut() {
             Ok(mut slot) => *slot = Some(body),
             // Unreachable: only this type borrows the slot, and never across a call.
-            Err(_) => log::error!("line receiver state busy; handler dropped"),
+            Err(_) => crate::reactor::swallowed_call(format_args!(
+                "line receiver state busy; handler dropped"
+            )),
         }
     }
 

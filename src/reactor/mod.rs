@@ -81,6 +81,19 @@ use thread::{ThreadQueue, WorkerPool};
 use time::{TimerQueue, log_result};
 use triggers::Triggers;
 
+/// Reports a call the reactor (or a protocol built on it) had to swallow because it
+/// re-entered something that was busy: an event for a protocol whose callback is
+/// running, a channel value for a receiver that is running. The design says these
+/// cannot happen, so one that does is a bug: in debug builds (the tests) it panics so
+/// the bug shows; in release builds it is logged and the call is dropped.
+#[track_caller]
+pub fn swallowed_call(what: std::fmt::Arguments<'_>) {
+    if cfg!(debug_assertions) {
+        panic!("swallowed a re-entrant call: {what}");
+    }
+    log::error!("{what}");
+}
+
 /// Errors from reactor operations used at the wrong moment, or from the poll itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ReactorError {
@@ -475,10 +488,14 @@ impl Reactor {
         let Some(receiver) = receiver else {
             return; // closed
         };
-        // A receiver that sends to its own channel re-enters only through the queue.
-        if let Ok(mut receiver) = receiver.try_borrow_mut() {
-            (*receiver)(self, value);
-        };
+        // A receiver that sends to its own channel re-enters only through the queue,
+        // so a busy receiver here is a bug.
+        match receiver.try_borrow_mut() {
+            Ok(mut receiver) => (*receiver)(self, value),
+            Err(_) => swallowed_call(format_args!(
+                "the receiver of channel {id} is running; value dropped"
+            )),
+        }
     }
 
     fn ensure_workers(&self) -> std::io::Result<()> {

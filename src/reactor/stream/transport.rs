@@ -752,7 +752,10 @@ impl StreamTransport {
     ) {
         let result = {
             let Ok(mut slot) = self.protocol.try_borrow_mut() else {
-                log::error!("protocol of {} re-entered; event dropped", self.peer.get());
+                crate::reactor::swallowed_call(format_args!(
+                    "protocol of {} re-entered; event dropped",
+                    self.peer.get()
+                ));
                 return;
             };
             let Some(protocol) = slot.as_mut() else {
