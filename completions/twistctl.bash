@@ -73,7 +73,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__completions)
-            opts="-v -q -h -V --verbose --quiet --help --version bash elvish fish powershell zsh"
+            opts="-q -v -h -V --quiet --verbose --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -87,7 +87,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__conntest)
-            opts="-4 -6 -v -q -h -V --timeout --wait --interval --watch --count --timestamps --changes --any --open --json --concurrency --verbose --quiet --help --version"
+            opts="-4 -6 -q -v -h -V --timeout --wait --interval --watch --count --timestamps --changes --any --open --json --concurrency --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -219,7 +219,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__talk__subcmd__client)
-            opts="-v -q -h -V --timeout --linger --raw --verbose --quiet --help --version"
+            opts="-q -v -h -V --timeout --linger --raw --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -241,7 +241,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__talk__subcmd__server)
-            opts="-v -q -h -V --port --bind --max-clients --max-line --idle-timeout --echo --raw --verbose --quiet --help --version"
+            opts="-q -v -h -V --port --bind --max-clients --max-line --idle-timeout --echo --raw --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -275,7 +275,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__timer__subcmd__demo)
-            opts="-v -q -h -V --at --stop-after --every --count --utc --precise --verbose --quiet --help --version"
+            opts="-q -v -h -V --at --stop-after --every --count --utc --precise --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -25,7 +25,7 @@ function __fish_twistctl_using_subcommand
 end
 
 complete -c twistctl -n "__fish_twistctl_needs_command" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_needs_command" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
+complete -c twistctl -n "__fish_twistctl_needs_command" -s q -l quiet -d 'No log output (each subcommand\'s help says what else -q does there)'
 complete -c twistctl -n "__fish_twistctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_needs_command" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_needs_command" -f -a "timer-demo" -d 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s'
@@ -40,25 +40,25 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l every -
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l count -d 'With --every: how many times to print before stopping (without it: until --stop-after)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l utc -d 'Print UTC instead of local time'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -l precise -d 'Print milliseconds and how late each call fired'
+complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s q -l quiet -d 'No log output, warnings included; the tour\'s own lines still print'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand timer-demo" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l timeout -d 'Give up on one connection attempt, or one name lookup, after DUR (default 10s; with --watch, the --interval)' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l wait -d 'Retry down targets every --interval until all are up, or until DUR has passed since the start (then exit 124)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l wait -d 'Retry down targets every --interval until all are up, or until DUR has passed since the start (then exit 124). Interrupted (Ctrl-C, SIGTERM), it lists the targets still down on stderr' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l interval -d 'With --wait: time between retries of a down target (default 500ms). With --watch: time between the starts of two probes of a target (default 1s)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l count -d 'With --watch: stop after N probes of each target' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l concurrency -d 'At most N connection attempts in flight (never more than the open-file limit allows)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l watch -d 'Probe every target again and again on a fixed grid (--interval), a line per probe, and print loss and latency statistics at the end (Ctrl-C, SIGTERM or --count); Ctrl-\\ or Enter prints them so far. A TCP ping'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l timestamps -d 'With --watch: start each probe line with the local time (12:00:03.412)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l changes -d 'With --watch: print only the lines that say a target went down or came back (and the summary), for logs that run for days'
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l any -d 'Succeed as soon as any one target is up; the others are cancelled (wait for one of these replicas)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l any -d 'Succeed as soon as any one target is up; the others are cancelled (wait for one of these replicas). Only the winner is printed (-v shows the rest); if none is up, every failure is'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l open -d 'Print only targets that connected (scan mode); the exit status is unchanged'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l json -d 'One JSON object per target per line on stdout: host, port, addr, status, error, elapsed_ms'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 4 -d 'Use IPv4 addresses only'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 6 -d 'Use IPv6 addresses only'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s q -l quiet -d 'Print no results and no log output: only the exit status tells (usage errors still print)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l port -d 'The port to listen on, as an option (the same as PORT)' -r
@@ -68,19 +68,19 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-li
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l idle-timeout -d 'Close clients that send nothing for DUR (0: never)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s q -l quiet -d 'No log output; the chat, its notices and the listening line still print'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l timeout -d 'Give up connecting after DUR' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l linger -d 'Once this side has stopped sending (bye, or the end of input), wait at most DUR for the server to close, then give up with status 124. Default: 2s after bye, no limit after the end of input' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s q -l quiet -d 'No log output; the conversation and its notices still print'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s V -l version -d 'Print version'
+complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s q -l quiet -d 'No log output; the script still prints'
 complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
-complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s q -l quiet -d 'No log output; for conntest, no results either (usage errors still print; the exit status tells)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand help; and not __fish_seen_subcommand_from timer-demo conntest talk-server talk-client completions help" -f -a "timer-demo" -d 'The classic callLater tour: print the time at 1, 2 and 3 s, stop at 5 s'

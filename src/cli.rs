@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::commands::duration::{parse as parse_duration, parse_nonzero as parse_nonzero_duration};
 use crate::commands::services::{SERVICES_PATH, ServiceDb};
 use crate::commands::talk::server::{Mode, ServerConfig};
 use crate::commands::target::{self, Family, Host, parse_bind};
 use crate::commands::{self, completions, conntest, talk, timer_demo};
+use crate::duration::{parse as parse_duration, parse_nonzero as parse_nonzero_duration};
 
 /// twistctl: network tools on a Twisted-style reactor.
 #[derive(Debug, Parser)]
@@ -27,8 +27,7 @@ pub struct Cli {
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// No log output; for conntest, no results either (usage errors still print; the
-    /// exit status tells).
+    /// No log output (each subcommand's help says what else -q does there).
     #[arg(short = 'q', long = "quiet", global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
@@ -45,14 +44,16 @@ pub enum Command {
         long_about = "The classic callLater tour: prints the time at the given moments after \
                       start (1s, 2s and 3s by default), then stops the reactor (at 5s by default). \
                       With --every, prints on a LoopingCall instead: at once, then every interval, \
-                      --count times.",
+                      --count times, or until --stop-after without --count.",
         after_long_help = concat!("EXAMPLES:
     twistctl timer-demo
     twistctl timer-demo --at 250ms 1.5s --stop-after 2s --precise
     twistctl timer-demo --every 1s --count 5 --utc
+    twistctl timer-demo --every 500ms --stop-after 3s
 
 ", "EXIT STATUS:
     0    the reactor stopped normally
+    1    stdout could not be written (a closed pipe is not an error)
     2    usage error (e.g. a bad duration)
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM")
@@ -67,7 +68,9 @@ pub enum Command {
                       interleaved (Happy Eyeballs). All targets are checked concurrently.",
         after_long_help = concat!("EXAMPLES:
     twistctl conntest db 5432 && ./migrate
+    twistctl conntest db 5432 6379
     twistctl conntest --wait 30s db:5432 cache:6379 -- ./migrate
+    twistctl conntest --wait 5s db:5432 -- pg_dump db > backup.sql
     twistctl conntest --open --json 127.0.0.1 1-1024
     twistctl conntest --any --wait 1m replica1:5432 replica2:5432
     twistctl conntest --watch --count 10 example.com:443
@@ -75,10 +78,10 @@ pub enum Command {
 
 ", "EXIT STATUS:
     0    every target is up (with --any: at least one)
-    1    refused, unreachable or reset
+    1    refused, unreachable or reset; or stdout could not be written
     2    usage error (a bad target, port or option)
-    3    a name could not be resolved
-    124  timed out (an attempt's --timeout, or the --wait deadline)
+    3    a name does not exist, or the resolver failed (its own time-out included)
+    124  timed out (an attempt's or a lookup's --timeout, or the --wait deadline)
     126  CMD could not be run; 127: CMD was not found
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM
@@ -122,7 +125,8 @@ pub enum Command {
 
 ", "EXIT STATUS:
     0    /quit, Ctrl-D or end of input
-    1    runtime failure (e.g. the port could not be bound)
+    1    runtime failure (e.g. the port could not be bound, or stdout could not be
+         written)
     2    usage error
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM")
@@ -155,7 +159,7 @@ pub enum Command {
 ", "EXIT STATUS:
     0    the conversation ended (bye, end of input, or the server closed)
     1    the connection could not be made, or it broke (a reset, or a line over
-         64 KiB from the server)
+         64 KiB from the server), or stdout could not be written
     2    usage error
     124  the server had not closed within the --linger limit (2s after bye)
     130  interrupted by SIGINT (Ctrl-C)
@@ -235,7 +239,8 @@ pub struct ConntestArgs {
     pub timeout: Option<Duration>,
 
     /// Retry down targets every --interval until all are up, or until DUR has passed
-    /// since the start (then exit 124).
+    /// since the start (then exit 124). Interrupted (Ctrl-C, SIGTERM), it lists the
+    /// targets still down on stderr.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true,
           group = "repeat")]
     pub wait: Option<Duration>,
@@ -267,7 +272,8 @@ pub struct ConntestArgs {
     pub changes: bool,
 
     /// Succeed as soon as any one target is up; the others are cancelled (wait for one
-    /// of these replicas).
+    /// of these replicas). Only the winner is printed (-v shows the rest); if none is
+    /// up, every failure is.
     #[arg(long)]
     pub any: bool,
 
@@ -295,7 +301,8 @@ pub struct ConntestArgs {
     pub ipv6: bool,
 
     /// Once every target (with --any: one) is up, run CMD in place of twistctl (exec):
-    /// its exit status is the result. Not run otherwise.
+    /// its exit status is the result. Not run otherwise. With CMD, stdout is CMD's
+    /// alone: twistctl prints everything (--json included) on stderr.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -387,10 +394,53 @@ fn parse_listen_port(text: &str) -> Result<u16, String> {
     target::parse_port(text, true)
 }
 
+/// What `-q` does in each subcommand: a global flag has one help text, so each
+/// subcommand gets its own `-q` with the same id (clap then does not copy the global
+/// one in) and its own words.
+const QUIET_HELP: [(&str, &str); 5] = [
+    (
+        "timer-demo",
+        "No log output, warnings included; the tour's own lines still print",
+    ),
+    (
+        "conntest",
+        "Print no results and no log output: only the exit status tells (usage errors \
+         still print)",
+    ),
+    (
+        "talk-server",
+        "No log output; the chat, its notices and the listening line still print",
+    ),
+    (
+        "talk-client",
+        "No log output; the conversation and its notices still print",
+    ),
+    ("completions", "No log output; the script still prints"),
+];
+
+/// The command line as clap sees it: the derived definitions plus each subcommand's
+/// own `-q` help. `--help`, the completions and the man pages all come from here.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    for (name, help) in QUIET_HELP {
+        command = command.mut_subcommand(name, |sub| {
+            sub.arg(
+                clap::Arg::new("quiet")
+                    .short('q')
+                    .long("quiet")
+                    .action(clap::ArgAction::SetTrue)
+                    .conflicts_with("verbose")
+                    .help(help),
+            )
+        });
+    }
+    command
+}
+
 /// A usage error found after clap's own checks: printed and exited like clap's (status
 /// 2), with the subcommand's usage line.
 fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> clap::Error {
-    let mut command = Cli::command();
+    let mut command = command();
     command.build();
     let kind = clap::error::ErrorKind::ValueValidation;
     match command.find_subcommand_mut(subcommand) {
@@ -408,7 +458,10 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-    let cli = Cli::try_parse_from(&args).map_err(|error| explain_negative_port(error, &args))?;
+    let cli = command()
+        .try_get_matches_from(&args)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+        .map_err(|error| explain_negative_port(error, &args))?;
     let (verbose, quiet) = (cli.verbose, cli.quiet);
     cli.into_config().map(|config| (verbose, quiet, config))
 }
@@ -429,7 +482,7 @@ fn explain_negative_port(error: clap::Error, args: &[std::ffi::OsString]) -> cla
     if !negative {
         return error;
     }
-    let command = Cli::command();
+    let command = command();
     let subcommand = args.iter().skip(1).find_map(|arg| {
         let arg = arg.to_str()?;
         command
@@ -541,10 +594,9 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn clap_definitions_are_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 }

@@ -3,9 +3,11 @@
 //! - [`reactor`]: the event loop, timers, Deferreds, protocols, TCP.
 //! - [`protocols`]: reusable protocols on the reactor (line framing).
 //! - [`commands`]: the subcommands; [`cli`]: their command line.
+//! - [`duration`]: durations as people write and read them, for every layer.
 #![warn(missing_docs)]
 pub mod cli;
 pub mod commands;
+pub mod duration;
 pub mod exit;
 pub mod logging;
 pub mod protocols;

@@ -663,3 +663,97 @@ fn nc_style_host_port_port_checks_each_port_of_the_host() {
         out.stderr
     );
 }
+
+#[test]
+fn any_prints_only_the_winner_and_verbose_lists_the_rest() {
+    let (_socket, closed) = refusing_port();
+    let (_open, open) = loopback_listener();
+    let down = format!("127.0.0.1:{closed}");
+    let up = format!("127.0.0.1:{open}");
+    let out = run(&["--any", &down, &up]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, format!("Connected to 127.0.0.1 port {open}\n"));
+    assert_eq!(out.stderr, "", "the refused target is not a failure here");
+
+    let out = run(&["-v", "--any", &down, &up]);
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stderr.contains(&format!(
+            "twistctl: Error connecting to 127.0.0.1 port {closed}: Connection refused"
+        )),
+        "{}",
+        out.stderr
+    );
+
+    // Nobody up: every failure prints, as without --any.
+    let out = run(&["--any", &down, &down]);
+    assert_eq!(out.code, 1);
+    assert_eq!(out.stderr.lines().count(), 2, "{}", out.stderr);
+}
+
+#[test]
+fn verbose_shows_each_attempt_with_its_address_outcome_and_time() {
+    let (_socket, closed) = refusing_port();
+    let out = run(&["-v", "127.0.0.1", &closed.to_string()]);
+    assert_eq!(out.code, 1);
+    let attempt = out
+        .stderr
+        .lines()
+        .find(|line| line.contains(&format!("trying 127.0.0.1:{closed} at +")))
+        .unwrap_or_else(|| panic!("no attempt line: {}", out.stderr));
+    assert!(attempt.starts_with("twistctl: "), "{attempt}");
+    assert!(attempt.contains(": Connection refused after "), "{attempt}");
+    let plain = run(&["127.0.0.1", &closed.to_string()]);
+    assert_eq!(
+        plain.stderr,
+        format!("Error connecting to port {closed}: Connection refused\n"),
+        "nothing extra at the default level"
+    );
+}
+
+/// Starts `conntest --wait 30s` on a refusing port, lets it try once, sends `signal`;
+/// returns the status and stderr.
+fn interrupt_waiting(signal: i32) -> (Option<i32>, String) {
+    let (_socket, closed) = refusing_port();
+    let mut child = std::process::Command::new(TWISTCTL)
+        .args([
+            "-v",
+            "conntest",
+            "--wait",
+            "30s",
+            "127.0.0.1",
+            &closed.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    // The first attempt's log line: the target has been seen down once.
+    while !seen.contains("Connection refused") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    assert!(wait_for_handler(child.id(), signal), "no signal handler");
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill only sends a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    (status.code(), rest.replace(&closed.to_string(), "PORT"))
+}
+
+#[test]
+fn an_interrupted_wait_lists_the_targets_still_down_then_exits_130_or_143() {
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let (status, stderr) = interrupt_waiting(signal);
+        assert_eq!(status, Some(code), "{stderr}");
+        assert!(
+            stderr.contains("Still down: 127.0.0.1 port PORT: Connection refused"),
+            "{stderr}"
+        );
+    }
+}

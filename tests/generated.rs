@@ -6,9 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use clap::CommandFactory;
 use clap_complete::Shell;
-use twistctl::cli::Cli;
 
 const REGENERATE: &str = "TWISTCTL_REGENERATE=1 cargo test --test generated";
 
@@ -30,14 +28,20 @@ fn generated_files() -> Vec<(PathBuf, Vec<u8>)> {
         twistctl::commands::completions::generate(shell, &mut script);
         files.push((Path::new("completions").join(name), script));
     }
-    let command = Cli::command();
+    let command = twistctl::cli::command();
     files.push((Path::new("man").join("twistctl.1"), render_man(&command)));
+    // Built, each subcommand has its bin name (`twistctl conntest`, for the synopsis)
+    // and the global -v/-q among its options.
+    let mut built = command.clone();
+    built.build();
     for sub in command.get_subcommands() {
+        let Some(sub) = built.find_subcommand(sub.get_name()) else {
+            continue;
+        };
         let name = format!("twistctl-{}", sub.get_name());
         // The page's own name, so that `.TH` and NAME say twistctl-conntest.
         let page = sub
             .clone()
-            .name(name.clone())
             .display_name(name.clone())
             .version(env!("CARGO_PKG_VERSION"));
         files.push((
@@ -48,12 +52,102 @@ fn generated_files() -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
+/// A man page in the usual order; the `EXAMPLES:` and `EXIT STATUS:` parts of the
+/// long help become sections of their own (clap_mangen would put them all under
+/// EXTRA).
 fn render_man(command: &clap::Command) -> Vec<u8> {
+    let after = command
+        .get_after_long_help()
+        .map(|text| text.to_string())
+        .unwrap_or_default();
+    let man = clap_mangen::Man::new(command.clone().after_long_help(None::<&str>))
+        .source(format!("twistctl {}", env!("CARGO_PKG_VERSION")));
     let mut page = Vec::new();
-    clap_mangen::Man::new(command.clone())
-        .render(&mut page)
-        .expect("rendering to memory cannot fail");
-    page
+    let rendered = (|| -> std::io::Result<()> {
+        man.render_title(&mut page)?;
+        man.render_name_section(&mut page)?;
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        if command.get_arguments().any(|arg| !arg.is_hide_set()) {
+            man.render_options_section(&mut page)?;
+        }
+        if command.has_subcommands() {
+            man.render_subcommands_section(&mut page)?;
+        }
+        page.extend_from_slice(&help_sections(&after));
+        man.render_version_section(&mut page)
+    })();
+    rendered.expect("rendering to memory cannot fail");
+    // Each part rendered alone starts with the same two-line preamble: keep the first.
+    let text = String::from_utf8(page).expect("roff is text");
+    let preamble = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
+    let body = text
+        .strip_prefix(preamble)
+        .unwrap_or(&text)
+        .replace(preamble, "");
+    format!("{preamble}{body}").into_bytes()
+}
+
+/// `HEADING:` lines start sections; the lines under each are kept as written.
+fn help_sections(text: &str) -> Vec<u8> {
+    let mut roff = String::new();
+    let mut open = false;
+    for line in text.lines() {
+        let is_heading = line.ends_with(':')
+            && !line.starts_with(' ')
+            && line
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c == ' ' || c == ':');
+        if is_heading {
+            if open {
+                roff.push_str(".fi\n");
+            }
+            roff.push_str(&format!(".SH \"{}\"\n.nf\n", line.trim_end_matches(':')));
+            open = true;
+        } else if open && !line.trim().is_empty() {
+            let escaped = line.replace('\\', "\\e").replace('-', "\\-");
+            let guard = if escaped.starts_with(['.', '\'']) {
+                "\\&"
+            } else {
+                ""
+            };
+            roff.push_str(&format!("{guard}{escaped}\n"));
+        }
+    }
+    if open {
+        roff.push_str(".fi\n");
+    }
+    roff.into_bytes()
+}
+
+#[test]
+fn subcommand_man_pages_name_twistctl_sub_and_have_their_own_sections() {
+    for (path, content) in generated_files() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(sub) = name
+            .strip_prefix("twistctl-")
+            .and_then(|n| n.strip_suffix(".1"))
+        else {
+            continue;
+        };
+        let page = String::from_utf8(content).unwrap();
+        let synopsis = page.split(".SH SYNOPSIS").nth(1).unwrap_or_default();
+        assert!(
+            synopsis.starts_with(&format!("\n\\fBtwistctl {}\\fR", sub.replace('-', "\\-"))),
+            "{name}: {synopsis:.80}"
+        );
+        assert!(
+            page.contains("\\-v\\fR, \\fB\\-\\-verbose"),
+            "{name} lists -v"
+        );
+        assert!(
+            page.contains("\\-q\\fR, \\fB\\-\\-quiet"),
+            "{name} lists -q"
+        );
+        assert!(page.contains(".SH \"EXAMPLES\""), "{name}");
+        assert!(page.contains(".SH \"EXIT STATUS\""), "{name}");
+        assert!(!page.contains(".SH EXTRA"), "{name}");
+    }
 }
 
 #[test]

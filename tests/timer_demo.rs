@@ -1,4 +1,6 @@
 //! `twistctl timer-demo` end to end, on the built binary.
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -126,4 +128,63 @@ fn sigint_stops_cleanly_with_status_130() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).expect("rest of output");
     assert_eq!(status.code(), Some(130), "output: {rest}");
     assert!(rest.ends_with("Reactor stopped.\n"), "{rest}");
+}
+
+#[test]
+fn every_without_count_prints_until_stop_after() {
+    let (code, stdout, stderr) = run(&[
+        "timer-demo",
+        "--every",
+        "100ms",
+        "--stop-after",
+        "350ms",
+        "--utc",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let times = stdout.lines().filter(|l| is_time_line(l)).count();
+    assert_eq!(times, 4, "at 0, 100, 200 and 300 ms: {stdout}");
+    assert!(
+        stdout.ends_with("Stopping reactor\nReactor stopped.\n"),
+        "{stdout}"
+    );
+}
+
+/// timer-demo in a pty whose line discipline does (or does not) echo Ctrl-C as `^C`;
+/// after Ctrl-C, the output before `Reactor stopped.` and the exit code.
+fn ctrl_c_in_pty(echoctl: bool) -> (String, i32) {
+    let stty = if echoctl {
+        "stty echo echoctl"
+    } else {
+        "stty -echoctl"
+    };
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        &format!("{stty}; exec \"$0\" timer-demo --stop-after 30s"),
+        common::TWISTCTL,
+    ]);
+    let mut session = common::spawn_in_pty(command, 5000);
+    session
+        .exp_string("Running the reactor...")
+        .expect("the tour starts");
+    session.send_control('c').expect("type Ctrl-C");
+    let (before, _) = session
+        .exp_regex("Reactor stopped\\.")
+        .expect("the reactor stops");
+    (before, common::pty_exit_code(&mut session))
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_ends_its_line_before_reactor_stopped() {
+    let (before, code) = ctrl_c_in_pty(true);
+    assert_eq!(code, 130);
+    assert!(before.contains("^C"), "the terminal echoed ^C: {before:?}");
+    assert!(
+        before.ends_with("^C\r\n"),
+        "'Reactor stopped.' starts its own line after ^C: {before:?}"
+    );
+    // A terminal that does not echo ^C gets no blank line.
+    let (before, code) = ctrl_c_in_pty(false);
+    assert_eq!(code, 130);
+    assert_eq!(before, "\r\n", "{before:?}");
 }

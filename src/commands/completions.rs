@@ -3,10 +3,8 @@
 
 use std::io::Write;
 
-use clap::CommandFactory;
-
 use super::scaffold;
-use crate::cli::Cli;
+use crate::cli;
 use crate::exit::ExitStatus;
 
 /// What `twistctl completions` was asked to do.
@@ -18,7 +16,7 @@ pub struct Config {
 
 /// Writes the completion script for `shell` to `out`.
 pub fn generate(shell: clap_complete::Shell, out: &mut dyn Write) {
-    clap_complete::generate(shell, &mut Cli::command(), "twistctl", out);
+    clap_complete::generate(shell, &mut cli::command(), "twistctl", out);
 }
 
 /// Runs `twistctl completions SHELL`: no reactor is needed, but stdout's policy is the

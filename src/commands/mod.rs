@@ -5,7 +5,9 @@
 pub mod completions;
 pub mod conntest;
 pub mod dirs;
-pub mod duration;
+// Moved below the commands so the reactor's messages use it too; kept here for paths
+// written before the move.
+pub use crate::duration;
 pub mod scaffold;
 pub mod services;
 pub mod talk;

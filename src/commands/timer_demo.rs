@@ -185,8 +185,8 @@ impl Command for TimerDemo {
             for late in plan.at.iter().filter(|at| **at >= plan.stop_after) {
                 log::warn!(
                     "--at {} is not before --stop-after {}; it will not print",
-                    crate::commands::duration::format(*late),
-                    crate::commands::duration::format(plan.stop_after)
+                    crate::duration::format(*late),
+                    crate::duration::format(plan.stop_after)
                 );
             }
         }
@@ -194,11 +194,10 @@ impl Command for TimerDemo {
             "tour: {}, stop after {}",
             match plan.every {
                 Some((_, Some(count))) => format!("{count} moment(s)"),
-                Some((every, None)) =>
-                    format!("every {}", crate::commands::duration::format(every)),
+                Some((every, None)) => format!("every {}", crate::duration::format(every)),
                 None => format!("{} moment(s)", plan.at.len()),
             },
-            crate::commands::duration::format(plan.stop_after)
+            crate::duration::format(plan.stop_after)
         );
         let stopper = reactor.clone();
         let stop: Rc<dyn Fn()> = Rc::new(move || {
@@ -224,7 +223,7 @@ impl Command for TimerDemo {
     fn finish(self: Box<Self>, stopped: StopReason) -> ExitStatus {
         self.looping.borrow_mut().take();
         // The terminal echoed "^C" without a newline: end that line first.
-        if stopped == StopReason::Signal(Signal::Interrupt) && io::stdout().is_terminal() {
+        if stopped == StopReason::Signal(Signal::Interrupt) && terminal_echoed_ctrl_c() {
             let _ = scaffold::print_line("");
         }
         if !scaffold::stdout_gone() {
@@ -232,6 +231,19 @@ impl Command for TimerDemo {
         }
         scaffold::status_for(stopped)
     }
+}
+
+/// True when stdout is a terminal that shows a typed Ctrl-C as `^C` (ECHO and
+/// ECHOCTL, the usual default), leaving the cursor after it.
+fn terminal_echoed_ctrl_c() -> bool {
+    use nix::sys::termios::{LocalFlags, tcgetattr};
+    if !io::stdout().is_terminal() {
+        return false;
+    }
+    tcgetattr(io::stdout()).is_ok_and(|mode| {
+        mode.local_flags
+            .contains(LocalFlags::ECHO | LocalFlags::ECHOCTL)
+    })
 }
 
 #[cfg(test)]

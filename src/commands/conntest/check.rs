@@ -55,9 +55,18 @@ impl Check {
             .with_resolver(ctx.resolver.clone())
             .with_limiter(Rc::new(ctx.gate.clone()))
             .start_plain(Rc::new(OpenCheck));
-        let (flag, host) = (cancelled.clone(), target.host.clone());
+        let (flag, host, checked) = (cancelled.clone(), target.host.clone(), target.clone());
         let _ = connecting.deferred().then(move |result| {
             if !flag.get() {
+                let attempts = match &result {
+                    Ok(connection) => Some(&connection.attempts),
+                    Err(failure) => failure
+                        .downcast_ref::<EndpointError>()
+                        .map(|error| &error.attempts),
+                };
+                if let Some(attempts) = attempts {
+                    super::output::log_attempts(&checked, attempts, timeout);
+                }
                 on_done(match result {
                     Ok(connection) => match connection.peer {
                         Address::Tcp(addr) => Outcome::open(addr),

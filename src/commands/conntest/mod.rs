@@ -124,6 +124,7 @@ impl Command for Conntest {
             open_only: config.open,
             quiet: config.quiet,
             single: config.targets.len() == 1,
+            any: config.any,
         };
         // With `-- CMD`, stdout is CMD's alone: everything twistctl says goes to stderr,
         // so `conntest db:5432 -- pg_dump > backup.sql` gets only the dump.
@@ -159,6 +160,23 @@ impl Command for Conntest {
             };
         }
         if let StopReason::Signal(signal) = stopped {
+            // An interrupted --wait says what it was still waiting for.
+            if let Some(session) = &self.session
+                && self.config.wait.is_some()
+                && !self.config.quiet
+            {
+                let mut err = io::stderr().lock();
+                for (target, last) in session.still_down() {
+                    let reason = last
+                        .and_then(|outcome| outcome.reason)
+                        .unwrap_or_else(|| "no answer yet".to_string());
+                    let _ = writeln!(
+                        err,
+                        "Still down: {} port {}: {reason}",
+                        target.host.text, target.port
+                    );
+                }
+            }
             return ExitStatus::Signal(signal);
         }
         let status = self

@@ -92,7 +92,7 @@ impl Outcome {
                 Status::Timeout,
                 format!(
                     "Connection timed out after {}",
-                    humantime::format_duration(timeout)
+                    crate::duration::format(timeout)
                 ),
             ),
             ConnectError::KernelTimedOut(e) => (Status::Timeout, os_words(e)),
@@ -109,12 +109,27 @@ impl Outcome {
         }
     }
 
-    /// The host name gave no address.
+    /// The host name gave no address. A lookup that twistctl's own `--timeout` cut
+    /// off is a time-out (124), not an unknown name (3); the resolver's own time-out
+    /// (its words in [`ResolveError::Failed`]) stays a resolution failure.
     pub fn unresolved(host: &str, error: &ResolveError) -> Outcome {
+        let (status, reason) = match error {
+            ResolveError::NoAnswer(after) => (
+                Status::Timeout,
+                format!(
+                    "lookup of '{host}' timed out after {}",
+                    crate::duration::format(*after)
+                ),
+            ),
+            _ => (
+                Status::Unresolved,
+                format!("could not resolve host '{host}': {error}"),
+            ),
+        };
         Outcome {
-            status: Status::Unresolved,
+            status,
             addr: None,
-            reason: Some(format!("could not resolve host '{host}': {error}")),
+            reason: Some(reason),
             gave_up_waiting: false,
         }
     }
@@ -123,7 +138,7 @@ impl Outcome {
     /// finished attempt saw, if any attempt finished, and `trying` the address an
     /// unfinished attempt was trying.
     pub fn gave_up(last: Option<Outcome>, trying: Option<SocketAddr>, waited: Duration) -> Outcome {
-        let waited = humantime::format_duration(waited);
+        let waited = crate::duration::format(waited);
         match last {
             Some(last) => Outcome {
                 reason: Some(match last.reason {
@@ -241,6 +256,17 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_cut_off_by_the_timeout_is_a_timeout_with_status_124() {
+        let outcome = Outcome::unresolved("db", &ResolveError::NoAnswer(Duration::from_secs(10)));
+        assert_eq!(outcome.status, Status::Timeout);
+        assert_eq!(
+            outcome.reason.as_deref(),
+            Some("lookup of 'db' timed out after 10s")
+        );
+        assert_eq!(outcome.exit_status(), ExitStatus::TimedOut);
+    }
+
+    #[test]
     fn giving_up_waiting_keeps_the_last_status_and_exits_124() {
         let refused = Outcome::connect_failed(
             addr(),
@@ -258,6 +284,6 @@ mod tests {
         assert_eq!(nothing.status, Status::Timeout);
         assert_eq!(nothing.addr, addr());
         assert_eq!(nothing.exit_status(), ExitStatus::TimedOut);
-        assert!(nothing.reason.unwrap().contains("1s 500ms"));
+        assert!(nothing.reason.unwrap().contains("1.5s"));
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::outcome::{Outcome, Status};
 use super::targets::Target;
+use crate::reactor::endpoints::{Attempt, AttemptOutcome};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,10 @@ pub struct OutputOptions {
     pub quiet: bool,
     /// Exactly one target: the classic lines without the host.
     pub single: bool,
+    /// `--any`: the human output names the winner only (the other targets are not
+    /// failures); what else happened is logged at `-v`. Without a winner, every
+    /// failure prints as usual, at the end.
+    pub any: bool,
 }
 
 /// One target's final result.
@@ -83,6 +88,37 @@ pub fn json_line(report: &Report) -> String {
     serde_json::to_string(&line).unwrap_or_else(|_| "{}".to_string())
 }
 
+/// `-v`: every address tried for a target, when it started (from the start of the
+/// check), how it ended and how long it took, one log line each.
+pub fn log_attempts(target: &Target, attempts: &[Attempt], timeout: Duration) {
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
+    let place = format!("{} port {}", target.host.text, target.port);
+    if attempts.is_empty() {
+        log::info!("{place}: no address was tried");
+    }
+    for attempt in attempts {
+        let how = match &attempt.outcome {
+            AttemptOutcome::Pending => "still pending".to_string(),
+            AttemptOutcome::Connected => "connected".to_string(),
+            AttemptOutcome::Failed(error) => Outcome::connect_failed(None, error, timeout)
+                .reason
+                .unwrap_or_else(|| "cancelled".to_string()),
+            AttemptOutcome::Stopped => "stopped (the race was decided)".to_string(),
+        };
+        let took = attempt
+            .took
+            .map(|took| format!(" after {}", crate::duration::format(took)))
+            .unwrap_or_default();
+        log::info!(
+            "{place}: trying {} at +{}: {how}{took}",
+            attempt.addr,
+            crate::duration::format(attempt.started)
+        );
+    }
+}
+
 /// Buffers results and prints them in target order.
 pub struct Printer<O: Write, E: Write> {
     options: OutputOptions,
@@ -90,6 +126,9 @@ pub struct Printer<O: Write, E: Write> {
     err: Option<E>,
     waiting: Vec<Option<Report>>,
     next: usize,
+    /// `--any`: lines held back until it is known whether a target won.
+    held: Vec<String>,
+    won: bool,
 }
 
 impl<O: Write, E: Write> std::fmt::Debug for Printer<O, E> {
@@ -110,6 +149,8 @@ impl<O: Write, E: Write> Printer<O, E> {
             err: Some(err),
             waiting: (0..targets).map(|_| None).collect(),
             next: 0,
+            held: Vec::new(),
+            won: false,
         }
     }
 
@@ -128,16 +169,46 @@ impl<O: Write, E: Write> Printer<O, E> {
         write_or_close(&mut self.err, &err);
     }
 
-    fn format(&self, report: &Report, out: &mut String, err: &mut String) {
+    fn format(&mut self, report: &Report, out: &mut String, err: &mut String) {
         let options = self.options;
         if options.quiet || (options.open_only && report.outcome.status != Status::Open) {
             return;
+        }
+        if options.any && !options.json {
+            if report.outcome.status == Status::Open {
+                self.won = true;
+            } else {
+                let place = format!("{} port {}", report.target.host.text, report.target.port);
+                self.held.push(match human_line(report, false) {
+                    Some((_, line)) => line,
+                    None => format!("Not needed: {place} (another target was up)"),
+                });
+                return;
+            }
         }
         if options.json {
             let _ = writeln!(out, "{}", json_line(report));
         } else if let Some((to_stdout, line)) = human_line(report, options.single) {
             let _ = writeln!(if to_stdout { out } else { err }, "{line}");
         }
+    }
+
+    /// Every result is in: with `--any`, the held lines are logged (`-v`) when a
+    /// target won, and printed as failures when none did.
+    pub fn finish(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        if self.won {
+            for line in held {
+                log::info!("{line}");
+            }
+            return;
+        }
+        let failures: String = held
+            .into_iter()
+            .filter(|line| line.starts_with("Error"))
+            .map(|line| line + "\n")
+            .collect();
+        write_or_close(&mut self.err, &failures);
     }
 
     /// The writers back (for tests).
@@ -205,6 +276,7 @@ mod tests {
             open_only: false,
             quiet: false,
             single: false,
+            any: false,
         }
     }
 
@@ -337,6 +409,36 @@ mod tests {
             vec![report("h", 1, Outcome::cancelled(None))],
         );
         assert_eq!((out.as_str(), err.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn any_prints_the_winner_only_and_the_failures_when_nobody_won() {
+        let any = OutputOptions {
+            any: true,
+            ..options()
+        };
+        let mut printer = Printer::new(any, 3, Vec::new(), Vec::new());
+        printer.record(0, report("a", 1, refused(1)));
+        printer.record(1, report("b", 2, open(2)));
+        printer.record(2, report("c", 3, Outcome::cancelled(None)));
+        printer.finish();
+        let (out, err) = printer.into_writers();
+        assert_eq!(
+            String::from_utf8(out.unwrap()).unwrap(),
+            "Connected to b port 2\n"
+        );
+        assert_eq!(String::from_utf8(err.unwrap()).unwrap(), "");
+
+        let mut printer = Printer::new(any, 2, Vec::new(), Vec::new());
+        printer.record(0, report("a", 1, refused(1)));
+        printer.record(1, report("b", 2, refused(2)));
+        printer.finish();
+        let (_, err) = printer.into_writers();
+        assert_eq!(
+            String::from_utf8(err.unwrap()).unwrap(),
+            "Error connecting to a port 1: Connection refused\n\
+             Error connecting to b port 2: Connection refused\n"
+        );
     }
 
     use crate::commands::test_support::ClosedPipe;

@@ -147,6 +147,24 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
         }
     }
 
+    /// The targets without a result yet (an interrupted `--wait`), each with what its
+    /// last finished attempt saw, in argument order.
+    pub fn still_down(&self) -> Vec<(Target, Option<Outcome>)> {
+        let slots = self.inner.slots.borrow();
+        slots
+            .iter()
+            .zip(&self.inner.targets)
+            .filter_map(|(slot, target)| match slot {
+                Slot::Final { .. } => None,
+                Slot::Checking { last, .. } => Some((target.clone(), last.clone())),
+                Slot::Retrying { last, .. } | Slot::Down { last } => {
+                    Some((target.clone(), Some(last.clone())))
+                }
+                Slot::Starting => Some((target.clone(), None)),
+            })
+            .collect()
+    }
+
     fn reactor(&self) -> &Reactor {
         &self.inner.ctx.reactor
     }
@@ -301,6 +319,7 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
         if self.inner.finished.replace(true) {
             return;
         }
+        self.inner.printer.borrow_mut().finish();
         let deadline = self.inner.deadline.borrow_mut().take();
         if let Some(timer) = deadline {
             let _ = timer.cancel();

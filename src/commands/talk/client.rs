@@ -111,7 +111,7 @@ impl Ending {
             Ending::GaveUp(after) => Some((
                 format!(
                     "* the server had not closed after {}; giving up",
-                    crate::commands::duration::format(*after)
+                    crate::duration::format(*after)
                 ),
                 true,
             )),
@@ -487,7 +487,7 @@ fn describe_failure(address: SocketAddr, error: &ConnectError, timeout: Duration
         ConnectError::Refused(_) => format!("{address}: connection refused"),
         ConnectError::TimedOut => format!(
             "{address}: timed out after {}",
-            humantime::format_duration(timeout)
+            crate::duration::format(timeout)
         ),
         other => format!("{address}: {other}"),
     }
@@ -515,11 +515,11 @@ fn describe_endpoint_error(error: &EndpointError, timeout: Duration) -> String {
             format!("cannot resolve '{}': {words}", error.host)
         }
         EndpointErrorKind::TimedOut { after, .. } if tried.is_empty() => {
-            format!("timed out after {}", humantime::format_duration(*after))
+            format!("timed out after {}", crate::duration::format(*after))
         }
         EndpointErrorKind::TimedOut { after, .. } => format!(
             "timed out after {} ({tried})",
-            humantime::format_duration(*after)
+            crate::duration::format(*after)
         ),
         _ if !tried.is_empty() => tried,
         _ => error.to_string(),

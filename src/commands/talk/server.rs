@@ -309,7 +309,7 @@ impl State {
             // Whole seconds: "0s", not "0ms", for a client heard just now.
             let idle = match client.idle().as_secs() {
                 0 => "0s".to_string(),
-                secs => crate::commands::duration::format(Duration::from_secs(secs)),
+                secs => crate::duration::format(Duration::from_secs(secs)),
             };
             let half_closed = if client.is_half_closed() {
                 " half-closed"

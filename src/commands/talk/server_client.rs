@@ -408,7 +408,7 @@ impl Client {
                 if idle >= timeout {
                     let notice = format!(
                         "* disconnected: idle for {}",
-                        crate::commands::duration::format(timeout)
+                        crate::duration::format(timeout)
                     );
                     client.close_telling(Some(&notice), Disconnect::IdleTimeout);
                 } else {

@@ -265,7 +265,7 @@ impl fmt::Display for EndpointError {
             EndpointErrorKind::TimedOut { after, pending } => write!(
                 f,
                 "connecting to {host} port {port} timed out after {} while {pending}",
-                humantime::format_duration(*after)
+                crate::duration::format(*after)
             ),
             EndpointErrorKind::NoProtocol { addr } => {
                 write!(f, "connected to {addr}, but no protocol was built for it")

@@ -58,7 +58,7 @@ impl fmt::Display for ResolveError {
             ResolveError::NoAnswer(after) => write!(
                 f,
                 "no answer from the resolver within {}",
-                humantime::format_duration(*after)
+                crate::duration::format(*after)
             ),
             ResolveError::NoAddressOfFamily(Family::V6) => {
                 f.write_str("it has no IPv6 address (-6 was given)")

@@ -221,7 +221,7 @@ impl Watch {
             pending.probe.cancel();
             let words = format!(
                 "timeout after {}",
-                crate::commands::duration::format(timeout)
+                crate::duration::format(timeout)
             );
             self.finish(
                 index,

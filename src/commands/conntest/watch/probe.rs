@@ -12,7 +12,7 @@ use super::super::check::{Check, CheckContext};
 use super::super::outcome::{Outcome, Status};
 use super::super::targets::Target;
 use super::{PendingProbe, ProbeResult, Prober};
-use crate::commands::duration;
+use crate::duration;
 use crate::reactor::Reactor;
 
 /// Probes that connect to conntest's targets.

@@ -1,6 +1,7 @@
-//! Durations as people write and read them, one way for every subcommand: `1.5s`,
-//! `250ms`, `2m`, `1m30s`, `1h`. The command line parses them here and every message
-//! prints them with [`format`], so what a message says can be typed back.
+//! Durations as people write and read them, one way everywhere: `1.5s`, `250ms`,
+//! `2m`, `1m30s`, `1h`. The command line parses them here and every message (the
+//! reactor's included) prints them with [`format`], so what a message says can be
+//! typed back. It depends on nothing, so every layer may use it.
 
 use std::time::Duration;
 
@@ -79,8 +80,11 @@ fn seconds_to_duration(seconds: f64, text: &str) -> Result<Duration, String> {
 /// `1h5m`. Under a second: whole milliseconds (microseconds when shorter still);
 /// seconds keep up to three decimals.
 pub fn format(duration: Duration) -> String {
+    if duration.is_zero() {
+        return "0s".to_string();
+    }
     let millis = duration.as_millis();
-    if millis == 0 && !duration.is_zero() {
+    if millis == 0 {
         return format!("{}us", duration.as_micros());
     }
     if millis < 1000 {
@@ -151,7 +155,7 @@ mod tests {
             (ms(120_000), "2m"),
             (ms(90_000), "1m30s"),
             (ms(3_900_000), "1h5m"),
-            (ms(0), "0ms"),
+            (ms(0), "0s"),
             (Duration::from_micros(500), "500us"),
         ] {
             assert_eq!(format(duration), text);
