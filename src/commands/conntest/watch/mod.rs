@@ -219,10 +219,7 @@ impl Watch {
         };
         if let Some(pending) = overdue {
             pending.probe.cancel();
-            let words = format!(
-                "timeout after {}",
-                crate::duration::format(timeout)
-            );
+            let words = format!("timeout after {}", crate::duration::format(timeout));
             self.finish(
                 index,
                 pending.seq,
