@@ -17,8 +17,8 @@ use std::time::Duration;
 use mio::Interest;
 use mio::net::UnixStream;
 use twistctl::reactor::{
-    Deferred, DelayedCall, DelayedCallError, Failure, IoHandler, Phase, Reactor, ReactorError,
-    Readiness, Step, StopReason, SystemEvent, TriggerHandle, UnknownTrigger,
+    Deferred, DelayedCall, DelayedCallError, Failure, IoHandler, LoopingCall, Phase, Reactor,
+    ReactorError, Readiness, Step, StopReason, SystemEvent, TriggerHandle, UnknownTrigger,
 };
 
 const WATCHDOG: Duration = Duration::from_secs(5);
@@ -1303,4 +1303,57 @@ fn r14_defer_to_thread_runs_at_most_four_jobs_at_once() {
         s.finished_when_fifth_started.is_some_and(|n| n >= 1),
         "the fifth job started while the first four were still running"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// K-05 on the real reactor
+// ---------------------------------------------------------------------------------------
+
+/// K-05: a LoopingCall with interval 0 runs once per iteration of the real loop, and
+/// I/O is dispatched between its calls. A call handed over from "another thread" by
+/// each tick runs at the start of the next iteration, so one tick per iteration
+/// shows as ticks and hand-overs strictly alternating; the socket written to by the
+/// third tick is read before the fourth.
+#[test]
+fn k05_interval_zero_runs_once_per_iteration_interleaved_with_io() {
+    let (reactor, log) = setup();
+    let (_reader, writer) = pipe(&reactor, &log);
+    let writer = RefCell::new(writer);
+    let ticks = Rc::new(Cell::new(0));
+    let handle = reactor.handle();
+    let (t, l, r) = (ticks.clone(), log.clone(), reactor.clone());
+    let looping = LoopingCall::new(reactor.clone(), move || {
+        t.set(t.get() + 1);
+        l.push(format!("tick {}", t.get()));
+        let l2 = l.clone();
+        handle.call_from_thread(move |_: &Reactor| l2.push("next iteration"));
+        match t.get() {
+            3 => poke(&mut writer.borrow_mut()),
+            10 => r.stop().expect("running"),
+            _ => {}
+        }
+    });
+    looping.start(Duration::ZERO, true).unwrap();
+    assert_eq!(run_bounded(&reactor), StopReason::Stopped);
+    let entries = log.entries();
+    let ticks_and_io: Vec<&str> = entries
+        .iter()
+        .map(String::as_str)
+        .filter(|e| *e != "next iteration")
+        .collect();
+    assert_eq!(
+        &ticks_and_io[..5],
+        ["tick 1", "tick 2", "tick 3", "io", "tick 4"],
+        "{entries:?}"
+    );
+    // Exactly one tick per iteration: every tick but the first follows a hand-over
+    // made by the tick before, and no two ticks share an iteration.
+    let mut previous = "";
+    for entry in entries.iter().filter(|e| e.as_str() != "io") {
+        if entry.starts_with("tick") && entry != "tick 1" {
+            assert_eq!(previous, "next iteration", "{entries:?}");
+        }
+        previous = entry;
+    }
+    assert!(ticks.get() >= 10);
 }

@@ -147,6 +147,7 @@ struct Rec {
     on_data: Option<DataHook>,
     on_lost: Option<LostHook>,
     on_read_lost: Option<MadeHook>,
+    on_write_lost: Option<MadeHook>,
 }
 
 impl Rec {
@@ -161,6 +162,7 @@ impl Rec {
             on_data: None,
             on_lost: None,
             on_read_lost: None,
+            on_write_lost: None,
         }
     }
 
@@ -187,6 +189,13 @@ impl Rec {
     fn half_close(mut self, f: impl FnMut(&TransportRef) -> ProtocolResult + 'static) -> Rec {
         self.half_close = true;
         self.on_read_lost = Some(Box::new(f));
+        self
+    }
+
+    /// Opts into half-close and runs `f` when our write side has been shut down.
+    fn write_lost(mut self, f: impl FnMut(&TransportRef) -> ProtocolResult + 'static) -> Rec {
+        self.half_close = true;
+        self.on_write_lost = Some(Box::new(f));
         self
     }
 
@@ -236,9 +245,12 @@ impl Protocol for Rec {
         }
     }
 
-    fn write_connection_lost(&mut self, _transport: &TransportRef) -> ProtocolResult {
+    fn write_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
         self.event("write_lost");
-        Ok(())
+        match &mut self.on_write_lost {
+            Some(f) => f(transport),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1693,6 +1705,99 @@ fn x13_read_connection_lost_error_closes_completely() {
     let mut rest = Vec::new();
     peer.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "closed completely: the peer sees EOF");
+}
+
+#[test]
+fn x13_write_connection_lost_error_closes_completely() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let server_received = bytes();
+    let srcv = server_received.clone();
+    let done = countdown(&reactor, 2);
+    let d = done.clone();
+    let server = server(&server_log, move |p| {
+        let d = d.clone();
+        p.into_received(&srcv).lost(move |_| d())
+    });
+    let log = new_log();
+    let client = client(&log, |p| {
+        p.made(|t| {
+            t.write(b"abc");
+            t.lose_write_connection();
+            Ok(())
+        })
+        .write_lost(|_| Err(Failure::msg("cannot cope")))
+    })
+    .lost(move |_, _| done());
+    converse(&reactor, server, client);
+    assert_eq!(
+        events(&log),
+        client_life(&["cli:write_lost"], "Protocol(cannot cope)")
+    );
+    assert_eq!(&*server_received.borrow(), b"abc");
+}
+
+#[test]
+fn x13_lose_write_connection_after_the_peer_closed_is_quiet() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let server = server(&server_log, |p| {
+        p.made(|t| {
+            t.lose_connection();
+            Ok(())
+        })
+    });
+    let log = new_log();
+    let client = client(&log, |p| {
+        p.half_close(|t| {
+            // The peer has closed; shutting down our side too is no error.
+            t.lose_write_connection();
+            t.lose_write_connection();
+            Ok(())
+        })
+    })
+    .lost(stop_on_client_lost(&reactor));
+    converse(&reactor, server, client);
+    assert_eq!(
+        events(&log),
+        client_life(&["cli:read_lost", "cli:write_lost"], "Done")
+    );
+}
+
+#[test]
+fn x03_writes_after_the_connection_is_lost_are_discarded() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let kept: Shared<TransportRef> = Rc::default();
+    let (k, r) = (kept.clone(), reactor.clone());
+    let server = server(&log, move |p| {
+        let (k, k2, r) = (k.clone(), k.clone(), r.clone());
+        p.made(move |t| {
+            *k.borrow_mut() = Some(t.clone());
+            Ok(())
+        })
+        .lost(move |_| {
+            let transport = k2.borrow().clone().expect("kept at connection_made");
+            let sources = r.io_source_count();
+            transport.write(b"late");
+            transport.write_sequence(&[b"later", b"still"]);
+            assert_eq!(
+                r.io_source_count(),
+                sources,
+                "a late write registers nothing"
+            );
+            stop(&r);
+        })
+    });
+    let mut peer = dial_and_send_eof(&reactor, server, b"x");
+    run(&reactor);
+    assert_eq!(events(&log), server_life(&["srv:data"], "Done"));
+    let mut after = Vec::new();
+    peer.read_to_end(&mut after).unwrap();
+    assert!(
+        after.is_empty(),
+        "nothing is sent after the close: {after:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

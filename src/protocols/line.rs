@@ -28,7 +28,9 @@
 //!   handler loses the connection, so the difference shows only in handlers that keep
 //!   the connection open: they see the next line intact instead of the middle of the
 //!   rejected one. Calling [`LineControl::clear_line_buffer`] from
-//!   `line_length_exceeded` stops the skipping, which gives Twisted's behaviour back.
+//!   `line_length_exceeded` stops the skipping and returns everything after the
+//!   rejected part (the rest of the over-long line included), so the two together are
+//!   Twisted's whole-buffer argument and the buffer is then empty.
 //! - Nothing is delivered once the transport is disconnecting (L-06, X-16), while paused
 //!   (L-13), or after `connection_lost`.
 //!
@@ -772,6 +774,10 @@ impl<H: LineHandler> Body<H> {
                     (result, ctl.finish(), 0)
                 }
                 Event::Exceeded(range) => {
+                    // What a clear may take starts right after the rejected part: the
+                    // rest of the over-long line too, so that clearing here gets
+                    // Twisted's whole buffer (L-07, L-08) instead of skipping it.
+                    let rest = &framing.buf[range.end..];
                     let mut ctl = LineControl::new(core, transport, rest, &[], false);
                     let result = handler.line_length_exceeded(&framing.buf[range], &mut ctl);
                     (result, ctl.finish(), 0)
@@ -1386,6 +1392,47 @@ mod tests {
             log.take(),
             made_and(&[Ev::Exceeded(b"abcde".to_vec()), line(b"ij"), line(b"k")])
         );
+    }
+
+    /// L-07/L-08: a handler that takes what `line_length_exceeded` gets plus the rest of
+    /// the buffer (`clear_line_buffer`) gets exactly Twisted's argument, the whole
+    /// buffer, and the buffer is then empty: nothing after it is delivered.
+    #[test]
+    fn l07_l08_clearing_in_exceeded_gets_twisteds_whole_buffer() {
+        fn twisted_argument(max: usize, chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<Ev>) {
+            let whole: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+            let w = whole.clone();
+            let (rec, log) = Rec::new();
+            let rec = rec.keep_open().script(move |kind, data, lines| {
+                if kind == Kind::Exceeded {
+                    let rest = lines.clear_line_buffer();
+                    w.borrow_mut().push([data, &rest[..]].concat());
+                }
+                Ok(())
+            });
+            let mut d = drive(LineReceiver::new(rec).with_max_length(max));
+            for chunk in chunks {
+                d.feed(chunk).unwrap();
+            }
+            let whole = whole.borrow().clone();
+            (whole, log.take())
+        }
+        // L-07, one chunk: the line, its delimiter and everything after it.
+        let (whole, events) = twisted_argument(5, &[b"123456789\r\nnext\r\n"]);
+        assert_eq!(whole, [b"123456789\r\nnext\r\n".to_vec()]);
+        assert!(
+            !events.contains(&line(b"next")),
+            "the buffer was emptied: {events:?}"
+        );
+        // L-08: an unterminated tail, whole, once it reaches max + delimiter.
+        let (whole, _) = twisted_argument(5, &[b"123456", b"78"]);
+        assert_eq!(whole, [b"12345678".to_vec()]);
+        let (whole, _) = twisted_argument(5, &[b"123456"]);
+        assert!(whole.is_empty(), "not yet at max + delimiter");
+        // After the whole buffer went, a new line is parsed afresh.
+        let (whole, events) = twisted_argument(5, &[b"1234567890", b"ok\r\n"]);
+        assert_eq!(whole, [b"1234567890".to_vec()]);
+        assert_eq!(events.last(), Some(&line(b"ok")), "{events:?}");
     }
 
     #[test]

@@ -272,7 +272,19 @@ impl<T: Send + 'static> Sender<T> {
 }
 
 /// Poll at most this long in one go: Twisted's clamp (T-16), far beyond any real timer.
-const MAX_POLL_TIMEOUT: Duration = Duration::from_secs(2_147_483);
+pub const MAX_POLL_TIMEOUT: Duration = Duration::from_secs(2_147_483);
+
+/// How long the poll may sleep when nothing else is waiting (T-16), with the earliest
+/// timer due at `next_timer` and the clock at `now`: no timeout without timers; zero
+/// for an overdue timer; else the time left rounded up to the next millisecond
+/// (rounding down would make the loop spin on a timer a fraction of a millisecond
+/// away), at most [`MAX_POLL_TIMEOUT`].
+pub fn poll_timeout_for(next_timer: Option<Duration>, now: Duration) -> Option<Duration> {
+    let wait = next_timer?.saturating_sub(now);
+    let millis = wait.as_nanos().div_ceil(1_000_000);
+    let wait = Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX));
+    Some(wait.min(MAX_POLL_TIMEOUT))
+}
 
 impl Reactor {
     /// A stopped reactor on the monotonic clock.
@@ -861,11 +873,7 @@ impl Reactor {
         if !self.inner.soon.borrow().is_empty() || !self.inner.thread_queue.is_empty() {
             return Some(Duration::ZERO);
         }
-        let next = self.inner.timers.next_time()?;
-        let wait = next.saturating_sub(self.seconds());
-        let millis = wait.as_nanos().div_ceil(1_000_000);
-        let wait = Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX));
-        Some(wait.min(MAX_POLL_TIMEOUT))
+        poll_timeout_for(self.inner.timers.next_time(), self.seconds())
     }
 
     fn poll_io(&self, events: &mut mio::Events) -> Result<(), ReactorError> {
@@ -919,6 +927,74 @@ impl Scheduler for Reactor {
 
     fn schedule(&self, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall {
         self.inner.timers.schedule(delay, f)
+    }
+}
+
+#[cfg(test)]
+mod poll_timeout_tests {
+    use super::*;
+
+    const NOW: Duration = Duration::from_secs(100);
+
+    #[test]
+    fn t16_no_timer_means_no_timeout() {
+        assert_eq!(poll_timeout_for(None, NOW), None);
+    }
+
+    #[test]
+    fn t16_a_sub_millisecond_wait_rounds_up_to_one_millisecond() {
+        for nanos in [1, 300_000, 999_999] {
+            let next = NOW + Duration::from_nanos(nanos);
+            assert_eq!(
+                poll_timeout_for(Some(next), NOW),
+                Some(Duration::from_millis(1)),
+                "{nanos} ns"
+            );
+        }
+        let next = NOW + Duration::from_micros(1_500);
+        assert_eq!(
+            poll_timeout_for(Some(next), NOW),
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(
+            poll_timeout_for(Some(NOW + Duration::from_millis(7)), NOW),
+            Some(Duration::from_millis(7))
+        );
+    }
+
+    #[test]
+    fn t16_a_due_or_overdue_timer_means_no_sleep() {
+        assert_eq!(poll_timeout_for(Some(NOW), NOW), Some(Duration::ZERO));
+        let overdue = NOW - Duration::from_secs(3);
+        assert_eq!(poll_timeout_for(Some(overdue), NOW), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn t16_huge_delays_are_clamped() {
+        assert_eq!(
+            poll_timeout_for(Some(Duration::MAX), NOW),
+            Some(MAX_POLL_TIMEOUT)
+        );
+        let just_over = NOW + MAX_POLL_TIMEOUT + Duration::from_millis(1);
+        assert_eq!(
+            poll_timeout_for(Some(just_over), NOW),
+            Some(MAX_POLL_TIMEOUT)
+        );
+        let just_under = NOW + MAX_POLL_TIMEOUT - Duration::from_millis(1);
+        assert_eq!(
+            poll_timeout_for(Some(just_under), NOW),
+            Some(MAX_POLL_TIMEOUT - Duration::from_millis(1))
+        );
+    }
+
+    #[test]
+    fn t16_the_reactor_polls_with_zero_while_thread_calls_wait() {
+        let reactor = Reactor::new().unwrap();
+        reactor.call_later(Duration::from_secs(60), || {});
+        let timeout = reactor.poll_timeout().expect("a timer is pending");
+        assert!(timeout > Duration::from_secs(59) && timeout <= Duration::from_secs(60));
+        reactor.handle().call_from_thread(|_: &Reactor| {});
+        assert_eq!(reactor.poll_timeout(), Some(Duration::ZERO));
     }
 }
 

@@ -278,3 +278,60 @@ impl fmt::Display for ConnectError {
 }
 
 impl std::error::Error for ConnectError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(errno: i32) -> (&'static str, String) {
+        let error = ConnectError::from_io(io::Error::from_raw_os_error(errno));
+        let kind = match &error {
+            ConnectError::Refused(_) => "Refused",
+            ConnectError::TimedOut => "TimedOut",
+            ConnectError::KernelTimedOut(_) => "KernelTimedOut",
+            ConnectError::Unreachable(_) => "Unreachable",
+            ConnectError::Dns(_) => "Dns",
+            ConnectError::UserAborted => "UserAborted",
+            ConnectError::Bind(_) => "Bind",
+            ConnectError::Other(_) => "Other",
+        };
+        (kind, error.to_string())
+    }
+
+    /// P-15: each raw OS error of a failed connect lands in its own kind, as Twisted's
+    /// table has it (NoRouteError, TCPTimedOutError, ConnectBindError, ...), and one
+    /// with no kind of its own is Other with the errno and the OS text kept.
+    #[test]
+    fn p15_raw_os_errors_map_to_connect_error_kinds() {
+        let cases = [
+            (libc::ECONNREFUSED, "Refused"),
+            (libc::ENETUNREACH, "Unreachable"),
+            (libc::EHOSTUNREACH, "Unreachable"),
+            (libc::ETIMEDOUT, "KernelTimedOut"),
+            (libc::EADDRINUSE, "Bind"),
+            (libc::EADDRNOTAVAIL, "Bind"),
+            (libc::ECONNRESET, "Other"),
+            (libc::ENOENT, "Other"),
+            (libc::EACCES, "Other"),
+        ];
+        for (errno, expected) in cases {
+            let (kind, text) = kind_of(errno);
+            assert_eq!(kind, expected, "errno {errno}: {text}");
+            let os_text = io::Error::from_raw_os_error(errno).to_string();
+            assert!(text.contains(&os_text), "errno {errno}: {text}");
+            assert!(text.contains(&format!("os error {errno}")), "{text}");
+        }
+    }
+
+    #[test]
+    fn p15_only_the_attempts_own_timeout_is_timed_out() {
+        assert!(matches!(
+            ConnectError::from_io(io::Error::from(io::ErrorKind::TimedOut)),
+            ConnectError::KernelTimedOut(_)
+        ));
+        assert_eq!(
+            ConnectError::TimedOut.to_string(),
+            "connection attempt timed out"
+        );
+    }
+}
