@@ -201,6 +201,19 @@ fn sigterm_at_the_prompt_exits_143() {
     assert_eq!(pty_exit_code(&mut session), 143);
 }
 
+#[test]
+fn sigint_from_outside_exits_130_even_with_a_half_typed_line() {
+    let (mut session, mut server) = connected_client();
+    type_in_pty(&mut session, "half typed");
+    session.exp_string("half typed").expect("echoed");
+    session
+        .process_mut()
+        .signal(rexpect::process::Signal::SIGINT)
+        .expect("signal");
+    assert_eq!(pty_exit_code(&mut session), 130);
+    assert_eq!(read_to_eof(&mut server), b"", "nothing was sent");
+}
+
 /// The canonical-mode flag as `stty -a` printed it in `output`: `Some(true)` for
 /// `icanon`, `Some(false)` for `-icanon`.
 fn icanon(output: &str) -> Option<bool> {
