@@ -13,6 +13,7 @@ use super::commands::{self, OperatorCommand};
 use super::escape::escape_peer_text;
 use super::registry::{Registry, RouteError};
 use super::server_client::{Client, ClientEvents, ClientSettings, Disconnect, Flow, plain_address};
+use crate::protocols::policies::{ConnectionLimits, LimitFactory, RefusedProtocol};
 use crate::reactor::{
     Address, Deferred, Factory, Protocol, ProtocolResult, Scheduler, TransportRef,
 };
@@ -67,10 +68,13 @@ pub enum Next {
     Quit,
 }
 
-/// The chat server: a [`Factory`] for the listening port, and the operator's side.
+/// The chat server: a [`Factory`] for the listening port (at most `--max-clients`
+/// connections, through the [`LimitFactory`] policy), and the operator's side.
 #[derive(Clone)]
 pub struct TalkServer {
     state: Rc<State>,
+    /// Built once: it counts the connections for `--max-clients`.
+    factory: Rc<dyn Factory>,
 }
 
 impl std::fmt::Debug for TalkServer {
@@ -102,26 +106,40 @@ impl TalkServer {
         operator: Rc<dyn Operator>,
         scheduler: Rc<dyn Scheduler>,
     ) -> TalkServer {
-        TalkServer {
-            state: Rc::new_cyclic(|me| State {
-                config,
-                operator,
-                scheduler,
-                clients: RefCell::new(Registry::new()),
-                stopping: Cell::new(false),
-                drained: RefCell::new(None),
-                recipient: Cell::new(None),
-                me: me.clone(),
-            }),
-        }
+        let state = Rc::new_cyclic(|me| State {
+            config,
+            operator,
+            scheduler,
+            clients: RefCell::new(Registry::new()),
+            stopping: Cell::new(false),
+            drained: RefCell::new(None),
+            recipient: Cell::new(None),
+            me: me.clone(),
+        });
+        let limits = ConnectionLimits {
+            total: Some(config.max_clients),
+            per_peer: None,
+        };
+        let operator = state.operator.clone();
+        let raw = config.raw;
+        let refused: RefusedProtocol = Rc::new(move |addr: &Address, _why| {
+            operator.print(&format!(
+                "* connection from {} refused: server full",
+                plain_address(addr.clone())
+            ));
+            Some(Box::new(Refusal { raw }) as Box<dyn Protocol>)
+        });
+        let chat = Rc::new(ServerFactory {
+            state: state.clone(),
+        });
+        let factory = Rc::new(LimitFactory::new(chat, limits).with_refusal(refused));
+        TalkServer { state, factory }
     }
 
     /// The factory to listen with: one client per connection, or a polite refusal when
     /// the server is full.
     pub fn factory(&self) -> Rc<dyn Factory> {
-        Rc::new(ServerFactory {
-            state: self.state.clone(),
-        })
+        self.factory.clone()
     }
 
     /// How many clients are connected.
@@ -394,15 +412,6 @@ impl Factory for ServerFactory {
         let state = &self.state;
         if state.stopping.get() {
             return None;
-        }
-        if state.clients.borrow().len() >= state.config.max_clients {
-            state.operator.print(&format!(
-                "* connection from {} refused: server full",
-                plain_address(addr.clone())
-            ));
-            return Some(Box::new(Refusal {
-                raw: state.config.raw,
-            }));
         }
         let events: Weak<dyn ClientEvents> = state.me.clone();
         let (_client, protocol) =

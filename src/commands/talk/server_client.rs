@@ -1,33 +1,35 @@
-//! One talk-server connection's plumbing: framing (lines, or raw chunks), the bounded
-//! outgoing path with flow control, closing with a reason, and the idle timer. What the
-//! chat does with a message is the server's business ([`ClientEvents`]).
+//! One talk-server connection as the chat sees it: framing (lines, or raw chunks), what
+//! is sent to it, its half-close, and closing it with a reason the peer is told. The
+//! connection policies come from [`crate::protocols::policies`]: the idle timeout
+//! ([`IdleTimeout`]), the bounded outgoing queue ([`OutgoingQueue`]) and closing with a
+//! grace period ([`close_with_grace`]); the server's factory adds the connection limit.
+//! What the chat does with a message is the server's business ([`ClientEvents`]).
 //!
 //! # Outgoing data and slow readers
 //!
 //! The connection's transport asks its registered producer to pause when more than
-//! [`HIGH_WATER_MARK`] bytes wait to be sent, and to resume once they drain. What a
-//! pause means depends on the mode:
+//! [`HIGH_WATER_MARK`](crate::reactor::tcp::HIGH_WATER_MARK) bytes wait to be sent, and
+//! to resume once they drain. What a pause means depends on the mode:
 //!
-//! - [`Flow::Echo`]: everything sent is an echo of something received, so the client's
-//!   own reading is paused (its [`LineHandle`] stops delivering and the socket is not
-//!   read). A client that never reads then costs about one high-water mark plus one read
-//!   chunk, and nobody else waits.
+//! - [`Flow::Echo`]: everything sent is an echo of something received, so the line
+//!   receiver itself is the producer: the client's own reading is paused. A client that
+//!   never reads then costs about one high-water mark plus one read chunk, and nobody
+//!   else waits.
 //! - [`Flow::Queue`]: the operator's lines must not make the server hold unbounded
 //!   memory, and the client may still be chatting, so reading goes on. Lines sent while
-//!   paused wait in a queue here; past [`OUTGOING_LIMIT`] (counting one high-water mark
-//!   for what the transport holds) the client is disconnected as `too slow`.
+//!   paused wait in an [`OutgoingQueue`]; past [`OUTGOING_LIMIT`] the client is
+//!   disconnected as `too slow`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use crate::protocols::line::{Delimiter, LineControl, LineHandle, LineHandler, LineReceiver};
-use crate::reactor::tcp::HIGH_WATER_MARK;
+use crate::protocols::policies::{IdleTimeout, OutgoingQueue, close_with_grace};
 use crate::reactor::{
-    Address, CloseReason, DelayedCall, Producer, Protocol, ProtocolResult, Scheduler, TransportRef,
+    Address, CloseReason, DelayedCall, Protocol, ProtocolResult, Scheduler, TransportRef,
 };
 
 /// The most a client may have waiting to be sent in [`Flow::Queue`] mode (1 MiB).
@@ -137,15 +139,12 @@ pub struct Client {
     events: Weak<dyn ClientEvents>,
     scheduler: Rc<dyn Scheduler>,
     transport: RefCell<Option<TransportRef>>,
-    lines: RefCell<Option<LineHandle>>,
-    /// The transport asked its producer to pause and has not resumed it yet.
-    blocked: Cell<bool>,
-    queue: RefCell<VecDeque<Vec<u8>>>,
-    queued: Cell<usize>,
+    /// What is sent to the client, bounded ([`Flow::Queue`] only).
+    outgoing: RefCell<Option<OutgoingQueue>>,
     /// Our reason for closing, once we have decided to close.
     reason: RefCell<Option<Disconnect>>,
-    last_heard: Cell<Duration>,
-    idle_timer: RefCell<Option<DelayedCall>>,
+    /// When the client was last heard from; closes it after `--idle-timeout`.
+    idle: RefCell<Option<IdleTimeout>>,
     grace_timer: RefCell<Option<DelayedCall>>,
     ended: Cell<bool>,
     /// The peer half-closed: it sends no more, but still reads.
@@ -184,15 +183,11 @@ impl Client {
             id: Cell::new(0),
             settings,
             events,
-            last_heard: Cell::new(scheduler.seconds()),
             scheduler,
             transport: RefCell::new(None),
-            lines: RefCell::new(None),
-            blocked: Cell::new(false),
-            queue: RefCell::new(VecDeque::new()),
-            queued: Cell::new(0),
+            outgoing: RefCell::new(None),
             reason: RefCell::new(None),
-            idle_timer: RefCell::new(None),
+            idle: RefCell::new(None),
             grace_timer: RefCell::new(None),
             ended: Cell::new(false),
             half_closed: Cell::new(false),
@@ -226,9 +221,10 @@ impl Client {
 
     /// How long since the client last sent anything.
     pub fn idle(&self) -> Duration {
-        self.scheduler
-            .seconds()
-            .saturating_sub(self.last_heard.get())
+        self.idle
+            .borrow()
+            .as_ref()
+            .map_or(Duration::ZERO, IdleTimeout::idle)
     }
 
     /// True once the server decided to close this client, or the connection ended.
@@ -243,7 +239,10 @@ impl Client {
 
     /// Bytes waiting in the outgoing queue (not counting the transport's buffer).
     pub fn queued(&self) -> usize {
-        self.queued.get()
+        self.outgoing
+            .borrow()
+            .as_ref()
+            .map_or(0, OutgoingQueue::queued)
     }
 
     /// Sends `text` with the line delimiter (bare in raw mode). In [`Flow::Queue`] mode
@@ -257,28 +256,19 @@ impl Client {
             return false;
         };
         let delimiter: &[u8] = if self.settings.raw { b"" } else { b"\r\n" };
-        let must_queue = self.settings.flow == Flow::Queue
-            && (self.blocked.get() || !self.queue.borrow().is_empty());
-        if !must_queue {
+        let outgoing = self.outgoing.borrow().clone();
+        let Some(outgoing) = outgoing else {
             transport.write_sequence(&[text, delimiter]);
             return true;
+        };
+        match outgoing.write(&[text, delimiter]) {
+            Ok(()) => true,
+            Err(too_slow) => {
+                log::info!("client {} ({}): {too_slow}", self.id(), self.peer);
+                self.abort(Disconnect::TooSlow);
+                false
+            }
         }
-        let size = text.len() + delimiter.len();
-        if self.queued.get() + size + HIGH_WATER_MARK > OUTGOING_LIMIT {
-            log::info!(
-                "client {} ({}) does not read; more than {OUTGOING_LIMIT} bytes would wait",
-                self.id(),
-                self.peer
-            );
-            self.abort(Disconnect::TooSlow);
-            return false;
-        }
-        let mut bytes = Vec::with_capacity(size);
-        bytes.extend_from_slice(text);
-        bytes.extend_from_slice(delimiter);
-        self.queue.borrow_mut().push_back(bytes);
-        self.queued.set(self.queued.get() + size);
-        true
     }
 
     /// Closes after sending everything queued; `reason` is what the disconnect line
@@ -299,28 +289,13 @@ impl Client {
         };
         // The queue is bounded, so handing all of it to the transport now is cheap,
         // and the transport's close flushes it.
-        let queue = std::mem::take(&mut *self.queue.borrow_mut());
-        self.queued.set(0);
-        for bytes in &queue {
-            transport.write(bytes);
+        if let Some(outgoing) = self.outgoing.borrow().as_ref() {
+            outgoing.flush_to_transport();
         }
-        drop(queue);
         if let Some(notice) = notice.filter(|_| !self.settings.raw) {
             transport.write_sequence(&[notice.as_bytes(), b"\r\n"]);
         }
-        transport.lose_connection();
-        let client = self.weak_self();
-        let timer = self.scheduler.schedule(
-            CLOSE_GRACE,
-            Box::new(move || {
-                if let Some(client) = client.upgrade()
-                    && let Some(transport) = client.transport()
-                {
-                    log::info!("client {} did not take its last data; reset", client.id());
-                    transport.abort_connection();
-                }
-            }),
-        );
+        let timer = close_with_grace(&transport, &*self.scheduler, CLOSE_GRACE);
         self.grace_timer.borrow_mut().replace(timer);
     }
 
@@ -341,8 +316,9 @@ impl Client {
         if !self.set_reason(reason) {
             return;
         }
-        self.queue.borrow_mut().clear();
-        self.queued.set(0);
+        if let Some(outgoing) = self.outgoing.borrow().as_ref() {
+            outgoing.clear();
+        }
         if let Some(transport) = self.transport() {
             transport.abort_connection();
         }
@@ -366,57 +342,49 @@ impl Client {
         self.transport.borrow().clone()
     }
 
-    /// A weak handle on this client, for timers: they must not keep it alive.
-    fn weak_self(&self) -> Weak<Client> {
-        self.me.clone()
-    }
-
     fn attach(self: &Rc<Self>, transport: &TransportRef, lines: LineHandle) {
         *self.transport.borrow_mut() = Some(transport.clone());
-        *self.lines.borrow_mut() = Some(lines);
-        transport.register_producer(Rc::new(FlowControl {
-            client: Rc::downgrade(self),
-        }));
-        self.last_heard.set(self.scheduler.seconds());
-        if let Some(timeout) = self.settings.idle_timeout {
-            self.arm_idle_timer(timeout);
+        match self.settings.flow {
+            Flow::Queue => {
+                let outgoing = OutgoingQueue::attach(transport, OUTGOING_LIMIT);
+                *self.outgoing.borrow_mut() = Some(outgoing);
+            }
+            // Echoes wait for the client to read them: its own reading pauses meanwhile.
+            Flow::Echo => transport.register_producer(Rc::new(lines)),
         }
+        // The timer must not keep the client alive.
+        let client = self.me.clone();
+        let idle = IdleTimeout::new(
+            self.scheduler.clone(),
+            self.settings.idle_timeout,
+            move || {
+                if let Some(client) = client.upgrade() {
+                    client.idled_out();
+                }
+            },
+        );
+        *self.idle.borrow_mut() = Some(idle);
     }
 
     fn heard(&self) {
-        self.last_heard.set(self.scheduler.seconds());
+        if let Some(idle) = self.idle.borrow().as_ref() {
+            idle.reset();
+        }
     }
 
-    /// The idle timer fires at most once per timeout: when it finds the client heard
-    /// from meanwhile, it re-arms for the remainder instead of being reset on every
-    /// chunk received.
-    fn arm_idle_timer(self: &Rc<Self>, delay: Duration) {
-        let client = Rc::downgrade(self);
-        let timer = self.scheduler.schedule(
-            delay,
-            Box::new(move || {
-                let Some(client) = client.upgrade() else {
-                    return;
-                };
-                let Some(timeout) = client.settings.idle_timeout else {
-                    return;
-                };
-                if client.is_closing() {
-                    return;
-                }
-                let idle = client.idle();
-                if idle >= timeout {
-                    let notice = format!(
-                        "* disconnected: idle for {}",
-                        crate::duration::format(timeout)
-                    );
-                    client.close_telling(Some(&notice), Disconnect::IdleTimeout);
-                } else {
-                    client.arm_idle_timer(timeout - idle);
-                }
-            }),
+    /// Nothing heard for `--idle-timeout`: the client is told, then closed.
+    fn idled_out(&self) {
+        let Some(timeout) = self.settings.idle_timeout else {
+            return;
+        };
+        if self.is_closing() {
+            return;
+        }
+        let notice = format!(
+            "* disconnected: idle for {}",
+            crate::duration::format(timeout)
         );
-        self.idle_timer.borrow_mut().replace(timer);
+        self.close_telling(Some(&notice), Disconnect::IdleTimeout);
     }
 
     /// The peer half-closed: what it sent without a final newline is still a line
@@ -441,81 +409,26 @@ impl Client {
         }
     }
 
-    fn paused(&self) {
-        self.blocked.set(true);
-        if self.settings.flow == Flow::Echo
-            && let Some(lines) = self.lines.borrow().clone()
-        {
-            lines.pause_producing();
-        }
-    }
-
-    fn resumed(&self) {
-        self.blocked.set(false);
-        match self.settings.flow {
-            Flow::Echo => {
-                let lines = self.lines.borrow().clone();
-                if let Some(lines) = lines {
-                    lines.resume_producing();
-                }
-            }
-            Flow::Queue => {
-                let Some(transport) = self.transport() else {
-                    return;
-                };
-                // Writing may pause us again (synchronously): stop there.
-                while !self.blocked.get() {
-                    let Some(bytes) = self.queue.borrow_mut().pop_front() else {
-                        break;
-                    };
-                    self.queued.set(self.queued.get() - bytes.len());
-                    transport.write(&bytes);
-                }
-            }
-        }
-    }
-
     fn ended(self: &Rc<Self>, reason: &CloseReason) {
         if self.ended.replace(true) {
             return;
         }
-        for timer in [&self.idle_timer, &self.grace_timer] {
-            if let Some(timer) = timer.borrow_mut().take() {
-                let _ = timer.cancel();
-            }
+        if let Some(idle) = self.idle.borrow_mut().take() {
+            idle.cancel();
+        }
+        if let Some(timer) = self.grace_timer.borrow_mut().take() {
+            let _ = timer.cancel();
         }
         self.transport.borrow_mut().take();
-        self.lines.borrow_mut().take();
-        self.queue.borrow_mut().clear();
-        self.queued.set(0);
+        if let Some(outgoing) = self.outgoing.borrow_mut().take() {
+            outgoing.clear();
+        }
         let ours = self.reason.borrow_mut().take();
         let reason = ours.unwrap_or_else(|| Disconnect::from_close(reason));
         if let Some(events) = self.events.upgrade() {
             events.disconnected(self, reason);
         }
     }
-}
-
-/// The producer registered with the transport: turns its pause and resume into the
-/// client's flow control.
-struct FlowControl {
-    client: Weak<Client>,
-}
-
-impl Producer for FlowControl {
-    fn pause_producing(&self) {
-        if let Some(client) = self.client.upgrade() {
-            client.paused();
-        }
-    }
-
-    fn resume_producing(&self) {
-        if let Some(client) = self.client.upgrade() {
-            client.resumed();
-        }
-    }
-
-    fn stop_producing(&self) {}
 }
 
 /// The line handler: hands messages to the server, and over-long lines to `fail`.
