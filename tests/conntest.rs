@@ -703,6 +703,12 @@ fn verbose_shows_each_attempt_with_its_address_outcome_and_time() {
         .unwrap_or_else(|| panic!("no attempt line: {}", out.stderr));
     assert!(attempt.starts_with("twistctl: "), "{attempt}");
     assert!(attempt.contains(": Connection refused after "), "{attempt}");
+    let named = run(&["-v", "localhost", &closed.to_string()]);
+    assert!(
+        named.stderr.contains("twistctl: localhost resolved to "),
+        "the addresses a name resolved to: {}",
+        named.stderr
+    );
     let plain = run(&["127.0.0.1", &closed.to_string()]);
     assert_eq!(
         plain.stderr,

@@ -587,6 +587,11 @@ impl ConnectingInner {
         }
         match resolution {
             Ok(ips) => {
+                if log::log_enabled!(log::Level::Info) {
+                    let shown: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+                    // For `-v`: what a user debugging a connection wants to see first.
+                    log::info!("{} resolved to {}", self.host, shown.join(", "));
+                }
                 let addrs: Vec<SocketAddr> = ips
                     .into_iter()
                     .map(|ip| SocketAddr::new(ip, self.port))
