@@ -2,6 +2,8 @@
 //! and twistctl in a pseudo-terminal. Each test binary uses only part of it.
 #![allow(dead_code)]
 
+pub mod lifecycle;
+
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
