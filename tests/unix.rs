@@ -15,29 +15,20 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use twistctl::reactor::tcp::{ClientFactory, Connector, HIGH_WATER_MARK};
-use twistctl::reactor::unix::{UnixListenOptions, UnixPort};
+use twistctl::reactor::endpoints::description::Listening;
+use twistctl::reactor::endpoints::{Connection, parse_client, parse_server};
+use twistctl::reactor::stream::{Connector, HIGH_WATER_MARK};
+use twistctl::reactor::unix::{UnixConnectError, UnixListenOptions, UnixPort};
 use twistctl::reactor::{
-    Address, CloseReason, ConnectError, Factory, PeerCredentials, Producer, Protocol,
-    ProtocolResult, Reactor, Step, TransportRef, UnixAddress,
+    Address, ConnectError, PeerCredentials, Producer, Reactor, Step, TransportRef, UnixAddress,
 };
 
+mod common;
+
+use common::lifecycle::*;
+
 // ---------------------------------------------------------------------------------------
-// Fixtures
-
-type Log = Rc<RefCell<Vec<String>>>;
-
-fn new_log() -> Log {
-    Rc::new(RefCell::new(Vec::new()))
-}
-
-fn push(log: &Log, event: impl Into<String>) {
-    log.borrow_mut().push(event.into());
-}
-
-fn events(log: &Log) -> Vec<String> {
-    log.borrow().clone()
-}
+// Fixtures (the recording protocol and factory are shared with the TCP tests)
 
 /// Only the events that start with `prefix`, in order.
 fn side(log: &Log, prefix: &str) -> Vec<String> {
@@ -45,36 +36,6 @@ fn side(log: &Log, prefix: &str) -> Vec<String> {
         .into_iter()
         .filter(|e| e.starts_with(prefix))
         .collect()
-}
-
-const WATCHDOG: Duration = Duration::from_secs(5);
-
-/// Runs the reactor until the test stops it; fails if the watchdog had to.
-fn run(reactor: &Reactor) {
-    let fired = Rc::new(Cell::new(false));
-    let (flag, r) = (fired.clone(), reactor.clone());
-    let dog = reactor.call_later(WATCHDOG, move || {
-        flag.set(true);
-        r.stop()
-    });
-    reactor.run().expect("the reactor ran");
-    let _ = dog.cancel();
-    assert!(!fired.get(), "watchdog: the test did not finish within 5 s");
-}
-
-fn stop(reactor: &Reactor) {
-    let _ = reactor.stop();
-}
-
-fn reason(reason: &CloseReason) -> &'static str {
-    match reason {
-        CloseReason::Done => "Done",
-        CloseReason::Lost(_) => "Lost",
-        CloseReason::Reset(_) => "Reset",
-        CloseReason::Aborted => "Aborted",
-        CloseReason::Protocol(_) => "Protocol",
-        CloseReason::Tls(_) => "Tls",
-    }
 }
 
 /// A directory of its own for each test, removed when dropped.
@@ -114,236 +75,14 @@ fn abstract_name(name: &str) -> UnixAddress {
     UnixAddress::from_arg(&format!("@twistctl-test-{}-{name}", std::process::id()))
 }
 
-/// `len` bytes of a pattern whose every position is checkable.
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
-}
-
-type MadeHook = Box<dyn FnMut(&TransportRef) -> ProtocolResult>;
-type DataHook = Box<dyn FnMut(&TransportRef, &[u8]) -> ProtocolResult>;
-type LostHook = Box<dyn FnMut(&CloseReason)>;
-type FailedHook = Box<dyn FnMut(&ConnectError)>;
-type HalfHook = Box<dyn FnMut(&TransportRef) -> ProtocolResult>;
-
-/// A protocol that logs its events as `TAG:event` and runs a hook for each.
-struct Rec {
-    tag: &'static str,
-    log: Log,
-    made: Option<MadeHook>,
-    data: Option<DataHook>,
-    lost: Option<LostHook>,
-    read_lost: Option<HalfHook>,
-    write_lost: Option<HalfHook>,
-    /// Logs each chunk's bytes as `TAG:data` only once, then counts silently.
-    quiet_data: bool,
-    saw_data: bool,
-}
-
-impl Rec {
-    fn new(tag: &'static str, log: &Log) -> Rec {
-        Rec {
-            tag,
-            log: log.clone(),
-            made: None,
-            data: None,
-            lost: None,
-            read_lost: None,
-            write_lost: None,
-            quiet_data: true,
-            saw_data: false,
-        }
-    }
-
-    fn made(mut self, f: impl FnMut(&TransportRef) -> ProtocolResult + 'static) -> Rec {
-        self.made = Some(Box::new(f));
-        self
-    }
-
-    fn data(mut self, f: impl FnMut(&TransportRef, &[u8]) -> ProtocolResult + 'static) -> Rec {
-        self.data = Some(Box::new(f));
-        self
-    }
-
-    fn lost(mut self, f: impl FnMut(&CloseReason) + 'static) -> Rec {
-        self.lost = Some(Box::new(f));
-        self
-    }
-
-    fn half_close(
-        mut self,
-        read: impl FnMut(&TransportRef) -> ProtocolResult + 'static,
-        write: impl FnMut(&TransportRef) -> ProtocolResult + 'static,
-    ) -> Rec {
-        self.read_lost = Some(Box::new(read));
-        self.write_lost = Some(Box::new(write));
-        self
-    }
-
-    fn log(&self, what: &str) {
-        push(&self.log, format!("{}:{what}", self.tag));
-    }
-}
-
-impl Protocol for Rec {
-    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
-        self.log("made");
-        match &mut self.made {
-            Some(f) => f(transport),
-            None => Ok(()),
-        }
-    }
-
-    fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
-        if !self.quiet_data || !self.saw_data {
-            self.log("data");
-        }
-        self.saw_data = true;
-        match &mut self.data {
-            Some(f) => f(transport, data),
-            None => Ok(()),
-        }
-    }
-
-    fn connection_lost(&mut self, why: &CloseReason) {
-        self.log(&format!("lost({})", reason(why)));
-        if let Some(f) = &mut self.lost {
-            f(why);
-        }
-    }
-
-    fn wants_half_close(&self) -> bool {
-        self.read_lost.is_some()
-    }
-
-    fn read_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
-        self.log("read_lost");
-        match &mut self.read_lost {
-            Some(f) => f(transport),
-            None => Ok(()),
-        }
-    }
-
-    fn write_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
-        self.log("write_lost");
-        match &mut self.write_lost {
-            Some(f) => f(transport),
-            None => Ok(()),
-        }
-    }
-}
-
-type Build = Box<dyn Fn(Address) -> Option<Box<dyn Protocol>>>;
-
-/// A factory that logs its events as `TAG:event` and builds protocols with `build`.
-struct Fac {
-    tag: &'static str,
-    log: Log,
-    build: Build,
-    on_lost: RefCell<Option<LostHook>>,
-    on_failed: RefCell<Option<FailedHook>>,
-}
-
-impl Fac {
-    fn new(
-        tag: &'static str,
-        log: &Log,
-        build: impl Fn(Address) -> Option<Box<dyn Protocol>> + 'static,
-    ) -> Fac {
-        Fac {
-            tag,
-            log: log.clone(),
-            build: Box::new(build),
-            on_lost: RefCell::new(None),
-            on_failed: RefCell::new(None),
-        }
-    }
-
-    fn protocol(tag: &'static str, log: &Log, shape: impl Fn(Rec) -> Rec + 'static) -> Fac {
-        let l = log.clone();
-        Fac::new(tag, log, move |_| {
-            Some(Box::new(shape(Rec::new(
-                if tag == "sf" { "srv" } else { "cli" },
-                &l,
-            ))))
-        })
-    }
-
-    fn on_lost(self, f: impl FnMut(&CloseReason) + 'static) -> Fac {
-        *self.on_lost.borrow_mut() = Some(Box::new(f));
-        self
-    }
-
-    fn on_failed(self, f: impl FnMut(&ConnectError) + 'static) -> Fac {
-        *self.on_failed.borrow_mut() = Some(Box::new(f));
-        self
-    }
-
-    fn log(&self, what: &str) {
-        push(&self.log, format!("{}:{what}", self.tag));
-    }
-}
-
-impl Factory for Fac {
-    fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
-        self.log(&format!("build({addr})"));
-        (self.build)(addr)
-    }
-
-    fn start_factory(&self) {
-        self.log("start");
-    }
-
-    fn stop_factory(&self) {
-        self.log("stop");
-    }
-}
-
-impl ClientFactory for Fac {
-    fn started_connecting(&self, _connector: &Connector) {
-        self.log("started");
-    }
-
-    fn client_connection_failed(&self, _connector: &Connector, reason: &ConnectError) {
-        self.log("failed");
-        if let Some(f) = &mut *self.on_failed.borrow_mut() {
-            f(reason);
-        }
-    }
-
-    fn client_connection_lost(&self, _connector: &Connector, why: &CloseReason) {
-        self.log(&format!("conn_lost({})", reason(why)));
-        if let Some(f) = &mut *self.on_lost.borrow_mut() {
-            f(why);
-        }
-    }
-}
-
 fn listen(reactor: &Reactor, address: &UnixAddress, factory: Fac) -> UnixPort {
     reactor
-        .listen_unix(address.clone(), Rc::new(factory))
+        .listen_unix(address.clone(), factory.rc())
         .expect("listening")
 }
 
 fn connect(reactor: &Reactor, address: &UnixAddress, factory: Fac) -> Connector {
-    reactor.connect_unix(address.clone(), Rc::new(factory), Some(WATCHDOG))
-}
-
-/// Stops the reactor on the `n`th call: for tests that wait for events on both sides.
-fn countdown(reactor: &Reactor, n: usize) -> Rc<dyn Fn()> {
-    let left = Rc::new(Cell::new(n));
-    let r = reactor.clone();
-    Rc::new(move || {
-        left.set(left.get() - 1);
-        if left.get() == 0 {
-            stop(&r);
-        }
-    })
-}
-
-/// Stops the reactor on the client factory's `client_connection_lost`.
-fn stop_on_lost(reactor: &Reactor) -> impl FnMut(&CloseReason) + 'static {
-    let r = reactor.clone();
-    move |_| stop(&r)
+    reactor.connect_unix(address.clone(), factory.rc(), Some(WATCHDOG))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -355,7 +94,7 @@ fn u01_p07_p12_p14_lifecycle_order_on_both_sides() {
     let address = dir.socket("s");
     let reactor = Reactor::new().unwrap();
     let log = new_log();
-    let server = Fac::protocol("sf", &log, |p| {
+    let server = server(&log, |p| {
         p.data(|t, data| {
             t.write(data);
             t.lose_connection();
@@ -363,40 +102,39 @@ fn u01_p07_p12_p14_lifecycle_order_on_both_sides() {
         })
     });
     let port = listen(&reactor, &address, server);
-    let client = Fac::protocol("cf", &log, |p| {
+    let client = client(&log, |p| {
         p.made(|t| {
             t.write(b"ping");
             Ok(())
         })
     })
-    .on_lost(stop_on_lost(&reactor));
+    .lost(stop_on_client_lost(&reactor));
     connect(&reactor, &address, client);
     run(&reactor);
     drop(port);
-    let path = address.path().unwrap().display().to_string();
     assert_eq!(
-        side(&log, "s"),
+        side(&log, "srv"),
         [
-            "sf:start".to_string(),
-            "sf:build(unix:)".into(),
-            "srv:made".into(),
-            "srv:data".into(),
-            "srv:lost(Done)".into(),
+            "srvf:start",
+            "srvf:build",
+            "srv:made",
+            "srv:data",
+            "srv:lost(Done)",
             // The reactor's shutdown closes the port (P-28).
-            "sf:stop".into(),
+            "srvf:stop",
         ]
     );
     assert_eq!(
         side(&log, "c"),
         [
-            "cf:start".to_string(),
-            "cf:started".into(),
-            format!("cf:build(unix:{path})"),
-            "cli:made".into(),
-            "cli:data".into(),
-            "cli:lost(Done)".into(),
-            "cf:conn_lost(Done)".into(),
-            "cf:stop".into(),
+            "cf:start",
+            "cf:started(connecting=true)",
+            "cf:build",
+            "cli:made",
+            "cli:data",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
         ]
     );
 }
@@ -412,7 +150,7 @@ fn u01_x01_x05_buffered_writes_arrive_whole_and_in_order_before_the_close() {
     // Both ends must have seen the close: the server's protocol and the client's factory.
     let both = countdown(&reactor, 2);
     let (r, b) = (received.clone(), both.clone());
-    let server = Fac::protocol("sf", &log, move |p| {
+    let server = server(&log, move |p| {
         let (r, b) = (r.clone(), b.clone());
         p.data(move |_, data| {
             r.borrow_mut().extend_from_slice(data);
@@ -421,9 +159,9 @@ fn u01_x01_x05_buffered_writes_arrive_whole_and_in_order_before_the_close() {
         .lost(move |_| b())
     });
     let _port = listen(&reactor, &address, server);
-    let client = Fac::protocol("cf", &log, |p| {
+    let client = client(&log, |p| {
         p.made(|t| {
-            let data = pattern(LEN);
+            let data = pattern(0, LEN);
             // Several writes, then the close: all of it is sent first.
             for chunk in data.chunks(300_000) {
                 t.write(chunk);
@@ -434,11 +172,11 @@ fn u01_x01_x05_buffered_writes_arrive_whole_and_in_order_before_the_close() {
             Ok(())
         })
     })
-    .on_lost(move |_| both());
+    .lost(move |_, _| both());
     connect(&reactor, &address, client);
     run(&reactor);
     assert_eq!(received.borrow().len(), LEN);
-    assert!(*received.borrow() == pattern(LEN), "bytes in order");
+    assert!(*received.borrow() == pattern(0, LEN), "bytes in order");
     assert!(events(&log).contains(&"cli:lost(Done)".to_string()));
     assert!(events(&log).contains(&"srv:lost(Done)".to_string()));
 }
@@ -449,9 +187,9 @@ fn u01_x08_abort_drops_what_was_buffered() {
     let address = dir.socket("s");
     let reactor = Reactor::new().unwrap();
     let log = new_log();
-    let server = Fac::protocol("sf", &log, |p| {
+    let server = server(&log, |p| {
         p.made(|t| {
-            t.write(&pattern(1024 * 1024));
+            t.write(&pattern(0, 1024 * 1024));
             t.abort_connection();
             t.abort_connection(); // harmless
             t.write(b"never sent");
@@ -459,7 +197,7 @@ fn u01_x08_abort_drops_what_was_buffered() {
         })
     });
     let _port = listen(&reactor, &address, server);
-    let client = Fac::protocol("cf", &log, |p| p).on_lost(stop_on_lost(&reactor));
+    let client = client(&log, |p| p).lost(stop_on_client_lost(&reactor));
     connect(&reactor, &address, client);
     run(&reactor);
     let events = events(&log);
@@ -480,20 +218,17 @@ fn u01_x11_x12_half_close_both_ways() {
     let reactor = Reactor::new().unwrap();
     let log = new_log();
     // The server answers the client's EOF, then closes its side too.
-    let server = Fac::protocol("sf", &log, |p| {
-        p.half_close(
-            |t| {
-                t.write(b"bye");
-                t.lose_write_connection();
-                Ok(())
-            },
-            |_| Ok(()),
-        )
+    let server = server(&log, |p| {
+        p.half_close(|t| {
+            t.write(b"bye");
+            t.lose_write_connection();
+            Ok(())
+        })
     });
     let _port = listen(&reactor, &address, server);
     let reply = Rc::new(RefCell::new(Vec::new()));
     let r = reply.clone();
-    let client = Fac::protocol("cf", &log, move |p| {
+    let client = client(&log, move |p| {
         let r = r.clone();
         p.made(|t| {
             t.write(b"hello");
@@ -505,13 +240,13 @@ fn u01_x11_x12_half_close_both_ways() {
             r.borrow_mut().extend_from_slice(data);
             Ok(())
         })
-        .half_close(|_| Ok(()), |_| Ok(()))
+        .half_close(|_| Ok(()))
     })
-    .on_lost(stop_on_lost(&reactor));
+    .lost(stop_on_client_lost(&reactor));
     connect(&reactor, &address, client);
     run(&reactor);
     assert_eq!(&*reply.borrow(), b"bye");
-    let client_side = side(&log, "cli");
+    let client_side = side(&log, "cli:");
     assert_eq!(
         client_side,
         [
@@ -522,7 +257,7 @@ fn u01_x11_x12_half_close_both_ways() {
             "cli:lost(Done)"
         ]
     );
-    let server_side = side(&log, "srv");
+    let server_side = side(&log, "srv:");
     assert_eq!(
         server_side,
         [
@@ -543,7 +278,7 @@ fn u01_x18_pause_producing_holds_data_until_resume() {
     let log = new_log();
     let held: Rc<RefCell<Option<TransportRef>>> = Rc::new(RefCell::new(None));
     let h = held.clone();
-    let server = Fac::protocol("sf", &log, move |p| {
+    let server = server(&log, move |p| {
         let h = h.clone();
         p.made(move |t| {
             t.pause_producing(); // honoured inside connection_made
@@ -557,7 +292,7 @@ fn u01_x18_pause_producing_holds_data_until_resume() {
     });
     let _port = listen(&reactor, &address, server);
     let (l, h, r) = (log.clone(), held.clone(), reactor.clone());
-    let client = Fac::protocol("cf", &log, move |p| {
+    let client = client(&log, move |p| {
         let (l, h, r) = (l.clone(), h.clone(), r.clone());
         p.made(move |t| {
             t.write(b"while paused");
@@ -573,7 +308,7 @@ fn u01_x18_pause_producing_holds_data_until_resume() {
             Ok(())
         })
     })
-    .on_lost(stop_on_lost(&reactor));
+    .lost(stop_on_client_lost(&reactor));
     connect(&reactor, &address, client);
     run(&reactor);
     let events = events(&log);
@@ -611,11 +346,11 @@ fn u01_x19_producer_paused_above_the_high_water_mark_and_resumed_when_drained() 
     let producer = Rc::new(CountingProducer::default());
     let at_write = Rc::new(Cell::new(0));
     let (p2, aw) = (producer.clone(), at_write.clone());
-    let server = Fac::protocol("sf", &log, move |p| {
+    let server = server(&log, move |p| {
         let (p2, aw) = (p2.clone(), aw.clone());
         p.made(move |t| {
             t.register_producer(p2.clone());
-            t.write(&pattern(HIGH_WATER_MARK + 1));
+            t.write(&pattern(0, HIGH_WATER_MARK + 1));
             aw.set(p2.paused.get());
             t.lose_connection();
             Ok(())
@@ -624,14 +359,14 @@ fn u01_x19_producer_paused_above_the_high_water_mark_and_resumed_when_drained() 
     let _port = listen(&reactor, &address, server);
     let got = Rc::new(Cell::new(0));
     let g = got.clone();
-    let client = Fac::protocol("cf", &log, move |p| {
+    let client = client(&log, move |p| {
         let g = g.clone();
         p.data(move |_, data| {
             g.set(g.get() + data.len());
             Ok(())
         })
     })
-    .on_lost(stop_on_lost(&reactor));
+    .lost(stop_on_client_lost(&reactor));
     connect(&reactor, &address, client);
     run(&reactor);
     assert_eq!(
@@ -662,7 +397,7 @@ fn u01_accept_emfile_child_process() {
     let log = new_log();
     let made_at: Rc<RefCell<Vec<Duration>>> = Rc::new(RefCell::new(Vec::new()));
     let (m, r) = (made_at.clone(), reactor.clone());
-    let server = Fac::protocol("sf", &log, move |p| {
+    let server = server(&log, move |p| {
         let (m, r) = (m.clone(), r.clone());
         p.made(move |_| {
             m.borrow_mut().push(r.seconds());
@@ -749,13 +484,9 @@ fn listen_with(
     reactor: &Reactor,
     address: &UnixAddress,
     options: UnixListenOptions,
-) -> Result<UnixPort, twistctl::reactor::tcp::CannotListenError> {
+) -> Result<UnixPort, twistctl::reactor::stream::CannotListenError> {
     let log = new_log();
-    reactor.listen_unix_with(
-        address.clone(),
-        Rc::new(Fac::protocol("sf", &log, |p| p)),
-        options,
-    )
+    reactor.listen_unix_with(address.clone(), Rc::new(server(&log, |p| p)), options)
 }
 
 #[test]
@@ -846,7 +577,7 @@ fn u03_stop_listening_removes_the_socket_file_then_the_factory_stops() {
     let reactor = Reactor::new().unwrap();
     let log = new_log();
     let address = dir.socket("s");
-    let port = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+    let port = listen(&reactor, &address, server(&log, |p| p));
     let path = address.path().unwrap().to_path_buf();
     assert!(is_socket(&path));
     let (r, l, p) = (reactor.clone(), log.clone(), path.clone());
@@ -861,10 +592,10 @@ fn u03_stop_listening_removes_the_socket_file_then_the_factory_stops() {
     run(&reactor);
     assert_eq!(
         events(&log),
-        ["sf:start", "sf:stop", "fired, file exists: false"]
+        ["srvf:start", "srvf:stop", "fired, file exists: false"]
     );
     // The same path can be listened on again.
-    let _again = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+    let _again = listen(&reactor, &address, server(&log, |p| p));
 }
 
 #[test]
@@ -873,7 +604,7 @@ fn u03_a_file_the_port_did_not_create_is_left_alone() {
     let reactor = Reactor::new().unwrap();
     let log = new_log();
     let address = dir.socket("s");
-    let port = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+    let port = listen(&reactor, &address, server(&log, |p| p));
     let path = address.path().unwrap().to_path_buf();
     // Someone else removed ours and put their own file there.
     std::fs::remove_file(&path).unwrap();
@@ -896,12 +627,12 @@ fn u03_reactor_shutdown_removes_the_socket_file() {
     let reactor = Reactor::new().unwrap();
     let log = new_log();
     let address = dir.socket("s");
-    let _port = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+    let _port = listen(&reactor, &address, server(&log, |p| p));
     let r = reactor.clone();
     reactor.call_when_running(move || stop(&r));
     run(&reactor);
     assert!(!address.path().unwrap().exists(), "P-28, U-03");
-    assert_eq!(events(&log), ["sf:start", "sf:stop"]);
+    assert_eq!(events(&log), ["srvf:start", "srvf:stop"]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -912,18 +643,18 @@ fn u04_abstract_names_connect_create_no_file_and_are_freed_on_stop() {
     let reactor = Reactor::new().unwrap();
     let log = new_log();
     let address = abstract_name("u04");
-    let server = Fac::protocol("sf", &log, |p| {
+    let greeter = server(&log, |p| {
         p.made(|t| {
             t.write(b"hi");
             t.lose_connection();
             Ok(())
         })
     });
-    let port = listen(&reactor, &address, server);
+    let port = listen(&reactor, &address, greeter);
     assert_eq!(port.host(), address);
     assert!(port.host().to_string().starts_with("unix:@twistctl-test-"));
     let r = reactor.clone();
-    let client = Fac::protocol("cf", &log, |p| p).on_lost(move |_| {
+    let client = client(&log, |p| p).lost(move |_, _| {
         let r = r.clone();
         port.stop_listening().add_callback(move |()| {
             stop(&r);
@@ -936,7 +667,7 @@ fn u04_abstract_names_connect_create_no_file_and_are_freed_on_stop() {
     assert!(!Path::new(&name).exists() && !Path::new(&format!("@{name}")).exists());
     assert!(events(&log).contains(&"cli:data".to_string()));
     // Freed: the name can be bound again.
-    let _again = listen(&reactor, &address, Fac::protocol("sf", &log, |p| p));
+    let _again = listen(&reactor, &address, server(&log, |p| p));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -949,21 +680,19 @@ fn connect_failure(address: &UnixAddress) -> ConnectError {
     let log = new_log();
     let failure: Rc<RefCell<Option<ConnectError>>> = Rc::new(RefCell::new(None));
     let (f, r) = (failure.clone(), reactor.clone());
-    let client = Fac::protocol("cf", &log, |p| p).on_failed(move |e| {
+    let client = client(&log, |p| p).failed(move |_, e| {
         *f.borrow_mut() = Some(e.clone());
         stop(&r);
     });
     connect(&reactor, address, client);
-    assert_eq!(
-        events(&log),
-        ["cf:start", "cf:started"],
-        "nothing yet (P-13)"
-    );
+    let started = ["cf:start", "cf:started(connecting=true)"];
+    assert_eq!(events(&log), started, "nothing yet (P-13)");
     run(&reactor);
-    assert_eq!(
-        events(&log),
-        ["cf:start", "cf:started", "cf:failed", "cf:stop"]
-    );
+    let events = events(&log);
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[..2], started);
+    assert!(events[2].starts_with("cf:failed("), "{events:?}");
+    assert_eq!(events[3], "cf:stop");
     failure.borrow_mut().take().expect("a failure")
 }
 
@@ -1060,13 +789,18 @@ fn u06_host_and_peer_are_unix_addresses_and_credentials_name_the_peer() {
     let reactor = Reactor::new().unwrap();
     let log = new_log();
     let seen: Seen = Rc::new(RefCell::new(Vec::new()));
-    let port = listen(
-        &reactor,
-        &address,
-        Fac::protocol("sf", &log, record("srv", &seen)),
-    );
+    // build_protocol is given the peer's address on both sides.
+    let built_for: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));
+    let noting = |tag: &'static str, protocol: &'static str| {
+        let (b, l, shape) = (built_for.clone(), log.clone(), record(protocol, &seen));
+        Fac::new(tag, &log, move |addr| {
+            b.borrow_mut().push(format!("{protocol} {addr}"));
+            Some(Box::new(shape(Rec::new(protocol, &l))))
+        })
+    };
+    let port = listen(&reactor, &address, noting("srvf", "srv"));
     assert_eq!(port.host(), address);
-    let client = Fac::protocol("cf", &log, record("cli", &seen)).on_lost(stop_on_lost(&reactor));
+    let client = noting("cf", "cli").lost(stop_on_client_lost(&reactor));
     let connector = connect(&reactor, &address, client);
     assert_eq!(connector.destination(), Address::Unix(address.clone()));
     run(&reactor);
@@ -1081,6 +815,12 @@ fn u06_host_and_peer_are_unix_addresses_and_credentials_name_the_peer() {
     assert_eq!(client_peer, listening);
     assert_eq!(client_host, unnamed);
     assert_eq!(server_peer.to_string(), "unix:");
+    let mut built_for = built_for.borrow().clone();
+    built_for.sort();
+    assert_eq!(
+        built_for,
+        [format!("cli {listening}"), "srv unix:".to_string()]
+    );
     // Both ends are this process.
     let me = std::process::id() as i32;
     let credentials = server_credentials.expect("the server knows who connected");
@@ -1100,10 +840,10 @@ fn u06_tcp_connections_have_no_peer_credentials() {
     let port = reactor
         .listen_tcp(
             "127.0.0.1:0".parse().unwrap(),
-            Rc::new(Fac::protocol("sf", &log, record("srv", &seen))),
+            Rc::new(server(&log, record("srv", &seen))),
         )
         .unwrap();
-    let client = Fac::protocol("cf", &log, record("cli", &seen)).on_lost(stop_on_lost(&reactor));
+    let client = client(&log, record("cli", &seen)).lost(stop_on_client_lost(&reactor));
     reactor.connect_tcp(port.host(), Rc::new(client), Some(WATCHDOG));
     run(&reactor);
     let seen = seen.borrow();
@@ -1119,7 +859,7 @@ fn u06_a_std_client_reads_what_the_server_wrote() {
     let reactor = Reactor::new().unwrap();
     let log = new_log();
     let r = reactor.clone();
-    let server = Fac::protocol("sf", &log, move |p| {
+    let server = server(&log, move |p| {
         let r = r.clone();
         p.data(|t, data| {
             t.write(data);
@@ -1145,10 +885,6 @@ fn u06_a_std_client_reads_what_the_server_wrote() {
 // ---------------------------------------------------------------------------------------
 // E-09: `unix:` endpoint descriptions listen and connect
 
-use twistctl::reactor::endpoints::description::Listening;
-use twistctl::reactor::endpoints::{Connection, parse_client, parse_server};
-use twistctl::reactor::unix::UnixConnectError;
-
 type Outcome = Rc<RefCell<Option<Result<Connection, twistctl::reactor::Failure>>>>;
 
 /// Connects by `description`; what the Deferred gave is there after the run.
@@ -1171,7 +907,7 @@ fn e09_u02_a_unix_server_description_listens_with_its_mode_and_a_client_one_conn
     let path = dir.path("d.sock");
     let reactor = Reactor::new().unwrap();
     let log = new_log();
-    let server = Fac::protocol("sf", &log, |p| {
+    let server = server(&log, |p| {
         p.data(|t, data| {
             t.write(data);
             t.lose_connection();
@@ -1191,7 +927,7 @@ fn e09_u02_a_unix_server_description_listens_with_its_mode_and_a_client_one_conn
     let received = Rc::new(RefCell::new(Vec::new()));
     let (r, rc) = (received.clone(), reactor.clone());
     // An endpoint's factory is a plain Factory: the protocol's end stops the run.
-    let client = Fac::protocol("cf", &log, move |p| {
+    let client = client(&log, move |p| {
         let (r, rc) = (r.clone(), rc.clone());
         p.made(|t| {
             t.write(b"over a description");
@@ -1237,13 +973,13 @@ fn e09_u02_a_unix_server_description_takes_over_a_stale_socket_but_not_a_live_on
     let live = StdListener::bind(&path).unwrap();
     let error = parse_server(&description)
         .unwrap()
-        .listen(&reactor, Rc::new(Fac::protocol("sf", &log, |p| p)))
+        .listen(&reactor, Rc::new(server(&log, |p| p)))
         .expect_err("a live socket is never taken over");
     assert!(error.to_string().contains("in use"), "{error}");
     drop(live); // now stale: the file stays, nobody accepts
     let listening = parse_server(&description)
         .unwrap()
-        .listen(&reactor, Rc::new(Fac::protocol("sf", &log, |p| p)))
+        .listen(&reactor, Rc::new(server(&log, |p| p)))
         .expect("a stale socket file is taken over");
     assert!(matches!(listening, Listening::Unix(_)));
     StdStream::connect(&path).expect("ours now");
@@ -1257,7 +993,7 @@ fn e09_u04_u05_a_unix_client_description_reports_why_it_failed() {
     let missing = connect_by_description(
         &reactor,
         &format!("unix:{}", dir.path("none").display()),
-        Fac::protocol("cf", &log, |p| p),
+        client(&log, |p| p),
     );
     let refused_name = abstract_name("described-refused");
     let UnixAddress::Abstract(name) = &refused_name else {
@@ -1266,7 +1002,7 @@ fn e09_u04_u05_a_unix_client_description_reports_why_it_failed() {
     let refused = connect_by_description(
         &reactor,
         &format!("unix:@{}", String::from_utf8_lossy(name)),
-        Fac::protocol("cf", &log, |p| p),
+        client(&log, |p| p),
     );
     let r = reactor.clone();
     reactor.call_later(Duration::from_millis(20), move || stop(&r));
@@ -1309,7 +1045,7 @@ fn e07_cancelling_a_unix_connect_stops_it() {
     let o = outcome.clone();
     let deferred = parse_client(&format!("unix:{}", path.display()))
         .unwrap()
-        .connect(&reactor, Rc::new(Fac::protocol("cf", &log, |p| p)));
+        .connect(&reactor, Rc::new(client(&log, |p| p)));
     deferred.cancel();
     let _done = deferred.then(move |result| {
         *o.borrow_mut() = Some(result);
@@ -1353,13 +1089,13 @@ fn u05_a_full_listener_queue_is_waited_out() {
     let (listener, _queued) = full_listener(address.path().unwrap());
     let reactor = Reactor::new().unwrap();
     let log = new_log();
-    let client = Fac::protocol("cf", &log, |p| {
+    let client = client(&log, |p| {
         p.made(|t| {
             t.lose_connection();
             Ok(())
         })
     })
-    .on_lost(stop_on_lost(&reactor));
+    .lost(stop_on_client_lost(&reactor));
     connect(&reactor, &address, client);
     // Make room after a while: accept the queued connection.
     let l = log.clone();
@@ -1370,18 +1106,17 @@ fn u05_a_full_listener_queue_is_waited_out() {
         std::mem::forget((listener, accepted));
     });
     run(&reactor);
-    let path = address.path().unwrap().display().to_string();
     assert_eq!(
         events(&log),
         [
-            "cf:start".to_string(),
-            "cf:started".into(),
-            "room made".into(),
-            format!("cf:build(unix:{path})"),
-            "cli:made".into(),
-            "cli:lost(Done)".into(),
-            "cf:conn_lost(Done)".into(),
-            "cf:stop".into(),
+            "cf:start",
+            "cf:started(connecting=true)",
+            "room made",
+            "cf:build",
+            "cli:made",
+            "cli:lost(Done)",
+            "cf:client_lost(Done)",
+            "cf:stop",
         ]
     );
 }
@@ -1395,7 +1130,7 @@ fn u05_x14_a_queue_that_stays_full_times_out() {
     let log = new_log();
     let failure = Rc::new(RefCell::new(None));
     let (f, r) = (failure.clone(), reactor.clone());
-    let client = Fac::protocol("cf", &log, |p| p).on_failed(move |e| {
+    let client = client(&log, |p| p).failed(move |_, e| {
         *f.borrow_mut() = Some(e.clone());
         stop(&r);
     });
