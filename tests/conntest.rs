@@ -763,3 +763,83 @@ fn an_interrupted_wait_lists_the_targets_still_down_then_exits_130_or_143() {
         );
     }
 }
+
+/// Runs `twistctl conntest ARGS` where name lookups go to a DNS server that never
+/// answers: in a new user, mount and network namespace, /etc/resolv.conf names
+/// 127.0.0.1, where a bound UDP socket takes queries and nobody replies. `None` (with the
+/// reason printed) where the machine cannot make such namespaces.
+/// `resolver_seconds` is the resolver's own time-out (resolv.conf's `timeout:`).
+fn conntest_with_a_silent_resolver(resolver_seconds: u32, args: &[&str]) -> Option<Output> {
+    let dir = std::env::temp_dir().join(format!("twistctl-silent-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!("nameserver 127.0.0.1\noptions timeout:{resolver_seconds} attempts:1\n"),
+    )
+    .unwrap();
+    // python3 binds the blackhole and execs twistctl, which inherits the socket: it
+    // stays bound, unread, for exactly as long as twistctl runs.
+    let script = format!(
+        "ip link set lo up && mount --bind {resolv} /etc/resolv.conf && exec python3 -c '\
+         import os, socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         s.bind((\"127.0.0.1\", 53)); os.set_inheritable(s.fileno(), True); \
+         os.execv(sys.argv[1], sys.argv[1:])' \"$0\" conntest \"$@\"",
+        resolv = resolv.display()
+    );
+    let probe = std::process::Command::new("unshare")
+        .args([
+            "-rmn",
+            "sh",
+            "-c",
+            "ip link set lo up && command -v python3",
+        ])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        _ => {
+            eprintln!("skipped: needs unshare -rmn (user namespaces), ip and python3");
+            return None;
+        }
+    }
+    let output = Command::new("unshare")
+        .args(["-rmn", "sh", "-c", &script, TWISTCTL])
+        .args(args)
+        .timeout(Duration::from_secs(10))
+        .output()
+        .expect("unshare runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+#[test]
+fn a_lookup_cut_off_by_the_timeout_exits_124_and_says_so() {
+    let started = Instant::now();
+    let Some(out) =
+        conntest_with_a_silent_resolver(30, &["--timeout", "500ms", "db.example", "5432"])
+    else {
+        return;
+    };
+    assert_eq!(out.code, 124, "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "Error connecting to port 5432: lookup of 'db.example' timed out after 500ms\n"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The resolver's own time-out (1s, before ours) is a resolution failure: 3.
+    let Some(out) = conntest_with_a_silent_resolver(1, &["--timeout", "8s", "db.example", "5432"])
+    else {
+        return;
+    };
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("could not resolve host 'db.example'"),
+        "{}",
+        out.stderr
+    );
+}
