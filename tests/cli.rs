@@ -368,3 +368,40 @@ fn talk_server_takes_its_port_positionally_and_binds_every_address_of_a_name() {
         }
     }
 }
+
+#[test]
+fn each_subcommand_describes_its_own_quiet_flag() {
+    let mut seen = Vec::new();
+    for sub in SUBCOMMANDS {
+        let help = help_text(&[sub]);
+        let quiet = help
+            .split("--quiet")
+            .nth(1)
+            .and_then(|rest| rest.split("\n  -").next())
+            .unwrap_or_else(|| panic!("{sub} lists -q:\n{help}"))
+            .to_string();
+        for other in SUBCOMMANDS.iter().filter(|other| **other != sub) {
+            assert!(
+                !quiet.contains(other),
+                "{sub}'s -q speaks of {other}: {quiet}"
+            );
+        }
+        assert!(
+            !seen.contains(&quiet),
+            "{sub}'s -q help is its own: {quiet}"
+        );
+        seen.push(quiet);
+    }
+}
+
+#[test]
+fn talk_client_takes_a_service_name_for_the_port() {
+    // Port 80 on loopback is not listening here: what matters is that "http" is
+    // read as port 80, not refused as a usage error.
+    let (code, _, stderr) =
+        run_with_no_input(&["talk-client", "--timeout", "2s", "127.0.0.1", "http"]);
+    assert_ne!(code, Some(2), "{stderr}");
+    if code != Some(0) {
+        assert!(stderr.contains("127.0.0.1:80"), "{stderr}");
+    }
+}
