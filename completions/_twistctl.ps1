@@ -84,7 +84,7 @@ Register-ArgumentCompleter -Native -CommandName 'twistctl' -ScriptBlock {
             [CompletionResult]::new('--max-clients', '--max-clients', [CompletionResultType]::ParameterName, 'At most N clients at once (1 or more); the next one is told the server is full')
             [CompletionResult]::new('--max-line', '--max-line', [CompletionResultType]::ParameterName, 'Longest line accepted from a client, in bytes (1 or more)')
             [CompletionResult]::new('--idle-timeout', '--idle-timeout', [CompletionResultType]::ParameterName, 'Close clients that send nothing for DUR (0: never)')
-            [CompletionResult]::new('--echo', '--echo', [CompletionResultType]::ParameterName, 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either')
+            [CompletionResult]::new('--echo', '--echo', [CompletionResultType]::ParameterName, 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client''s end of input closes it once everything it sent (a last line without a newline too) has been echoed. A client that does not read is not read from either')
             [CompletionResult]::new('--raw', '--raw', [CompletionResultType]::ParameterName, 'The classic tutorial''s wire format: no line delimiters')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'No log output; the chat, its notices and the listening line still print')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'No log output; the chat, its notices and the listening line still print')

@@ -78,7 +78,7 @@ set edit:completion:arg-completer[twistctl] = {|@words|
             cand --max-clients 'At most N clients at once (1 or more); the next one is told the server is full'
             cand --max-line 'Longest line accepted from a client, in bytes (1 or more)'
             cand --idle-timeout 'Close clients that send nothing for DUR (0: never)'
-            cand --echo 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either'
+            cand --echo 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client''s end of input closes it once everything it sent (a last line without a newline too) has been echoed. A client that does not read is not read from either'
             cand --raw 'The classic tutorial''s wire format: no line delimiters'
             cand -q 'No log output; the chat, its notices and the listening line still print'
             cand --quiet 'No log output; the chat, its notices and the listening line still print'

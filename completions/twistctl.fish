@@ -66,7 +66,7 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l bind -
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-clients -d 'At most N clients at once (1 or more); the next one is told the server is full' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-line -d 'Longest line accepted from a client, in bytes (1 or more)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l idle-timeout -d 'Close clients that send nothing for DUR (0: never)' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client that does not read is not read from either'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client\'s end of input closes it once everything it sent (a last line without a newline too) has been echoed. A client that does not read is not read from either'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s q -l quiet -d 'No log output; the chat, its notices and the listening line still print'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'

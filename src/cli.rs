@@ -339,7 +339,9 @@ pub struct TalkServerArgs {
     pub idle_timeout: Option<Duration>,
 
     /// No console (stdin is ignored): send every received line back to its sender, until
-    /// SIGINT or SIGTERM. A client that does not read is not read from either.
+    /// SIGINT or SIGTERM. A client's end of input closes it once everything it sent (a
+    /// last line without a newline too) has been echoed. A client that does not read is
+    /// not read from either.
     #[arg(long)]
     pub echo: bool,
 

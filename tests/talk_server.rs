@@ -484,7 +484,7 @@ fn an_unterminated_last_line_is_shown_before_the_disconnect_notice() {
 fn echo_mode_echoes_what_came_then_closes_at_the_end_of_input() {
     let mut server = Server::start(&["--echo"]);
     let (mut peer, n) = server.connect();
-    peer.send(b"one\ntwo\n");
+    peer.send(b"one\ntwo");
     peer.stream.shutdown(Shutdown::Write).unwrap();
     assert_eq!(peer.read_to_close(), b"one\r\ntwo\r\n");
     server.expect(&format!("* client {n} disconnected: closed by peer"));

@@ -381,8 +381,13 @@ impl ClientEvents for State {
     }
 
     fn finished_sending(&self, client: &Rc<Client>) {
-        self.operator
-            .print(&format!("* client {} finished sending", client.id()));
+        match self.config.mode {
+            // Everything that came has been echoed: nothing more will.
+            Mode::Echo => client.close(Disconnect::ClosedByPeer),
+            Mode::Console => self
+                .operator
+                .print(&format!("* client {} finished sending", client.id())),
+        }
     }
 
     fn disconnected(&self, client: &Rc<Client>, reason: Disconnect) {
@@ -972,8 +977,18 @@ mod tests {
             mode: Mode::Echo,
             ..config()
         });
-        let client = h.connect(5001);
-        assert!(!client.protocol().wants_half_close());
+        let mut client = h.connect(5001);
+        h.out();
+        client.feed(b"one\ntwo").unwrap();
+        half_close(&mut client);
+        assert_eq!(
+            written(&client),
+            "one\r\ntwo\r\n",
+            "the last line is echoed too"
+        );
+        assert!(client.transport().lost_connection());
+        client.close();
+        assert_eq!(h.out(), ["* client 1 disconnected: closed by peer"]);
     }
 
     #[test]

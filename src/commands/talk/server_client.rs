@@ -475,10 +475,11 @@ impl LineHandler for ClientHandler {
         self.client.ended(reason);
     }
 
-    /// In console mode a client's end of input is "finished sending", not "gone": the
-    /// operator may still answer it. In `--echo` mode it ends the connection, as before.
+    /// A client's end of input is "finished sending", not "gone": in console mode the
+    /// operator may still answer it; in `--echo` mode its last, unterminated line is
+    /// echoed before the server closes.
     fn wants_half_close(&self) -> bool {
-        self.client.settings.flow == Flow::Queue
+        true
     }
 
     fn read_connection_lost(&mut self, lines: &mut LineControl<'_>) -> ProtocolResult {
