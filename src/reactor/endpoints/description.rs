@@ -13,9 +13,9 @@
 //! a backslash; `[::1]` keeps an IPv6 address's colons together. Every error names
 //! the bad field, kind or key.
 //!
-//! TCP descriptions listen and connect here ([`ServerDescription::listen`],
-//! [`ClientDescription::connect`]); the UNIX and TLS kinds are parsed and typed, and
-//! are connected up by the UNIX-socket and TLS layers.
+//! Every kind listens ([`ServerDescription::listen`]) and connects
+//! ([`ClientDescription::connect`]): TCP through the [`HostnameEndpoint`], UNIX sockets
+//! through the UNIX endpoint, and TLS through the TLS layer on either.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -422,15 +422,6 @@ fn parse_client_fields(description: &str) -> Result<ClientDescription, Descripti
     }
 }
 
-/// A kind this build cannot listen or connect with yet (the TLS kinds until their
-/// layer connects them up).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{kind}:' endpoints cannot be used yet")]
-pub struct UnsupportedKind {
-    /// The kind.
-    pub kind: &'static str,
-}
-
 /// What listening by a description opened.
 #[derive(Debug)]
 pub enum Listening {
@@ -446,9 +437,6 @@ pub enum ListenError {
     /// Binding or listening failed (TCP or UNIX).
     #[error(transparent)]
     Tcp(#[from] crate::reactor::tcp::CannotListenError),
-    /// The kind is not connected up yet.
-    #[error(transparent)]
-    Unsupported(#[from] UnsupportedKind),
     /// The TLS certificate or key could not be used (S-13: at listen time).
     #[error(transparent)]
     Tls(#[from] crate::reactor::tls::TlsConfigError),
