@@ -1149,3 +1149,28 @@ fn u05_x14_a_queue_that_stays_full_times_out() {
     );
     assert!(waited >= Duration::from_millis(80), "{waited:?}");
 }
+
+#[test]
+fn u05_p28_a_connect_waiting_for_room_ends_at_shutdown() {
+    let dir = TempDir::new("queue-full-shutdown");
+    let address = dir.socket("s");
+    let (_listener, _queued) = full_listener(address.path().unwrap());
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let failure = Rc::new(RefCell::new(None));
+    let f = failure.clone();
+    let waiting = client(&log, |p| p).failed(move |_, e| {
+        *f.borrow_mut() = Some(e.to_string());
+    });
+    // The caller keeps no handle: the wait must keep the connector itself.
+    drop(connect(&reactor, &address, waiting));
+    let r = reactor.clone();
+    reactor.call_later(Duration::from_millis(20), move || stop(&r));
+    run(&reactor);
+    let events = events(&log);
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events[2].starts_with("cf:failed(Other("), "{events:?}");
+    assert_eq!(events[3], "cf:stop");
+    let failure = failure.borrow().clone().expect("told");
+    assert!(failure.contains("shutting down"), "{failure}");
+}

@@ -617,6 +617,14 @@ impl Reactor {
             .reregister(source, key.token(), interest)
     }
 
+    /// Keeps `handler` in the registry without a source in the poll: it is told of the
+    /// reactor's shutdown like every registered source, and never of readiness. For
+    /// something waiting on a timer that must still end at shutdown (a UNIX connect
+    /// waiting for room in a listener's queue). [`Reactor::forget_io`] removes it.
+    pub(crate) fn track_io(&self, handler: Rc<dyn IoHandler>) -> std::io::Result<IoKey> {
+        self.inner.io.borrow_mut().insert(io::Handler::Dyn(handler))
+    }
+
     /// Frees the slot of a source that is about to be closed, without telling the poll:
     /// closing the descriptor removes it from epoll anyway, and that saves a syscall
     /// per short-lived socket (a port scan closes thousands). The caller must close

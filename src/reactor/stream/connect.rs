@@ -34,6 +34,7 @@ enum ConnectorState {
 struct Attempt {
     /// The connecting socket; `None` while a UNIX connect waits to try again.
     stream: Option<Socket>,
+    /// The registry key of the socket, or of the wait (see `Reactor::track_io`).
     key: IoKey,
     /// The attempt's timeout.
     timer: Option<DelayedCall>,
@@ -218,28 +219,39 @@ impl Connector {
             Address::Tcp(address) => reactor.start_tcp_connect(address),
             Address::Unix(address) => crate::reactor::unix::start_connect(&address),
         };
-        let registered = started.and_then(|stream| {
-            let handler: Rc<dyn IoHandler> = Rc::new(AttemptHandler {
+        let handler = || -> Rc<dyn IoHandler> {
+            Rc::new(AttemptHandler {
                 connector: self.inner.clone(),
                 generation,
-            });
-            let fd = stream.as_raw_fd();
-            let key = reactor.register_io(&mut SourceFd(&fd), Interest::WRITABLE, handler)?;
-            Ok((stream, key))
-        });
-        let queue_full = matches!(&registered, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            && matches!(self.inner.destination, CompactAddr::Unix(_));
-        let (stream, key, retry) = match registered {
-            Ok((stream, key)) => (Some(stream), key, None),
-            Err(_) if queue_full => {
-                // Strongly, as the registered attempt's handler does: a caller may drop
-                // the connector, and the attempt must go on.
-                let inner = self.inner.clone();
-                let retry = reactor.call_later(wait, move || {
-                    Connector { inner }.retry(generation, wait);
-                });
-                (None, IoKey::NONE, Some(retry))
+            })
+        };
+        let queue_full = |e: &io::Error| {
+            e.kind() == io::ErrorKind::WouldBlock
+                && matches!(self.inner.destination, CompactAddr::Unix(_))
+        };
+        let tracked = match started {
+            Ok(stream) => {
+                let fd = stream.as_raw_fd();
+                reactor
+                    .register_io(&mut SourceFd(&fd), Interest::WRITABLE, handler())
+                    .map(|key| (Some(stream), key, None))
             }
+            // The wait is registered (without a socket) so that the reactor's shutdown
+            // ends it as it ends a connecting socket's attempt; its handler also keeps
+            // the connector, which the caller may have dropped.
+            Err(error) if queue_full(&error) => reactor.track_io(handler()).map(|key| {
+                let connector = Rc::downgrade(&self.inner);
+                let retry = reactor.call_later(wait, move || {
+                    if let Some(inner) = connector.upgrade() {
+                        Connector { inner }.retry(generation, wait);
+                    }
+                });
+                (None, key, Some(retry))
+            }),
+            Err(error) => Err(error),
+        };
+        let (stream, key, retry) = match tracked {
+            Ok(tracked) => tracked,
             Err(error) => {
                 if let Some(timer) = timer {
                     let _ = timer.cancel();
@@ -281,6 +293,7 @@ impl Connector {
         let Some(attempt) = self.inner.attempt.borrow_mut().take() else {
             return;
         };
+        reactor.forget_io(attempt.key);
         let wait = waited.saturating_mul(2).min(QUEUE_FULL_RETRY_MAX);
         self.try_connect(&reactor, generation, attempt.timer, wait);
     }
@@ -303,12 +316,10 @@ impl Connector {
         for timer in [attempt.timer, attempt.retry].into_iter().flatten() {
             let _ = timer.cancel();
         }
-        if let Some(stream) = attempt.stream {
-            if let Some(reactor) = self.inner.reactor.upgrade() {
-                reactor.forget_io(attempt.key);
-            }
-            drop(stream);
+        if let Some(reactor) = self.inner.reactor.upgrade() {
+            reactor.forget_io(attempt.key);
         }
+        drop(attempt.stream);
     }
 
     /// P-13: `client_connection_failed`, then the factory's stop unless it reconnected.
