@@ -117,8 +117,9 @@ pub enum Command {
                       half-closed by /who, until 'bye', /kick, --idle-timeout or /quit \
                       closes it; a last line without a newline is shown first.\n\n\
                       When stdin is not a terminal there is no prompt: its lines are typed \
-                      lines, each going to the client that spoke last (or the only one), \
-                      and its end means /quit.",
+                      lines, each going to the client that spoke last (or the only one) \
+                      and echoed on stdout as the prompt would have shown it ('to 3> \
+                      text', 'to all> text'), and its end means /quit.",
         after_long_help = concat!("EXAMPLES:
     twistctl talk-server 8000
     twistctl talk-server --bind localhost 0 --echo --idle-timeout 5m

@@ -714,6 +714,9 @@ fn a_piped_client_gets_the_answer_typed_after_its_input_ended_and_exits_0_on_bye
     assert_eq!(client.next_line(), "Server: bye");
     let finished = client.finish();
     finished.assert_ended(&["Connection lost - goodbye!"], 0);
+    // With no prompt, the server's transcript names where each typed line went.
+    assert_eq!(server.next_line(), "to 1> about noon");
+    assert_eq!(server.next_line(), "to 1> bye");
     assert_eq!(server.next_line(), "* client 1 disconnected: bye");
     server.close_stdin();
     assert_eq!(server.finish().code, Some(0));

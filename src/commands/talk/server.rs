@@ -183,20 +183,33 @@ impl TalkServer {
             }
         };
         let state = &self.state;
+        // Without a prompt nothing on the screen says where a line went: a line saying so
+        // is printed instead, as the prompt would have shown it.
+        let echo = |to: &str, text: &str| {
+            if prompt.is_none() {
+                state.operator.print(&format!("to {to}> {text}"));
+            }
+        };
         match command {
             OperatorCommand::Nothing => {}
             OperatorCommand::Say(text) => match prompt {
                 None => {
                     let route = state.clients.borrow().route_among(is_open);
                     match route {
-                        Ok(id) => state.say_to(id, &text),
+                        Ok(id) => {
+                            if state.say_to(id, &text) {
+                                echo(&id.to_string(), &text);
+                            }
+                        }
                         Err(error) => state.operator.eprint(&format!("* not sent: {error}")),
                     }
                 }
                 Some(Some(id)) => {
                     let client = state.clients.borrow().get(id).cloned();
                     match client.filter(is_open) {
-                        Some(client) => state.say(&client, &text),
+                        Some(client) => {
+                            state.say(&client, &text);
+                        }
                         None => state
                             .operator
                             .eprint(&format!("* not sent: client {id} has left")),
@@ -205,7 +218,9 @@ impl TalkServer {
                 Some(None) => {
                     let only = state.clients.borrow().only_among(is_open);
                     match only {
-                        Ok(id) => state.say_to(id, &text),
+                        Ok(id) => {
+                            state.say_to(id, &text);
+                        }
                         Err(RouteError::NoClients) => {
                             state.operator.eprint("* not sent: no client is connected");
                         }
@@ -216,14 +231,22 @@ impl TalkServer {
                     }
                 }
             },
-            OperatorCommand::To(id, text) => state.say_to(id, &text),
+            OperatorCommand::To(id, text) => {
+                if state.say_to(id, &text) {
+                    echo(&id.to_string(), &text);
+                }
+            }
             OperatorCommand::All(text) => {
                 let clients = state.clients.borrow().snapshot();
                 if clients.is_empty() {
                     state.operator.eprint("* not sent: no client is connected");
                 }
+                let mut sent = false;
                 for (_, client) in clients {
-                    state.say(&client, &text);
+                    sent |= state.say(&client, &text);
+                }
+                if sent {
+                    echo("all", &text);
                 }
             }
             OperatorCommand::Who => state.who(),
@@ -295,22 +318,28 @@ impl State {
         }
     }
 
-    fn say_to(&self, id: u64, text: &str) {
+    /// Sends to client `id`; true if the line was accepted.
+    fn say_to(&self, id: u64, text: &str) -> bool {
         let client = self.clients.borrow().get(id).cloned();
         match client {
             Some(client) => self.say(&client, text),
-            None => self.no_such_client(id),
+            None => {
+                self.no_such_client(id);
+                false
+            }
         }
     }
 
-    /// Sends a typed line; a `bye` then closes that client, as in the tutorial.
-    fn say(&self, client: &Rc<Client>, text: &str) {
+    /// Sends a typed line; a `bye` then closes that client, as in the tutorial. True if
+    /// the line was accepted.
+    fn say(&self, client: &Rc<Client>, text: &str) -> bool {
         if !client.send_line(text.as_bytes()) {
-            return;
+            return false;
         }
         if text.trim() == "bye" {
             client.close(Disconnect::Bye);
         }
+        true
     }
 
     fn no_such_client(&self, id: u64) {
@@ -636,7 +665,7 @@ mod tests {
         assert_eq!(written(&client), "bye\r\n");
         assert!(client.transport().lost_connection());
         client.close();
-        assert_eq!(h.out(), ["* client 1 disconnected: bye"]);
+        assert_eq!(h.out(), ["to 1> bye", "* client 1 disconnected: bye"]);
     }
 
     #[test]
@@ -917,7 +946,10 @@ mod tests {
         assert_eq!(written(&client), "bye\r\n");
         assert!(client.transport().lost_connection());
         client.close();
-        assert_eq!(h.out(), ["* client 1 disconnected: bye"]);
+        assert_eq!(
+            h.out(),
+            ["to 1> noon", "to 1> bye", "* client 1 disconnected: bye"]
+        );
     }
 
     #[test]
@@ -1021,6 +1053,23 @@ mod tests {
         h.typed("for the last speaker");
         assert_eq!(written(&two), "for the last speaker\r\n");
         assert!(h.err().is_empty());
+    }
+
+    #[test]
+    fn piped_lines_are_echoed_naming_their_recipient_and_typed_ones_are_not() {
+        let h = Harness::new(config());
+        let _one = h.connect(5001);
+        let _two = h.connect(5002);
+        h.out();
+        h.typed("/to 2 for two");
+        h.typed("/all for all");
+        h.typed("nobody spoke");
+        h.server.typed_at_prompt("/to 1 at a prompt", None);
+        assert_eq!(h.out(), ["to 2> for two", "to all> for all"]);
+        assert_eq!(
+            h.err(),
+            ["* not sent: 2 clients are connected and none of them spoke last; use /to N text"]
+        );
     }
 
     #[test]
@@ -1131,10 +1180,13 @@ mod tests {
         }
         assert!(sent * 1002 <= OUTGOING_LIMIT);
         slow.close();
-        assert_eq!(h.out(), ["* client 1 disconnected: too slow"]);
+        assert_eq!(
+            h.out().last().map(String::as_str),
+            Some("* client 1 disconnected: too slow")
+        );
         other.feed(b"hello\n").unwrap();
         h.typed("hi");
-        assert_eq!(h.out(), ["Client 2: hello"]);
+        assert_eq!(h.out(), ["Client 2: hello", "to 2> hi"]);
         assert_eq!(written(&other), "hi\r\n");
     }
 
@@ -1322,6 +1374,7 @@ mod tests {
         assert_eq!(
             h.out(),
             [
+                "to 1> last words",
                 "* client 1 disconnected: server shutting down",
                 "* client 2 disconnected: server shutting down",
             ]
