@@ -725,11 +725,6 @@ fn u05_a_socket_nobody_accepts_on_is_refused() {
 
 #[test]
 fn u05_a_path_without_permission_fails_with_eacces() {
-    // Root passes every permission check.
-    if is_root() {
-        eprintln!("skipped: running as root, who is never refused permission");
-        return;
-    }
     let dir = TempDir::new("eacces");
     let address = dir.socket("s");
     let _listener = StdListener::bind(address.path().unwrap()).unwrap();
@@ -738,8 +733,54 @@ fn u05_a_path_without_permission_fails_with_eacces() {
         std::fs::Permissions::from_mode(0o000),
     )
     .unwrap();
-    let error = connect_failure(&address);
+    if !is_root() {
+        let error = connect_failure(&address);
+        assert_eq!(errno(&error), Some(libc::EACCES), "{error:?}");
+        return;
+    }
+    // Root passes every permission check: connect as nobody, in a child.
+    let exe = std::env::current_exe().unwrap();
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .args([
+            "u05_eacces_child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(EACCES_CHILD, address.path().unwrap())
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(error) => {
+            eprintln!(
+                "skipped: running as root and cannot run setpriv to drop privileges: {error}"
+            );
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("EACCES-CHILD-OK"),
+        "child failed: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+}
+
+const EACCES_CHILD: &str = "TWISTCTL_UNIX_EACCES_CHILD";
+
+/// Runs only as the child of `u05_a_path_without_permission_fails_with_eacces`, as an
+/// unprivileged user; in a normal run it returns.
+#[test]
+fn u05_eacces_child_process() {
+    let Some(path) = std::env::var_os(EACCES_CHILD) else {
+        return;
+    };
+    let error = connect_failure(&UnixAddress::Path(PathBuf::from(path)));
     assert_eq!(errno(&error), Some(libc::EACCES), "{error:?}");
+    println!("EACCES-CHILD-OK");
 }
 
 /// Whether this process runs as root, read from /proc (no unsafe call needed).
