@@ -37,7 +37,7 @@ use crate::reactor::{
 };
 
 use super::console::{Console, ConsoleEvent, Prompt};
-use super::escape::escape_peer_text;
+use crate::commands::escape::escape_peer_text;
 
 /// The prompt shown while the operator may type.
 pub const PROMPT: &str = "Client: ";

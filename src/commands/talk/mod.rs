@@ -4,7 +4,6 @@
 pub mod client;
 pub mod commands;
 pub mod console;
-pub mod escape;
 pub mod known_hosts;
 pub mod registry;
 pub mod server;

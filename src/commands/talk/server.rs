@@ -10,7 +10,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use super::commands::{self, OperatorCommand};
-use super::escape::escape_peer_text;
+use crate::commands::escape::escape_peer_text;
 use super::registry::{Registry, RouteError};
 use super::server_client::{Client, ClientEvents, ClientSettings, Disconnect, Flow, plain_address};
 use crate::protocols::policies::{ConnectionLimits, LimitFactory, RefusedProtocol};
