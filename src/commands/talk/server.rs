@@ -10,9 +10,9 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use super::commands::{self, OperatorCommand};
-use crate::commands::escape::escape_peer_text;
 use super::registry::{Registry, RouteError};
 use super::server_client::{Client, ClientEvents, ClientSettings, Disconnect, Flow, plain_address};
+use crate::commands::escape::escape_peer_text;
 use crate::protocols::policies::{ConnectionLimits, LimitFactory, RefusedProtocol};
 use crate::reactor::{
     Address, Deferred, Factory, Protocol, ProtocolResult, Scheduler, TransportRef,
