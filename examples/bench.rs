@@ -5,7 +5,8 @@
 //! target/release/examples/bench WORKLOAD [--flag VALUE ...]
 //! ```
 //!
-//! WORKLOAD is one of `timers`, `connect`, `echo`, `lines`, `idle`, with the same flags,
+//! WORKLOAD is one of `timers`, `connect`, `echo`, `lines`, `idle`, `tls-connect`,
+//! `tls-echo` (the TLS ones in `bench/tls.rs`), with the same flags,
 //! defaults, JSON line, self-checks and exit statuses as the reference
 //! (`twisted_bench.py`, on Twisted). Everything runs on one reactor in one thread and
 //! uses only the reactor's public API, the one the subcommands use: `call_later`,
@@ -32,6 +33,11 @@ use twistctl::reactor::{
     Address, CloseReason, ConnectError, Factory, Producer, Protocol, ProtocolResult, Reactor,
     TransportRef,
 };
+
+#[path = "bench/tls.rs"]
+mod tls;
+
+pub use tls::{TlsConnectArgs, TlsEchoArgs, TlsFiles};
 
 const IMPL: &str = "twistctl";
 const BACKLOG: i32 = 1024;
@@ -65,6 +71,10 @@ pub enum Workload {
     Lines(LinesArgs),
     /// K idle connection pairs: memory per pair, then close from the server side.
     Idle(IdleArgs),
+    /// `connect` over TLS 1.3 with the contract's fixed parameters.
+    TlsConnect(TlsConnectArgs),
+    /// `echo` over TLS 1.3 with the contract's fixed parameters.
+    TlsEcho(TlsEchoArgs),
 }
 
 /// `--timeout`, common to every workload.
@@ -172,6 +182,8 @@ impl Workload {
             Workload::Echo(_) => "echo",
             Workload::Lines(_) => "lines",
             Workload::Idle(_) => "idle",
+            Workload::TlsConnect(_) => "tls-connect",
+            Workload::TlsEcho(_) => "tls-echo",
         }
     }
 
@@ -183,6 +195,8 @@ impl Workload {
             Workload::Echo(a) => a.common.timeout,
             Workload::Lines(a) => a.common.timeout,
             Workload::Idle(a) => a.common.timeout,
+            Workload::TlsConnect(a) => a.common.timeout,
+            Workload::TlsEcho(a) => a.common.timeout,
         }
     }
 
@@ -214,6 +228,17 @@ impl Workload {
                 p.put("connections", a.connections);
                 p.put("pending", a.pending);
             }
+            // The file flags are left out, as the contract says.
+            Workload::TlsConnect(a) => {
+                p.put("count", a.count);
+                p.put("concurrency", a.concurrency);
+            }
+            Workload::TlsEcho(a) => {
+                p.put("connections", a.connections);
+                p.put("bytes", a.bytes);
+                p.put("chunk", a.chunk);
+                p.put("window", a.window);
+            }
         }
         p
     }
@@ -230,6 +255,8 @@ impl Workload {
             Workload::Echo(a) => run_echo(&ctx, a),
             Workload::Lines(a) => run_lines(&ctx, a),
             Workload::Idle(a) => run_idle(&ctx, a),
+            Workload::TlsConnect(a) => tls::run_tls_connect(&ctx, a),
+            Workload::TlsEcho(a) => tls::run_tls_echo(&ctx, a),
         }
     }
 }
@@ -709,6 +736,27 @@ struct EchoClients {
     failed: Cell<u64>,
 }
 
+impl EchoClients {
+    /// The clients of K connections moving `total` bytes in all.
+    fn new(reactor: &Reactor, k: u64, total: u64, chunk: u64, window: u64) -> Rc<EchoClients> {
+        Rc::new_cyclic(|me| EchoClients {
+            me: me.clone(),
+            reactor: reactor.clone(),
+            k,
+            per: total / k,
+            extra: total % k,
+            chunk,
+            window,
+            payload: vec![0xA5; chunk as usize],
+            next: Cell::new(0),
+            made: Cell::new(0),
+            done: Cell::new(0),
+            echoed: Cell::new(0),
+            failed: Cell::new(0),
+        })
+    }
+}
+
 struct EchoClient {
     clients: Rc<EchoClients>,
     target: u64,
@@ -800,21 +848,7 @@ fn run_echo(ctx: &Ctx, a: &EchoArgs) -> Outcome {
         Ok(p) => p,
         Err(e) => return fail(ctx, &e),
     };
-    let clients = Rc::new_cyclic(|me| EchoClients {
-        me: me.clone(),
-        reactor: reactor.clone(),
-        k,
-        per: total / k,
-        extra: total % k,
-        chunk: a.chunk as u64,
-        window: a.window as u64,
-        payload: vec![0xA5; a.chunk as usize],
-        next: Cell::new(0),
-        made: Cell::new(0),
-        done: Cell::new(0),
-        echoed: Cell::new(0),
-        failed: Cell::new(0),
-    });
+    let clients = EchoClients::new(&reactor, k, total, a.chunk as u64, a.window as u64);
 
     let mut watch = Stopwatch::start();
     for _ in 0..k {

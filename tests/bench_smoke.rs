@@ -7,8 +7,8 @@
 mod bench;
 
 use bench::{
-    Common, ConnectArgs, EchoArgs, IdleArgs, LinesArgs, Outcome, TimersArgs, Workload,
-    cancel_threshold, lcg_delays_ms,
+    Common, ConnectArgs, EchoArgs, IdleArgs, LinesArgs, Outcome, TimersArgs, TlsConnectArgs,
+    TlsEchoArgs, TlsFiles, Workload, cancel_threshold, lcg_delays_ms,
 };
 use serde_json::Value;
 
@@ -200,4 +200,80 @@ fn idle_smoke() {
     );
     assert_ok(&outcome, &v, "idle");
     assert_eq!(v["ops"], 40);
+}
+
+#[test]
+fn tls_connect_smoke() {
+    let outcome = run(Workload::TlsConnect(TlsConnectArgs {
+        count: 30,
+        concurrency: 7,
+        files: TlsFiles::default(),
+        common: common(),
+    }));
+    let v = parse_in_order(
+        &outcome,
+        &[
+            "completed",
+            "server_accepted",
+            "tls_version",
+            "cipher",
+            "group",
+            "handshakes_per_s",
+        ],
+    );
+    assert_ok(&outcome, &v, "tls-connect");
+    assert_eq!(v["completed"], 30);
+    assert_eq!(v["tls_version"], "TLSv1.3");
+    assert_eq!(v["cipher"], "TLS_AES_128_GCM_SHA256");
+    assert_eq!(v["group"], "x25519");
+    // The file flags are not params.
+    assert_eq!(v["params"].as_object().map(|p| p.len()), Some(2));
+}
+
+#[test]
+fn tls_connect_fails_its_check_with_the_wrong_ca() {
+    let files = TlsFiles::default();
+    let outcome = run(Workload::TlsConnect(TlsConnectArgs {
+        count: 3,
+        concurrency: 3,
+        files: TlsFiles {
+            ca: files.cert.clone(),
+            ..files
+        },
+        common: common(),
+    }));
+    assert!(!outcome.ok);
+    let v: Value = serde_json::from_str(&outcome.line).expect("JSON");
+    let check = v["check"].as_str().expect("check");
+    assert!(check.starts_with("fail: handshake failed: "), "{check}");
+    assert!(check.contains("issuer is unknown"), "{check}");
+}
+
+#[test]
+fn tls_echo_smoke() {
+    for connections in [1, 3] {
+        let bytes = 1_000_003;
+        let outcome = run(Workload::TlsEcho(TlsEchoArgs {
+            connections,
+            bytes,
+            chunk: 65536,
+            window: 262144,
+            files: TlsFiles::default(),
+            common: common(),
+        }));
+        let v = parse_in_order(
+            &outcome,
+            &[
+                "bytes_echoed",
+                "bytes_per_s",
+                "mb_per_s",
+                "tls_version",
+                "cipher",
+                "group",
+            ],
+        );
+        assert_ok(&outcome, &v, "tls-echo");
+        assert_eq!(v["bytes_echoed"], bytes);
+        assert_eq!(v["cipher"], "TLS_AES_128_GCM_SHA256");
+    }
 }
