@@ -1782,3 +1782,57 @@ fn e09_ssl_and_tls_descriptions_listen_and_connect() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The layer runs over any stream transport: a TLS chat over a UNIX socket, with the
+/// same factories that `listen_tls` and `connect_tls` use over TCP.
+#[test]
+fn s01_s03_tls_over_a_unix_socket() {
+    use twistctl::reactor::UnixAddress;
+    use twistctl::reactor::tls::{client_factory, server_factory};
+    let dir = temp_dir("unix");
+    let path = UnixAddress::Path(dir.join("tls.sock"));
+    let reactor = Reactor::new().expect("reactor");
+    let log = new_log();
+    let ends = Rc::new(Cell::new(0));
+    let server = Script {
+        data: data_hook(|_, t, peer, _| {
+            if peer.received.borrow().ends_with(b"\n") {
+                t.write(b"pong\n");
+                t.lose_connection();
+            }
+        }),
+        stop_after_ends: 2,
+        ..Script::default()
+    };
+    let servers = Peers::sharing("server", &log, &reactor, server, &ends);
+    let _port = reactor
+        .listen_unix(
+            path.clone(),
+            server_factory(
+                &reactor,
+                &server_config(&[&pki().leaf], &[]),
+                servers.clone(),
+            ),
+        )
+        .expect("listening");
+    let client = Script {
+        made: hook(|_, t, _| t.write(b"ping\n")),
+        stop_after_ends: 2,
+        ..Script::default()
+    };
+    let clients = Peers::sharing("client", &log, &reactor, client, &ends);
+    let factory =
+        client_factory(&reactor, &trusting_ca(), "localhost", clients.clone()).expect("factory");
+    let _connector = reactor.connect_unix(path, factory, None);
+    run(&reactor);
+    assert_eq!(servers.received(), b"ping\n");
+    assert_eq!(clients.received(), b"pong\n");
+    let log = entries(&log);
+    assert!(
+        log.contains(&"client handshake TLSv1.3".to_string()),
+        "{log:?}"
+    );
+    assert!(log.contains(&"client lost done".to_string()), "{log:?}");
+    assert!(log.contains(&"server lost done".to_string()), "{log:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

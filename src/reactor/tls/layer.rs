@@ -474,9 +474,14 @@ impl TlsTransport {
         self.raise(flag::ENDED);
         let recorded = self.reason.borrow_mut().take();
         let reason = recorded.unwrap_or_else(|| match outer_reason {
-            CloseReason::Done if self.has(flag::PEER_CLOSED | flag::CLOSE_SENT) => {
+            // S-08: the peer ended the stream with close_notify; that our answer then
+            // met a closed socket (a reset, or EPIPE on a UNIX socket) changes nothing.
+            CloseReason::Done | CloseReason::Reset(_) | CloseReason::Lost(_)
+                if self.has(flag::PEER_CLOSED) =>
+            {
                 CloseReason::Done
             }
+            CloseReason::Done if self.has(flag::CLOSE_SENT) => CloseReason::Done,
             // S-09: an end of stream without close_notify is a truncation.
             CloseReason::Done => CloseReason::Lost(Some(Rc::new(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
