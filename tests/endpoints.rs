@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use twistctl::reactor::endpoints::{
-    AttemptLimiter, AttemptOutcome, CheckHandle, CheckedFactory, Connection, EndpointError,
-    EndpointErrorKind, EndpointOptions, Family, Grant, HostnameEndpoint, Pending, ResolveError,
+    AttemptLimiter, AttemptOutcome, CheckHandle, CheckedFactory, Connecting, Connection,
+    EndpointError, EndpointErrorKind, EndpointOptions, Family, Grant, HostnameEndpoint, Pending,
+    ResolveError,
 };
 use twistctl::reactor::{
     Address, ConnectError, Deferred, Factory, Failure, Protocol, ProtocolResult, Reactor, Step,
@@ -700,4 +701,65 @@ fn e09_a_tcp_description_listens_and_another_connects_to_it() {
     let out = collect(&reactor, &d, &log);
     run(&reactor);
     assert_eq!(connection(&out).peer.as_inet().unwrap().port(), port);
+}
+
+/// A checked connect to a server that never sends its banner.
+fn silent_check(reactor: &Reactor, open: SocketAddr, deadline: Option<Duration>) -> Connecting {
+    HostnameEndpoint::new(reactor, "127.0.0.1", open.port())
+        .with_options(EndpointOptions {
+            deadline,
+            ..options()
+        })
+        .start_checked(Rc::new(BannerFactory(b"SSH-2.0")))
+}
+
+#[test]
+fn e08_the_deadline_also_bounds_the_check_and_names_it() {
+    let reactor = Reactor::new().unwrap();
+    let log: Log = Rc::default();
+    let (server, open) = listener();
+    let connecting = silent_check(&reactor, open, Some(Duration::from_millis(200)));
+    let out = collect(&reactor, &connecting.deferred(), &log);
+    run(&reactor);
+    let error = endpoint_error(&out);
+    match &error.kind {
+        EndpointErrorKind::TimedOut { pending, .. } => {
+            assert_eq!(*pending, Pending::Checking(open));
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(
+        error.to_string().contains("checking the connection to"),
+        "{error}"
+    );
+    // The unchecked connection was reset, not left open.
+    let (mut accepted, _) = server.accept().unwrap();
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buffer = [0u8; 8];
+    let read = accepted.read(&mut buffer);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "expected the connection closed, got {read:?}"
+    );
+}
+
+#[test]
+fn e07_cancel_during_the_check_closes_the_connection() {
+    let reactor = Reactor::new().unwrap();
+    let log: Log = Rc::default();
+    let (_server, open) = listener();
+    let connecting = silent_check(&reactor, open, None);
+    let out = collect(&reactor, &connecting.deferred(), &log);
+    let c = connecting.clone();
+    reactor.call_later(Duration::from_millis(100), move || {
+        assert!(matches!(c.attempts()[0].outcome, AttemptOutcome::Connected));
+        c.cancel();
+    });
+    run(&reactor);
+    assert!(matches!(
+        endpoint_error(&out).kind,
+        EndpointErrorKind::Cancelled
+    ));
 }
