@@ -548,7 +548,7 @@ impl Protocol for BannerCheck {
 struct BannerFactory(&'static [u8]);
 
 impl CheckedFactory for BannerFactory {
-    fn build_protocol(&self, _: SocketAddr, check: CheckHandle) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _: Address, check: CheckHandle) -> Option<Box<dyn Protocol>> {
         Some(Box::new(BannerCheck {
             wanted: self.0,
             check,

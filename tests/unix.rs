@@ -16,9 +16,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use twistctl::reactor::endpoints::description::Listening;
-use twistctl::reactor::endpoints::{Connection, parse_client, parse_server};
+use twistctl::reactor::endpoints::{
+    CheckHandle, CheckedFactory, Connection, parse_client, parse_server,
+};
 use twistctl::reactor::stream::{Connector, HIGH_WATER_MARK};
-use twistctl::reactor::unix::{UnixConnectError, UnixListenOptions, UnixPort};
+use twistctl::reactor::unix::{
+    UnixCheckError, UnixConnectError, UnixEndpoint, UnixListenOptions, UnixPort,
+};
 use twistctl::reactor::{
     Address, ConnectError, PeerCredentials, Producer, Reactor, Step, TransportRef, UnixAddress,
 };
@@ -1214,4 +1218,125 @@ fn u05_p28_a_connect_waiting_for_room_ends_at_shutdown() {
     assert_eq!(events[3], "cf:stop");
     let failure = failure.borrow().clone().expect("told");
     assert!(failure.contains("shutting down"), "{failure}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Checked connects over UNIX sockets (a probe's banner check, a TLS handshake)
+
+/// Passes its check when the banner starts with the wanted bytes, fails it otherwise.
+struct BannerCheck {
+    wanted: &'static [u8],
+    log: Log,
+}
+
+struct Banner {
+    wanted: &'static [u8],
+    check: CheckHandle,
+    log: Log,
+}
+
+impl twistctl::reactor::Protocol for Banner {
+    fn data_received(
+        &mut self,
+        _: &TransportRef,
+        data: &[u8],
+    ) -> twistctl::reactor::ProtocolResult {
+        push(
+            &self.log,
+            format!("banner {}", String::from_utf8_lossy(data)),
+        );
+        if data.starts_with(self.wanted) {
+            self.check.pass();
+        } else {
+            self.check
+                .fail(twistctl::reactor::Failure::msg("unexpected banner"));
+        }
+        Ok(())
+    }
+
+    fn connection_lost(&mut self, _: &twistctl::reactor::CloseReason) {
+        push(&self.log, "probe lost");
+    }
+}
+
+impl CheckedFactory for BannerCheck {
+    fn build_protocol(
+        &self,
+        addr: Address,
+        check: CheckHandle,
+    ) -> Option<Box<dyn twistctl::reactor::Protocol>> {
+        push(&self.log, format!("build for {addr}"));
+        Some(Box::new(Banner {
+            wanted: self.wanted,
+            check,
+            log: self.log.clone(),
+        }))
+    }
+}
+
+/// Serves `banner` to each client on a fresh socket, connects with a banner check for
+/// `wanted`, and returns the outcome and the log.
+fn checked_connect(banner: &'static [u8], wanted: &'static [u8]) -> (Outcome, Log, UnixAddress) {
+    let dir = TempDir::new("checked");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let greeter = server(&log, move |p| {
+        p.made(move |t| {
+            t.write(banner);
+            Ok(())
+        })
+    });
+    let _port = listen(&reactor, &address, greeter);
+    let outcome: Outcome = Rc::new(RefCell::new(None));
+    let (o, r) = (outcome.clone(), reactor.clone());
+    let check = Rc::new(BannerCheck {
+        wanted,
+        log: log.clone(),
+    });
+    let _done = UnixEndpoint::new(&reactor, address.clone())
+        .connect_checked(check)
+        .then(move |result| {
+            *o.borrow_mut() = Some(result);
+            // Let the connection's own end (a failed check closes it) show in the log.
+            let r2 = r.clone();
+            r.call_later(Duration::from_millis(20), move || stop(&r2));
+            Step::Value(())
+        });
+    run(&reactor);
+    drop(dir);
+    (outcome, log, address)
+}
+
+#[test]
+fn e01_a_checked_unix_connect_fires_once_the_check_passed() {
+    let (outcome, log, address) = checked_connect(b"HELLO there", b"HELLO");
+    let connection = outcome.borrow_mut().take().expect("fired").expect("passed");
+    assert_eq!(connection.peer, Address::Unix(address.clone()));
+    let events = events(&log);
+    assert!(events.contains(&format!("build for {}", Address::Unix(address))));
+    assert!(
+        events.contains(&"banner HELLO there".to_string()),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn e01_a_failed_check_closes_the_unix_connection_and_says_why() {
+    let (outcome, log, address) = checked_connect(b"GO AWAY", b"HELLO");
+    let failure = outcome
+        .borrow_mut()
+        .take()
+        .expect("fired")
+        .expect_err("failed");
+    let error = failure
+        .downcast_ref::<UnixCheckError>()
+        .expect("a UnixCheckError");
+    assert_eq!(error.address, address);
+    assert!(error.to_string().contains("unexpected banner"), "{error}");
+    assert!(
+        events(&log).contains(&"probe lost".to_string()),
+        "closed: {:?}",
+        events(&log)
+    );
 }

@@ -282,15 +282,25 @@ impl std::error::Error for EndpointError {}
 /// A factory whose protocol checks the connection before it counts as made: it gets a
 /// [`CheckHandle`] and calls [`CheckHandle::pass`] or [`CheckHandle::fail`].
 pub trait CheckedFactory: 'static {
-    /// The protocol for the winning connection to `addr`, or `None` to refuse it.
-    fn build_protocol(&self, addr: SocketAddr, check: CheckHandle) -> Option<Box<dyn Protocol>>;
+    /// The protocol for the winning connection to `addr` (TCP, or UNIX through
+    /// `unix::UnixEndpoint::connect_checked`), or `None` to refuse it.
+    fn build_protocol(&self, addr: Address, check: CheckHandle) -> Option<Box<dyn Protocol>>;
+}
+
+/// What a [`CheckHandle`] reports to: the connect under way that waits for the check
+/// (a [`HostnameEndpoint`]'s, or a UNIX endpoint's).
+pub(crate) trait CheckSink {
+    /// The check passed.
+    fn check_passed(self: Rc<Self>);
+    /// The check failed with `failure`.
+    fn check_failed(self: Rc<Self>, failure: Failure);
 }
 
 /// How a protocol built by a [`CheckedFactory`] says its check is done. Calls after
 /// the first, or after the connect ended (cancelled, timed out), do nothing.
 #[derive(Clone)]
 pub struct CheckHandle {
-    connecting: Weak<ConnectingInner>,
+    sink: Weak<dyn CheckSink>,
 }
 
 impl fmt::Debug for CheckHandle {
@@ -303,17 +313,32 @@ impl CheckHandle {
     /// The check passed: the endpoint's Deferred fires with the connection (at once if
     /// `connection_made` has run, else right after it).
     pub fn pass(&self) {
-        if let Some(inner) = self.connecting.upgrade() {
-            inner.check_passed();
+        if let Some(sink) = self.sink.upgrade() {
+            sink.check_passed();
         }
     }
 
     /// The check failed: the connection is closed (orderly) and the Deferred errbacks
-    /// with [`EndpointErrorKind::Check`].
+    /// with [`EndpointErrorKind::Check`] (a UNIX endpoint's with its own error).
     pub fn fail(&self, failure: impl Into<Failure>) {
-        if let Some(inner) = self.connecting.upgrade() {
-            inner.check_failed(failure.into());
+        if let Some(sink) = self.sink.upgrade() {
+            sink.check_failed(failure.into());
         }
+    }
+
+    /// A handle reporting to `sink`.
+    pub(crate) fn new(sink: Weak<dyn CheckSink>) -> CheckHandle {
+        CheckHandle { sink }
+    }
+}
+
+impl CheckSink for ConnectingInner {
+    fn check_passed(self: Rc<Self>) {
+        ConnectingInner::check_passed(&self);
+    }
+
+    fn check_failed(self: Rc<Self>, failure: Failure) {
+        ConnectingInner::check_failed(&self, failure);
     }
 }
 
@@ -646,10 +671,9 @@ impl ConnectingInner {
         let (protocol, plain) = match &self.factory {
             EndpointFactory::Plain(factory) => (factory.build_protocol(Address::Tcp(peer)), true),
             EndpointFactory::Checked(factory) => {
-                let check = CheckHandle {
-                    connecting: Rc::downgrade(self),
-                };
-                (factory.build_protocol(peer, check), false)
+                let sink: Weak<dyn CheckSink> = Rc::downgrade(self) as Weak<ConnectingInner>;
+                let check = CheckHandle::new(sink);
+                (factory.build_protocol(Address::Tcp(peer), check), false)
             }
         };
         let Some(protocol) = protocol else {

@@ -325,9 +325,9 @@ struct CheckedClient {
 }
 
 impl CheckedFactory for CheckedClient {
-    fn build_protocol(&self, addr: SocketAddr, check: CheckHandle) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, addr: Address, check: CheckHandle) -> Option<Box<dyn Protocol>> {
         let reactor = self.reactor.upgrade()?;
-        let inner = self.inner.build_protocol(Address::Tcp(addr))?;
+        let inner = self.inner.build_protocol(addr.clone())?;
         let checked = Box::new(HandshakeCheck { inner, check });
         match client_protocol(&reactor, &self.config, &self.server_name, checked) {
             Ok(protocol) => Some(protocol),

@@ -1,14 +1,16 @@
 //! Connecting to a UNIX socket as an endpoint (Twisted's `UNIXClientEndpoint`): the
 //! Deferred of [`UnixEndpoint::connect`] fires with the [`Connection`] once its
 //! protocol's `connection_made` has run, or fails with a [`UnixConnectError`] that
-//! carries the [`ConnectError`] (refused, ENOENT, EACCES, timed out). What `unix:`
-//! client descriptions connect with.
+//! carries the [`ConnectError`] (refused, ENOENT, EACCES, timed out). With
+//! [`UnixEndpoint::connect_checked`] the connection counts as made only once its
+//! protocol's check passed (a TLS handshake, an expected banner), as with a
+//! `HostnameEndpoint`. What `unix:` client descriptions connect with.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use crate::reactor::endpoints::Connection;
+use crate::reactor::endpoints::{CheckHandle, CheckSink, CheckedFactory, Connection};
 use crate::reactor::stream::{ClientFactory, Connector, DEFAULT_CONNECT_TIMEOUT};
 use crate::reactor::{
     Address, CloseReason, ConnectError, Deferred, Factory, Failure, Protocol, ProtocolResult,
@@ -30,8 +32,19 @@ pub struct UnixConnectError {
     /// Where it tried to connect.
     pub address: UnixAddress,
     /// Why it failed: refused, timed out, cancelled (`UserAborted`), or the OS error
-    /// (`Other`: ENOENT, EACCES, ENOTSOCK...).
+    /// (`Other`: ENOENT, EACCES...).
     pub error: ConnectError,
+}
+
+/// Connected to a UNIX socket, but the protocol's check failed (or the connection
+/// ended before it passed).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("connected to {address}, but the check failed: {failure}")]
+pub struct UnixCheckError {
+    /// Where it connected.
+    pub address: UnixAddress,
+    /// What the protocol said, or why the connection ended.
+    pub failure: Failure,
 }
 
 /// The factory refused the connection: it built no protocol.
@@ -65,22 +78,38 @@ impl UnixEndpoint {
     /// UNIX connect makes one), or fails with a [`UnixConnectError`] (or [`NoProtocol`]).
     /// Cancelling it before then stops the attempt.
     pub fn connect(&self, factory: Rc<dyn Factory>) -> Deferred<Connection> {
+        self.start(Kind::Plain(factory))
+    }
+
+    /// Connects, and counts the connection as made only when its protocol passes its
+    /// check (see [`CheckedFactory`]); a failed check closes the connection and fails
+    /// the Deferred with a [`UnixCheckError`].
+    pub fn connect_checked(&self, factory: Rc<dyn CheckedFactory>) -> Deferred<Connection> {
+        self.start(Kind::Checked(factory))
+    }
+
+    fn start(&self, kind: Kind) -> Deferred<Connection> {
         let connector: Rc<RefCell<Option<Connector>>> = Rc::new(RefCell::new(None));
         let c = connector.clone();
         let deferred = Deferred::with_canceller(move |_| {
             let connector = c.borrow().clone();
             if let Some(connector) = connector {
-                // Fails the attempt at once, which fires the Deferred (UserAborted).
-                let _ = connector.stop_connecting();
+                // Fails the attempt at once, which fires the Deferred (UserAborted);
+                // a connection made meanwhile is closed.
+                if connector.stop_connecting().is_err() {
+                    connector.disconnect();
+                }
             }
         });
-        let client = Rc::new(EndpointClient {
-            factory,
+        let state = Rc::new(Connecting {
             address: self.address.clone(),
             deferred: deferred.clone(),
             reactor: self.reactor.clone(),
             started_at: self.reactor.seconds(),
+            made: RefCell::new(None),
+            passed_early: Cell::new(false),
         });
+        let client = Rc::new(EndpointClient { kind, state });
         let made = self
             .reactor
             .connect_unix(self.address.clone(), client, self.timeout);
@@ -89,71 +118,132 @@ impl UnixEndpoint {
     }
 }
 
-/// The connector's factory: builds the caller's protocol, wrapped to fire the Deferred
-/// when it is made, and fails the Deferred when the attempt fails.
-struct EndpointClient {
-    factory: Rc<dyn Factory>,
+/// The caller's factory, in either form.
+enum Kind {
+    Plain(Rc<dyn Factory>),
+    Checked(Rc<dyn CheckedFactory>),
+}
+
+/// One connect: its Deferred, and for a checked one, what the check waits on.
+struct Connecting {
     address: UnixAddress,
     deferred: Deferred<Connection>,
     reactor: Reactor,
     started_at: Duration,
+    /// The connection, once its protocol's `connection_made` ran.
+    made: RefCell<Option<(TransportRef, Address)>>,
+    /// The check passed before `connection_made` had run.
+    passed_early: Cell<bool>,
+}
+
+impl Connecting {
+    fn fire(&self, transport: &TransportRef, peer: Address) {
+        let connection = Connection {
+            transport: transport.clone(),
+            peer,
+            attempts: Vec::new(),
+            elapsed: self.reactor.seconds().saturating_sub(self.started_at),
+        };
+        // Already fired only if cancelled or failed meanwhile.
+        let _ = self.deferred.callback(connection);
+    }
+
+    fn fail(&self, failure: Failure) {
+        let _ = self.deferred.errback(failure);
+    }
+}
+
+impl CheckSink for Connecting {
+    fn check_passed(self: Rc<Self>) {
+        let made = self.made.borrow().clone();
+        match made {
+            Some((transport, peer)) => self.fire(&transport, peer),
+            None => self.passed_early.set(true),
+        }
+    }
+
+    fn check_failed(self: Rc<Self>, failure: Failure) {
+        let made = self.made.borrow().clone();
+        if let Some((transport, _)) = made {
+            transport.lose_connection();
+        }
+        self.fail(Failure::new(UnixCheckError {
+            address: self.address.clone(),
+            failure,
+        }));
+    }
+}
+
+/// The connector's factory: builds the caller's protocol, wrapped to fire the Deferred
+/// when it is made (and checked), and fails the Deferred when the attempt fails.
+struct EndpointClient {
+    kind: Kind,
+    state: Rc<Connecting>,
 }
 
 impl Factory for EndpointClient {
     fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
-        let Some(inner) = self.factory.build_protocol(addr.clone()) else {
-            let _ = self
-                .deferred
-                .errback(Failure::new(NoProtocol(self.address.clone())));
+        let (inner, checked) = match &self.kind {
+            Kind::Plain(factory) => (factory.build_protocol(addr.clone()), false),
+            Kind::Checked(factory) => {
+                let sink: Weak<dyn CheckSink> = Rc::downgrade(&self.state) as Weak<Connecting>;
+                let check = CheckHandle::new(sink);
+                (factory.build_protocol(addr.clone(), check), true)
+            }
+        };
+        let Some(inner) = inner else {
+            self.state
+                .fail(Failure::new(NoProtocol(self.state.address.clone())));
             return None;
         };
         Some(Box::new(Announcing {
             inner,
-            waiting: Some((self.deferred.clone(), addr)),
-            reactor: self.reactor.clone(),
-            started_at: self.started_at,
+            peer: Some(addr),
+            checked,
+            state: self.state.clone(),
         }))
     }
 
     fn start_factory(&self) {
-        self.factory.start_factory();
+        if let Kind::Plain(factory) = &self.kind {
+            factory.start_factory();
+        }
     }
 
     fn stop_factory(&self) {
-        self.factory.stop_factory();
+        if let Kind::Plain(factory) = &self.kind {
+            factory.stop_factory();
+        }
     }
 }
 
 impl ClientFactory for EndpointClient {
     fn client_connection_failed(&self, _connector: &Connector, reason: &ConnectError) {
-        let error = UnixConnectError {
-            address: self.address.clone(),
+        self.state.fail(Failure::new(UnixConnectError {
+            address: self.state.address.clone(),
             error: reason.clone(),
-        };
-        // Already fired only if it was refused a protocol.
-        let _ = self.deferred.errback(Failure::new(error));
+        }));
     }
 }
 
-/// The caller's protocol, and the Deferred to fire once it is made.
+/// The caller's protocol; fires the Deferred once it is made (and checked).
 struct Announcing {
     inner: Box<dyn Protocol>,
-    waiting: Option<(Deferred<Connection>, Address)>,
-    reactor: Reactor,
-    started_at: Duration,
+    /// Until `connection_made`.
+    peer: Option<Address>,
+    checked: bool,
+    state: Rc<Connecting>,
 }
 
 impl Protocol for Announcing {
     fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
         let result = self.inner.connection_made(transport);
-        if let Some((deferred, peer)) = self.waiting.take() {
-            let connection = Connection {
-                transport: transport.clone(),
-                peer,
-                attempts: Vec::new(),
-                elapsed: self.reactor.seconds().saturating_sub(self.started_at),
-            };
-            let _ = deferred.callback(connection);
+        if let Some(peer) = self.peer.take() {
+            if !self.checked || self.state.passed_early.get() {
+                self.state.fire(transport, peer);
+            } else {
+                *self.state.made.borrow_mut() = Some((transport.clone(), peer));
+            }
         }
         result
     }
@@ -163,6 +253,15 @@ impl Protocol for Announcing {
     }
 
     fn connection_lost(&mut self, reason: &CloseReason) {
+        self.state.made.borrow_mut().take();
+        if self.checked {
+            // Ended before the check passed: that is the check's failure (a no-op once
+            // the Deferred has fired).
+            self.state.fail(Failure::new(UnixCheckError {
+                address: self.state.address.clone(),
+                failure: Failure::new(reason.clone()),
+            }));
+        }
         self.inner.connection_lost(reason);
     }
 
@@ -176,5 +275,9 @@ impl Protocol for Announcing {
 
     fn write_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
         self.inner.write_connection_lost(transport)
+    }
+
+    fn handshake_completed(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.inner.handshake_completed(transport)
     }
 }

@@ -29,7 +29,7 @@ use super::stream::{CannotListenError, ClientFactory, Connector, PortInner, Sock
 
 mod endpoint;
 
-pub use endpoint::{NoProtocol, UnixConnectError, UnixEndpoint};
+pub use endpoint::{NoProtocol, UnixCheckError, UnixConnectError, UnixEndpoint};
 
 /// The permission bits a socket file gets unless told otherwise: Twisted's default
 /// (U-02). Anyone who can reach the directory may connect; pass a stricter mode (e.g.
