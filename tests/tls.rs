@@ -1735,6 +1735,10 @@ fn e09_ssl_and_tls_descriptions_listen_and_connect() {
         format!("tls:localhost:{port}:trustRoots={}", ca.display()),
         format!("tls:localhost:{port}:trustRoots={}", roots_dir.display()),
         format!("tls:localhost:{port}"),
+        format!(
+            "tls:localhost:{port}:trustRoots={}",
+            dir.join("nowhere.pem").display()
+        ),
     ];
     let left = Rc::new(Cell::new(trusted.len()));
     for text in &trusted {
@@ -1773,12 +1777,16 @@ fn e09_ssl_and_tls_descriptions_listen_and_connect() {
     let mut outcomes = outcomes.borrow().clone();
     outcomes.sort();
     assert_eq!(
-        outcomes,
+        outcomes[..3],
         [
             "connected TLSv1.3",
             "connected TLSv1.3",
             "failed UnknownIssuer"
         ]
+    );
+    assert!(
+        outcomes[3].starts_with("failed: cannot read ") && outcomes[3].contains("nowhere.pem"),
+        "{outcomes:?}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -27,7 +27,7 @@ use super::{Connection, EndpointOptions, HostnameEndpoint};
 use crate::reactor::tcp::{ListenOptions, ListeningPort};
 use crate::reactor::tls;
 use crate::reactor::unix::{self, UnixEndpoint, UnixListenOptions, UnixPort};
-use crate::reactor::{Deferred, Factory, Failure, Reactor, UnixAddress};
+use crate::reactor::{Deferred, Factory, Failure, Reactor, Step, UnixAddress};
 
 /// Where and how to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -535,31 +535,44 @@ impl ClientDescription {
                 trust_roots,
                 timeout,
             } => {
-                // The connection counts as made once the handshake verified the server.
-                let checked = trust_roots
-                    .as_deref()
-                    .map_or(Ok(tls::Verify::System), tls::trust_roots)
-                    .and_then(|verify| {
-                        tls::TlsClientConfig::new(&tls::ClientOptions {
-                            verify,
-                            resumption: true,
-                            ..tls::ClientOptions::default()
-                        })
+                // Reading the trust roots (the system's store: many files) blocks, so it
+                // runs on a worker thread.
+                let roots = trust_roots.clone();
+                let config = reactor.defer_to_thread(move || {
+                    let verify = match roots {
+                        Some(path) => tls::trust_roots(&path)?,
+                        None => tls::Verify::System,
+                    };
+                    tls::TlsClientConfig::new(&tls::ClientOptions {
+                        verify,
+                        resumption: true,
+                        ..tls::ClientOptions::default()
                     })
-                    .and_then(|config| {
-                        tls::checked_client_factory(reactor, &config, host, factory)
-                    });
-                let factory = match checked {
-                    Ok(factory) => factory,
-                    Err(error) => return Deferred::fail(Failure::new(error)),
-                };
-                let mut options = EndpointOptions::default();
-                if timeout.is_some() {
-                    options.attempt_timeout = *timeout;
-                }
-                HostnameEndpoint::new(reactor, host.clone(), *port)
-                    .with_options(options)
-                    .connect_checked(factory)
+                });
+                let (reactor, host, port, timeout) =
+                    (reactor.clone(), host.clone(), *port, *timeout);
+                config.then(move |config| {
+                    let config = match config {
+                        Ok(config) => config,
+                        Err(failure) => return Step::Fail(failure),
+                    };
+                    // The connection counts as made once the handshake verified the
+                    // server.
+                    let factory =
+                        match tls::checked_client_factory(&reactor, &config, &host, factory) {
+                            Ok(factory) => factory,
+                            Err(error) => return Step::Fail(Failure::new(error)),
+                        };
+                    let mut options = EndpointOptions::default();
+                    if timeout.is_some() {
+                        options.attempt_timeout = timeout;
+                    }
+                    Step::Wait(
+                        HostnameEndpoint::new(&reactor, host, port)
+                            .with_options(options)
+                            .connect_checked(factory),
+                    )
+                })
             }
         }
     }

@@ -274,3 +274,9 @@ pub enum TlsConfigError {
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
+
+impl From<TlsConfigError> for crate::reactor::failure::Failure {
+    fn from(error: TlsConfigError) -> Self {
+        crate::reactor::failure::Failure::new(error)
+    }
+}

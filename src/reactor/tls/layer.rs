@@ -566,7 +566,9 @@ impl Transport for TlsTransport {
         }
     }
 
-    /// Sends what is buffered, then close_notify, then closes the outer connection.
+    /// Sends what is buffered, then close_notify, then closes the outer connection
+    /// once that is flushed, without waiting for the peer's answering close_notify
+    /// (which the peer may send or not; what we sent is complete either way).
     /// Before the handshake, with nothing buffered, aborts instead (S-07).
     fn lose_connection(&self) {
         if self.has(flag::CLOSING | flag::ENDED | flag::ABORTED) {
