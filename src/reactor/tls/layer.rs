@@ -128,8 +128,6 @@ struct State {
     early: Vec<u8>,
     /// Ciphertext received while the inner protocol was paused.
     backlog: Vec<u8>,
-    /// Scratch space for records on their way to the outer transport.
-    wire: Vec<u8>,
     /// The chain a server presented, kept even when verification refuses it.
     recorder: Option<Arc<ChainRecorder>>,
 }
@@ -190,7 +188,6 @@ impl TlsTransport {
                 connection,
                 early: Vec::new(),
                 backlog: Vec::new(),
-                wire: Vec::new(),
                 recorder,
             }),
             protocol: RefCell::new(protocol),
@@ -258,30 +255,32 @@ impl TlsTransport {
         }
     }
 
-    /// Sends every record rustls has queued to the outer transport.
+    /// Sends every record rustls has queued to the outer transport. The records pass
+    /// through one of the reactor's spare buffers, so an idle connection keeps none.
     pub(super) fn flush_records(&self) {
-        let mut wire = {
+        let reactor = self.reactor.upgrade();
+        let mut wire = reactor
+            .as_ref()
+            .map(Reactor::take_buffer)
+            .unwrap_or_default();
+        {
             let mut state = self.state.borrow_mut();
-            let state = &mut *state;
-            let mut wire = std::mem::take(&mut state.wire);
             while state.connection.wants_write() {
                 if let Err(error) = state.connection.write_tls(&mut wire) {
                     log::debug!("TLS records not written: {error}");
                     break;
                 }
             }
-            wire
-        };
+        }
+        // No borrow is held here: the outer transport may call a producer.
         if !wire.is_empty()
             && let Some(outer) = self.outer()
         {
             outer.write(&wire);
         }
-        wire.clear();
-        if wire.capacity() > 4 * PLAINTEXT_CHUNK {
-            wire = Vec::new(); // an idle connection keeps no large scratch space
+        if let Some(reactor) = reactor {
+            reactor.give_buffer(wire);
         }
-        self.state.borrow_mut().wire = wire;
     }
 
     // -----------------------------------------------------------------------------------
@@ -505,7 +504,6 @@ impl TlsTransport {
         let mut state = self.state.borrow_mut();
         state.early = Vec::new();
         state.backlog = Vec::new();
-        state.wire = Vec::new();
     }
 
     /// Delivers what was held back while paused, from the loop.
