@@ -46,7 +46,8 @@ pub struct UnixListenOptions {
     pub mode: u32,
     /// Remove a socket file nobody accepts on (a connect to it is refused) before
     /// binding, as left by a server that crashed. A path that is not a socket is never
-    /// removed, and a socket something accepts on is never taken over (U-02).
+    /// removed, and a socket something accepts on is never taken over (U-02). The test
+    /// is a connect, which a live server sees as a connection closed at once.
     pub remove_stale: bool,
 }
 
