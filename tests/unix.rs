@@ -1340,3 +1340,15 @@ fn e01_a_failed_check_closes_the_unix_connection_and_says_why() {
         events(&log)
     );
 }
+
+#[test]
+fn u02_u05_a_path_too_long_for_a_socket_is_a_clear_error_on_both_sides() {
+    let long = UnixAddress::Path(PathBuf::from(format!("/tmp/{}", "x".repeat(120))));
+    let reactor = Reactor::new().unwrap();
+    let error = listen_with(&reactor, &long, UnixListenOptions::default()).expect_err("too long");
+    let text = error.to_string();
+    assert!(text.starts_with("cannot listen on unix:/tmp/xxx"), "{text}");
+    assert!(text.contains("shorter"), "says why: {text}");
+    let error = connect_failure(&long);
+    assert!(error.to_string().contains("shorter"), "{error}");
+}
