@@ -219,7 +219,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__talk__subcmd__client)
-            opts="-q -v -h -V --timeout --linger --raw --quiet --verbose --help --version"
+            opts="-q -v -h -V --timeout --linger --raw --tls --ca --fingerprint --insecure --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -233,6 +233,14 @@ _twistctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fingerprint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -241,7 +249,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__talk__subcmd__server)
-            opts="-q -v -h -V --port --bind --max-clients --max-line --idle-timeout --echo --raw --quiet --verbose --help --version"
+            opts="-q -v -h -V --port --bind --max-clients --max-line --idle-timeout --echo --raw --tls --cert --key --cert-dir --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -264,6 +272,18 @@ _twistctl() {
                     return 0
                     ;;
                 --idle-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

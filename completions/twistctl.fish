@@ -66,15 +66,23 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l bind -
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-clients -d 'At most N clients at once (1 or more); the next one is told the server is full' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l max-line -d 'Longest line accepted from a client, in bytes (1 or more)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l idle-timeout -d 'Close clients that send nothing for DUR (0: never)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l cert -d 'With --tls: the PEM certificate chain to present (leaf first); needs --key' -r -F
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l key -d 'With --tls: the PEM private key of --cert' -r -F
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l cert-dir -d 'With --tls: keep the self-signed certificate in DIR instead' -r -F
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l echo -d 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client\'s end of input closes it once everything it sent (a last line without a newline too) has been echoed. A client that does not read is not read from either'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -l tls -d 'Serve TLS. Without --cert/--key: a self-signed ECDSA P-256 certificate, made on first use and kept (key mode 0600) in $XDG_STATE_HOME/twistctl (~/.local/state/twistctl), so its fingerprint, printed at start (`TLS certificate SHA256:...`), stays the same across restarts'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s q -l quiet -d 'No log output; the chat, its notices and the listening line still print'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-server" -s V -l version -d 'Print version'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l timeout -d 'Give up connecting after DUR' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l linger -d 'Once this side has stopped sending (bye, or the end of input), wait at most DUR for the server to close, then give up with status 124. Default: 2s after bye, no limit after the end of input' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l ca -d 'With --tls: trust the CA certificates of this PEM file instead of the system\'s' -r -F
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l fingerprint -d 'With --tls: accept only the server certificate with this SHA-256 fingerprint (as talk-server prints it: SHA256:AB:CD:...); chain and name are not checked' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l raw -d 'The classic tutorial\'s wire format: no line delimiters'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l tls -d 'Speak TLS. The server\'s certificate is verified with the system\'s trust store (or --ca, --fingerprint, --insecure). One no authority vouches for can be trusted on first use, at a terminal: it is remembered in $XDG_CONFIG_HOME/twistctl/known_hosts (~/.config/twistctl) and a later different one is refused. Over TLS there is no half-close: at the end of piped input nothing is sent and the server\'s close is awaited (see --linger)'
+complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -l insecure -d 'With --tls: do not verify the server at all (said on stderr). Anyone on the path could read and change the chat'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s q -l quiet -d 'No log output; the conversation and its notices still print'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s v -l verbose -d 'More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG also works)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand talk-client" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -1,15 +1,18 @@
 //! The command line: clap definitions, the single source of `--help` (and of the
 //! completions and man pages generated from it).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::services::{SERVICES_PATH, ServiceDb};
 use crate::commands::talk::server::{Mode, ServerConfig};
+use crate::commands::talk::trust::TlsVerify;
 use crate::commands::target::{self, Family, Host, parse_bind};
 use crate::commands::{self, completions, conntest, talk, timer_demo};
 use crate::duration::{parse as parse_duration, parse_nonzero as parse_nonzero_duration};
+use crate::reactor::tls::Fingerprint;
 
 /// twistctl: network tools on a Twisted-style reactor.
 #[derive(Debug, Parser)]
@@ -123,6 +126,8 @@ pub enum Command {
         after_long_help = concat!("EXAMPLES:
     twistctl talk-server 8000
     twistctl talk-server --bind localhost 0 --echo --idle-timeout 5m
+    twistctl talk-server --tls 8443
+    twistctl talk-server --tls --cert chain.pem --key key.pem 8443
 
 ", "EXIT STATUS:
     0    /quit, Ctrl-D or end of input
@@ -156,11 +161,16 @@ pub enum Command {
     twistctl talk-client '[::1]:8000'
     printf 'hello\\nbye\\n' | twistctl talk-client localhost 8000
     printf 'what time is it?\\n' | twistctl talk-client --linger 1m localhost 8000
+    twistctl talk-client --tls chat.example 8443
+    twistctl talk-client --tls --fingerprint SHA256:AB:CD:... 192.0.2.7 8443
+    twistctl talk-client --tls --ca ca.pem localhost 8443
 
 ", "EXIT STATUS:
     0    the conversation ended (bye, end of input, or the server closed)
     1    the connection could not be made, or it broke (a reset, or a line over
-         64 KiB from the server), or stdout could not be written
+         64 KiB from the server), or stdout could not be written; with --tls, the
+         server's certificate was refused (expired, unknown issuer, name mismatch,
+         not the pinned one, changed since it was trusted, or not trusted)
     2    usage error
     124  the server had not closed within the --linger limit (2s after bye)
     130  interrupted by SIGINT (Ctrl-C)
@@ -349,6 +359,25 @@ pub struct TalkServerArgs {
     /// The classic tutorial's wire format: no line delimiters.
     #[arg(long)]
     pub raw: bool,
+
+    /// Serve TLS. Without --cert/--key: a self-signed ECDSA P-256 certificate, made on
+    /// first use and kept (key mode 0600) in $XDG_STATE_HOME/twistctl
+    /// (~/.local/state/twistctl), so its fingerprint, printed at start
+    /// (`TLS certificate SHA256:...`), stays the same across restarts.
+    #[arg(long)]
+    pub tls: bool,
+
+    /// With --tls: the PEM certificate chain to present (leaf first); needs --key.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+
+    /// With --tls: the PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "cert"])]
+    pub key: Option<PathBuf>,
+
+    /// With --tls: keep the self-signed certificate in DIR instead.
+    #[arg(long, value_name = "DIR", requires = "tls", conflicts_with = "cert")]
+    pub cert_dir: Option<PathBuf>,
 }
 
 /// Options of `twistctl talk-client`.
@@ -377,6 +406,35 @@ pub struct TalkClientArgs {
     /// The classic tutorial's wire format: no line delimiters.
     #[arg(long)]
     pub raw: bool,
+
+    /// Speak TLS. The server's certificate is verified with the system's trust store
+    /// (or --ca, --fingerprint, --insecure). One no authority vouches for can be
+    /// trusted on first use, at a terminal: it is remembered in
+    /// $XDG_CONFIG_HOME/twistctl/known_hosts (~/.config/twistctl) and a later
+    /// different one is refused. Over TLS there is no half-close: at the end of piped
+    /// input nothing is sent and the server's close is awaited (see --linger).
+    #[arg(long)]
+    pub tls: bool,
+
+    /// With --tls: trust the CA certificates of this PEM file instead of the system's.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
+
+    /// With --tls: accept only the server certificate with this SHA-256 fingerprint
+    /// (as talk-server prints it: SHA256:AB:CD:...); chain and name are not checked.
+    #[arg(long, value_name = "SHA256:..", requires = "tls", conflicts_with = "ca",
+          value_parser = parse_fingerprint)]
+    pub fingerprint: Option<Fingerprint>,
+
+    /// With --tls: do not verify the server at all (said on stderr). Anyone on the path
+    /// could read and change the chat.
+    #[arg(long, requires = "tls", conflicts_with_all = ["ca", "fingerprint"])]
+    pub insecure: bool,
+}
+
+/// A SHA-256 fingerprint: 32 hex pairs, with or without colons and `SHA256:`.
+fn parse_fingerprint(text: &str) -> Result<Fingerprint, String> {
+    Fingerprint::parse(text).map_err(|error| error.to_string())
 }
 
 /// A count or size: 1 or more. Zero and negative numbers are refused with a message
@@ -526,12 +584,27 @@ impl Cli {
                     // Zero means no idle timeout, as for ssh's ServerAliveInterval.
                     idle_timeout: args.idle_timeout.filter(|idle| !idle.is_zero()),
                 },
+                tls: args.tls.then_some(match (args.cert, args.key) {
+                    (Some(cert), Some(key)) => talk::talk_server::TlsSource::Files { cert, key },
+                    _ => talk::talk_server::TlsSource::Kept(args.cert_dir),
+                }),
             }),
             Command::TalkClient(args) => commands::Config::TalkClient(talk::client::Config {
                 target: talk_client_target(&args.target)?,
                 timeout: args.timeout,
                 raw: args.raw,
                 linger: args.linger,
+                tls: args.tls.then_some({
+                    if let Some(fingerprint) = args.fingerprint {
+                        TlsVerify::Pinned(fingerprint)
+                    } else if args.insecure {
+                        TlsVerify::Insecure
+                    } else if let Some(ca) = args.ca {
+                        TlsVerify::Ca(ca)
+                    } else {
+                        TlsVerify::System
+                    }
+                }),
             }),
             Command::Completions(args) => {
                 commands::Config::Completions(completions::Config { shell: args.shell })

@@ -37,7 +37,9 @@ use crate::reactor::{
 };
 
 use super::console::{Console, ConsoleEvent, Prompt};
+use super::trust::{self, TlsVerify, Trust, Verdict};
 use crate::commands::escape::escape_peer_text;
+use crate::reactor::tls::{Fingerprint, TlsClientConfig, TlsError};
 
 /// The prompt shown while the operator may type.
 pub const PROMPT: &str = "Client: ";
@@ -352,7 +354,12 @@ impl Conversation {
             transport.lose_connection();
             return;
         }
-        transport.lose_write_connection();
+        // Over TLS there is no half-close (S-14): close_notify would end the stream
+        // both ways, so nothing is sent and the server's replies and close are awaited
+        // as over TCP.
+        if transport.tls().is_none() {
+            transport.lose_write_connection();
+        }
         let limit = if said_bye {
             Some(self.linger.unwrap_or(BYE_GRACE))
         } else {
@@ -534,6 +541,7 @@ fn dial(
     endpoint: HostnameEndpoint,
     conversation: &Rc<Conversation>,
     timeout: Duration,
+    tls: Option<TlsRoute>,
 ) -> Connecting {
     let options = EndpointOptions {
         attempt_timeout: Some(timeout),
@@ -543,13 +551,43 @@ fn dial(
     };
     let factory = Rc::new(TalkClientFactory {
         conversation: conversation.clone(),
+        tls: tls.is_some(),
     });
-    let connecting = endpoint.with_options(options).start_plain(factory);
+    let endpoint = endpoint.with_options(options);
+    let (connecting, refused) = match tls {
+        None => (endpoint.start_plain(factory), None),
+        Some(route) => {
+            let checked = crate::reactor::tls::checked_client_factory(
+                &route.reactor,
+                &route.config,
+                endpoint.host(),
+                factory,
+            );
+            match checked {
+                Ok(checked) => (endpoint.start_checked(checked), Some(route.refused)),
+                Err(error) => {
+                    conversation.connect_failed(format!("TLS: {error}"));
+                    return endpoint.start_plain(Rc::new(NoFactory));
+                }
+            }
+        }
+    };
     let conversation = conversation.clone();
     let _ = connecting.deferred().then(move |outcome| {
         match outcome {
             Ok(connection) => log::info!("connected to {}", connection.peer),
             Err(failure) => {
+                // A TLS refusal is the trust decision's to handle (ask, or say why).
+                if let Some(refused) = &refused
+                    && let Some(error) = failure.downcast_ref::<EndpointError>()
+                    && let EndpointErrorKind::Check { failure, .. } = &error.kind
+                    && let Some(CloseReason::Tls(tls_error)) = failure.downcast_ref::<CloseReason>()
+                {
+                    if !conversation.is_over() {
+                        refused(tls_error);
+                    }
+                    return Step::Value(());
+                }
                 let reason = match failure.downcast_ref::<EndpointError>() {
                     Some(error) => describe_endpoint_error(error, timeout),
                     None => failure.to_string(),
@@ -565,9 +603,19 @@ fn dial(
     connecting
 }
 
+/// The TLS side of a connect: the configuration, and what to do when the server is
+/// refused (the trust decision).
+struct TlsRoute {
+    reactor: Reactor,
+    config: TlsClientConfig,
+    refused: Rc<dyn Fn(&TlsError)>,
+}
+
 /// The factory of the winning connection: the conversation's protocol.
 struct TalkClientFactory {
     conversation: Rc<Conversation>,
+    /// Over TLS the conversation starts once the server is verified.
+    tls: bool,
 }
 
 impl Factory for TalkClientFactory {
@@ -575,7 +623,144 @@ impl Factory for TalkClientFactory {
         if self.conversation.is_over() {
             return None;
         }
-        Some(self.conversation.protocol())
+        let protocol = self.conversation.protocol();
+        if self.tls {
+            return Some(Box::new(AfterHandshake {
+                inner: protocol,
+                started: false,
+            }));
+        }
+        Some(protocol)
+    }
+}
+
+/// A factory that builds nothing (a connect that must not start).
+struct NoFactory;
+
+impl Factory for NoFactory {
+    fn build_protocol(&self, _addr: Address) -> Option<Box<dyn Protocol>> {
+        None
+    }
+}
+
+/// The conversation's protocol over TLS: it hears of the connection only once the
+/// handshake verified the server, so that nothing is read from the console (nor a
+/// prompt shown) for a server that is then refused, and a refused connection leaves
+/// the conversation free to try again after the person trusts the certificate.
+struct AfterHandshake {
+    inner: Box<dyn Protocol>,
+    started: bool,
+}
+
+impl Protocol for AfterHandshake {
+    fn connection_made(&mut self, _transport: &TransportRef) -> ProtocolResult {
+        Ok(())
+    }
+
+    fn handshake_completed(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.started = true;
+        self.inner.connection_made(transport)?;
+        self.inner.handshake_completed(transport)
+    }
+
+    fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
+        self.inner.data_received(transport, data)
+    }
+
+    fn connection_lost(&mut self, reason: &CloseReason) {
+        // Before the handshake, the endpoint's failure tells the story.
+        if self.started {
+            self.inner.connection_lost(reason);
+        }
+    }
+
+    fn wants_half_close(&self) -> bool {
+        self.inner.wants_half_close()
+    }
+
+    fn read_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.inner.read_connection_lost(transport)
+    }
+
+    fn write_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.inner.write_connection_lost(transport)
+    }
+}
+
+/// Connects over TLS, and after a refusal decides with [`Trust`]: refuse in words, or
+/// ask the person at the terminal (on a thread) and, on yes, remember the certificate
+/// and connect again pinned to it.
+struct TlsDialer {
+    reactor: Reactor,
+    trust: RefCell<Trust>,
+    host: String,
+    port: u16,
+    timeout: Duration,
+    conversation: Rc<Conversation>,
+    view: Rc<ConsoleView>,
+    me: Weak<TlsDialer>,
+}
+
+impl TlsDialer {
+    fn dial(&self) {
+        let config = match self.trust.borrow().config() {
+            Ok(config) => config,
+            Err(reason) => return self.conversation.connect_failed(reason),
+        };
+        // Held by the connect's callback until it fires: nothing else keeps the
+        // dialer alive.
+        let Some(dialer) = self.me.upgrade() else {
+            return;
+        };
+        let route = TlsRoute {
+            reactor: self.reactor.clone(),
+            config,
+            refused: Rc::new(move |error: &TlsError| dialer.refused(error)),
+        };
+        let endpoint = HostnameEndpoint::new(&self.reactor, self.host.clone(), self.port);
+        dial(endpoint, &self.conversation, self.timeout, Some(route));
+    }
+
+    fn refused(&self, error: &TlsError) {
+        let verdict = self.trust.borrow().judge(error, trust::at_terminal());
+        match verdict {
+            Verdict::Refuse { warning, reason } => {
+                if let Some(warning) = warning {
+                    for line in warning.lines() {
+                        self.view.warn(line);
+                    }
+                }
+                self.conversation.connect_failed(reason);
+            }
+            Verdict::Ask(fingerprint) => {
+                let Some(dialer) = self.me.upgrade() else {
+                    return;
+                };
+                let answered = self.reactor.channel(move |_: &Reactor, yes: bool| {
+                    dialer.answered(fingerprint, yes);
+                });
+                let key = self.trust.borrow().key().to_string();
+                // The terminal is read on its own thread: the reactor never blocks.
+                std::thread::spawn(move || answered.send(trust::ask(&key, fingerprint)));
+            }
+        }
+    }
+
+    fn answered(&self, fingerprint: Fingerprint, yes: bool) {
+        if !yes {
+            let key = self.trust.borrow().key().to_string();
+            return self
+                .conversation
+                .connect_failed(format!("TLS: the certificate of {key} was not trusted"));
+        }
+        let remembered = self.trust.borrow_mut().remember(fingerprint);
+        match remembered {
+            Ok(note) => {
+                self.view.warn(&note);
+                self.dial();
+            }
+            Err(reason) => self.conversation.connect_failed(reason),
+        }
     }
 }
 
@@ -661,6 +846,8 @@ pub struct Config {
     /// `--linger`: how long to wait for the server to close after `bye` or the end of
     /// input (see [`ChatOptions`]).
     pub linger: Option<Duration>,
+    /// `--tls`: how the server's certificate is checked; `None`: plain TCP.
+    pub tls: Option<TlsVerify>,
 }
 
 /// Runs `twistctl talk-client`.
@@ -713,11 +900,38 @@ impl Command for ClientCommand {
         };
         let conversation = Conversation::new(options, view.clone(), scheduler, on_end);
         let target = &self.config.target;
-        let endpoint = HostnameEndpoint::new(reactor, target.host.text.clone(), target.port);
         let (starter, timeout) = (conversation.clone(), self.config.timeout);
-        reactor.call_when_running(move || {
-            dial(endpoint, &starter, timeout);
-        });
+        match &self.config.tls {
+            None => {
+                let endpoint =
+                    HostnameEndpoint::new(reactor, target.host.text.clone(), target.port);
+                reactor.call_when_running(move || {
+                    dial(endpoint, &starter, timeout, None);
+                });
+            }
+            Some(verify) => {
+                if *verify == TlsVerify::Insecure {
+                    print_line(
+                        "* --insecure: the server's certificate is not verified; anyone on \
+                         the path could read and change this chat",
+                        true,
+                    );
+                }
+                let trust = Trust::new(verify.clone(), &target.host.text, target.port)
+                    .map_err(CommandError::failure)?;
+                let dialer = Rc::new_cyclic(|me| TlsDialer {
+                    reactor: reactor.clone(),
+                    trust: RefCell::new(trust),
+                    host: target.host.text.clone(),
+                    port: target.port,
+                    timeout,
+                    conversation: starter,
+                    view: view.clone(),
+                    me: me.clone(),
+                });
+                reactor.call_when_running(move || dialer.dial());
+            }
+        }
         self.parts = Some((view, conversation));
         Ok(())
     }
@@ -1212,7 +1426,7 @@ mod tests {
         );
         let endpoint = HostnameEndpoint::new(&reactor, "server.test", 1).with_addresses(addresses);
         reactor.call_when_running(move || {
-            super::dial(endpoint, &conversation, timeout);
+            super::dial(endpoint, &conversation, timeout, None);
         });
         // A bound on the test: no attempt on loopback takes this long.
         let guard = reactor.clone();

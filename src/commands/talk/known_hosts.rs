@@ -123,6 +123,14 @@ impl KnownHosts {
         &self.skipped
     }
 
+    /// The fingerprints remembered for the server `key`, in file order.
+    pub fn fingerprints<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.entries
+            .iter()
+            .filter(move |e| e.key == key)
+            .map(|e| e.fingerprint.as_str())
+    }
+
     /// What the file says about the server `key` presenting `fingerprint`.
     pub fn lookup(&self, key: &str, fingerprint: &str) -> Lookup {
         let mut first_other = None;

@@ -11,12 +11,16 @@ use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 
+use std::path::PathBuf;
+
+use super::certificate;
 use super::console::{Console, ConsoleEvent, Prompt};
 use super::server::{Mode, Next, Operator, ServerConfig, TalkServer};
 use crate::commands::scaffold::{self, Command, CommandError};
 use crate::commands::target::{Host, HostKind};
 use crate::exit::ExitStatus;
 use crate::reactor::tcp::{CannotListenError, ListenOptions, ListeningPort};
+use crate::reactor::tls::{self, ServerIdentity, ServerOptions, TlsServerConfig};
 use crate::reactor::{Factory, Phase, Reactor, Scheduler, Signal, StopReason, SystemEvent};
 
 /// The prompt shown when no client would get a typed line.
@@ -102,6 +106,46 @@ pub struct Config {
     pub port: u16,
     /// The chat's own settings.
     pub server: ServerConfig,
+    /// `--tls`: serve TLS with this certificate.
+    pub tls: Option<TlsSource>,
+}
+
+/// Where talk-server's TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// `--cert FILE --key FILE`: a PEM chain (leaf first) and its key.
+    Files {
+        /// The chain.
+        cert: PathBuf,
+        /// The key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate kept in this folder (`--cert-dir`), or in the state
+    /// dir when `None`; made on first use.
+    Kept(Option<PathBuf>),
+}
+
+impl TlsSource {
+    /// The certificate and key: read, or loaded from (or made in) their folder.
+    fn identity(&self) -> Result<ServerIdentity, CommandError> {
+        match self {
+            TlsSource::Files { cert, key } => ServerIdentity::from_pem_files(cert, key)
+                .map_err(|error| CommandError::failure(format!("--tls: {error}"))),
+            TlsSource::Kept(dir) => {
+                let dir = match dir {
+                    Some(dir) => dir.clone(),
+                    None => crate::commands::dirs::state_dir().ok_or_else(|| {
+                        CommandError::failure(
+                            "--tls: no folder for the certificate (HOME and XDG_STATE_HOME \
+                             are unset); give --cert-dir DIR or --cert and --key",
+                        )
+                    })?,
+                };
+                certificate::load_or_generate(&dir)
+                    .map_err(|error| CommandError::failure(format!("--tls: {error}")))
+            }
+        }
+    }
 }
 
 /// Listens where asked; by default on `[::]` accepting IPv4 too, or on `0.0.0.0` when
@@ -193,13 +237,31 @@ impl Command for ServerCommand {
         self.server = Some(server.clone());
         let mut ports = Vec::new();
         let mut port_number = self.config.port;
+        let (factory, fingerprint, suffix) = match &self.config.tls {
+            None => (server.factory(), None, ""),
+            Some(source) => {
+                let identity = source.identity()?;
+                let fingerprint = identity.fingerprint();
+                let tls_config = TlsServerConfig::new(&ServerOptions {
+                    identities: vec![identity],
+                    resumption: true,
+                    ..ServerOptions::default()
+                })
+                .map_err(|error| CommandError::failure(format!("--tls: {error}")))?;
+                let factory = tls::server_factory(reactor, &tls_config, server.factory());
+                (factory, Some(fingerprint), " (TLS)")
+            }
+        };
         for bind in bind_addresses(self.config.bind.as_ref())? {
-            let port = listen(reactor, bind, port_number, server.factory())
+            let port = listen(reactor, bind, port_number, factory.clone())
                 .map_err(|error| CommandError::failure(error.to_string()))?;
-            screen.print(&format!("Listening on {}", port.host()));
+            screen.print(&format!("Listening on {}{suffix}", port.host()));
             // With port 0 and several addresses, all share the port the kernel chose.
             port_number = port.host().port();
             ports.push(port);
+        }
+        if let Some(fingerprint) = fingerprint {
+            screen.print(&format!("TLS certificate SHA256:{fingerprint}"));
         }
 
         let shutting_down = server.clone();

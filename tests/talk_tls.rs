@@ -1,0 +1,443 @@
+//! talk over TLS end to end: the built talk-server (`--tls`) and talk-client on
+//! loopback, with certificates made by the test (rcgen) or by the server itself, and
+//! `known_hosts` in a temporary config dir. Every wait is bounded.
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::Duration;
+
+use assert_cmd::cargo::CommandCargoExt;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd};
+
+use common::{spawn_in_pty, type_in_pty};
+
+/// How long any single step may take before the test fails.
+const STEP: Duration = Duration::from_secs(10);
+
+fn twistctl() -> Command {
+    Command::cargo_bin("twistctl").expect("the twistctl binary is built for tests")
+}
+
+/// A fresh temporary folder for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twistctl-talk-tls-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    dir
+}
+
+/// A running `talk-server --echo --tls` on 127.0.0.1 and its first output lines.
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    port: u16,
+    /// `SHA256:AB:...`, from the second line.
+    fingerprint: String,
+    head: Vec<String>,
+}
+
+impl Server {
+    fn start(tls_args: &[&str], state: &Path) -> Server {
+        let mut child = twistctl()
+            .args(["talk-server", "--echo", "--bind", "127.0.0.1", "0", "--tls"])
+            .args(tls_args)
+            .env("XDG_STATE_HOME", state)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start talk-server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(STEP).expect("the listening line");
+        let second = lines.recv_timeout(STEP).expect("the certificate line");
+        assert!(first.ends_with(" (TLS)"), "{first}");
+        let port = first
+            .trim_end_matches(" (TLS)")
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port");
+        let fingerprint = second
+            .strip_prefix("TLS certificate ")
+            .unwrap_or_else(|| panic!("second line: {second}"))
+            .to_string();
+        Server {
+            child,
+            lines,
+            port,
+            fingerprint,
+            head: vec![first, second],
+        }
+    }
+
+    /// Waits for an output line containing `wanted`.
+    fn expect_line(&self, wanted: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(STEP)
+                .unwrap_or_else(|_| panic!("no server line with {wanted:?}"));
+            if line.contains(wanted) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs talk-client with `input` piped, `config` as its config dir; bounded by a
+/// watchdog that kills it after [`STEP`].
+fn client(args: &[&str], input: &str, config: &Path) -> Output {
+    let mut child = twistctl()
+        .arg("talk-client")
+        .args(args)
+        .env("XDG_CONFIG_HOME", config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start talk-client");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // A client that refused the server may be gone before its input is written.
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let pid = child.id() as i32;
+    let (done, finished) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        if finished.recv_timeout(STEP).is_err() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    });
+    let output = child.wait_with_output().expect("talk-client ends");
+    let _ = done.send(());
+    output
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Certificates made for a test: a CA, and leaves it signed, as PEM files in `dir`.
+struct Pki {
+    ca: PathBuf,
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "talk test CA");
+    params
+}
+
+impl Pki {
+    /// A CA and leaves: `good` (localhost, 127.0.0.1), `expired`, `other` (other.test).
+    fn new(dir: &Path) -> (Pki, Issuer<'static, KeyPair>) {
+        let ca_key = KeyPair::generate().expect("key");
+        let ca = ca_params().self_signed(&ca_key).expect("CA");
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).expect("write the CA");
+        (Pki { ca: ca_path }, Issuer::new(ca_params(), ca_key))
+    }
+
+    /// A leaf for `names`, valid between the years given; its cert and key files.
+    fn leaf(
+        dir: &Path,
+        issuer: &Issuer<'static, KeyPair>,
+        name: &str,
+        names: &[&str],
+        years: (i32, i32),
+    ) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names[0].clone());
+        params.not_before = date_time_ymd(years.0, 1, 1);
+        params.not_after = date_time_ymd(years.1, 1, 1);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, issuer).expect("leaf");
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).expect("write the cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+}
+
+#[test]
+fn tls_chat_with_a_pinned_fingerprint_and_no_close_notify_at_the_end_of_input() {
+    let dir = temp_dir("pinned");
+    let server = Server::start(&["--cert-dir", dir.join("cert").to_str().unwrap()], &dir);
+    let port = server.port.to_string();
+    let out = client(
+        &[
+            "--tls",
+            "--fingerprint",
+            &server.fingerprint,
+            "--linger",
+            "1s",
+            "127.0.0.1",
+            &port,
+        ],
+        "hello\nagain\n",
+        &dir,
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("Server: hello\nServer: again\n"),
+        "{stdout}"
+    );
+    // No close_notify at the end of input (S-14): the echo server cannot tell, so the
+    // client waits out --linger, as over TCP when a server does not close.
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("had not closed after 1s"));
+    server.expect_line("client 1 connected from 127.0.0.1");
+}
+
+#[test]
+fn the_self_signed_certificate_is_kept_with_a_private_key_and_a_stable_fingerprint() {
+    let dir = temp_dir("stable");
+    let first = Server::start(&[], &dir);
+    let fingerprint = first.fingerprint.clone();
+    assert!(
+        fingerprint.starts_with("SHA256:") && fingerprint.len() == 7 + 32 * 3 - 1,
+        "{fingerprint}"
+    );
+    assert_eq!(
+        fingerprint,
+        fingerprint.to_uppercase(),
+        "uppercase hex pairs"
+    );
+    drop(first);
+    let second = Server::start(&[], &dir);
+    assert_eq!(second.fingerprint, fingerprint);
+    assert!(second.head[1].starts_with("TLS certificate SHA256:"));
+    let key = dir.join("twistctl").join("talk-server.key");
+    let mode = std::fs::metadata(&key)
+        .expect("the key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+    // openssl agrees with the fingerprint printed.
+    if let Ok(out) = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(dir.join("twistctl").join("talk-server.crt"))
+        .output()
+    {
+        let said = text(&out.stdout);
+        assert!(
+            said.trim()
+                .ends_with(fingerprint.trim_start_matches("SHA256:")),
+            "{said}"
+        );
+    } else {
+        println!("openssl not installed: fingerprint not cross-checked");
+    }
+}
+
+#[test]
+fn tls_chat_verified_with_ca_and_refusals_name_their_reason() {
+    let dir = temp_dir("ca");
+    let (pki, issuer) = Pki::new(&dir);
+    let ca = pki.ca.display().to_string();
+    let (cert, key) = Pki::leaf(
+        &dir,
+        &issuer,
+        "good",
+        &["localhost", "127.0.0.1"],
+        (2020, 2090),
+    );
+    let server = Server::start(&["--cert", &cert, "--key", &key], &dir);
+    let port = server.port.to_string();
+    let out = client(
+        &["--tls", "--ca", &ca, "--linger", "1s", "localhost", &port],
+        "hi\n",
+        &dir,
+    );
+    assert!(
+        text(&out.stdout).contains("Server: hi"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(server);
+
+    let (cert, key) = Pki::leaf(
+        &dir,
+        &issuer,
+        "old",
+        &["localhost", "127.0.0.1"],
+        (2020, 2021),
+    );
+    let server = Server::start(&["--cert", &cert, "--key", &key], &dir);
+    let port = server.port.to_string();
+    let out = client(&["--tls", "--ca", &ca, "localhost", &port], "hi\n", &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("certificate has expired"), "{stderr}");
+    assert!(!stderr.contains("--fingerprint"), "never offered: {stderr}");
+    drop(server);
+
+    let (cert, key) = Pki::leaf(&dir, &issuer, "other", &["other.test"], (2020, 2090));
+    let server = Server::start(&["--cert", &cert, "--key", &key], &dir);
+    let port = server.port.to_string();
+    let out = client(&["--tls", "--ca", &ca, "localhost", &port], "hi\n", &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("name mismatch"), "{stderr}");
+    assert!(stderr.contains("other.test"), "{stderr}");
+    assert!(text(&out.stdout).is_empty(), "nothing was said");
+}
+
+#[test]
+fn without_a_terminal_an_unknown_certificate_is_refused_with_how_to_pin_it() {
+    let dir = temp_dir("noterm");
+    let server = Server::start(&[], &dir);
+    let port = server.port.to_string();
+    let out = client(&["--tls", "127.0.0.1", &port], "hi\n", &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("issuer is unknown"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--fingerprint {}", server.fingerprint)),
+        "{stderr}"
+    );
+    assert!(!dir.join("twistctl").join("known_hosts").exists());
+
+    // A wrong pin is refused, naming both.
+    let wrong = format!("SHA256:{}", ["AB"; 32].join(":"));
+    let out = client(
+        &["--tls", "--fingerprint", &wrong, "127.0.0.1", &port],
+        "hi\n",
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("does not match --fingerprint"), "{stderr}");
+    assert!(stderr.contains(&server.fingerprint), "{stderr}");
+
+    // --insecure connects and says so.
+    let out = client(
+        &["--tls", "--insecure", "--linger", "1s", "127.0.0.1", &port],
+        "hi\n",
+        &dir,
+    );
+    assert!(text(&out.stdout).contains("Server: hi"));
+    assert!(text(&out.stderr).contains("--insecure: the server's certificate is not verified"));
+}
+
+#[test]
+fn trust_on_first_use_asks_remembers_and_refuses_a_changed_certificate() {
+    let dir = temp_dir("tofu");
+    let config = dir.join("config");
+    let server = Server::start(&[], &dir);
+    let port = server.port.to_string();
+    let key = format!("127.0.0.1:{port}");
+
+    // First use at a terminal: asked; yes remembers and connects.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_twistctl"));
+    command
+        .args(["talk-client", "--tls", "--linger", "1s", "127.0.0.1", &port])
+        .env("XDG_CONFIG_HOME", &config);
+    let mut session = spawn_in_pty(command, 10_000);
+    session
+        .exp_string(&format!("fingerprint is {}", server.fingerprint))
+        .expect("the fingerprint shown");
+    session
+        .exp_string(&format!("Trust this certificate for {key}? [y/N]"))
+        .expect("the question");
+    type_in_pty(&mut session, "y\r");
+    session.exp_string("remembered in").expect("remembered");
+    session.exp_string("Client: ").expect("the chat's prompt");
+    type_in_pty(&mut session, "hello\r");
+    session.exp_string("Server: hello").expect("the echo");
+    let known = std::fs::read_to_string(config.join("twistctl").join("known_hosts"))
+        .expect("known_hosts written");
+    assert_eq!(known, format!("{key} {}\n", server.fingerprint));
+    type_in_pty(&mut session, "\x03");
+    session.exp_eof().expect("the client ends");
+
+    // Later: no question, even without a terminal.
+    let out = client(
+        &["--tls", "--linger", "1s", "127.0.0.1", &port],
+        "again\n",
+        &config,
+    );
+    assert!(
+        text(&out.stdout).contains("Server: again"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stderr).contains("Trust this"));
+
+    // A different certificate for the remembered host and port: refused loudly.
+    let other = format!("SHA256:{}", ["0A"; 32].join(":"));
+    std::fs::write(
+        config.join("twistctl").join("known_hosts"),
+        format!("# edited\n{key} {other}\n"),
+    )
+    .unwrap();
+    let out = client(&["--tls", "127.0.0.1", &port], "hi\n", &config);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("HAS CHANGED"), "{stderr}");
+    assert!(
+        stderr.contains(&other) && stderr.contains(&server.fingerprint),
+        "{stderr}"
+    );
+    assert!(stderr.contains("edit line 2 of"), "{stderr}");
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn trust_on_first_use_answered_no_refuses_and_remembers_nothing() {
+    let dir = temp_dir("tofu-no");
+    let server = Server::start(&[], &dir);
+    let port = server.port.to_string();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_twistctl"));
+    command
+        .args(["talk-client", "--tls", "127.0.0.1", &port])
+        .env("XDG_CONFIG_HOME", &dir);
+    let mut session = spawn_in_pty(command, 10_000);
+    session.exp_string("[y/N]").expect("the question");
+    type_in_pty(&mut session, "n\r");
+    session.exp_string("was not trusted").expect("the refusal");
+    session.exp_eof().expect("the client ends");
+    let status = session.process_mut().wait().expect("the exit status");
+    assert!(
+        matches!(status, rexpect::process::WaitStatus::Exited(_, 1)),
+        "{status:?}"
+    );
+    assert!(!dir.join("twistctl").join("known_hosts").exists());
+}
