@@ -87,7 +87,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__conntest)
-            opts="-4 -6 -q -v -h -V --timeout --wait --interval --watch --count --timestamps --changes --any --open --json --concurrency --quiet --verbose --help --version"
+            opts="-4 -6 -q -v -h -V --timeout --wait --interval --watch --count --timestamps --changes --any --open --json --concurrency --tls --starttls --sni --ca --insecure --alpn --cert-days --send --expect --max-bytes --quit --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -110,6 +110,42 @@ _twistctl() {
                     return 0
                     ;;
                 --concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --starttls)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sni)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --alpn)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert-days)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --send)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expect)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --quit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -49,12 +49,23 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l wait -d '
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l interval -d 'With --wait: time between retries of a down target (default 500ms). With --watch: time between the starts of two probes of a target (default 1s)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l count -d 'With --watch: stop after N probes of each target' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l concurrency -d 'At most N connection attempts in flight (never more than the open-file limit allows)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l starttls -d 'Upgrade a plain-text session to TLS first, then check as --tls: smtp (EHLO, STARTTLS), imap (a001 STARTTLS), pop3 (STLS), ftp (AUTH TLS) or postgres (SSLRequest). A server that refuses fails with what it answered' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l sni -d 'The TLS server name to send and verify (default: the host as typed; none is sent for an IP address)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l ca -d 'Trust the CA certificates of this PEM file instead of the system\'s' -r -F
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l alpn -d 'Offer these ALPN protocols (h2,http/1.1); the chosen one is reported' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l cert-days -d 'Fail (cert-expiring, exit 4) when the certificate expires in fewer than N days (default: only an expired one fails). With --nagios: the critical threshold' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l send -d 'Send STR once connected (after the TLS handshake with --tls). Escapes: \\r \\n \\t \\\\ \\xHH; nothing is appended' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l expect -d 'The reply (UTF-8, invalid bytes replaced) must match REGEX within --timeout; without --send, waits for the server\'s banner. No match by close, --max-bytes or --timeout: mismatch (exit 4); nothing at all by --timeout: 124' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l max-bytes -d 'With --expect: read at most N bytes of the reply [default: 65536]' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l quit -d 'Send STR before closing (QUIT\\r\\n), escapes as for --send' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l watch -d 'Probe every target again and again on a fixed grid (--interval), a line per probe, and print loss and latency statistics at the end (Ctrl-C, SIGTERM or --count); Ctrl-\\ or Enter prints them so far. A TCP ping'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l timestamps -d 'With --watch: start each probe line with the local time (12:00:03.412)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l changes -d 'With --watch: print only the lines that say a target went down or came back (and the summary), for logs that run for days'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l any -d 'Succeed as soon as any one target is up; the others are cancelled (wait for one of these replicas). Only the winner is printed (-v shows the rest); if none is up, every failure is'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l open -d 'Print only targets that connected (scan mode); the exit status is unchanged'
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l json -d 'One JSON object per target per line on stdout: host, port, addr, status, error, elapsed_ms'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l json -d 'One JSON object per target per line on stdout: host, port, addr, status, error, elapsed_ms; with the checks, where they apply: tls_version, cipher, alpn, cert_subject, cert_issuer, cert_sans, cert_not_before, cert_not_after (RFC 3339), cert_days_left, cert_sha256, banner'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l tls -d 'After connecting, a TLS handshake: the server\'s certificate must verify (system trust store, or --ca) for the host as typed (or --sni). Reports version, cipher, ALPN and the certificate; closes with close_notify'
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l insecure -d 'Do not verify the certificate (its details are still reported; --cert-days still applies)'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 4 -d 'Use IPv4 addresses only'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s 6 -d 'Use IPv6 addresses only'
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -s q -l quiet -d 'Print no results and no log output: only the exit status tells (usage errors still print)'

@@ -65,10 +65,20 @@ pub enum Command {
 
     /// Is this port reachable? Exit status tells scripts what happened.
     #[command(
-        long_about = "Checks whether TCP ports accept connections. A target is up when the TCP \
-                      handshake completes; the connection is then closed at once without sending \
-                      anything. Every address a name resolves to is tried, IPv6 and IPv4 \
-                      interleaved (Happy Eyeballs). All targets are checked concurrently.",
+        long_about = "Checks whether TCP ports accept connections, and optionally whether the \
+                      service behind them answers. A target is up when the TCP handshake \
+                      completes (the connection is then closed at once without sending \
+                      anything), and, with a check, when the check on the connection passes: \
+                      --tls (the TLS handshake and the certificate), --starttls PROTO, \
+                      --send/--expect (a banner or a reply). Every address a name resolves to \
+                      is tried, IPv6 and IPv4 interleaved (Happy Eyeballs). All targets are \
+                      checked concurrently; --wait, --any, --json and -- CMD work with every \
+                      check.\n\n\
+                      Statuses (--json): open, refused, timeout, unreachable, unresolved, \
+                      error, cancelled; and for the checks: tls-error (the handshake failed), \
+                      cert-invalid (expired, not yet valid, unknown issuer, name mismatch, bad \
+                      signature), cert-expiring (--cert-days), starttls-refused, mismatch \
+                      (--expect).",
         after_long_help = concat!("EXAMPLES:
     twistctl conntest db 5432 && ./migrate
     twistctl conntest db 5432 6379
@@ -78,13 +88,20 @@ pub enum Command {
     twistctl conntest --any --wait 1m replica1:5432 replica2:5432
     twistctl conntest --watch --count 10 example.com:443
     twistctl conntest --watch --changes --timestamps db:5432 cache:6379 >> uptime.log
+    twistctl conntest --tls --cert-days 14 example.com:443
+    twistctl conntest --tls --alpn h2,http/1.1 --json example.com:443 | jq .cert_not_after
+    twistctl conntest --expect '^SSH-2\\.0' git.example.com:22
+    twistctl conntest --send 'PING\\r\\n' --expect '^\\+PONG' --quit 'QUIT\\r\\n' cache:6379
 
 ", "EXIT STATUS:
-    0    every target is up (with --any: at least one)
+    0    every target is up (with --any: at least one) and its check passed
     1    refused, unreachable or reset; or stdout could not be written
-    2    usage error (a bad target, port or option)
+    2    usage error (a bad target, port, option, pattern or CA file)
     3    a name does not exist, or the resolver failed (its own time-out included)
-    124  timed out (an attempt's or a lookup's --timeout, or the --wait deadline)
+    4    connected, but the check on the connection failed (tls-error, cert-invalid,
+         cert-expiring, starttls-refused, mismatch)
+    124  timed out (an attempt's or a lookup's --timeout, nothing received for --expect
+         within --timeout, or the --wait deadline)
     126  CMD could not be run; 127: CMD was not found
     130  interrupted by SIGINT (Ctrl-C)
     143  terminated by SIGTERM
@@ -93,7 +110,7 @@ pub enum Command {
     With --watch: 0 when every target answered at least once, else 1 (also after
     Ctrl-C, which is the normal way to end a watch); 143 after SIGTERM; 2 usage.")
     )]
-    Conntest(ConntestArgs),
+    Conntest(Box<ConntestArgs>),
 
     /// Line chat, server side: talk with every connected client from this console.
     #[command(
@@ -293,7 +310,9 @@ pub struct ConntestArgs {
     pub open: bool,
 
     /// One JSON object per target per line on stdout: host, port, addr, status, error,
-    /// elapsed_ms.
+    /// elapsed_ms; with the checks, where they apply: tls_version, cipher, alpn,
+    /// cert_subject, cert_issuer, cert_sans, cert_not_before, cert_not_after (RFC 3339),
+    /// cert_days_left, cert_sha256, banner.
     #[arg(long)]
     pub json: bool,
 
@@ -302,6 +321,83 @@ pub struct ConntestArgs {
     #[arg(long, value_name = "N", default_value = "512", value_parser = parse_count,
           allow_hyphen_values = true)]
     pub concurrency: usize,
+
+    /// After connecting, a TLS handshake: the server's certificate must verify (system
+    /// trust store, or --ca) for the host as typed (or --sni). Reports version, cipher,
+    /// ALPN and the certificate; closes with close_notify.
+    #[arg(long, group = "tls_mode", help_heading = "Checks")]
+    pub tls: bool,
+
+    /// Upgrade a plain-text session to TLS first, then check as --tls: smtp (EHLO,
+    /// STARTTLS), imap (a001 STARTTLS), pop3 (STLS), ftp (AUTH TLS) or postgres
+    /// (SSLRequest). A server that refuses fails with what it answered.
+    #[arg(long, value_name = "PROTO", group = "tls_mode", value_parser = parse_dialect,
+          help_heading = "Checks")]
+    pub starttls: Option<conntest::starttls::Dialect>,
+
+    /// The TLS server name to send and verify (default: the host as typed; none is sent
+    /// for an IP address).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "tls_mode",
+        help_heading = "Checks"
+    )]
+    pub sni: Option<String>,
+
+    /// Trust the CA certificates of this PEM file instead of the system's.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_mode",
+        conflicts_with = "insecure",
+        help_heading = "Checks"
+    )]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Do not verify the certificate (its details are still reported; --cert-days
+    /// still applies).
+    #[arg(long, requires = "tls_mode", help_heading = "Checks")]
+    pub insecure: bool,
+
+    /// Offer these ALPN protocols (h2,http/1.1); the chosen one is reported.
+    #[arg(
+        long,
+        value_name = "LIST",
+        requires = "tls_mode",
+        value_delimiter = ',',
+        help_heading = "Checks"
+    )]
+    pub alpn: Vec<String>,
+
+    /// Fail (cert-expiring, exit 4) when the certificate expires in fewer than N days
+    /// (default: only an expired one fails). With --nagios: the critical threshold.
+    #[arg(long, value_name = "N", requires = "tls_mode", value_parser = parse_days,
+          help_heading = "Checks")]
+    pub cert_days: Option<i64>,
+
+    /// Send STR once connected (after the TLS handshake with --tls). Escapes: \r \n
+    /// \t \\ \xHH; nothing is appended.
+    #[arg(long, value_name = "STR", value_parser = parse_send, allow_hyphen_values = true,
+          help_heading = "Checks")]
+    pub send: Option<String>,
+
+    /// The reply (UTF-8, invalid bytes replaced) must match REGEX within --timeout;
+    /// without --send, waits for the server's banner. No match by close, --max-bytes or
+    /// --timeout: mismatch (exit 4); nothing at all by --timeout: 124.
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex, allow_hyphen_values = true,
+          help_heading = "Checks")]
+    pub expect: Option<String>,
+
+    /// With --expect: read at most N bytes of the reply [default: 65536].
+    #[arg(long, value_name = "N", requires = "expect", value_parser = parse_count,
+          help_heading = "Checks")]
+    pub max_bytes: Option<usize>,
+
+    /// Send STR before closing (QUIT\r\n), escapes as for --send.
+    #[arg(long, value_name = "STR", value_parser = parse_send, allow_hyphen_values = true,
+          help_heading = "Checks")]
+    pub quit: Option<String>,
 
     /// Use IPv4 addresses only.
     #[arg(short = '4', conflicts_with = "ipv6")]
@@ -572,7 +668,7 @@ impl Cli {
                 },
                 utc: args.utc,
             }),
-            Command::Conntest(args) => commands::Config::Conntest(conntest_config(args, quiet)?),
+            Command::Conntest(args) => commands::Config::Conntest(conntest_config(*args, quiet)?),
             Command::TalkServer(args) => commands::Config::TalkServer(talk::talk_server::Config {
                 bind: args.bind,
                 port: args.port.or(args.port_option).unwrap_or(8000),
@@ -664,7 +760,60 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
         concurrency: args.concurrency,
         command: args.command,
         quiet,
+        probe: Box::new(conntest::probe::ProbeConfig {
+            tls: (args.tls || args.starttls.is_some()).then_some(conntest::probe::TlsOptions {
+                sni: args.sni,
+                ca: args.ca,
+                insecure: args.insecure,
+                alpn: args.alpn,
+                cert_days: args.cert_days,
+            }),
+            starttls: args.starttls,
+            send: escaped(args.send)?,
+            expect: args.expect,
+            max_bytes: args
+                .max_bytes
+                .unwrap_or(conntest::expect::DEFAULT_MAX_BYTES),
+            quit: escaped(args.quit)?,
+        }),
     })
+}
+
+/// The bytes of a `--send`/`--quit` value (checked by [`parse_send`] already).
+fn escaped(value: Option<String>) -> Result<Option<Vec<u8>>, clap::Error> {
+    value
+        .map(|text| conntest::expect::parse_escapes(&text))
+        .transpose()
+        .map_err(|error| usage_error("conntest", error))
+}
+
+/// `--starttls`: one of the dialects conntest knows.
+fn parse_dialect(value: &str) -> Result<conntest::starttls::Dialect, String> {
+    value
+        .parse()
+        .map_err(|error: conntest::starttls::UnknownDialect| error.to_string())
+}
+
+/// `--send` / `--quit`: a string whose escapes are all known.
+fn parse_send(value: &str) -> Result<String, String> {
+    conntest::expect::parse_escapes(value)
+        .map(|_| value.to_string())
+        .map_err(|error| error.to_string())
+}
+
+/// `--expect`: a pattern that compiles.
+fn parse_regex(value: &str) -> Result<String, String> {
+    regex::Regex::new(value)
+        .map(|_| value.to_string())
+        .map_err(|error| format!("bad regular expression: {error}"))
+}
+
+/// `--cert-days`: a whole number of days, 0 or more.
+fn parse_days(value: &str) -> Result<i64, String> {
+    value
+        .parse::<u32>()
+        .map(i64::from)
+        .map_err(|_| format!("'{value}' is not a number of days (0 or more)"))
 }
 
 #[cfg(test)]

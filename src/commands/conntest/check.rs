@@ -2,13 +2,14 @@
 //! (name lookup off the loop, Happy Eyeballs, each attempt holding a slot of the
 //! [`Gate`]) and say what happened as an [`Outcome`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::gate::Gate;
-use super::outcome::Outcome;
+use super::outcome::{Outcome, Status};
+use super::probe::{Findings, Prepared, ProbeFailure};
 use super::targets::Target;
 use crate::reactor::endpoints::{
     AttemptOutcome, Connecting, EndpointError, EndpointErrorKind, EndpointOptions,
@@ -25,8 +26,10 @@ pub struct CheckContext {
     pub gate: Gate,
     /// Name lookups, shared so that overlapping lookups of one name are one.
     pub resolver: Resolver,
-    /// Each connection attempt's timeout.
+    /// Each connection attempt's timeout (and the check's on the connection).
     pub timeout: Duration,
+    /// What is checked on a connection; `None`: that it opens.
+    pub probe: Option<Rc<Prepared>>,
 }
 
 /// A check in progress.
@@ -50,11 +53,20 @@ impl Check {
             attempt_timeout: Some(timeout),
             ..EndpointOptions::default()
         };
-        let connecting = HostnameEndpoint::new(&ctx.reactor, target.host.text.clone(), target.port)
+        let endpoint = HostnameEndpoint::new(&ctx.reactor, target.host.text.clone(), target.port)
             .with_options(options)
             .with_resolver(ctx.resolver.clone())
-            .with_limiter(Rc::new(ctx.gate.clone()))
-            .start_plain(Rc::new(OpenCheck));
+            .with_limiter(Rc::new(ctx.gate.clone()));
+        let findings = Rc::new(RefCell::new(Findings::default()));
+        let connecting = match &ctx.probe {
+            Some(probe) if !probe.is_plain() => endpoint.start_checked(probe.factory(
+                &ctx.reactor,
+                &target.host.text,
+                timeout,
+                findings.clone(),
+            )),
+            _ => endpoint.start_plain(Rc::new(OpenCheck)),
+        };
         let (flag, host, checked) = (cancelled.clone(), target.host.clone(), target.clone());
         let _ = connecting.deferred().then(move |result| {
             if !flag.get() {
@@ -67,7 +79,7 @@ impl Check {
                 if let Some(attempts) = attempts {
                     super::output::log_attempts(&checked, attempts, timeout);
                 }
-                on_done(match result {
+                let mut outcome = match result {
                     Ok(connection) => match connection.peer {
                         Address::Tcp(addr) => Outcome::open(addr),
                         Address::Unix(_) => Outcome::cancelled(None),
@@ -76,7 +88,9 @@ impl Check {
                         Some(error) => outcome_of(&host.text, error, timeout),
                         None => Outcome::cancelled(None),
                     },
-                });
+                };
+                outcome.found = findings.take();
+                on_done(outcome);
             }
             Step::Value(())
         });
@@ -116,10 +130,22 @@ fn outcome_of(host: &str, error: &EndpointError, timeout: Duration) -> Outcome {
         EndpointErrorKind::Connect { addr, error } => {
             Outcome::connect_failed(Some(*addr), error, timeout)
         }
+        EndpointErrorKind::Check { addr, failure } => {
+            let (status, reason) = match failure.downcast_ref::<ProbeFailure>() {
+                Some(probe) => (probe.status, probe.reason.clone()),
+                None => (Status::Error, failure.error_message()),
+            };
+            Outcome {
+                status,
+                addr: Some(*addr),
+                reason: Some(reason),
+                gave_up_waiting: false,
+                found: Findings::default(),
+            }
+        }
         EndpointErrorKind::Cancelled
         | EndpointErrorKind::TimedOut { .. }
-        | EndpointErrorKind::NoProtocol { .. }
-        | EndpointErrorKind::Check { .. } => Outcome::cancelled(last_tried),
+        | EndpointErrorKind::NoProtocol { .. } => Outcome::cancelled(last_tried),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod gate;
 pub mod nagios;
 pub mod outcome;
 pub mod output;
+pub mod probe;
 pub mod session;
 pub mod starttls;
 pub mod watch;
@@ -71,6 +72,8 @@ pub struct Config {
     pub quiet: bool,
     /// `--watch`: probe again and again (then `interval` is the probe interval).
     pub watch: Option<WatchConfig>,
+    /// What is checked on each connection (`--tls`, `--send`, `--expect`, ...).
+    pub probe: Box<probe::ProbeConfig>,
 }
 
 /// What `--watch` adds to a [`Config`].
@@ -109,11 +112,18 @@ impl Command for Conntest {
             "{} targets, at most {cap} attempts in flight",
             config.targets.len()
         );
+        let probe =
+            probe::Prepared::new((*config.probe).clone()).map_err(|error| CommandError {
+                message: error.to_string(),
+                status: ExitStatus::Usage,
+            })?;
+        let probe = (!probe.is_plain()).then(|| Rc::new(probe));
         let ctx = Rc::new(CheckContext {
             reactor: reactor.clone(),
             gate: Gate::new(cap),
             resolver: Resolver::new(reactor, config.timeout, config.family),
             timeout: config.timeout,
+            probe,
         });
         if let Some(watch) = &config.watch {
             self.watch = Some(start_watch(reactor, ctx, config, watch));

@@ -11,6 +11,8 @@ use crate::exit::ExitStatus;
 use crate::reactor::ConnectError;
 use crate::reactor::endpoints::ResolveError;
 
+pub use super::probe::Findings;
+
 /// The status of a target, as `--json` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -28,6 +30,16 @@ pub enum Status {
     Error,
     /// Stopped because another target was up (`--any`).
     Cancelled,
+    /// Connected, but the TLS handshake failed.
+    TlsError,
+    /// Connected, but the certificate failed verification.
+    CertInvalid,
+    /// Connected, but the certificate expires sooner than `--cert-days`.
+    CertExpiring,
+    /// Connected, but the server refused the STARTTLS upgrade.
+    StarttlsRefused,
+    /// Connected, but the reply did not match `--expect`.
+    Mismatch,
 }
 
 impl Status {
@@ -41,7 +53,24 @@ impl Status {
             Status::Unresolved => "unresolved",
             Status::Error => "error",
             Status::Cancelled => "cancelled",
+            Status::TlsError => "tls-error",
+            Status::CertInvalid => "cert-invalid",
+            Status::CertExpiring => "cert-expiring",
+            Status::StarttlsRefused => "starttls-refused",
+            Status::Mismatch => "mismatch",
         }
+    }
+
+    /// True for a failure of the check on an established connection (exit status 4).
+    pub fn is_check_failure(self) -> bool {
+        matches!(
+            self,
+            Status::TlsError
+                | Status::CertInvalid
+                | Status::CertExpiring
+                | Status::StarttlsRefused
+                | Status::Mismatch
+        )
     }
 }
 
@@ -57,7 +86,12 @@ pub struct Outcome {
     /// The `--wait` deadline passed with the target still down: exit status 124
     /// whatever the last attempt saw.
     pub gave_up_waiting: bool,
+    /// What the check on the connection found (TLS details, the banner).
+    pub found: Findings,
 }
+
+/// The exit status of a connection whose check failed.
+pub const CHECK_FAILED: ExitStatus = ExitStatus::Code(4);
 
 impl Outcome {
     /// The target is up.
@@ -67,6 +101,7 @@ impl Outcome {
             addr: Some(addr),
             reason: None,
             gave_up_waiting: false,
+            found: Findings::default(),
         }
     }
 
@@ -77,6 +112,7 @@ impl Outcome {
             addr,
             reason: None,
             gave_up_waiting: false,
+            found: Findings::default(),
         }
     }
 
@@ -106,6 +142,7 @@ impl Outcome {
             addr,
             reason: Some(reason),
             gave_up_waiting: false,
+            found: Findings::default(),
         }
     }
 
@@ -131,6 +168,7 @@ impl Outcome {
             addr: None,
             reason: Some(reason),
             gave_up_waiting: false,
+            found: Findings::default(),
         }
     }
 
@@ -153,6 +191,7 @@ impl Outcome {
                 addr: trying,
                 reason: Some(format!("No answer within the --wait time of {waited}")),
                 gave_up_waiting: true,
+                found: Findings::default(),
             },
         }
     }
@@ -169,6 +208,8 @@ impl Outcome {
             }
             Status::Unresolved => ExitStatus::Unresolved,
             Status::Timeout => ExitStatus::TimedOut,
+            status if status.is_check_failure() => CHECK_FAILED,
+            _ => ExitStatus::Failure,
         }
     }
 }

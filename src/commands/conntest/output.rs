@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use super::outcome::{Outcome, Status};
+use super::probe::Findings;
 use super::targets::Target;
 use crate::reactor::endpoints::{Attempt, AttemptOutcome};
 
@@ -52,7 +53,10 @@ pub fn human_line(report: &Report, single: bool) -> Option<(bool, String)> {
         format!("{} port {port}", report.target.host.text)
     };
     match report.outcome.status {
-        Status::Open => Some((true, format!("Connected to {place}"))),
+        Status::Open => Some((
+            true,
+            format!("Connected to {place}{}", details(&report.outcome.found)),
+        )),
         Status::Cancelled => None,
         _ => {
             let reason = report.outcome.reason.as_deref().unwrap_or("failed");
@@ -61,7 +65,39 @@ pub fn human_line(report: &Report, single: bool) -> Option<(bool, String)> {
     }
 }
 
-/// One `--json` line; the fields serialise in this order.
+/// What the check on an open connection found, for the human line:
+/// ` (TLS 1.3, TLS_AES_256_GCM_SHA384, h2; certificate for example.com, expires
+/// 2027-02-01, 61 days left)`, or ` ("SSH-2.0-OpenSSH_9.6")`; empty when nothing was
+/// checked.
+fn details(found: &Findings) -> String {
+    let mut parts = Vec::new();
+    if let Some(tls) = &found.tls {
+        let mut session = vec![tls.version.replace("TLSv", "TLS "), tls.cipher.clone()];
+        session.extend(tls.alpn.clone());
+        let mut text = session.join(", ");
+        if let Some(cert) = &found.cert {
+            let _ = write!(
+                text,
+                "; certificate for {}, expires {}, {} days left",
+                cert.name(),
+                cert.expiry_date(),
+                cert.days_left
+            );
+        }
+        parts.push(text);
+    }
+    if let Some(banner) = &found.banner {
+        parts.push(format!("\"{banner}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
+}
+
+/// One `--json` line; the fields serialise in this order (those of the checks only
+/// where they apply).
 #[derive(serde::Serialize)]
 struct JsonReport<'a> {
     host: &'a str,
@@ -70,11 +106,35 @@ struct JsonReport<'a> {
     status: &'static str,
     error: Option<&'a str>,
     elapsed_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cipher: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alpn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_issuer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_sans: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_not_before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_not_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_days_left: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    banner: Option<&'a str>,
 }
 
 /// The `--json` line for a report.
 pub fn json_line(report: &Report) -> String {
     let micros = u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX);
+    let found = &report.outcome.found;
+    let cert = found.cert.as_ref();
     let line = JsonReport {
         host: &report.target.host.text,
         port: report.target.port,
@@ -82,10 +142,26 @@ pub fn json_line(report: &Report) -> String {
         status: report.outcome.status.as_str(),
         error: report.outcome.reason.as_deref(),
         elapsed_ms: micros as f64 / 1000.0,
+        tls_version: found.tls.as_ref().map(|t| t.version.as_str()),
+        cipher: found.tls.as_ref().map(|t| t.cipher.as_str()),
+        alpn: found.tls.as_ref().and_then(|t| t.alpn.as_deref()),
+        cert_subject: cert.map(|c| c.subject.as_str()),
+        cert_issuer: cert.map(|c| c.issuer.as_str()),
+        cert_sans: cert.map(|c| c.sans.as_slice()),
+        cert_not_before: cert.map(|c| rfc3339(c.not_before)),
+        cert_not_after: cert.map(|c| rfc3339(c.not_after)),
+        cert_days_left: cert.map(|c| c.days_left),
+        cert_sha256: cert.map(|c| c.sha256.as_str()),
+        banner: found.banner.as_deref(),
     };
     // Serialising plain strings and numbers cannot fail; an empty object is the
     // harmless answer if it ever did.
     serde_json::to_string(&line).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// `2027-02-01T00:00:00Z`.
+fn rfc3339(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// `-v`: every address tried for a target, when it started (from the start of the
@@ -263,6 +339,7 @@ mod tests {
             addr: Some(format!("127.0.0.1:{port}").parse().unwrap()),
             reason: Some("Connection refused".into()),
             gave_up_waiting: false,
+            found: Default::default(),
         }
     }
 

@@ -1,0 +1,674 @@
+//! conntest's checks on the connection (issue 14): `--tls` and the certificate,
+//! `--send`/`--expect`, against servers on loopback that the tests start, with
+//! certificates the tests generate (a CA, a leaf for localhost/127.0.0.1, an expired
+//! leaf, a leaf for another name, a self-signed leaf, a leaf expiring in 5 days).
+//! Every twistctl run is bounded by a 10 s limit.
+
+#![allow(missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use twistctl::reactor::tls::{Protocols, ServerIdentity, ServerOptions, TlsServerConfig};
+use twistctl::reactor::{Factory, Protocol, ProtocolResult, Reactor, TransportRef};
+
+use common::TWISTCTL;
+
+// ---------------------------------------------------------------------------------------
+// Certificates
+
+struct Pki {
+    dir: PathBuf,
+    leaf: ServerIdentity,
+    expired: ServerIdentity,
+    other_name: ServerIdentity,
+    self_signed: ServerIdentity,
+    expiring: ServerIdentity,
+    /// The leaf's PEM, for openssl.
+    leaf_pem: String,
+}
+
+fn identity(cert: &rcgen::Certificate, key: &KeyPair) -> ServerIdentity {
+    ServerIdentity {
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    }
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "conntest test CA");
+    params
+}
+
+fn leaf_params(names: &[&str], from_days: i64, to_days: i64) -> CertificateParams {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names.clone()).expect("params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names[0].clone());
+    let (y, m, d) = midnight(from_days);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = midnight(to_days);
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+    params
+}
+
+/// Midnight (UTC) of today plus `days`: a certificate ending at midnight of today+62
+/// has 61 whole days left whatever the time of day.
+fn midnight(days: i64) -> (i32, u8, u8) {
+    let today = jiff::Timestamp::now().as_second().div_euclid(86_400);
+    let at = jiff::Timestamp::from_second((today + days) * 86_400).unwrap();
+    let text = at.strftime("%Y %m %d").to_string();
+    let mut parts = text.split(' ').map(|p| p.parse::<i32>().unwrap());
+    let (y, m, d) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    (y, m as u8, d as u8)
+}
+
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("conntest-checks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().expect("key");
+        let ca = ca_params().self_signed(&ca_key).expect("CA");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let issuer = Issuer::new(ca_params(), ca_key);
+        let signed = |params: CertificateParams| {
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &issuer).expect("leaf");
+            (identity(&cert, &key), cert.pem())
+        };
+        let local = ["localhost", "127.0.0.1"];
+        let (leaf, leaf_pem) = signed(leaf_params(&local, -1, 62));
+        let self_key = KeyPair::generate().expect("key");
+        let self_signed = leaf_params(&local, -1, 62)
+            .self_signed(&self_key)
+            .expect("self-signed");
+        Pki {
+            leaf,
+            leaf_pem,
+            expired: signed(leaf_params(&local, -60, -31)).0,
+            other_name: signed(leaf_params(&["other.test"], -1, 62)).0,
+            self_signed: identity(&self_signed, &self_key),
+            expiring: signed(leaf_params(&local, -1, 6)).0,
+            dir,
+        }
+    })
+}
+
+fn ca_file() -> String {
+    pki().dir.join("ca.pem").display().to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers, each on its own reactor thread
+
+/// What a test server says once the connection is ready (after the handshake with TLS).
+#[derive(Clone)]
+struct Script {
+    /// Sent at once.
+    banner: Vec<u8>,
+    /// Sent for every chunk received (an echo when empty and `echo` is set).
+    echo: bool,
+}
+
+struct Talker {
+    script: Script,
+    tls: bool,
+}
+
+impl Protocol for Talker {
+    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+        if !self.tls && !self.script.banner.is_empty() {
+            transport.write(&self.script.banner);
+        }
+        Ok(())
+    }
+
+    fn handshake_completed(&mut self, transport: &TransportRef) -> ProtocolResult {
+        if !self.script.banner.is_empty() {
+            transport.write(&self.script.banner);
+        }
+        Ok(())
+    }
+
+    fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
+        if self.script.echo {
+            transport.write(data);
+        }
+        Ok(())
+    }
+}
+
+struct TalkerFactory {
+    script: Script,
+    tls: bool,
+}
+
+impl Factory for TalkerFactory {
+    fn build_protocol(&self, _addr: twistctl::reactor::Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(Talker {
+            script: self.script.clone(),
+            tls: self.tls,
+        }))
+    }
+}
+
+/// A server on 127.0.0.1 (TLS with `identity` when given); returns its port. It runs
+/// until the test process ends.
+fn server(identity: Option<&ServerIdentity>, alpn: &[&str], script: Script) -> u16 {
+    let config = identity.map(|identity| {
+        TlsServerConfig::new(&ServerOptions {
+            identities: vec![identity.clone()],
+            protocols: Protocols {
+                alpn: alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
+                ..Protocols::default()
+            },
+            resumption: false,
+        })
+        .expect("server config")
+    });
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let reactor = Reactor::new().unwrap();
+        let factory = Rc::new(TalkerFactory {
+            script,
+            tls: config.is_some(),
+        });
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let port = match &config {
+            Some(config) => reactor.listen_tls(addr, config, factory),
+            None => reactor.listen_tcp(addr, factory),
+        }
+        .expect("listen");
+        sender.send(port.host().port()).unwrap();
+        let _ = reactor.run();
+    });
+    receiver.recv().unwrap()
+}
+
+fn tls_server(identity: &ServerIdentity) -> u16 {
+    server(
+        Some(identity),
+        &["h2", "http/1.1"],
+        Script {
+            banner: Vec::new(),
+            echo: false,
+        },
+    )
+}
+
+fn banner_server(banner: &[u8], echo: bool) -> u16 {
+    server(
+        None,
+        &[],
+        Script {
+            banner: banner.to_vec(),
+            echo,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Running twistctl
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Output {
+    let output = Command::new(TWISTCTL)
+        .arg("conntest")
+        .args(args)
+        .timeout(Duration::from_secs(10))
+        .output()
+        .expect("twistctl runs");
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn json(args: &[&str]) -> (i32, serde_json::Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run(&all);
+    let value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} {:?}", out.stdout, out.stderr));
+    (out.code, value)
+}
+
+// ---------------------------------------------------------------------------------------
+// --tls
+
+#[test]
+fn tls_with_a_trusted_certificate_passes_and_reports_the_session_and_certificate() {
+    let port = tls_server(&pki().leaf).to_string();
+    let ca = ca_file();
+    let out = run(&["--tls", "--ca", &ca, "localhost", &port]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = out.stdout.trim();
+    assert!(
+        line.starts_with(&format!("Connected to port {port} (TLS 1.3, TLS_")),
+        "{line}"
+    );
+    assert!(
+        line.contains("; certificate for localhost, expires "),
+        "{line}"
+    );
+    assert!(line.ends_with("61 days left)"), "{line}");
+
+    let (code, v) = json(&["--tls", "--ca", &ca, "127.0.0.1", &port]);
+    assert_eq!(code, 0);
+    assert_eq!(v["status"], "open");
+    assert_eq!(v["tls_version"], "TLSv1.3");
+    assert!(v["cipher"].as_str().unwrap().starts_with("TLS_"));
+    assert_eq!(v["cert_subject"], "CN=localhost");
+    assert_eq!(v["cert_issuer"], "CN=conntest test CA");
+    assert_eq!(
+        v["cert_sans"],
+        serde_json::json!(["localhost", "127.0.0.1"])
+    );
+    assert_eq!(v["cert_days_left"], 61);
+    let sha = v["cert_sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 95);
+    assert!(
+        v.get("alpn").is_none(),
+        "no ALPN offered, none reported: {v}"
+    );
+    assert!(v["cert_not_after"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn alpn_offers_protocols_and_reports_the_chosen_one() {
+    let port = tls_server(&pki().leaf).to_string();
+    let (code, v) = json(&[
+        "--tls",
+        "--ca",
+        &ca_file(),
+        "--alpn",
+        "h2,http/1.1",
+        "localhost",
+        &port,
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(v["alpn"], "h2");
+    let out = run(&[
+        "--tls",
+        "--ca",
+        &ca_file(),
+        "--alpn",
+        "http/1.1",
+        "localhost",
+        &port,
+    ]);
+    assert!(
+        out.stdout.contains("TLS_AES") && out.stdout.contains(", http/1.1; certificate"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn each_certificate_problem_is_cert_invalid_with_exit_4_and_says_which() {
+    let ca = ca_file();
+    let cases: [(&ServerIdentity, &str, &str); 3] = [
+        (&pki().expired, "localhost", "certificate has expired ("),
+        (&pki().other_name, "localhost", "certificate name mismatch"),
+        (
+            &pki().self_signed,
+            "localhost",
+            "certificate issuer is unknown",
+        ),
+    ];
+    for (identity, host, words) in cases {
+        let port = tls_server(identity).to_string();
+        let out = run(&["--tls", "--ca", &ca, host, &port]);
+        assert_eq!(out.code, 4, "{words}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("Error connecting to port {port}: {words}")),
+            "{}",
+            out.stderr
+        );
+        let (code, v) = json(&["--tls", "--ca", &ca, host, &port]);
+        assert_eq!(code, 4);
+        assert_eq!(v["status"], "cert-invalid", "{v}");
+        assert!(v["error"].as_str().unwrap().contains(words), "{v}");
+        // What the server presented is reported even though it was refused.
+        assert!(v["cert_sha256"].is_string(), "{v}");
+    }
+    // The expired one says when and how long ago.
+    let port = tls_server(&pki().expired).to_string();
+    let out = run(&["--tls", "--ca", &ca, "localhost", &port]);
+    assert!(out.stderr.contains("31 days ago)"), "{}", out.stderr);
+}
+
+#[test]
+fn the_system_trust_store_does_not_know_the_test_ca() {
+    let port = tls_server(&pki().leaf).to_string();
+    let (code, v) = json(&["--tls", "localhost", &port]);
+    assert_eq!(code, 4);
+    assert_eq!(v["status"], "cert-invalid");
+}
+
+#[test]
+fn sni_names_the_certificate_to_verify() {
+    let port = tls_server(&pki().other_name).to_string();
+    let ca = ca_file();
+    let out = run(&[
+        "--tls",
+        "--ca",
+        &ca,
+        "--sni",
+        "other.test",
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("certificate for other.test"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn insecure_passes_any_certificate_and_still_reports_it() {
+    for identity in [&pki().expired, &pki().self_signed, &pki().other_name] {
+        let port = tls_server(identity).to_string();
+        let (code, v) = json(&["--tls", "--insecure", "localhost", &port]);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["status"], "open");
+        assert!(
+            v["cert_subject"].is_string() && v["cert_sha256"].is_string(),
+            "{v}"
+        );
+    }
+    // --cert-days still applies.
+    let port = tls_server(&pki().expired).to_string();
+    let (code, v) = json(&[
+        "--tls",
+        "--insecure",
+        "--cert-days",
+        "1",
+        "localhost",
+        &port,
+    ]);
+    assert_eq!(code, 4);
+    assert_eq!(v["status"], "cert-expiring");
+}
+
+#[test]
+fn cert_days_fails_a_certificate_expiring_sooner_with_cert_expiring() {
+    let port = tls_server(&pki().expiring).to_string();
+    let ca = ca_file();
+    let out = run(&["--tls", "--ca", &ca, "localhost", &port]);
+    assert_eq!(out.code, 0, "only expired fails by default: {}", out.stderr);
+    assert!(out.stdout.contains("5 days left"), "{}", out.stdout);
+    let (code, v) = json(&["--tls", "--ca", &ca, "--cert-days", "7", "localhost", &port]);
+    assert_eq!(code, 4);
+    assert_eq!(v["status"], "cert-expiring");
+    assert_eq!(v["cert_days_left"], 5);
+    assert!(
+        v["error"].as_str().unwrap().contains("expires in 5 days"),
+        "{v}"
+    );
+    let (code, _) = json(&["--tls", "--ca", &ca, "--cert-days", "5", "localhost", &port]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_plain_server_is_a_tls_error_with_exit_4() {
+    let port = banner_server(b"HTTP/1.0 400 Bad Request\r\n\r\n", false).to_string();
+    let (code, v) = json(&["--tls", "--insecure", "127.0.0.1", &port]);
+    assert_eq!(code, 4, "{v}");
+    assert_eq!(v["status"], "tls-error");
+}
+
+#[test]
+fn a_bad_ca_file_is_a_usage_error_naming_it() {
+    let out = run(&["--tls", "--ca", "/nonexistent/ca.pem", "127.0.0.1", "1"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("/nonexistent/ca.pem"), "{}", out.stderr);
+}
+
+#[test]
+fn the_fingerprint_and_dates_agree_with_openssl() {
+    let Ok(status) = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+    else {
+        eprintln!("skipped: openssl is not installed");
+        return;
+    };
+    assert!(status.status.success());
+    let pem = pki().dir.join("leaf.pem");
+    std::fs::write(&pem, &pki().leaf_pem).unwrap();
+    let openssl = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-startdate",
+            "-enddate",
+        ])
+        .args(["-dateopt", "iso_8601", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(openssl.stdout).unwrap();
+    let port = tls_server(&pki().leaf).to_string();
+    let (_, v) = json(&["--tls", "--ca", &ca_file(), "localhost", &port]);
+    let fingerprint = v["cert_sha256"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("Fingerprint={fingerprint}")),
+        "{text} vs {fingerprint}"
+    );
+    // notAfter=2027-02-01 00:00:00Z against 2027-02-01T00:00:00Z.
+    for (field, ours) in [
+        ("notBefore=", "cert_not_before"),
+        ("notAfter=", "cert_not_after"),
+    ] {
+        let theirs = text.lines().find_map(|l| l.strip_prefix(field)).unwrap();
+        assert_eq!(
+            theirs.replace(' ', "T"),
+            v[ours].as_str().unwrap(),
+            "{text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// --send / --expect
+
+#[test]
+fn expect_matches_a_banner_and_reports_it() {
+    let port = banner_server(b"SSH-2.0-OpenSSH_9.6\r\n", false).to_string();
+    let out = run(&["--expect", "^SSH-2\\.0", "127.0.0.1", &port]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("Connected to port {port} (\"SSH-2.0-OpenSSH_9.6\\x0d\\x0a\")")
+    );
+    let (_, v) = json(&["--expect", "^SSH-2\\.0", "127.0.0.1", &port]);
+    assert_eq!(v["banner"], "SSH-2.0-OpenSSH_9.6\\x0d\\x0a");
+}
+
+#[test]
+fn a_banner_that_does_not_match_is_a_mismatch_with_exit_4() {
+    let port = banner_server(b"220 mail ESMTP\r\n", false).to_string();
+    let started = Instant::now();
+    let out = run(&[
+        "--expect",
+        "^SSH-2\\.0",
+        "--timeout",
+        "1s",
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("Error connecting to port {port}: expected /^SSH-2\\.0/, got \"220 mail ESMTP\\x0d\\x0a\"")),
+        "{}",
+        out.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (_, v) = json(&["--expect", "^SSH", "--timeout", "1s", "127.0.0.1", &port]);
+    assert_eq!(v["status"], "mismatch");
+    assert_eq!(v["banner"], "220 mail ESMTP\\x0d\\x0a");
+}
+
+#[test]
+fn send_then_expect_the_reply_and_escapes_in_the_banner() {
+    let port = banner_server(b"", true).to_string();
+    let (code, v) = json(&[
+        "--send",
+        "PING\\r\\n",
+        "--expect",
+        "^PING\\r\\n$",
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["banner"], "PING\\x0d\\x0a");
+    // Terminal escapes from the peer never come back raw.
+    let (code, v) = json(&[
+        "--send",
+        "\\x1b[2J",
+        "--expect",
+        "nomatch",
+        "--timeout",
+        "500ms",
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(code, 4);
+    assert_eq!(v["banner"], "\\x1b[2J");
+}
+
+#[test]
+fn a_server_that_sends_more_than_max_bytes_is_a_mismatch_at_once() {
+    let big = vec![b'x'; 100_000];
+    let port = banner_server(&big, false).to_string();
+    let started = Instant::now();
+    let (code, v) = json(&[
+        "--expect",
+        "never",
+        "--max-bytes",
+        "1000",
+        "--timeout",
+        "5s",
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(code, 4);
+    assert_eq!(v["status"], "mismatch");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "at once, not at the timeout"
+    );
+    // Cut to 200 characters.
+    assert!(v["banner"].as_str().unwrap().len() <= 203, "{v}");
+}
+
+#[test]
+fn a_server_that_never_answers_is_a_timeout_with_124() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let started = Instant::now();
+    let out = run(&["--expect", "^SSH", "--timeout", "500ms", "127.0.0.1", &port]);
+    assert_eq!(out.code, 124, "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(listener);
+}
+
+#[test]
+fn expect_works_over_tls() {
+    let port = server(
+        Some(&pki().leaf),
+        &[],
+        Script {
+            banner: b"* OK IMAP ready\r\n".to_vec(),
+            echo: false,
+        },
+    )
+    .to_string();
+    let (code, v) = json(&[
+        "--tls",
+        "--ca",
+        &ca_file(),
+        "--expect",
+        "^\\* OK",
+        "localhost",
+        &port,
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["tls_version"], "TLSv1.3");
+    assert_eq!(v["banner"], "* OK IMAP ready\\x0d\\x0a");
+}
+
+#[test]
+fn quit_is_sent_before_closing() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(b"220 ready\r\n").unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        got
+    });
+    let out = run(&[
+        "--expect",
+        "^220",
+        "--quit",
+        "QUIT\\r\\n",
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(server.join().unwrap(), b"QUIT\r\n");
+}
+
+#[test]
+fn bad_check_options_are_usage_errors_naming_the_value() {
+    for (args, words) in [
+        (vec!["--expect", "(", "127.0.0.1", "1"], "("),
+        (vec!["--send", "\\q", "127.0.0.1", "1"], "\\q"),
+        (vec!["--sni", "x", "127.0.0.1", "1"], "--sni"),
+        (vec!["--starttls", "gopher", "127.0.0.1", "1"], "gopher"),
+        (
+            vec!["--tls", "--cert-days", "soon", "127.0.0.1", "1"],
+            "soon",
+        ),
+    ] {
+        let out = run(&args);
+        assert_eq!(out.code, 2, "{args:?}");
+        assert!(out.stderr.contains(words), "{args:?}: {}", out.stderr);
+    }
+}
