@@ -10,7 +10,6 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -24,7 +23,9 @@ use crate::reactor::tls::{
     CertificateInfo, ClientOptions, Protocols, StartTls, TlsClientConfig, TlsConfigError, TlsError,
     TlsFailure, Verify, client_protocol,
 };
-use crate::reactor::{CloseReason, DelayedCall, Protocol, ProtocolResult, Reactor, TransportRef};
+use crate::reactor::{
+    Address, CloseReason, DelayedCall, Protocol, ProtocolResult, Reactor, TransportRef,
+};
 
 /// The longest banner reported, in characters of its escaped form.
 pub const BANNER_LIMIT: usize = 200;
@@ -254,7 +255,7 @@ struct ProbeFactory {
 }
 
 impl CheckedFactory for ProbeFactory {
-    fn build_protocol(&self, _addr: SocketAddr, check: CheckHandle) -> Option<Box<dyn Protocol>> {
+    fn build_protocol(&self, _addr: Address, check: CheckHandle) -> Option<Box<dyn Protocol>> {
         self.build(check)
     }
 }
