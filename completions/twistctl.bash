@@ -285,7 +285,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__talk__subcmd__server)
-            opts="-q -v -h -V --port --bind --max-clients --max-line --idle-timeout --echo --raw --tls --cert --key --cert-dir --quiet --verbose --help --version"
+            opts="-q -v -h -V --port --bind --max-clients --max-line --idle-timeout --echo --raw --tls --cert --key --cert-dir --listen --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -320,6 +320,10 @@ _twistctl() {
                     return 0
                     ;;
                 --cert-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -92,6 +92,7 @@ set edit:completion:arg-completer[twistctl] = {|@words|
             cand --cert 'With --tls: the PEM certificate chain to present (leaf first); needs --key'
             cand --key 'With --tls: the PEM private key of --cert'
             cand --cert-dir 'With --tls: keep the self-signed certificate in DIR instead'
+            cand --listen 'Listen where the endpoint description DESC says, in place of PORT, --bind and --tls; repeat it to listen on several at once: tcp:8000, tcp:8000:interface=127.0.0.1, unix:/run/talk.sock[:mode=660], unix:@talk (abstract), ssl:8443:privateKey=KEY:certKey=CERT. A socket file left by a server that is gone is reused; one a server still accepts on is refused'
             cand --echo 'No console (stdin is ignored): send every received line back to its sender, until SIGINT or SIGTERM. A client''s end of input closes it once everything it sent (a last line without a newline too) has been echoed. A client that does not read is not read from either'
             cand --raw 'The classic tutorial''s wire format: no line delimiters'
             cand --tls 'Serve TLS. Without --cert/--key: a self-signed ECDSA P-256 certificate, made on first use and kept (key mode 0600) in $XDG_STATE_HOME/twistctl (~/.local/state/twistctl), so its fingerprint, printed at start (`TLS certificate SHA256:...`), stays the same across restarts'

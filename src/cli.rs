@@ -12,6 +12,7 @@ use crate::commands::talk::trust::TlsVerify;
 use crate::commands::target::{self, Family, Host, parse_bind};
 use crate::commands::{self, completions, conntest, talk, timer_demo};
 use crate::duration::{parse as parse_duration, parse_nonzero as parse_nonzero_duration};
+use crate::reactor::endpoints::description::{self, ServerDescription};
 use crate::reactor::tls::Fingerprint;
 
 /// twistctl: network tools on a Twisted-style reactor.
@@ -145,6 +146,7 @@ pub enum Command {
     twistctl talk-server --bind localhost 0 --echo --idle-timeout 5m
     twistctl talk-server --tls 8443
     twistctl talk-server --tls --cert chain.pem --key key.pem 8443
+    twistctl talk-server --listen tcp:8000 --listen unix:/run/talk.sock
 
 ", "EXIT STATUS:
     0    /quit, Ctrl-D or end of input
@@ -181,6 +183,7 @@ pub enum Command {
     twistctl talk-client --tls chat.example 8443
     twistctl talk-client --tls --fingerprint SHA256:AB:CD:... 192.0.2.7 8443
     twistctl talk-client --tls --ca ca.pem localhost 8443
+    twistctl talk-client unix:/run/talk.sock
 
 ", "EXIT STATUS:
     0    the conversation ended (bye, end of input, or the server closed)
@@ -474,6 +477,20 @@ pub struct TalkServerArgs {
     /// With --tls: keep the self-signed certificate in DIR instead.
     #[arg(long, value_name = "DIR", requires = "tls", conflicts_with = "cert")]
     pub cert_dir: Option<PathBuf>,
+
+    /// Listen where the endpoint description DESC says, in place of PORT, --bind and
+    /// --tls; repeat it to listen on several at once: tcp:8000,
+    /// tcp:8000:interface=127.0.0.1, unix:/run/talk.sock[:mode=660], unix:@talk
+    /// (abstract), ssl:8443:privateKey=KEY:certKey=CERT. A socket file left by a server
+    /// that is gone is reused; one a server still accepts on is refused.
+    #[arg(long, value_name = "DESC", value_parser = parse_listen,
+          conflicts_with_all = ["port", "port_option", "bind", "tls"])]
+    pub listen: Vec<ServerDescription>,
+}
+
+/// A server endpoint description (`--listen`).
+fn parse_listen(text: &str) -> Result<ServerDescription, String> {
+    description::parse_server(text).map_err(|error| error.to_string())
 }
 
 /// Options of `twistctl talk-client`.
@@ -483,7 +500,8 @@ pub struct TalkClientArgs {
     #[arg(
         value_name = "TARGET",
         help = "The server, written as for conntest, one port: HOST PORT, HOST:PORT, \
-                [::1]:PORT, or a service name for the port (localhost http) \
+                [::1]:PORT, or a service name for the port (localhost http); a UNIX \
+                socket: unix:PATH or unix:@NAME (abstract); TLS: tls:HOST:PORT \
                 [default: localhost 8000]"
     )]
     pub target: Vec<String>,
@@ -513,18 +531,18 @@ pub struct TalkClientArgs {
     pub tls: bool,
 
     /// With --tls: trust the CA certificates of this PEM file instead of the system's.
-    #[arg(long, value_name = "FILE", requires = "tls")]
+    #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
 
     /// With --tls: accept only the server certificate with this SHA-256 fingerprint
     /// (as talk-server prints it: SHA256:AB:CD:...); chain and name are not checked.
-    #[arg(long, value_name = "SHA256:..", requires = "tls", conflicts_with = "ca",
+    #[arg(long, value_name = "SHA256:..", conflicts_with = "ca",
           value_parser = parse_fingerprint)]
     pub fingerprint: Option<Fingerprint>,
 
     /// With --tls: do not verify the server at all (said on stderr). Anyone on the path
     /// could read and change the chat.
-    #[arg(long, requires = "tls", conflicts_with_all = ["ca", "fingerprint"])]
+    #[arg(long, conflicts_with_all = ["ca", "fingerprint"])]
     pub insecure: bool,
 }
 
@@ -680,27 +698,46 @@ impl Cli {
                     // Zero means no idle timeout, as for ssh's ServerAliveInterval.
                     idle_timeout: args.idle_timeout.filter(|idle| !idle.is_zero()),
                 },
+                listen: args.listen,
                 tls: args.tls.then_some(match (args.cert, args.key) {
                     (Some(cert), Some(key)) => talk::talk_server::TlsSource::Files { cert, key },
                     _ => talk::talk_server::TlsSource::Kept(args.cert_dir),
                 }),
             }),
-            Command::TalkClient(args) => commands::Config::TalkClient(talk::client::Config {
-                target: talk_client_target(&args.target)?,
-                timeout: args.timeout,
-                raw: args.raw,
-                linger: args.linger,
-                tls: args.tls.then_some({
-                    if let Some(fingerprint) = args.fingerprint {
-                        TlsVerify::Pinned(fingerprint)
-                    } else if args.insecure {
-                        TlsVerify::Insecure
-                    } else if let Some(ca) = args.ca {
-                        TlsVerify::Ca(ca)
-                    } else {
-                        TlsVerify::System
-                    }
-                }),
+            Command::TalkClient(args) => commands::Config::TalkClient({
+                let (target, described_tls) = talk_client_target(&args.target)?;
+                let tls_wanted = args.tls || described_tls.is_some();
+                let ca = args.ca.clone().or(described_tls.flatten());
+                if !tls_wanted && (args.ca.is_some() || args.fingerprint.is_some() || args.insecure)
+                {
+                    return Err(usage_error(
+                        "talk-client",
+                        "--ca, --fingerprint and --insecure need --tls (or a tls:HOST:PORT target)",
+                    ));
+                }
+                if tls_wanted && matches!(target, target::Destination::Unix(_)) {
+                    return Err(usage_error(
+                        "talk-client",
+                        "--tls needs a HOST PORT target, not a UNIX socket",
+                    ));
+                }
+                talk::client::Config {
+                    target,
+                    timeout: args.timeout,
+                    raw: args.raw,
+                    linger: args.linger,
+                    tls: tls_wanted.then_some({
+                        if let Some(fingerprint) = args.fingerprint {
+                            TlsVerify::Pinned(fingerprint)
+                        } else if args.insecure {
+                            TlsVerify::Insecure
+                        } else if let Some(ca) = ca {
+                            TlsVerify::Ca(ca)
+                        } else {
+                            TlsVerify::System
+                        }
+                    }),
+                }
             }),
             Command::Completions(args) => {
                 commands::Config::Completions(completions::Config { shell: args.shell })
@@ -709,15 +746,36 @@ impl Cli {
     }
 }
 
-/// talk-client's one target (localhost 8000 when none is given).
-fn talk_client_target(args: &[String]) -> Result<target::Target, clap::Error> {
+/// talk-client's one target (localhost 8000 when none is given), and the CA file of
+/// a `tls:HOST:PORT[:trustRoots=FILE]` description (which means `--tls`).
+fn talk_client_target(
+    args: &[String],
+) -> Result<(target::Destination, Option<Option<PathBuf>>), clap::Error> {
     let defaults = ["localhost".to_string(), "8000".to_string()];
     let args = if args.is_empty() { &defaults[..] } else { args };
     let services = ServiceDb::at(SERVICES_PATH);
-    target::parse_destination(args, Family::Any, &services)
-        .and_then(|destination| target::tcp_only(vec![destination]))
-        .map(|mut targets| targets.remove(0))
-        .map_err(|error| usage_error("talk-client", error))
+    if let [one] = args
+        && one.starts_with("tls:")
+    {
+        let described =
+            description::parse_client(one).map_err(|error| usage_error("talk-client", error))?;
+        let description::ClientDescription::Tls {
+            host,
+            port,
+            trust_roots,
+            ..
+        } = described
+        else {
+            unreachable!("a tls: description parses as TLS");
+        };
+        let pair = [host, port.to_string()];
+        let destination = target::parse_destination(&pair, Family::Any, &services)
+            .map_err(|error| usage_error("talk-client", error))?;
+        return Ok((destination, Some(trust_roots)));
+    }
+    let destination = target::parse_destination(args, Family::Any, &services)
+        .map_err(|error| usage_error("talk-client", error))?;
+    Ok((destination, None))
 }
 
 fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, clap::Error> {

@@ -432,7 +432,7 @@ fn a_half_closed_client_is_answered_and_closed_by_bye_kick_idle_or_quit() {
         server.expect(&format!("* client {n} finished sending"));
     }
     server.type_line("/who");
-    let prefix = format!("* client {n1} 127.0.0.1:{} idle ", asker.local_port());
+    let prefix = format!("* client {n1} 127.0.0.1:{} tcp idle ", asker.local_port());
     server.wait_for("/who's half-closed line", |line| {
         line.starts_with(&prefix) && line.ends_with("s half-closed")
     });

@@ -138,6 +138,12 @@ pub trait Transport {
         None
     }
 
+    /// True for a connection that speaks TLS, from its start (before the handshake
+    /// settled what [`Transport::tls`] reports).
+    fn is_tls(&self) -> bool {
+        false
+    }
+
     /// Starts TLS on this established connection (S-12): what was written before goes
     /// out in the clear, what is written after (through this handle too) is
     /// encrypted, and the same protocol goes on receiving the decrypted data; it gets

@@ -25,12 +25,14 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use crate::commands::scaffold::{self, Command, CommandError};
+use crate::commands::target::Destination;
 use crate::exit::ExitStatus;
 use crate::protocols::line::{Delimiter, LineControl, LineHandler, LineReceiver};
 use crate::reactor::endpoints::{
     Attempt, AttemptOutcome, Connecting, EndpointError, EndpointErrorKind, EndpointOptions,
     HostnameEndpoint,
 };
+use crate::reactor::unix::UnixEndpoint;
 use crate::reactor::{
     Address, CloseReason, ConnectError, DelayedCall, Factory, Protocol, ProtocolResult, Reactor,
     Scheduler, Step, StopReason, TransportRef,
@@ -603,6 +605,24 @@ fn dial(
     connecting
 }
 
+/// Connects the conversation to a UNIX socket.
+fn dial_unix(endpoint: UnixEndpoint, conversation: &Rc<Conversation>) {
+    let factory = Rc::new(TalkClientFactory {
+        conversation: conversation.clone(),
+        tls: false,
+    });
+    let conversation = conversation.clone();
+    let _ = endpoint.connect(factory).then(move |outcome| {
+        if let Err(failure) = outcome {
+            log::info!("{failure}");
+            if !conversation.is_over() {
+                conversation.connect_failed(failure.to_string());
+            }
+        }
+        Step::Value(())
+    });
+}
+
 /// The TLS side of a connect: the configuration, and what to do when the server is
 /// refused (the trust decision).
 struct TlsRoute {
@@ -837,8 +857,8 @@ fn print_line(line: &str, to_stderr: bool) {
 /// What `twistctl talk-client` was asked to do (built by `src/cli.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// The server: a host (name or IP literal) and a port, 1-65535.
-    pub target: crate::commands::target::Target,
+    /// The server: a host (name or IP literal) and a port, 1-65535, or a UNIX socket.
+    pub target: Destination,
     /// Give up connecting after this long.
     pub timeout: Duration,
     /// The classic tutorial's wire format: no line delimiters.
@@ -899,8 +919,17 @@ impl Command for ClientCommand {
             linger: self.config.linger,
         };
         let conversation = Conversation::new(options, view.clone(), scheduler, on_end);
-        let target = &self.config.target;
         let (starter, timeout) = (conversation.clone(), self.config.timeout);
+        let target = match &self.config.target {
+            Destination::Tcp(target) => target,
+            Destination::Unix(address) => {
+                let endpoint =
+                    UnixEndpoint::new(reactor, address.clone()).with_timeout(Some(timeout));
+                reactor.call_when_running(move || dial_unix(endpoint, &starter));
+                self.parts = Some((view, conversation));
+                return Ok(());
+            }
+        };
         match &self.config.tls {
             None => {
                 let endpoint =

@@ -40,7 +40,7 @@ pub const HELP: &[&str] = &[
     "            '> ' to the only client",
     "/to N text  send to client N",
     "/all text   send to every client",
-    "/who        list the clients: number, address, idle time",
+    "/who        list the clients: number, address, transport, idle time",
     "/kick N     disconnect client N",
     "/quit       close every client and exit (also Ctrl-D)",
     "/help       this list",

@@ -364,8 +364,9 @@ impl State {
                 ""
             };
             self.operator.print(&format!(
-                "* client {id} {} idle {idle}{half_closed}",
-                client.peer(),
+                "* client {id} {} {} idle {idle}{half_closed}",
+                client.origin(),
+                client.transport_name(),
             ));
         }
     }
@@ -376,7 +377,7 @@ impl ClientEvents for State {
         let id = self.clients.borrow_mut().add(client.clone());
         client.set_id(id);
         self.operator
-            .print(&format!("* client {id} connected from {}", client.peer()));
+            .print(&format!("* client {id} connected from {}", client.origin()));
         self.publish_recipient();
     }
 
@@ -753,7 +754,7 @@ mod tests {
     }
 
     #[test]
-    fn who_lists_number_address_and_idle_time() {
+    fn who_lists_number_address_transport_and_idle_time() {
         let h = Harness::new(config());
         h.typed("/who");
         assert_eq!(h.out(), ["* no clients connected"]);
@@ -768,8 +769,8 @@ mod tests {
         assert_eq!(
             h.out(),
             [
-                "* client 1 127.0.0.1:5001 idle 1m10s",
-                "* client 2 127.0.0.1:5002 idle 3s",
+                "* client 1 127.0.0.1:5001 tcp idle 1m10s",
+                "* client 2 127.0.0.1:5002 tcp idle 3s",
             ]
         );
     }

@@ -219,6 +219,38 @@ impl Client {
         &self.peer
     }
 
+    /// Where the client came from, for the line that announces it: its address, or for
+    /// a UNIX client the socket it reached and the process at the other end
+    /// (`unix:/run/talk.sock (pid 4242, uid 1000)`).
+    pub fn origin(&self) -> String {
+        let transport = self.transport.borrow();
+        match (&self.peer, transport.as_ref()) {
+            (Address::Unix(_), Some(transport)) => {
+                let host = transport.host();
+                match transport.peer_credentials() {
+                    Some(who) => format!("{host} (pid {}, uid {})", who.pid, who.uid),
+                    None => host.to_string(),
+                }
+            }
+            (peer, _) => peer.to_string(),
+        }
+    }
+
+    /// The transport the client talks over, for `/who`: `tcp`, `tls TLSv1.3` (`tls`
+    /// while the handshake runs) or `unix`.
+    pub fn transport_name(&self) -> String {
+        let transport = self.transport.borrow();
+        let unix = matches!(self.peer, Address::Unix(_));
+        match transport.as_ref() {
+            Some(t) if t.is_tls() => match t.tls() {
+                Some(session) => format!("tls {}", session.version),
+                None => "tls".to_string(),
+            },
+            _ if unix => "unix".to_string(),
+            _ => "tcp".to_string(),
+        }
+    }
+
     /// How long since the client last sent anything.
     pub fn idle(&self) -> Duration {
         self.idle

@@ -19,8 +19,10 @@ use super::server::{Mode, Next, Operator, ServerConfig, TalkServer};
 use crate::commands::scaffold::{self, Command, CommandError};
 use crate::commands::target::{Host, HostKind};
 use crate::exit::ExitStatus;
+use crate::reactor::endpoints::description::{Listening, ServerDescription};
 use crate::reactor::tcp::{CannotListenError, ListenOptions, ListeningPort};
-use crate::reactor::tls::{self, ServerIdentity, ServerOptions, TlsServerConfig};
+use crate::reactor::tls::{self, Fingerprint, ServerIdentity, ServerOptions, TlsServerConfig};
+use crate::reactor::unix::UnixPort;
 use crate::reactor::{Factory, Phase, Reactor, Scheduler, Signal, StopReason, SystemEvent};
 
 /// The prompt shown when no client would get a typed line.
@@ -108,6 +110,63 @@ pub struct Config {
     pub server: ServerConfig,
     /// `--tls`: serve TLS with this certificate.
     pub tls: Option<TlsSource>,
+    /// `--listen`: where to listen, in place of `bind`, `port` and `tls` when not
+    /// empty.
+    pub listen: Vec<ServerDescription>,
+}
+
+/// Something listening, to stop at the end.
+enum Port {
+    Tcp(ListeningPort),
+    Unix(UnixPort),
+}
+
+impl Port {
+    fn stop(&self) {
+        // The ports' own Deferreds are not waited for: closing cannot block.
+        let _ = match self {
+            Port::Tcp(port) => port.stop_listening(),
+            Port::Unix(port) => port.stop_listening(),
+        };
+    }
+}
+
+/// Listens as each description says; the ports and the lines that announce them
+/// (`Listening on ...` for each, then the fingerprint of each TLS certificate).
+fn listen_described(
+    reactor: &Reactor,
+    descriptions: &[ServerDescription],
+    factory: &Rc<dyn Factory>,
+) -> Result<(Vec<Port>, Vec<String>), CommandError> {
+    let (mut ports, mut lines, mut fingerprints) = (Vec::new(), Vec::new(), Vec::new());
+    for description in descriptions {
+        let listening = description
+            .listen(reactor, factory.clone())
+            .map_err(|error| CommandError::failure(format!("--listen: {error}")))?;
+        match listening {
+            Listening::Tcp(port) => {
+                let tls = if let ServerDescription::Ssl { cert_key, .. } = description {
+                    let chain = tls::read_certificates(cert_key)
+                        .map_err(|error| CommandError::failure(format!("--listen: {error}")))?;
+                    let line = format!("TLS certificate SHA256:{}", Fingerprint::of(&chain[0]));
+                    if !fingerprints.contains(&line) {
+                        fingerprints.push(line);
+                    }
+                    " (TLS)"
+                } else {
+                    ""
+                };
+                lines.push(format!("Listening on {}{tls}", port.host()));
+                ports.push(Port::Tcp(port));
+            }
+            Listening::Unix(port) => {
+                lines.push(format!("Listening on {}", port.host()));
+                ports.push(Port::Unix(port));
+            }
+        }
+    }
+    lines.extend(fingerprints);
+    Ok((ports, lines))
 }
 
 /// Where talk-server's TLS certificate comes from.
@@ -236,6 +295,14 @@ impl Command for ServerCommand {
         let server = TalkServer::new(config, screen.clone(), scheduler);
         self.server = Some(server.clone());
         let mut ports = Vec::new();
+        if !self.config.listen.is_empty() {
+            let (described, lines) =
+                listen_described(reactor, &self.config.listen, &server.factory())?;
+            for line in lines {
+                screen.print(&line);
+            }
+            ports = described;
+        }
         let mut port_number = self.config.port;
         let (factory, fingerprint, suffix) = match &self.config.tls {
             None => (server.factory(), None, ""),
@@ -252,13 +319,18 @@ impl Command for ServerCommand {
                 (factory, Some(fingerprint), " (TLS)")
             }
         };
-        for bind in bind_addresses(self.config.bind.as_ref())? {
+        let short_form = if self.config.listen.is_empty() {
+            bind_addresses(self.config.bind.as_ref())?
+        } else {
+            Vec::new()
+        };
+        for bind in short_form {
             let port = listen(reactor, bind, port_number, factory.clone())
                 .map_err(|error| CommandError::failure(error.to_string()))?;
             screen.print(&format!("Listening on {}{suffix}", port.host()));
             // With port 0 and several addresses, all share the port the kernel chose.
             port_number = port.host().port();
-            ports.push(port);
+            ports.push(Port::Tcp(port));
         }
         if let Some(fingerprint) = fingerprint {
             screen.print(&format!("TLS certificate SHA256:{fingerprint}"));
@@ -266,9 +338,8 @@ impl Command for ServerCommand {
 
         let shutting_down = server.clone();
         reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || {
-            // The ports' own Deferreds are not waited for: closing cannot block.
             for port in &ports {
-                let _ = port.stop_listening();
+                port.stop();
             }
             shutting_down.shut_down()
         });

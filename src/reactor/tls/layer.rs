@@ -674,6 +674,10 @@ impl Transport for TlsTransport {
     fn tls(&self) -> Option<Rc<TlsSession>> {
         self.session.borrow().clone()
     }
+
+    fn is_tls(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -1,0 +1,258 @@
+//! talk on several endpoints at once: the built talk-server with `--listen` on TCP,
+//! TLS and a UNIX socket in a temporary folder, a talk-client on each, `/who` naming
+//! every client's transport, and the UNIX socket's stale-file rules. Every wait is
+//! bounded.
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::Duration;
+
+use assert_cmd::cargo::CommandCargoExt;
+use twistctl::reactor::tls::ServerIdentity;
+
+/// How long any single step may take before the test fails.
+const STEP: Duration = Duration::from_secs(10);
+
+fn twistctl() -> Command {
+    Command::cargo_bin("twistctl").expect("the twistctl binary is built for tests")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twistctl-talk-ep-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    dir
+}
+
+/// A child with piped stdin and its stdout read line by line on a thread.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Running {
+    fn start(command: &mut Command) -> Running {
+        let mut child = command
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start twistctl");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Running {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn line(&self) -> String {
+        self.lines.recv_timeout(STEP).expect("an output line")
+    }
+
+    /// Waits for an output line containing `wanted`; the lines before it too.
+    fn expect_line(&self, wanted: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(STEP)
+                .unwrap_or_else(|_| panic!("no line with {wanted:?}"));
+            if line.contains(wanted) {
+                return line;
+            }
+        }
+    }
+
+    fn type_line(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{text}").expect("write a line");
+        stdin.flush().expect("flush");
+    }
+
+    /// Ends stdin and waits (bounded) for the exit status.
+    fn finish(mut self) -> Option<i32> {
+        drop(self.stdin.take());
+        for _ in 0..(STEP.as_millis() / 20) {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("the process did not end");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn port_of(line: &str) -> String {
+    line.trim_end_matches(" (TLS)")
+        .rsplit(':')
+        .next()
+        .expect("a port")
+        .to_string()
+}
+
+fn write_identity(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let (identity, pem) =
+        ServerIdentity::generate(&["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("a certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, pem.cert_pem).unwrap();
+    std::fs::write(&key, pem.key_pem).unwrap();
+    (cert, key, format!("SHA256:{}", identity.fingerprint()))
+}
+
+#[test]
+fn listening_on_tcp_tls_and_unix_at_once_with_a_client_on_each() {
+    let dir = temp_dir("three");
+    let (cert, key, fingerprint) = write_identity(&dir);
+    let socket = dir.join("talk.sock");
+    let mut server = Running::start(twistctl().args([
+        "talk-server",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--listen",
+        &format!(
+            "ssl:0:interface=127.0.0.1:privateKey={}:certKey={}",
+            key.display(),
+            cert.display()
+        ),
+        "--listen",
+        &format!("unix:{}", socket.display()),
+    ]));
+    let tcp = server.line();
+    let tls = server.line();
+    let unix = server.line();
+    assert!(tcp.starts_with("Listening on 127.0.0.1:"), "{tcp}");
+    assert!(
+        tls.starts_with("Listening on 127.0.0.1:") && tls.ends_with(" (TLS)"),
+        "{tls}"
+    );
+    assert_eq!(unix, format!("Listening on unix:{}", socket.display()));
+    assert_eq!(server.line(), format!("TLS certificate {fingerprint}"));
+
+    let mut on_tcp = Running::start(twistctl().args(["talk-client", "127.0.0.1", &port_of(&tcp)]));
+    server.expect_line("* client 1 connected from 127.0.0.1:");
+    on_tcp.type_line("over tcp");
+    server.expect_line("Client 1: over tcp");
+
+    let mut on_tls = Running::start(twistctl().args([
+        "talk-client",
+        "--fingerprint",
+        &fingerprint,
+        &format!("tls:127.0.0.1:{}", port_of(&tls)),
+    ]));
+    server.expect_line("* client 2 connected from 127.0.0.1:");
+    on_tls.type_line("over tls");
+    server.expect_line("Client 2: over tls");
+
+    let mut on_unix =
+        Running::start(twistctl().args(["talk-client", &format!("unix:{}", socket.display())]));
+    let announced = server.expect_line("* client 3 connected from");
+    assert_eq!(
+        announced,
+        format!(
+            "* client 3 connected from unix:{} (pid {}, uid {})",
+            socket.display(),
+            on_unix.child.id(),
+            // Our uid: the owner of the folder we made.
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dir).unwrap())
+        )
+    );
+    on_unix.type_line("over unix");
+    server.expect_line("Client 3: over unix");
+
+    server.type_line("/who");
+    let who: Vec<String> = (0..3).map(|_| server.expect_line("* client ")).collect();
+    assert!(who[0].contains(" tcp idle "), "{who:?}");
+    assert!(who[1].contains(" tls TLSv1.3 idle "), "{who:?}");
+    assert!(
+        who[2].starts_with(&format!("* client 3 unix:{}", socket.display())),
+        "{who:?}"
+    );
+    assert!(who[2].contains(" unix idle "), "{who:?}");
+
+    server.type_line("/all hello everyone");
+    for client in [&on_tcp, &on_tls, &on_unix] {
+        assert_eq!(client.expect_line("Server: "), "Server: hello everyone");
+    }
+    // The end of the operator's input is /quit: every client is closed and ends.
+    assert_eq!(server.finish(), Some(0));
+    for client in [on_tcp, on_tls, on_unix] {
+        assert_eq!(client.finish(), Some(0));
+    }
+    assert!(!socket.exists(), "the socket file is removed at the end");
+}
+
+#[test]
+fn a_stale_socket_file_is_reused_and_a_live_one_refused() {
+    let dir = temp_dir("stale");
+    let socket = dir.join("talk.sock");
+    // A socket file nobody accepts on any more: its server is gone.
+    drop(UnixListener::bind(&socket).expect("bind"));
+    assert!(socket.exists());
+    let mut server = Running::start(twistctl().args([
+        "talk-server",
+        "--echo",
+        "--listen",
+        &format!("unix:{}", socket.display()),
+    ]));
+    assert_eq!(
+        server.line(),
+        format!("Listening on unix:{}", socket.display())
+    );
+    let client = assert_cmd::Command::cargo_bin("twistctl")
+        .unwrap()
+        .args(["talk-client", &format!("unix:{}", socket.display())])
+        .write_stdin("ping\n")
+        .timeout(STEP)
+        .output()
+        .expect("talk-client runs");
+    assert_eq!(
+        String::from_utf8_lossy(&client.stdout),
+        "Server: ping\nConnection lost - goodbye!\n"
+    );
+    assert_eq!(client.status.code(), Some(0));
+
+    // While that server accepts, a second one is refused and the socket stays its.
+    let second = assert_cmd::Command::cargo_bin("twistctl")
+        .unwrap()
+        .args([
+            "talk-server",
+            "--echo",
+            "--listen",
+            &format!("unix:{}", socket.display()),
+        ])
+        .timeout(STEP)
+        .output()
+        .expect("the second server runs");
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains(&socket.display().to_string()), "{stderr}");
+    server.type_line("unused");
+    drop(server.stdin.take());
+    let _ = server.child.kill();
+}
