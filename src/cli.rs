@@ -259,7 +259,8 @@ pub struct ConntestArgs {
         required = true,
         help = "HOST PORTS, HOST PORT PORT... (digits only, as nc takes them), or one or more \
                 HOST:PORTS ([::1]:PORTS for IPv6). PORTS is a port, a list (80,443), a range \
-                (8000-8100), a service name (ssh), or a mix"
+                (8000-8100), a service name (ssh), or a mix; or a UNIX socket: unix:PATH or \
+                unix:@NAME (abstract)"
     )]
     pub targets: Vec<String>,
 
@@ -786,7 +787,7 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
     };
     let services = ServiceDb::at(SERVICES_PATH);
     let targets = target::parse_destinations(&args.targets, family, &services)
-        .and_then(target::tcp_only)
+        .map(target::with_unix)
         .map_err(|error| usage_error("conntest", error))?;
     let default_interval = if args.watch {
         Duration::from_secs(1)

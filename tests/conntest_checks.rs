@@ -672,3 +672,76 @@ fn bad_check_options_are_usage_errors_naming_the_value() {
         assert!(out.stderr.contains(words), "{args:?}: {}", out.stderr);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// unix: targets
+
+fn socket_dir() -> PathBuf {
+    let dir = pki()
+        .dir
+        .join(format!("sockets-{:?}", std::thread::current().id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn unix_targets_report_open_missing_and_refused_like_tcp() {
+    use std::os::unix::net::UnixListener;
+    let dir = socket_dir();
+    let open = dir.join("open.sock");
+    let _listener = UnixListener::bind(&open).unwrap();
+    let dead = dir.join("dead.sock");
+    drop(UnixListener::bind(&dead).unwrap());
+    let open_arg = format!("unix:{}", open.display());
+    let out = run(&[&open_arg]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), format!("Connected to {open_arg}"));
+
+    let missing_arg = format!("unix:{}", dir.join("missing.sock").display());
+    let out = run(&[&missing_arg]);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.trim(),
+        format!("Error connecting to {missing_arg}: No such file or directory")
+    );
+
+    let dead_arg = format!("unix:{}", dead.display());
+    let (code, v) = json(&[&dead_arg]);
+    assert_eq!(code, 1);
+    assert_eq!(v["status"], "refused");
+    assert_eq!(v["host"], dead_arg.as_str());
+    assert!(v["port"].is_null());
+}
+
+#[test]
+fn abstract_unix_targets_connect() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let name = format!("conntest-checks-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = UnixListener::bind_addr(&addr).unwrap();
+    let out = run(&[&format!("unix:@{name}")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(&[&format!("unix:@{name}-nobody")]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+}
+
+#[test]
+fn expect_works_over_a_unix_socket() {
+    use std::os::unix::net::UnixListener;
+    let path = socket_dir().join("banner.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.write_all(b"+OK POP3 ready\r\n");
+        }
+    });
+    let arg = format!("unix:{}", path.display());
+    let (code, v) = json(&["--expect", "^\\+OK", &arg]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["banner"], "+OK POP3 ready\\x0d\\x0a");
+    let (code, v) = json(&["--expect", "^\\* OK", "--timeout", "1s", &arg]);
+    assert_eq!(code, 4, "{v}");
+    assert_eq!(v["status"], "mismatch");
+}

@@ -35,6 +35,26 @@ pub enum HostKind {
     Ip(IpAddr),
     /// A name for the resolver.
     Name(String),
+    /// A UNIX socket (`unix:PATH`, `unix:@NAME`); its target's port is 0.
+    Unix(UnixAddress),
+}
+
+impl Target {
+    /// The UNIX socket this target is, if it is one.
+    pub fn unix(&self) -> Option<&UnixAddress> {
+        match &self.host.kind {
+            HostKind::Unix(address) => Some(address),
+            _ => None,
+        }
+    }
+
+    /// How output names the target: `db port 5432`, or `unix:/run/app.sock`.
+    pub fn place(&self) -> String {
+        match self.unix() {
+            Some(_) => self.host.text.clone(),
+            None => format!("{} port {}", self.host.text, self.port),
+        }
+    }
 }
 
 /// One host and one port: the unit that is checked and reported.
@@ -155,6 +175,24 @@ pub fn tcp_only(destinations: Vec<Destination>) -> Result<Vec<Target>, UsageErro
             Destination::Unix(address) => Err(UsageError(format!(
                 "'{address}': UNIX socket targets are not supported here yet"
             ))),
+        })
+        .collect()
+}
+
+/// Every destination as a target; a UNIX socket becomes a target whose host is the
+/// socket (as written) and whose port is 0.
+pub fn with_unix(destinations: Vec<Destination>) -> Vec<Target> {
+    destinations
+        .into_iter()
+        .map(|destination| match destination {
+            Destination::Tcp(target) => target,
+            Destination::Unix(address) => Target {
+                host: Rc::new(Host {
+                    text: address.to_string(),
+                    kind: HostKind::Unix(address),
+                }),
+                port: 0,
+            },
         })
         .collect()
 }

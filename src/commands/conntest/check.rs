@@ -12,10 +12,14 @@ use super::outcome::{Outcome, Status};
 use super::probe::{Findings, Prepared, ProbeFailure};
 use super::targets::Target;
 use crate::reactor::endpoints::{
-    AttemptOutcome, Connecting, EndpointError, EndpointErrorKind, EndpointOptions,
+    AttemptOutcome, Connecting, Connection, EndpointError, EndpointErrorKind, EndpointOptions,
     HostnameEndpoint, Resolver,
 };
-use crate::reactor::{Address, Factory, Protocol, ProtocolResult, Reactor, Step, TransportRef};
+use crate::reactor::unix::{UnixCheckError, UnixConnectError, UnixEndpoint};
+use crate::reactor::{
+    Address, Deferred, Factory, Failure, Protocol, ProtocolResult, Reactor, Step, TransportRef,
+    UnixAddress,
+};
 
 /// What every check shares.
 #[derive(Debug)]
@@ -36,7 +40,14 @@ pub struct CheckContext {
 #[derive(Debug, Clone)]
 pub struct Check {
     cancelled: Rc<Cell<bool>>,
-    connecting: Connecting,
+    connecting: Attempting,
+}
+
+/// A TCP connect through the hostname endpoint, or a UNIX one.
+#[derive(Debug, Clone)]
+enum Attempting {
+    Host(Connecting),
+    Unix(Deferred<Connection>),
 }
 
 impl Check {
@@ -49,6 +60,9 @@ impl Check {
     ) -> Check {
         let cancelled = Rc::new(Cell::new(false));
         let timeout = ctx.timeout;
+        if let Some(address) = target.unix() {
+            return Check::start_unix(ctx, address.clone(), cancelled, on_done);
+        }
         let options = EndpointOptions {
             attempt_timeout: Some(timeout),
             ..EndpointOptions::default()
@@ -96,19 +110,70 @@ impl Check {
         });
         Check {
             cancelled,
-            connecting,
+            connecting: Attempting::Host(connecting),
+        }
+    }
+
+    /// Checks a UNIX socket: one connect (no lookup, no race), then the same probe.
+    fn start_unix(
+        ctx: &Rc<CheckContext>,
+        address: UnixAddress,
+        cancelled: Rc<Cell<bool>>,
+        on_done: impl FnOnce(Outcome) + 'static,
+    ) -> Check {
+        let timeout = ctx.timeout;
+        let endpoint = UnixEndpoint::new(&ctx.reactor, address.clone()).with_timeout(Some(timeout));
+        let findings = Rc::new(RefCell::new(Findings::default()));
+        let deferred = match &ctx.probe {
+            Some(probe) if !probe.is_plain() => endpoint.connect_checked(probe.factory(
+                &ctx.reactor,
+                "localhost",
+                timeout,
+                findings.clone(),
+            )),
+            _ => endpoint.connect(Rc::new(OpenCheck)),
+        };
+        let flag = cancelled.clone();
+        let _ = deferred.clone().then(move |result| {
+            if !flag.get() {
+                let mut outcome = match result {
+                    Ok(_) => Outcome::open_unix(),
+                    Err(failure) => {
+                        if let Some(error) = failure.downcast_ref::<UnixConnectError>() {
+                            Outcome::connect_failed(None, &error.error, timeout)
+                        } else if let Some(error) = failure.downcast_ref::<UnixCheckError>() {
+                            check_failed(None, &error.failure)
+                        } else {
+                            Outcome::cancelled(None)
+                        }
+                    }
+                };
+                outcome.found = findings.take();
+                on_done(outcome);
+            }
+            Step::Value(())
+        });
+        Check {
+            cancelled,
+            connecting: Attempting::Unix(deferred),
         }
     }
 
     /// The address the check is trying, or tried last; `None` while resolving.
     pub fn last_tried(&self) -> Option<SocketAddr> {
-        self.connecting.last_tried()
+        match &self.connecting {
+            Attempting::Host(connecting) => connecting.last_tried(),
+            Attempting::Unix(_) => None,
+        }
     }
 
     /// How long the winning attempt took, from its `connect()` to the established
     /// connection (no name lookup, no losing attempt); `None` until one connected.
     pub fn connect_time(&self) -> Option<Duration> {
-        self.connecting
+        let Attempting::Host(connecting) = &self.connecting else {
+            return None;
+        };
+        connecting
             .attempts()
             .into_iter()
             .find(|attempt| matches!(attempt.outcome, AttemptOutcome::Connected))
@@ -118,7 +183,10 @@ impl Check {
     /// Stops the check; its `on_done` is not called.
     pub fn cancel(&self) {
         self.cancelled.set(true);
-        self.connecting.cancel();
+        match &self.connecting {
+            Attempting::Host(connecting) => connecting.cancel(),
+            Attempting::Unix(deferred) => deferred.cancel(),
+        }
     }
 }
 
@@ -130,22 +198,25 @@ fn outcome_of(host: &str, error: &EndpointError, timeout: Duration) -> Outcome {
         EndpointErrorKind::Connect { addr, error } => {
             Outcome::connect_failed(Some(*addr), error, timeout)
         }
-        EndpointErrorKind::Check { addr, failure } => {
-            let (status, reason) = match failure.downcast_ref::<ProbeFailure>() {
-                Some(probe) => (probe.status, probe.reason.clone()),
-                None => (Status::Error, failure.error_message()),
-            };
-            Outcome {
-                status,
-                addr: Some(*addr),
-                reason: Some(reason),
-                gave_up_waiting: false,
-                found: Findings::default(),
-            }
-        }
+        EndpointErrorKind::Check { addr, failure } => check_failed(Some(*addr), failure),
         EndpointErrorKind::Cancelled
         | EndpointErrorKind::TimedOut { .. }
         | EndpointErrorKind::NoProtocol { .. } => Outcome::cancelled(last_tried),
+    }
+}
+
+/// The outcome of a connection whose check failed.
+fn check_failed(addr: Option<SocketAddr>, failure: &Failure) -> Outcome {
+    let (status, reason) = match failure.downcast_ref::<ProbeFailure>() {
+        Some(probe) => (probe.status, probe.reason.clone()),
+        None => (Status::Error, failure.error_message()),
+    };
+    Outcome {
+        status,
+        addr,
+        reason: Some(reason),
+        gave_up_waiting: false,
+        found: Findings::default(),
     }
 }
 

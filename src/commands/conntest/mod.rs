@@ -180,11 +180,7 @@ impl Command for Conntest {
                     let reason = last
                         .and_then(|outcome| outcome.reason)
                         .unwrap_or_else(|| "no answer yet".to_string());
-                    let _ = writeln!(
-                        err,
-                        "Still down: {} port {}: {reason}",
-                        target.host.text, target.port
-                    );
+                    let _ = writeln!(err, "Still down: {}: {reason}", target.place());
                 }
             }
             return ExitStatus::Signal(signal);
@@ -219,9 +215,9 @@ fn start_watch(
         .targets
         .iter()
         .map(|t| WatchTarget {
-            label: format!("{} port {}", t.host.text, t.port),
+            label: t.place(),
             host: t.host.text.clone(),
-            port: Some(t.port),
+            port: t.unix().is_none().then_some(t.port),
         })
         .collect();
     let options = WatchOptions {

@@ -105,6 +105,17 @@ impl Outcome {
         }
     }
 
+    /// The UNIX socket accepted (and its check passed).
+    pub fn open_unix() -> Outcome {
+        Outcome {
+            status: Status::Open,
+            addr: None,
+            reason: None,
+            gave_up_waiting: false,
+            found: Findings::default(),
+        }
+    }
+
     /// Checking stopped because another target was up.
     pub fn cancelled(addr: Option<SocketAddr>) -> Outcome {
         Outcome {

@@ -47,10 +47,10 @@ pub struct Report {
 /// report prints nothing (cancelled).
 pub fn human_line(report: &Report, single: bool) -> Option<(bool, String)> {
     let port = report.target.port;
-    let place = if single {
+    let place = if single && report.target.unix().is_none() {
         format!("port {port}")
     } else {
-        format!("{} port {port}", report.target.host.text)
+        report.target.place()
     };
     match report.outcome.status {
         Status::Open => Some((
@@ -101,7 +101,8 @@ fn details(found: &Findings) -> String {
 #[derive(serde::Serialize)]
 struct JsonReport<'a> {
     host: &'a str,
-    port: u16,
+    /// `null` for a UNIX socket.
+    port: Option<u16>,
     addr: Option<String>,
     status: &'static str,
     error: Option<&'a str>,
@@ -137,7 +138,7 @@ pub fn json_line(report: &Report) -> String {
     let cert = found.cert.as_ref();
     let line = JsonReport {
         host: &report.target.host.text,
-        port: report.target.port,
+        port: report.target.unix().is_none().then_some(report.target.port),
         addr: report.outcome.addr.map(|a| a.to_string()),
         status: report.outcome.status.as_str(),
         error: report.outcome.reason.as_deref(),
@@ -170,7 +171,7 @@ pub fn log_attempts(target: &Target, attempts: &[Attempt], timeout: Duration) {
     if !log::log_enabled!(log::Level::Info) {
         return;
     }
-    let place = format!("{} port {}", target.host.text, target.port);
+    let place = target.place();
     if attempts.is_empty() {
         log::info!("{place}: no address was tried");
     }
@@ -254,7 +255,7 @@ impl<O: Write, E: Write> Printer<O, E> {
             if report.outcome.status == Status::Open {
                 self.won = true;
             } else {
-                let place = format!("{} port {}", report.target.host.text, report.target.port);
+                let place = report.target.place();
                 self.held.push(match human_line(report, false) {
                     Some((_, line)) => line,
                     None => format!("Not needed: {place} (another target was up)"),

@@ -250,6 +250,9 @@ fn bind_addresses(bind: Option<&Host>) -> Result<Vec<Option<std::net::IpAddr>>, 
     };
     match &host.kind {
         HostKind::Ip(ip) => Ok(vec![Some(*ip)]),
+        HostKind::Unix(address) => Err(CommandError::failure(format!(
+            "--bind '{address}' is a UNIX socket, not an address"
+        ))),
         HostKind::Name(name) => {
             let mut ips: Vec<_> = (name.as_str(), 0)
                 .to_socket_addrs()

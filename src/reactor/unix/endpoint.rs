@@ -253,6 +253,10 @@ impl Protocol for Announcing {
     }
 
     fn connection_lost(&mut self, reason: &CloseReason) {
+        // The protocol hears first, as behind a HostnameEndpoint: a check may give its
+        // verdict as its own orderly close completes (so that what it wrote last is
+        // sent before the caller acts on the verdict).
+        self.inner.connection_lost(reason);
         self.state.made.borrow_mut().take();
         if self.checked {
             // Ended before the check passed: that is the check's failure (a no-op once
@@ -262,7 +266,6 @@ impl Protocol for Announcing {
                 failure: Failure::new(reason.clone()),
             }));
         }
-        self.inner.connection_lost(reason);
     }
 
     fn wants_half_close(&self) -> bool {
