@@ -50,13 +50,16 @@ fn default_tour_prints_three_times_then_stops() {
     );
 }
 
-/// Lateness as `--precise` reports it, in milliseconds.
+/// Lateness as `--precise` reports it (`(on time)`, `(7ms late)`), in milliseconds.
 fn lateness(line: &str) -> u64 {
     let open = line.rfind('(').expect("a lateness in parentheses");
-    line[open + 1..]
-        .trim_end_matches(" ms late)")
-        .parse()
-        .expect("lateness is a number of ms")
+    let text = line[open + 1..].trim_end_matches(')');
+    if text == "on time" {
+        return 0;
+    }
+    let late = text.strip_suffix(" late").expect("'... late'");
+    let late = twistctl::duration::parse(late).expect("lateness is a duration");
+    u64::try_from(late.as_millis()).expect("small")
 }
 
 #[test]

@@ -85,8 +85,16 @@ impl<S: Scheduler + Clone + 'static> Tour<S> {
         let now = self.scheduler.seconds();
         log::debug!("call due at {due:?} ran at {now:?}");
         let text = if self.precise {
-            let late = now.saturating_sub(due).as_millis();
-            format!("Current time is {} ({late} ms late)", (self.clock)(true))
+            // Whole milliseconds, written like every other duration (`7ms`, `1.2s`).
+            let late = Duration::from_millis(
+                u64::try_from(now.saturating_sub(due).as_millis()).unwrap_or(u64::MAX),
+            );
+            let lateness = if late.is_zero() {
+                "on time".to_owned()
+            } else {
+                format!("{} late", crate::duration::format(late))
+            };
+            format!("Current time is {} ({lateness})", (self.clock)(true))
         } else {
             format!("Current time is {}", (self.clock)(false))
         };
@@ -348,7 +356,7 @@ mod tests {
         let h = Harness::start(plan);
         // The fake clock jumps past the moment: the call runs 7 ms late.
         h.clock.advance(ms(1507));
-        assert_eq!(h.lines(), ["Current time is 1.507 (7 ms late)"]);
+        assert_eq!(h.lines(), ["Current time is 1.507 (7ms late)"]);
     }
 
     #[test]
