@@ -43,12 +43,19 @@ struct Server {
 
 impl Server {
     fn start(tls_args: &[&str], state: &Path) -> Server {
+        Server::start_with(&["--echo"], tls_args, state)
+    }
+
+    /// With the operator's stdin piped (`console`: no `--echo`).
+    fn start_with(mode: &[&str], tls_args: &[&str], state: &Path) -> Server {
         let mut child = twistctl()
-            .args(["talk-server", "--echo", "--bind", "127.0.0.1", "0", "--tls"])
+            .arg("talk-server")
+            .args(mode)
+            .args(["--bind", "127.0.0.1", "0", "--tls"])
             .args(tls_args)
             .env("XDG_STATE_HOME", state)
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -83,6 +90,28 @@ impl Server {
             fingerprint,
             head: vec![first, second],
         }
+    }
+
+    /// Resident memory in bytes, and its peak, from /proc.
+    fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+                .unwrap_or_else(|| panic!("no {name} in {status}"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Types a line at the operator's (piped) console.
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{line}").expect("type a line");
     }
 
     /// Waits for an output line containing `wanted`.
@@ -440,4 +469,55 @@ fn trust_on_first_use_answered_no_refuses_and_remembers_nothing() {
         "{status:?}"
     );
     assert!(!dir.join("twistctl").join("known_hosts").exists());
+}
+
+#[test]
+fn a_tls_client_that_never_reads_is_dropped_as_too_slow_with_bounded_memory() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        println!("skipped: openssl is not installed (it plays the client that never reads)");
+        return;
+    }
+    const MIB: u64 = 1024 * 1024;
+    let dir = temp_dir("slow");
+    let mut server = Server::start_with(&[], &[], &dir);
+    // openssl writes what it receives to a pipe nobody reads: once the pipe is full it
+    // stops reading the socket, and the server's data piles up on its side.
+    let mut slow = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{}", server.port),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start openssl s_client");
+    server.expect_line("* client 1 connected from 127.0.0.1:");
+    let (rss_before, _) = server.memory();
+    let long = "y".repeat(60_000);
+    let expected = "* client 1 disconnected: too slow";
+    let mut sent = 0u64;
+    let dropped = loop {
+        for _ in 0..20 {
+            server.type_line(&format!("/to 1 {long}"));
+        }
+        sent += 20 * 60_000;
+        assert!(sent < 200 * MIB, "never dropped after {sent} bytes");
+        match server.lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains(expected) => break line,
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(error) => panic!("the server ended: {error:?}"),
+        }
+    };
+    assert_eq!(dropped, expected);
+    let (rss_after, peak) = server.memory();
+    println!("dropped after {sent} bytes typed; RSS {rss_before} -> {rss_after}, peak {peak}");
+    assert!(
+        rss_after < rss_before + 16 * MIB && peak < rss_before + 16 * MIB,
+        "RSS {rss_before} -> {rss_after} (peak {peak}) after {sent} bytes"
+    );
+    let _ = slow.kill();
+    let _ = slow.wait();
 }
