@@ -633,18 +633,9 @@ impl ConnectingInner {
             self.finish(Err(EndpointErrorKind::DnsLookup(error)));
             return;
         }
-        // The race's callbacks hold the connect while it runs; the race drops them
-        // when it ends, which breaks the cycle.
-        let (win, fail) = (self.clone(), self.clone());
-        let race = Race::start(
-            &self.reactor,
-            addrs,
-            self.settings.clone(),
-            Box::new(move |peer| win.won(peer)),
-            Box::new(move |addr, error| {
-                fail.finish(Err(EndpointErrorKind::Connect { addr, error }));
-            }),
-        );
+        // The race holds the connect while it runs, and lets go of it when it ends,
+        // which breaks the cycle.
+        let race = Race::start(&self.reactor, addrs, self.settings.clone(), self.clone());
         let mut phase = self.phase.borrow_mut();
         if matches!(*phase, Phase::Resolving) {
             *phase = Phase::Racing(race);

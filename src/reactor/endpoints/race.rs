@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{Attempt, AttemptLimiter, AttemptOutcome, Permit};
+use super::{Attempt, AttemptLimiter, AttemptOutcome, ConnectingInner, EndpointErrorKind, Permit};
 use crate::reactor::tcp::{ClientFactory, Connector};
 use crate::reactor::{Address, CloseReason, ConnectError, DelayedCall, Factory, Protocol, Reactor};
 
@@ -62,13 +62,6 @@ pub(super) struct RaceSettings {
     pub origin: Duration,
 }
 
-/// Called with the winner's address; returns the protocol for its connection (`None`
-/// closes it).
-pub(super) type OnWin = Box<dyn FnOnce(SocketAddr) -> Option<Box<dyn Protocol>>>;
-
-/// Called when every attempt failed, with the last failure and its address.
-pub(super) type OnFail = Box<dyn FnOnce(SocketAddr, ConnectError)>;
-
 struct RaceState {
     pending: VecDeque<SocketAddr>,
     /// Attempts under way, with their index in `attempts`.
@@ -77,13 +70,14 @@ struct RaceState {
     waiting_for_slot: bool,
     next_attempt: Option<DelayedCall>,
     attempts: Vec<Attempt>,
-    on_win: Option<OnWin>,
-    on_fail: Option<OnFail>,
+    /// The connect this race is for, told of the winner or of the last failure; taken
+    /// when the race ends (which also breaks the cycle between the two).
+    owner: Option<Rc<ConnectingInner>>,
 }
 
 impl RaceState {
     fn done(&self) -> bool {
-        self.on_win.is_none()
+        self.owner.is_none()
     }
 
     fn record(&mut self, index: usize, outcome: AttemptOutcome, took: Duration) {
@@ -109,15 +103,14 @@ pub(super) struct Race {
 }
 
 impl Race {
-    /// Starts racing `addrs` (in [`interleave`]d order; not empty). Exactly one of
-    /// `on_win` and `on_fail` is called, from the reactor loop, unless the race is
-    /// cancelled first.
+    /// Starts racing `addrs` (in [`interleave`]d order; not empty) for `owner`, which
+    /// is told of the winner (`won`) or of the last failure (`finish`), from the
+    /// reactor loop, unless the race is cancelled first.
     pub fn start(
         reactor: &Reactor,
         addrs: &[SocketAddr],
         settings: RaceSettings,
-        on_win: OnWin,
-        on_fail: OnFail,
+        owner: Rc<ConnectingInner>,
     ) -> Race {
         let race = Race {
             inner: Rc::new(RaceInner {
@@ -129,8 +122,7 @@ impl Race {
                     waiting_for_slot: false,
                     next_attempt: None,
                     attempts: Vec::new(),
-                    on_win: Some(on_win),
-                    on_fail: Some(on_fail),
+                    owner: Some(owner),
                 }),
             }),
         };
@@ -138,7 +130,7 @@ impl Race {
         race
     }
 
-    /// Stops every attempt; neither callback is called. Nothing happens if the race has
+    /// Stops every attempt; the owner is told nothing. Nothing happens if the race has
     /// ended.
     pub fn cancel(&self) {
         self.end();
@@ -249,13 +241,12 @@ impl Race {
             state.record(index, AttemptOutcome::Connected, took);
             state.in_flight.retain(|(_, i)| *i != index);
         }
-        let on_win = self.end().0?;
-        on_win(peer)
+        self.end()?.won(peer)
     }
 
     /// The attempt at `index` failed.
     fn failed(&self, index: usize, took: Duration, addr: SocketAddr, error: ConnectError) {
-        let (on_fail, launch) = {
+        let (all_failed, launch) = {
             let mut state = self.inner.state.borrow_mut();
             state.in_flight.retain(|(_, i)| *i != index);
             if state.done() {
@@ -265,32 +256,30 @@ impl Race {
             state.record(index, AttemptOutcome::Failed(error.clone()), took);
             if !state.pending.is_empty() {
                 // E-04 [ours]: the next attempt at once, without waiting out the delay.
-                (None, true)
+                (false, true)
             } else if state.in_flight.is_empty() && !state.waiting_for_slot {
-                (Some(()), false)
+                (true, false)
             } else {
-                (None, false)
+                (false, false)
             }
         };
         if launch {
             self.launch_next();
         }
-        if on_fail.is_some()
-            && let (_, Some(on_fail)) = self.end()
-        {
-            on_fail(addr, error);
+        if all_failed && let Some(owner) = self.end() {
+            owner.finish(Err(EndpointErrorKind::Connect { addr, error }));
         }
     }
 
     /// Ends the race: no attempt starts any more, every attempt in flight is stopped,
-    /// and the callbacks are handed back for the caller to call (or drop).
-    fn end(&self) -> (Option<OnWin>, Option<OnFail>) {
-        let (callbacks, others, timer) = {
+    /// and the owner is handed back for the caller to tell (or drop).
+    fn end(&self) -> Option<Rc<ConnectingInner>> {
+        let (owner, others, timer) = {
             let mut state = self.inner.state.borrow_mut();
-            let callbacks = (state.on_win.take(), state.on_fail.take());
+            let owner = state.owner.take();
             state.pending.clear();
             let others = std::mem::take(&mut state.in_flight);
-            (callbacks, others, state.next_attempt.take())
+            (owner, others, state.next_attempt.take())
         };
         if let Some(timer) = timer {
             let _ = timer.cancel();
@@ -300,7 +289,7 @@ impl Race {
             // stopped and gives its slot back.
             let _ = connector.stop_connecting();
         }
-        callbacks
+        owner
     }
 }
 
