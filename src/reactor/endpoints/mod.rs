@@ -355,7 +355,8 @@ enum EndpointFactory {
 #[derive(Clone)]
 pub struct HostnameEndpoint {
     reactor: Reactor,
-    host: String,
+    /// Shared with every connect it starts, so starting one copies no string.
+    host: Rc<str>,
     port: u16,
     options: EndpointOptions,
     addresses: Option<Vec<SocketAddr>>,
@@ -385,10 +386,14 @@ impl HostnameEndpoint {
     /// An endpoint for `host` (a name, an IP literal, or `[v6]`) and `port`, with
     /// default options.
     pub fn new(reactor: &Reactor, host: impl Into<String>, port: u16) -> HostnameEndpoint {
-        let host = host.into();
+        let host: String = host.into();
+        let host: Rc<str> = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(bare) => Rc::from(bare),
+            None => Rc::from(host),
+        };
         HostnameEndpoint {
             reactor: reactor.clone(),
-            host: bare_host(&host).to_string(),
+            host,
             port,
             options: EndpointOptions::default(),
             addresses: None,
@@ -583,7 +588,7 @@ enum Phase {
 
 struct ConnectingInner {
     reactor: Reactor,
-    host: String,
+    host: Rc<str>,
     port: u16,
     settings: RaceSettings,
     factory: EndpointFactory,
@@ -768,7 +773,7 @@ impl ConnectingInner {
         let _ = match result {
             Ok(connection) => deferred.callback(connection),
             Err(kind) => deferred.errback(Failure::new(EndpointError {
-                host: self.host.clone(),
+                host: self.host.to_string(),
                 port: self.port,
                 kind,
                 attempts,
