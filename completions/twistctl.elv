@@ -72,6 +72,7 @@ set edit:completion:arg-completer[twistctl] = {|@words|
             cand --json 'One JSON object per target per line on stdout: host, port, addr, status, error, elapsed_ms; with the checks, where they apply: tls_version, cipher, alpn, cert_subject, cert_issuer, cert_sans, cert_not_before, cert_not_after (RFC 3339), cert_days_left, cert_sha256, banner'
             cand --tls 'After connecting, a TLS handshake: the server''s certificate must verify (system trust store, or --ca) for the host as typed (or --sni). Reports version, cipher, ALPN and the certificate; closes with close_notify'
             cand --insecure 'Do not verify the certificate (its details are still reported; --cert-days still applies)'
+            cand --closed 'Invert the check: a target passes when nothing accepts (refused, unreachable, timed out) and fails when it is still open (status still-open, exit 1). With --wait: wait until every target is closed (124 if one is still open at the deadline)'
             cand -4 'Use IPv4 addresses only'
             cand -6 'Use IPv6 addresses only'
             cand -q 'Print no results and no log output: only the exit status tells (usage errors still print)'

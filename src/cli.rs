@@ -79,7 +79,7 @@ pub enum Command {
                       error, cancelled; and for the checks: tls-error (the handshake failed), \
                       cert-invalid (expired, not yet valid, unknown issuer, name mismatch, bad \
                       signature), cert-expiring (--cert-days), starttls-refused, mismatch \
-                      (--expect).",
+                      (--expect); with --closed: closed (passed) and still-open.",
         after_long_help = concat!("EXAMPLES:
     twistctl conntest db 5432 && ./migrate
     twistctl conntest db 5432 6379
@@ -92,11 +92,13 @@ pub enum Command {
     twistctl conntest --tls --cert-days 14 example.com:443
     twistctl conntest --tls --alpn h2,http/1.1 --json example.com:443 | jq .cert_not_after
     twistctl conntest --expect '^SSH-2\\.0' git.example.com:22
+    twistctl conntest --closed --wait 30s 127.0.0.1:8080 && ./start-new-server
     twistctl conntest --send 'PING\\r\\n' --expect '^\\+PONG' --quit 'QUIT\\r\\n' cache:6379
 
 ", "EXIT STATUS:
     0    every target is up (with --any: at least one) and its check passed
-    1    refused, unreachable or reset; or stdout could not be written
+    1    refused, unreachable or reset; a --closed target still open; or stdout could
+         not be written
     2    usage error (a bad target, port, option, pattern or CA file)
     3    a name does not exist, or the resolver failed (its own time-out included)
     4    connected, but the check on the connection failed (tls-error, cert-invalid,
@@ -402,6 +404,14 @@ pub struct ConntestArgs {
     #[arg(long, value_name = "STR", value_parser = parse_send, allow_hyphen_values = true,
           help_heading = "Checks")]
     pub quit: Option<String>,
+
+    /// Invert the check: a target passes when nothing accepts (refused, unreachable,
+    /// timed out) and fails when it is still open (status still-open, exit 1). With
+    /// --wait: wait until every target is closed (124 if one is still open at the
+    /// deadline).
+    #[arg(long, conflicts_with_all = ["watch", "tls_mode", "send", "expect", "open"],
+          help_heading = "Checks")]
+    pub closed: bool,
 
     /// Use IPv4 addresses only.
     #[arg(short = '4', conflicts_with = "ipv6")]
@@ -819,6 +829,7 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
         concurrency: args.concurrency,
         command: args.command,
         quiet,
+        closed: args.closed,
         probe: Box::new(conntest::probe::ProbeConfig {
             tls: (args.tls || args.starttls.is_some()).then_some(conntest::probe::TlsOptions {
                 sni: args.sni,

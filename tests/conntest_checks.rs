@@ -745,3 +745,79 @@ fn expect_works_over_a_unix_socket() {
     assert_eq!(code, 4, "{v}");
     assert_eq!(v["status"], "mismatch");
 }
+
+// ---------------------------------------------------------------------------------------
+// --closed
+
+#[test]
+fn closed_passes_when_nothing_accepts_and_fails_while_open() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let out = run(&["--closed", "127.0.0.1", &port]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        format!("127.0.0.1 port {port} is still open")
+    );
+    let (code, v) = json(&["--closed", "127.0.0.1", &port]);
+    assert_eq!(code, 1);
+    assert_eq!(v["status"], "still-open");
+    drop(listener);
+    let out = run(&["--closed", "127.0.0.1", &port]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("Closed: 127.0.0.1 port {port} (Connection refused)")
+    );
+    let (code, v) = json(&["--closed", "127.0.0.1", &port]);
+    assert_eq!(code, 0);
+    assert_eq!(v["status"], "closed");
+}
+
+#[test]
+fn closed_with_wait_waits_until_the_listener_has_gone() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let started = Instant::now();
+    let (done, gone) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The old server lets go of the port after a second.
+        std::thread::sleep(Duration::from_secs(1));
+        drop(listener);
+        let _ = done.send(());
+    });
+    let out = run(&[
+        "--closed",
+        "--wait",
+        "5s",
+        "--interval",
+        "100ms",
+        "127.0.0.1",
+        &port,
+    ]);
+    gone.recv().unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("Closed: "), "{}", out.stdout);
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn closed_with_wait_ends_still_open_with_124_at_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (code, v) = json(&["--closed", "--wait", "500ms", "127.0.0.1", &port]);
+    assert_eq!(code, 124);
+    assert_eq!(v["status"], "still-open");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("is still open after waiting 500ms"),
+        "{v}"
+    );
+    drop(listener);
+}

@@ -34,6 +34,8 @@ pub struct CheckContext {
     pub timeout: Duration,
     /// What is checked on a connection; `None`: that it opens.
     pub probe: Option<Rc<Prepared>>,
+    /// `--closed`: a target passes when nothing accepts.
+    pub closed: bool,
 }
 
 /// A check in progress.
@@ -82,6 +84,7 @@ impl Check {
             _ => endpoint.start_plain(Rc::new(OpenCheck)),
         };
         let (flag, host, checked) = (cancelled.clone(), target.host.clone(), target.clone());
+        let (closed, place) = (ctx.closed, target.place());
         let _ = connecting.deferred().then(move |result| {
             if !flag.get() {
                 let attempts = match &result {
@@ -104,6 +107,9 @@ impl Check {
                     },
                 };
                 outcome.found = findings.take();
+                if closed {
+                    outcome = outcome.inverted(&place);
+                }
                 on_done(outcome);
             }
             Step::Value(())
@@ -134,6 +140,7 @@ impl Check {
             _ => endpoint.connect(Rc::new(OpenCheck)),
         };
         let flag = cancelled.clone();
+        let (closed, place) = (ctx.closed, address.to_string());
         let _ = deferred.clone().then(move |result| {
             if !flag.get() {
                 let mut outcome = match result {
@@ -149,6 +156,9 @@ impl Check {
                     }
                 };
                 outcome.found = findings.take();
+                if closed {
+                    outcome = outcome.inverted(&place);
+                }
                 on_done(outcome);
             }
             Step::Value(())

@@ -72,6 +72,8 @@ pub struct Config {
     pub quiet: bool,
     /// `--watch`: probe again and again (then `interval` is the probe interval).
     pub watch: Option<WatchConfig>,
+    /// `--closed`: a target passes when nothing accepts.
+    pub closed: bool,
     /// What is checked on each connection (`--tls`, `--send`, `--expect`, ...).
     pub probe: Box<probe::ProbeConfig>,
 }
@@ -124,6 +126,7 @@ impl Command for Conntest {
             resolver: Resolver::new(reactor, config.timeout, config.family),
             timeout: config.timeout,
             probe,
+            closed: config.closed,
         });
         if let Some(watch) = &config.watch {
             self.watch = Some(start_watch(reactor, ctx, config, watch));

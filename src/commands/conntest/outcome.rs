@@ -40,6 +40,10 @@ pub enum Status {
     StarttlsRefused,
     /// Connected, but the reply did not match `--expect`.
     Mismatch,
+    /// `--closed`: nothing accepts (the check passed).
+    Closed,
+    /// `--closed`: it still accepts connections.
+    StillOpen,
 }
 
 impl Status {
@@ -58,7 +62,14 @@ impl Status {
             Status::CertExpiring => "cert-expiring",
             Status::StarttlsRefused => "starttls-refused",
             Status::Mismatch => "mismatch",
+            Status::Closed => "closed",
+            Status::StillOpen => "still-open",
         }
+    }
+
+    /// True when the target passed: open, or closed under `--closed`.
+    pub fn passed(self) -> bool {
+        matches!(self, Status::Open | Status::Closed)
     }
 
     /// True for a failure of the check on an established connection (exit status 4).
@@ -189,6 +200,13 @@ impl Outcome {
     pub fn gave_up(last: Option<Outcome>, trying: Option<SocketAddr>, waited: Duration) -> Outcome {
         let waited = crate::duration::format(waited);
         match last {
+            Some(last) if last.status == Status::StillOpen => Outcome {
+                reason: last
+                    .reason
+                    .map(|reason| format!("{reason} after waiting {waited}")),
+                gave_up_waiting: true,
+                ..last
+            },
             Some(last) => Outcome {
                 reason: Some(match last.reason {
                     Some(reason) => format!("{reason} (still down after waiting {waited})"),
@@ -207,13 +225,32 @@ impl Outcome {
         }
     }
 
+    /// `--closed` turns the outcome around: nothing accepting (refused, unreachable,
+    /// timed out, no such socket) passes as closed; a connection that opened fails as
+    /// still open. A name that does not resolve stays what it is.
+    pub fn inverted(self, place: &str) -> Outcome {
+        match self.status {
+            Status::Open => Outcome {
+                status: Status::StillOpen,
+                reason: Some(format!("{place} is still open")),
+                ..self
+            },
+            Status::Refused | Status::Unreachable | Status::Timeout | Status::Error => Outcome {
+                status: Status::Closed,
+                ..self
+            },
+            _ => self,
+        }
+    }
+
     /// This target's exit status.
     pub fn exit_status(&self) -> ExitStatus {
         if self.gave_up_waiting {
             return ExitStatus::TimedOut;
         }
         match self.status {
-            Status::Open => ExitStatus::Success,
+            Status::Open | Status::Closed => ExitStatus::Success,
+            Status::StillOpen => ExitStatus::Failure,
             Status::Refused | Status::Unreachable | Status::Error | Status::Cancelled => {
                 ExitStatus::Failure
             }

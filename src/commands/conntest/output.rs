@@ -58,6 +58,21 @@ pub fn human_line(report: &Report, single: bool) -> Option<(bool, String)> {
             format!("Connected to {place}{}", details(&report.outcome.found)),
         )),
         Status::Cancelled => None,
+        Status::Closed => {
+            let reason = report
+                .outcome
+                .reason
+                .as_deref()
+                .unwrap_or("nothing accepts");
+            Some((
+                true,
+                format!("Closed: {} ({reason})", report.target.place()),
+            ))
+        }
+        Status::StillOpen => {
+            let reason = report.outcome.reason.as_deref().unwrap_or("still open");
+            Some((false, reason.to_string()))
+        }
         _ => {
             let reason = report.outcome.reason.as_deref().unwrap_or("failed");
             Some((false, format!("Error connecting to {place}: {reason}")))
@@ -252,7 +267,7 @@ impl<O: Write, E: Write> Printer<O, E> {
             return;
         }
         if options.any && !options.json {
-            if report.outcome.status == Status::Open {
+            if report.outcome.status.passed() {
                 self.won = true;
             } else {
                 let place = report.target.place();

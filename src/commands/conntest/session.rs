@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::check::{Check, CheckContext};
-use super::outcome::{Outcome, Status};
+use super::outcome::Outcome;
 use super::output::{Printer, Report};
 use super::targets::Target;
 use crate::exit::ExitStatus;
@@ -192,7 +192,7 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
         if self.inner.finished.get() {
             return;
         }
-        if outcome.status == Status::Open {
+        if outcome.status.passed() {
             self.finalize(index, outcome);
             if self.inner.options.any {
                 self.cancel_the_rest();
@@ -240,7 +240,7 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
     /// it was the last one.
     fn finalize(&self, index: usize, outcome: Outcome) {
         let done = Slot::Final {
-            up: outcome.status == Status::Open,
+            up: outcome.status.passed(),
             exit: outcome.exit_status(),
         };
         let previous = match self.inner.slots.borrow_mut().get_mut(index) {
