@@ -168,6 +168,10 @@ struct Inner {
     thread_queue: Arc<ThreadQueue>,
     /// Continuations the reactor itself schedules for the next iteration.
     soon: RefCell<VecDeque<Box<dyn FnOnce()>>>,
+    /// Registry entries whose source is known to be ready without asking the poll (a
+    /// connect that completed when it started): told so in the next poll's I/O phase,
+    /// where the poll's own event would have told them.
+    known_ready: RefCell<Vec<IoKey>>,
     /// Write buffers given back by drained connections, for the next one that writes.
     spare_buffers: RefCell<SpareBuffers>,
     /// TCP's own pools (sockets of connects refused at once, for the next connect).
@@ -305,6 +309,7 @@ impl Reactor {
                 io: RefCell::new(IoRegistry::default()),
                 thread_queue: Arc::new(ThreadQueue::new(waker)),
                 soon: RefCell::new(VecDeque::new()),
+                known_ready: RefCell::new(Vec::new()),
                 spare_buffers: RefCell::new(SpareBuffers::default()),
                 tcp: tcp::TcpPools::default(),
                 triggers: Rc::new(Triggers::default()),
@@ -617,6 +622,24 @@ impl Reactor {
             .reregister(source, key.token(), interest)
     }
 
+    /// Puts `source` in the poll under `key`, an entry made by [`Reactor::track_io`]
+    /// (whose handler may since have been replaced).
+    pub(crate) fn poll_io_under(
+        &self,
+        source: &mut impl mio::event::Source,
+        key: IoKey,
+        interest: mio::Interest,
+    ) -> std::io::Result<()> {
+        self.inner.registry.register(source, key.token(), interest)
+    }
+
+    /// Tells the handler of `key` (an entry made by [`Reactor::track_io`]) in the next
+    /// poll's I/O phase that its source is writable, after the poll's own events: for a
+    /// source whose readiness is already known, so the poll need not be asked.
+    pub(crate) fn ready_next_poll(&self, key: IoKey) {
+        self.inner.known_ready.borrow_mut().push(key);
+    }
+
     /// Keeps `handler` in the registry without a source in the poll: it is told of the
     /// reactor's shutdown like every registered source, and never of readiness. For
     /// something waiting on a timer that must still end at shutdown (a UNIX connect
@@ -878,7 +901,10 @@ impl Reactor {
     /// else the time to the earliest timer rounded up to the next millisecond (rounding
     /// down would spin on a timer a fraction of a millisecond away).
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.inner.soon.borrow().is_empty() || !self.inner.thread_queue.is_empty() {
+        if !self.inner.soon.borrow().is_empty()
+            || !self.inner.thread_queue.is_empty()
+            || !self.inner.known_ready.borrow().is_empty()
+        {
             return Some(Duration::ZERO);
         }
         poll_timeout_for(self.inner.timers.next_time(), self.seconds())
@@ -904,6 +930,17 @@ impl Reactor {
                         handler.ready(self, readiness);
                     }
                 }
+            }
+        }
+        let known = std::mem::take(&mut *self.inner.known_ready.borrow_mut());
+        for key in known {
+            let handler = self.inner.io.borrow().get(key.token());
+            if let Some(handler) = handler {
+                let readiness = io::Readiness {
+                    writable: true,
+                    ..io::Readiness::default()
+                };
+                handler.ready(self, readiness);
             }
         }
         Ok(())

@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
@@ -13,10 +14,10 @@ use mio::Interest;
 use mio::unix::SourceFd;
 use socket2::Socket;
 
-use super::transport::{LostNotice, StreamTransport};
+use super::transport::{LostNotice, Registration, StreamTransport};
 use super::{
-    AlreadyConnectingError, ClientFactory, CompactAddr, NotConnectingError, factory_do_start,
-    factory_do_stop,
+    AlreadyConnectingError, ClientFactory, CompactAddr, NotConnectingError, StartedConnect,
+    factory_do_start, factory_do_stop,
 };
 use crate::reactor::address::Address;
 use crate::reactor::io::{IoHandler, IoKey, Readiness};
@@ -36,6 +37,10 @@ struct Attempt {
     stream: Option<Socket>,
     /// The registry key of the socket, or of the wait (see `Reactor::track_io`).
     key: IoKey,
+    /// Whether the socket is in the poll. A connect known to have succeeded when it
+    /// started is not: its completion is queued for the next iteration instead, and the
+    /// connection registers the socket for reading.
+    polled: bool,
     /// The attempt's timeout.
     timer: Option<DelayedCall>,
     /// The next try of a UNIX connect whose listener's queue was full.
@@ -230,11 +235,23 @@ impl Connector {
                 && matches!(self.inner.destination, CompactAddr::Unix(_))
         };
         let tracked = match started {
-            Ok(stream) => {
-                let fd = stream.as_raw_fd();
+            // Connected already (loopback TCP, UNIX): registering for writability and
+            // then asking whether it worked would cost two syscalls. It completes where
+            // the poll's event would have completed it, in the next poll's I/O phase,
+            // never inside this call (P-12); the registry entry (not in the poll) lets a
+            // shutdown before then end the attempt.
+            Ok(StartedConnect {
+                socket,
+                connected: true,
+            }) => reactor.track_io(handler()).map(|key| {
+                reactor.ready_next_poll(key);
+                (Some(socket), key, None, false)
+            }),
+            Ok(StartedConnect { socket, .. }) => {
+                let fd = socket.as_raw_fd();
                 reactor
                     .register_io(&mut SourceFd(&fd), Interest::WRITABLE, handler())
-                    .map(|key| (Some(stream), key, None))
+                    .map(|key| (Some(socket), key, None, true))
             }
             // The wait is registered (without a socket) so that the reactor's shutdown
             // ends it as it ends a connecting socket's attempt; its handler also keeps
@@ -246,11 +263,11 @@ impl Connector {
                         Connector { inner }.retry(generation, wait);
                     }
                 });
-                (None, key, Some(retry))
+                (None, key, Some(retry), false)
             }),
             Err(error) => Err(error),
         };
-        let (stream, key, retry) = match tracked {
+        let (stream, key, retry, polled) = match tracked {
             Ok(tracked) => tracked,
             Err(error) => {
                 if let Some(timer) = timer {
@@ -263,6 +280,7 @@ impl Connector {
         *self.inner.attempt.borrow_mut() = Some(Box::new(Attempt {
             stream,
             key,
+            polled,
             timer,
             retry,
         }));
@@ -341,28 +359,65 @@ impl Connector {
 
     /// The socket is writable (or in error): find out how the connect went.
     fn attempt_ready(&self) {
-        let outcome = {
-            let attempt = self.inner.attempt.borrow();
-            let Some(stream) = attempt.as_ref().and_then(|a| a.stream.as_ref()) else {
-                return;
-            };
-            // The peer address first: once it is known the connect succeeded, and the
-            // common case costs one syscall instead of two. Only without it does the
-            // socket's pending error tell a failure from a spurious wake-up.
-            match stream.peer_addr() {
-                Ok(peer) => Ok(Address::from_sockaddr(&peer)),
-                Err(e) => match stream.take_error() {
-                    Ok(Some(error)) => Err(error),
-                    // Not connected yet and no error: a spurious wake-up; wait.
-                    Ok(None) if e.kind() == io::ErrorKind::NotConnected => return,
-                    Ok(None) => Err(e),
-                    Err(error) => Err(error),
-                },
+        // A socket outside the poll is told once, when it had connected at the start.
+        let known_connected = self
+            .inner
+            .attempt
+            .borrow()
+            .as_ref()
+            .is_some_and(|a| a.stream.is_some() && !a.polled);
+        if known_connected {
+            return self.completed();
+        }
+        match self.outcome() {
+            Some(Ok(peer)) => self.connected(peer),
+            Some(Err(error)) => self.fail(ConnectError::from_io(error)),
+            // Not connected yet and no error: a spurious wake-up; wait.
+            None => {}
+        }
+    }
+
+    /// How the attempt's connect went: the peer's address, the error, or `None` while
+    /// it is still in progress (or there is no socket).
+    fn outcome(&self) -> Option<io::Result<Address>> {
+        let attempt = self.inner.attempt.borrow();
+        let stream = attempt.as_ref().and_then(|a| a.stream.as_ref())?;
+        // The peer address first: once it is known the connect succeeded, and the
+        // common case costs one syscall instead of two. Only without it does the
+        // socket's pending error tell a failure from a spurious wake-up.
+        Some(match stream.peer_addr() {
+            Ok(peer) => Ok(Address::from_sockaddr(&peer)),
+            Err(e) => match stream.take_error() {
+                Ok(Some(error)) => Err(error),
+                Ok(None) if e.kind() == io::ErrorKind::NotConnected => return None,
+                Ok(None) => Err(e),
+                Err(error) => Err(error),
+            },
+        })
+    }
+
+    /// A connect that had succeeded when it started (see `try_connect`).
+    fn completed(&self) {
+        match self.inner.destination.get() {
+            // The peer is the destination: the kernel's answer to `getpeername` would be
+            // the same address (no flow label, no scope: those the kernel may rewrite).
+            Address::Tcp(peer)
+                if matches!(peer, SocketAddr::V4(_))
+                    || matches!(peer, SocketAddr::V6(v6) if v6.flowinfo() == 0 && v6.scope_id() == 0) =>
+            {
+                self.connected(Address::Tcp(peer));
             }
-        };
-        match outcome {
-            Ok(peer) => self.connected(peer),
-            Err(error) => self.fail(ConnectError::from_io(error)),
+            // A UNIX peer is named as the listener bound itself, which may differ from
+            // the path connected to: ask. The socket is not polled, so there is no
+            // later event to wait for: a connected socket that cannot say so failed.
+            _ => match self.outcome() {
+                Some(Ok(peer)) => self.connected(peer),
+                Some(Err(error)) => self.fail(ConnectError::from_io(error)),
+                None => {
+                    let error = io::Error::from(io::ErrorKind::NotConnected);
+                    self.fail(ConnectError::from_io(error));
+                }
+            },
         }
     }
 
@@ -378,6 +433,7 @@ impl Connector {
         let Attempt {
             stream: Some(stream),
             key,
+            polled,
             timer,
             retry: _,
         } = *attempt
@@ -389,9 +445,8 @@ impl Connector {
         }
         self.inner.state.set(ConnectorState::Connected);
         let Some(protocol) = self.inner.factory.build_protocol(peer.clone()) else {
-            if let Err(error) = reactor.deregister_io(&mut SourceFd(&stream.as_raw_fd()), key) {
-                log::debug!("deregistering refused connection: {error}");
-            }
+            // Closing the socket takes it out of the poll.
+            reactor.forget_io(key);
             drop(stream);
             self.lost(&CloseReason::Done);
             return;
@@ -399,7 +454,12 @@ impl Connector {
         let connection = StreamTransport::new(&reactor, stream, peer, protocol);
         self.inner.connection.set(key);
         let notice = LostNotice::Connector(self.clone());
-        if let Err(error) = connection.start(&reactor, Some(key), Some(notice)) {
+        let registration = if polled {
+            Registration::Polled(key)
+        } else {
+            Registration::Tracked(key)
+        };
+        if let Err(error) = connection.start(&reactor, registration, Some(notice)) {
             // No protocol method ran: to the factory the attempt failed (P-13).
             self.fail(ConnectError::Other(Rc::new(error)));
         }

@@ -15,7 +15,7 @@ use mio::Interest;
 use mio::unix::SourceFd;
 use socket2::Socket;
 
-use super::transport::{LostNotice, StreamTransport};
+use super::transport::{LostNotice, Registration, StreamTransport};
 use super::{factory_do_start, factory_do_stop};
 use crate::reactor::address::Address;
 use crate::reactor::defer::Deferred;
@@ -265,7 +265,7 @@ impl PortInner {
         };
         let connection = StreamTransport::new(reactor, stream, peer.clone(), protocol);
         let notice = LostNotice::Port(self.this.clone());
-        if let Err(error) = connection.start(reactor, None, Some(notice)) {
+        if let Err(error) = connection.start(reactor, Registration::New, Some(notice)) {
             // The protocol never started, so there is nobody else to tell.
             log::error!("could not register connection from {peer}: {error}");
         }

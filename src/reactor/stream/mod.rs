@@ -43,6 +43,16 @@ pub const HIGH_WATER_MARK: usize = 64 * 1024;
 /// that does not read cannot make us hold unbounded memory.
 pub const WRITE_BUFFER_LIMIT: usize = 64 * 1024 * 1024;
 
+/// A non-blocking connect begun by `tcp/` or `unix/`: its socket, and whether the
+/// connect has already completed (loopback TCP usually has by the second `connect()`,
+/// a UNIX connect always has), in which case nobody needs to wait for the socket to turn
+/// writable or ask the system whether it connected.
+#[derive(Debug)]
+pub(crate) struct StartedConnect {
+    pub(crate) socket: socket2::Socket,
+    pub(crate) connected: bool,
+}
+
 /// The default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 

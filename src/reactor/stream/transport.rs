@@ -712,6 +712,16 @@ impl LostNotice {
     }
 }
 
+/// Where a starting connection's socket stands with the reactor's registry.
+pub(super) enum Registration {
+    /// Not registered: an accepted socket.
+    New,
+    /// In the poll under this key: a connector's socket that waited to turn writable.
+    Polled(IoKey),
+    /// Holding this key, but not in the poll: a connector's socket that connected at once.
+    Tracked(IoKey),
+}
+
 impl StreamTransport {
     /// Wraps an accepted or connected stream. The caller registers it and starts it.
     pub(super) fn new(
@@ -796,27 +806,32 @@ impl StreamTransport {
     pub(super) fn start(
         self: &Rc<Self>,
         reactor: &Reactor,
-        key: Option<IoKey>,
+        registration: Registration,
         lost_notice: Option<LostNotice>,
     ) -> io::Result<()> {
         let no_socket = || io::Error::other("connection has no socket");
-        let registered = match key {
-            Some(key) => {
-                // A connector's socket is registered already: its key must be freed on
+        let registered = match registration {
+            Registration::Polled(key) | Registration::Tracked(key) => {
+                // A connector's socket has its key already: the key must be freed on
                 // failure.
                 self.key.set(key);
                 if !reactor.replace_handler(key, Handler::Connection(self.clone())) {
                     Err(io::Error::other("the connection's registration is gone"))
                 } else {
+                    let polled = matches!(registration, Registration::Polled(_));
                     self.with_stream(|stream| {
-                        let fd = stream.as_raw_fd();
-                        reactor.reregister_io(&mut SourceFd(&fd), key, Interest::READABLE)
+                        let mut fd = SourceFd(&stream.as_raw_fd());
+                        if polled {
+                            reactor.reregister_io(&mut fd, key, Interest::READABLE)
+                        } else {
+                            reactor.poll_io_under(&mut fd, key, Interest::READABLE)
+                        }
                     })
                     .unwrap_or_else(|| Err(no_socket()))
                     .map(|()| key)
                 }
             }
-            None => self
+            Registration::New => self
                 .with_stream(|stream| {
                     reactor.register_handler(
                         &mut SourceFd(&stream.as_raw_fd()),
@@ -837,8 +852,10 @@ impl StreamTransport {
         self.key.set(key);
         self.lost_notice.set(lost_notice);
         self.with_protocol(|protocol, transport| protocol.connection_made(transport));
-        // Bytes may have arrived before registration; an edge may not come again.
-        self.schedule(|this| this.read_ready());
+        // Bytes that arrived before the registration need no read scheduled here: adding
+        // a socket to the poll (or changing its interest) reports the readiness it
+        // already has, edge-triggered or not, and a read that finds nothing yet would
+        // cost a syscall per connection.
         Ok(())
     }
 

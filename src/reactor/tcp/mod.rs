@@ -146,7 +146,10 @@ impl Reactor {
 
     /// Begins a non-blocking connect to `destination`, reusing a spare socket where it
     /// can; see [`connect_socket::start_connect`].
-    pub(crate) fn start_tcp_connect(&self, destination: SocketAddr) -> io::Result<socket2::Socket> {
+    pub(crate) fn start_tcp_connect(
+        &self,
+        destination: SocketAddr,
+    ) -> io::Result<super::stream::StartedConnect> {
         let mut spares = self.inner.tcp.spare_sockets.borrow_mut();
         connect_socket::start_connect(&mut spares, destination)
     }

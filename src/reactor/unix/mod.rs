@@ -25,7 +25,9 @@ use super::Reactor;
 use super::address::{Address, UnixAddress};
 use super::defer::Deferred;
 use super::protocol::Factory;
-use super::stream::{CannotListenError, ClientFactory, Connector, PortInner, SocketFile};
+use super::stream::{
+    CannotListenError, ClientFactory, Connector, PortInner, SocketFile, StartedConnect,
+};
 
 mod endpoint;
 
@@ -154,12 +156,18 @@ fn new_socket() -> io::Result<Socket> {
 /// Begins a non-blocking connect to `address`. A UNIX connect completes or fails inside
 /// the call; a listener whose queue is full answers EAGAIN, which fails the attempt
 /// like any other error (there is no connect in progress to wait for).
-pub(crate) fn start_connect(address: &UnixAddress) -> io::Result<Socket> {
+pub(crate) fn start_connect(address: &UnixAddress) -> io::Result<StartedConnect> {
     let target = address.to_sockaddr()?;
     let socket = new_socket()?;
     match socket.connect(&target) {
-        Ok(()) => Ok(socket),
-        Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => Ok(socket),
+        Ok(()) => Ok(StartedConnect {
+            socket,
+            connected: true,
+        }),
+        Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => Ok(StartedConnect {
+            socket,
+            connected: false,
+        }),
         Err(error) => Err(error),
     }
 }
