@@ -821,3 +821,139 @@ fn closed_with_wait_ends_still_open_with_124_at_the_deadline() {
     );
     drop(listener);
 }
+
+// ---------------------------------------------------------------------------------------
+// --starttls, against small fake servers: a greeting, one reply per command received,
+// then (when `upgrade`) TLS as the server.
+
+struct Upgrader {
+    greeting: &'static [u8],
+    replies: Vec<&'static [u8]>,
+    upgrade: Option<TlsServerConfig>,
+}
+
+impl Protocol for Upgrader {
+    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+        transport.write(self.greeting);
+        Ok(())
+    }
+
+    fn data_received(&mut self, transport: &TransportRef, _data: &[u8]) -> ProtocolResult {
+        if self.replies.is_empty() {
+            return Ok(());
+        }
+        transport.write(self.replies.remove(0));
+        if self.replies.is_empty()
+            && let Some(config) = self.upgrade.take()
+        {
+            transport
+                .start_tls(twistctl::reactor::tls::StartTls::Server(config))
+                .expect("start TLS");
+        }
+        Ok(())
+    }
+}
+
+struct UpgraderFactory {
+    greeting: &'static [u8],
+    replies: Vec<&'static [u8]>,
+    upgrade: Option<TlsServerConfig>,
+}
+
+impl Factory for UpgraderFactory {
+    fn build_protocol(&self, _addr: twistctl::reactor::Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(Upgrader {
+            greeting: self.greeting,
+            replies: self.replies.clone(),
+            upgrade: self.upgrade.clone(),
+        }))
+    }
+}
+
+fn upgrade_server(greeting: &'static [u8], replies: Vec<&'static [u8]>, upgrade: bool) -> u16 {
+    let config = upgrade.then(|| {
+        TlsServerConfig::new(&ServerOptions {
+            identities: vec![pki().leaf.clone()],
+            protocols: Protocols::default(),
+            resumption: false,
+        })
+        .expect("server config")
+    });
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let reactor = Reactor::new().unwrap();
+        let factory = Rc::new(UpgraderFactory {
+            greeting,
+            replies,
+            upgrade: config,
+        });
+        let port = reactor
+            .listen_tcp("127.0.0.1:0".parse().unwrap(), factory)
+            .expect("listen");
+        sender.send(port.host().port()).unwrap();
+        let _ = reactor.run();
+    });
+    receiver.recv().unwrap()
+}
+
+/// A dialect, the server's greeting and its replies.
+type Dialogue = (&'static str, &'static [u8], Vec<&'static [u8]>);
+
+#[test]
+fn starttls_upgrades_each_dialect_and_checks_the_certificate() {
+    let cases: Vec<Dialogue> = vec![
+        (
+            "smtp",
+            b"220 mail ESMTP\r\n",
+            vec![b"250-mail\r\n250 STARTTLS\r\n", b"220 Go ahead\r\n"],
+        ),
+        (
+            "imap",
+            b"* OK IMAP4rev1 ready\r\n",
+            vec![b"a001 OK Begin TLS\r\n"],
+        ),
+        ("pop3", b"+OK POP3 ready\r\n", vec![b"+OK Begin TLS\r\n"]),
+        ("ftp", b"220 FTP ready\r\n", vec![b"234 AUTH TLS OK\r\n"]),
+        ("postgres", b"", vec![b"S"]),
+    ];
+    let ca = ca_file();
+    for (dialect, greeting, replies) in cases {
+        let port = upgrade_server(greeting, replies, true).to_string();
+        let (code, v) = json(&["--starttls", dialect, "--ca", &ca, "localhost", &port]);
+        assert_eq!(code, 0, "{dialect}: {v}");
+        assert_eq!(v["status"], "open", "{dialect}");
+        assert_eq!(v["tls_version"], "TLSv1.3", "{dialect}");
+        assert_eq!(v["cert_subject"], "CN=localhost", "{dialect}");
+    }
+}
+
+#[test]
+fn a_refused_starttls_fails_with_what_the_server_said() {
+    let port = upgrade_server(
+        b"220 mail ESMTP\r\n",
+        vec![b"250 mail\r\n", b"454 TLS not available\r\n"],
+        false,
+    )
+    .to_string();
+    let out = run(&["--starttls", "smtp", "--timeout", "2s", "127.0.0.1", &port]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("454 TLS not available"),
+        "{}",
+        out.stderr
+    );
+    let (code, v) = json(&["--starttls", "smtp", "--timeout", "2s", "127.0.0.1", &port]);
+    assert_eq!(code, 4);
+    assert_eq!(v["status"], "starttls-refused");
+    let port = upgrade_server(b"", vec![b"N"], false).to_string();
+    let (code, v) = json(&[
+        "--starttls",
+        "postgres",
+        "--timeout",
+        "2s",
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(code, 4, "{v}");
+    assert_eq!(v["status"], "starttls-refused");
+}

@@ -401,6 +401,9 @@ impl Probe {
     fn timed_out(state: &Rc<RefCell<State>>) {
         let end = {
             let mut s = state.borrow_mut();
+            if s.done {
+                return;
+            }
             let timeout = crate::duration::format(s.timeout);
             if let Some(expectation) = s.expectation.as_mut() {
                 let verdict = expectation.timed_out();

@@ -811,6 +811,12 @@ impl Protocol for Winner {
         self.inner.data_received(transport, data)
     }
 
+    // A TLS layer started under the connection later (S-12, STARTTLS) reports its
+    // handshake to this, the transport's protocol: the caller's protocol must hear it.
+    fn handshake_completed(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.inner.handshake_completed(transport)
+    }
+
     fn connection_lost(&mut self, reason: &CloseReason) {
         self.inner.connection_lost(reason);
         if let Some(connecting) = self.connecting.take() {
