@@ -137,12 +137,13 @@ impl Trust {
                 )),
                 _ => self.changed(presented),
             },
-            TlsFailure::UnknownIssuer if self.remembered.is_empty() && self.known.is_some() => {
+            TlsFailure::UnknownIssuer if self.remembered.is_empty() => {
                 // Never offer a certificate that is out of its validity period.
                 if let Some(reason) = out_of_date(leaf) {
                     return refuse(format!("TLS: {reason}"));
                 }
-                if terminal {
+                // Without a known_hosts file the answer could not be kept: pin instead.
+                if terminal && self.known.is_some() {
                     Verdict::Ask(presented)
                 } else {
                     refuse(format!(
@@ -293,6 +294,18 @@ mod tests {
             Verdict::Refuse { reason, .. } => {
                 assert!(reason.contains("--fingerprint SHA256:"), "{reason}");
                 assert!(reason.contains(&fingerprint.to_string()), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_a_known_hosts_file_nothing_is_offered_but_pinning_is_explained() {
+        let trust = Trust::with_known_hosts(TlsVerify::System, "localhost", 8443, None);
+        let (error, fingerprint) = presented(TlsFailure::UnknownIssuer);
+        match trust.judge(&error, true) {
+            Verdict::Refuse { reason, .. } => {
+                assert!(reason.contains(&format!("--fingerprint SHA256:{fingerprint}")))
             }
             other => panic!("{other:?}"),
         }
