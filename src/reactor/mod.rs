@@ -174,6 +174,8 @@ struct Inner {
     known_ready: RefCell<Vec<IoKey>>,
     /// Write buffers given back by drained connections, for the next one that writes.
     spare_buffers: RefCell<SpareBuffers>,
+    /// The buffer connections read into (see [`Reactor::take_read_buffer`]).
+    read_buffer: Cell<Option<Box<[u8]>>>,
     /// TCP's own pools (sockets of connects refused at once, for the next connect).
     tcp: tcp::TcpPools,
     triggers: Rc<Triggers>,
@@ -311,6 +313,7 @@ impl Reactor {
                 soon: RefCell::new(VecDeque::new()),
                 known_ready: RefCell::new(Vec::new()),
                 spare_buffers: RefCell::new(SpareBuffers::default()),
+                read_buffer: Cell::new(None),
                 tcp: tcp::TcpPools::default(),
                 triggers: Rc::new(Triggers::default()),
                 state: Cell::new(RunState::Idle),
@@ -712,6 +715,22 @@ impl Reactor {
             }
             None => Vec::new(),
         }
+    }
+
+    /// A buffer of `len` bytes to read a socket into: the loop's one, unless it is out
+    /// already. [`Reactor::give_read_buffer`] returns it. Reads happen one at a time, so
+    /// one buffer, zeroed once, serves every connection: a fresh 64 KiB array for each
+    /// read cost more to zero than a short message costs to read.
+    pub(crate) fn take_read_buffer(&self, len: usize) -> Box<[u8]> {
+        match self.inner.read_buffer.take() {
+            Some(buffer) if buffer.len() == len => buffer,
+            _ => vec![0; len].into_boxed_slice(),
+        }
+    }
+
+    /// Keeps `buffer` for the next [`Reactor::take_read_buffer`].
+    pub(crate) fn give_read_buffer(&self, buffer: Box<[u8]>) {
+        self.inner.read_buffer.set(Some(buffer));
     }
 
     /// Takes back a write buffer whose contents are no longer needed, keeping its memory

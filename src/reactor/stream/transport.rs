@@ -874,12 +874,24 @@ impl StreamTransport {
 
     /// Reads until `WouldBlock`, or a budget, handing each chunk to the protocol.
     fn read_ready(self: &Rc<Self>) {
-        let mut buffer = [0u8; READ_CHUNK];
+        if !self.may_read() {
+            return;
+        }
+        let Some(reactor) = self.reactor.upgrade() else {
+            return;
+        };
+        let mut buffer = reactor.take_read_buffer(READ_CHUNK);
+        self.read_into(&mut buffer);
+        reactor.give_read_buffer(buffer);
+    }
+
+    /// [`StreamTransport::read_ready`] with its buffer.
+    fn read_into(self: &Rc<Self>, buffer: &mut [u8]) {
         for _ in 0..READS_PER_EVENT {
             if !self.may_read() {
                 return;
             }
-            let Some(read) = self.with_stream(|stream| stream.read(&mut buffer)) else {
+            let Some(read) = self.with_stream(|stream| stream.read(buffer)) else {
                 return;
             };
             match read {
