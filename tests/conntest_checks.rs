@@ -957,3 +957,28 @@ fn a_refused_starttls_fails_with_what_the_server_said() {
     assert_eq!(code, 4, "{v}");
     assert_eq!(v["status"], "starttls-refused");
 }
+
+#[test]
+fn watch_with_tls_reports_the_handshake_time() {
+    let port = tls_server(&pki().leaf).to_string();
+    let out = run(&[
+        "--watch",
+        "--count",
+        "1",
+        "--tls",
+        "--ca",
+        &ca_file(),
+        "localhost",
+        &port,
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = out.stdout.lines().next().unwrap();
+    assert!(
+        line.starts_with(&format!("localhost port {port}: open, seq=1, time=")),
+        "{line}"
+    );
+    assert!(
+        line.contains(" ms, tls=") && line.ends_with(" ms"),
+        "{line}"
+    );
+}

@@ -75,7 +75,8 @@ fn result_of(outcome: &Outcome, time: Option<Duration>, timeout: Duration) -> Pr
         status: outcome.status.as_str().to_owned(),
         passed,
         time: if passed { time } else { None },
-        tls_time: None,
+        // With --tls: from the TCP connection to the end of the handshake.
+        tls_time: if passed { outcome.found.tls_time } else { None },
         error,
     }
 }
