@@ -256,3 +256,34 @@ fn a_stale_socket_file_is_reused_and_a_live_one_refused() {
     drop(server.stdin.take());
     let _ = server.child.kill();
 }
+
+#[test]
+fn limits_hold_on_a_unix_socket_max_clients_and_max_line() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let dir = temp_dir("limits");
+    let socket = dir.join("talk.sock");
+    let server = Running::start(twistctl().args([
+        "talk-server",
+        "--max-clients",
+        "1",
+        "--max-line",
+        "8",
+        "--listen",
+        &format!("unix:{}", socket.display()),
+    ]));
+    server.expect_line("Listening on unix:");
+    let read_all = |stream: &mut UnixStream| {
+        stream.set_read_timeout(Some(STEP)).unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    let mut first = UnixStream::connect(&socket).expect("connect");
+    server.expect_line("* client 1 connected from unix:");
+    let mut second = UnixStream::connect(&socket).expect("connect");
+    assert_eq!(read_all(&mut second), "error: server full\r\n");
+    first.write_all(b"123456789\n").unwrap();
+    assert_eq!(read_all(&mut first), "error: line too long\r\n");
+    server.expect_line("* client 1 disconnected: line too long");
+}

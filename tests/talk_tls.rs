@@ -521,3 +521,36 @@ fn a_tls_client_that_never_reads_is_dropped_as_too_slow_with_bounded_memory() {
     let _ = slow.kill();
     let _ = slow.wait();
 }
+
+#[test]
+fn max_line_holds_over_tls() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        println!("skipped: openssl is not installed (it plays the client)");
+        return;
+    }
+    let dir = temp_dir("maxline");
+    let server = Server::start_with(&["--max-line", "8"], &[], &dir);
+    let mut peer = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{}", server.port),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start openssl s_client");
+    let mut stdin = peer.stdin.take().expect("stdin");
+    stdin.write_all(b"123456789\n").expect("send a long line");
+    stdin.flush().expect("flush");
+    server.expect_line("* client 1 disconnected: line too long");
+    let mut reply = String::new();
+    BufReader::new(peer.stdout.take().expect("stdout"))
+        .read_line(&mut reply)
+        .expect("the reply");
+    assert_eq!(reply, "error: line too long\r\n");
+    let _ = peer.kill();
+    let _ = peer.wait();
+}
