@@ -1121,8 +1121,12 @@ impl StreamTransport {
                 drain_unread(&mut stream);
             }
             // For `host()` after the close: the one system call that keeping the
-            // address in every connection from the start would have cost anyway.
-            if let Ok(host) = stream.local_addr() {
+            // address in every connection from the start would have cost anyway. Only
+            // if someone can still ask: when the caller's reference is the last (no
+            // protocol, user or layer holds the transport, and the registry's entry is
+            // gone), nobody can call `host()` once this returns.
+            let askable = Rc::strong_count(self) > 1 || Rc::weak_count(self) > 0;
+            if askable && let Ok(host) = stream.local_addr() {
                 let mut closed = busy.take().unwrap_or_default();
                 closed.host = Some(CompactAddr::new(Address::from_sockaddr(&host)));
                 self.put_busy(closed);
