@@ -22,9 +22,12 @@ struct Watching {
 
 impl Watching {
     fn start(args: &[&str]) -> Watching {
+        // A loaded test machine may take longer than a short interval to connect on
+        // loopback: a generous timeout keeps a slow probe from counting as down.
         let mut child = Command::new(TWISTCTL)
             .arg("conntest")
             .arg("--watch")
+            .args(["--timeout", "5s"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
