@@ -460,6 +460,27 @@ fn a_refused_connection_says_so_on_stderr_and_exits_1() {
 }
 
 #[test]
+fn verbose_logs_each_attempt_with_its_address_outcome_and_time() {
+    let (_, port) = loopback_listener();
+    let finished = Client::run_with_input(&["-v", "localhost", &port.to_string()], "");
+    assert_eq!(finished.code, Some(1));
+    let stderr = &finished.stderr;
+    assert!(
+        stderr.contains("twistctl: localhost resolved to "),
+        "the addresses the name resolved to: {stderr}"
+    );
+    let attempt = stderr
+        .lines()
+        .find(|line| line.contains(&format!("trying 127.0.0.1:{port} at +")))
+        .unwrap_or_else(|| panic!("no attempt line: {stderr}"));
+    assert!(
+        attempt.starts_with(&format!("twistctl: localhost port {port}: ")),
+        "{attempt}"
+    );
+    assert!(attempt.contains(": connection refused after "), "{attempt}");
+}
+
+#[test]
 fn when_no_address_of_a_name_connects_each_one_tried_is_reported() {
     let (_, port) = loopback_listener();
     let finished = Client::run_with_input(&["localhost", &port.to_string()], "");

@@ -2,6 +2,7 @@
 //! output. Each receives a plain configuration value (built by `src/cli.rs`), never
 //! the command line itself, and runs in the one [`scaffold`].
 
+pub mod attempts;
 pub mod completions;
 pub mod conntest;
 pub mod dirs;

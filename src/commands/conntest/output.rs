@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::outcome::{Outcome, Status};
 use super::probe::Findings;
 use super::targets::Target;
-use crate::reactor::endpoints::{Attempt, AttemptOutcome};
+use crate::reactor::endpoints::Attempt;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,35 +180,14 @@ fn rfc3339(at: jiff::Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// `-v`: every address tried for a target, when it started (from the start of the
-/// check), how it ended and how long it took, one log line each.
+/// `-v`: every address tried for a target, in conntest's words for a failure.
 pub fn log_attempts(target: &Target, attempts: &[Attempt], timeout: Duration) {
-    if !log::log_enabled!(log::Level::Info) {
-        return;
-    }
-    let place = target.place();
-    if attempts.is_empty() {
-        log::info!("{place}: no address was tried");
-    }
-    for attempt in attempts {
-        let how = match &attempt.outcome {
-            AttemptOutcome::Pending => "still pending".to_string(),
-            AttemptOutcome::Connected => "connected".to_string(),
-            AttemptOutcome::Failed(error) => Outcome::connect_failed(None, error, timeout)
-                .reason
-                .unwrap_or_else(|| "cancelled".to_string()),
-            AttemptOutcome::Stopped => "stopped (the race was decided)".to_string(),
-        };
-        let took = attempt
-            .took
-            .map(|took| format!(" after {}", crate::duration::format(took)))
-            .unwrap_or_default();
-        log::info!(
-            "{place}: trying {} at +{}: {how}{took}",
-            attempt.addr,
-            crate::duration::format(attempt.started)
-        );
-    }
+    let place = format!("{} port {}", target.host.text, target.port);
+    crate::commands::attempts::log_attempts(&place, attempts, |error| {
+        Outcome::connect_failed(None, error, timeout)
+            .reason
+            .unwrap_or_else(|| "cancelled".to_string())
+    });
 }
 
 /// Buffers results and prints them in target order.

@@ -492,13 +492,15 @@ impl LineHandler for ClientLines {
 
 /// Says why an attempt on `address` failed, without repeating the OS text twice.
 fn describe_failure(address: SocketAddr, error: &ConnectError, timeout: Duration) -> String {
+    format!("{address}: {}", describe_failure_words(error, timeout))
+}
+
+/// A failed attempt in words, without its address.
+fn describe_failure_words(error: &ConnectError, timeout: Duration) -> String {
     match error {
-        ConnectError::Refused(_) => format!("{address}: connection refused"),
-        ConnectError::TimedOut => format!(
-            "{address}: timed out after {}",
-            crate::duration::format(timeout)
-        ),
-        other => format!("{address}: {other}"),
+        ConnectError::Refused(_) => "connection refused".to_owned(),
+        ConnectError::TimedOut => format!("timed out after {}", crate::duration::format(timeout)),
+        other => other.to_string(),
     }
 }
 
@@ -575,7 +577,20 @@ fn dial(
         }
     };
     let conversation = conversation.clone();
+    let place = format!("{} port {}", endpoint.host(), endpoint.port());
     let _ = connecting.deferred().then(move |outcome| {
+        let attempts = match &outcome {
+            Ok(connection) => Some(&connection.attempts),
+            Err(failure) => failure
+                .downcast_ref::<EndpointError>()
+                .map(|error| &error.attempts),
+        };
+        if let Some(attempts) = attempts {
+            // -v: each address tried, in the words of the failure message.
+            crate::commands::attempts::log_attempts(&place, attempts, |error| {
+                describe_failure_words(error, timeout)
+            });
+        }
         match outcome {
             Ok(connection) => log::info!("connected to {}", connection.peer),
             Err(failure) => {

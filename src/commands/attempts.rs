@@ -1,0 +1,40 @@
+//! `-v`: every address a connect tried, when it started, how it ended and how long it
+//! took, one log line each. Shared by the commands that connect to a name (conntest,
+//! talk-client), each giving its own words for a failure.
+
+use std::time::Duration;
+
+use crate::reactor::ConnectError;
+use crate::reactor::endpoints::{Attempt, AttemptOutcome};
+
+/// Logs `attempts` at the info level (shown with `-v`) under `place`
+/// (`db port 5432`); `failure` words a failed attempt.
+pub fn log_attempts(place: &str, attempts: &[Attempt], failure: impl Fn(&ConnectError) -> String) {
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
+    if attempts.is_empty() {
+        log::info!("{place}: no address was tried");
+    }
+    for attempt in attempts {
+        let how = match &attempt.outcome {
+            AttemptOutcome::Pending => "still pending".to_string(),
+            AttemptOutcome::Connected => "connected".to_string(),
+            AttemptOutcome::Failed(error) => failure(error),
+            AttemptOutcome::Stopped => "stopped (the race was decided)".to_string(),
+        };
+        let took = attempt
+            .took
+            .map(|took| format!(" after {}", format_duration(took)))
+            .unwrap_or_default();
+        log::info!(
+            "{place}: trying {} at +{}: {how}{took}",
+            attempt.addr,
+            format_duration(attempt.started)
+        );
+    }
+}
+
+fn format_duration(d: Duration) -> String {
+    crate::duration::format(d)
+}
