@@ -11,6 +11,46 @@ use bench::{
     TlsEchoArgs, TlsFiles, Workload, cancel_threshold, lcg_delays_ms,
 };
 use serde_json::Value;
+use std::sync::OnceLock;
+
+/// A test CA and a `localhost` leaf signed by it (ECDSA P-256, as the benchmark's own
+/// files), written once to a temporary folder: the smoke runs need no files from
+/// outside the repository.
+fn test_files() -> TlsFiles {
+    static FILES: OnceLock<TlsFiles> = OnceLock::new();
+    FILES
+        .get_or_init(|| {
+            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+            let dir = std::env::temp_dir().join(format!("bench-smoke-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a temporary folder");
+            let ca_params = || {
+                let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, "bench smoke CA");
+                params
+            };
+            let ca_key = KeyPair::generate().expect("a key");
+            let ca = ca_params().self_signed(&ca_key).expect("the CA");
+            let issuer = Issuer::new(ca_params(), ca_key);
+            let leaf_key = KeyPair::generate().expect("a key");
+            let leaf = CertificateParams::new(vec!["localhost".to_string()])
+                .expect("params")
+                .signed_by(&leaf_key, &issuer)
+                .expect("the leaf");
+            let files = TlsFiles {
+                ca: dir.join("ca.pem"),
+                cert: dir.join("server.pem"),
+                key: dir.join("server.key"),
+            };
+            std::fs::write(&files.ca, ca.pem()).expect("written");
+            std::fs::write(&files.cert, leaf.pem()).expect("written");
+            std::fs::write(&files.key, leaf_key.serialize_pem()).expect("written");
+            files
+        })
+        .clone()
+}
 
 const COMMON_HEAD: [&str; 10] = [
     "impl",
@@ -207,7 +247,7 @@ fn tls_connect_smoke() {
     let outcome = run(Workload::TlsConnect(TlsConnectArgs {
         count: 30,
         concurrency: 7,
-        files: TlsFiles::default(),
+        files: test_files(),
         common: common(),
     }));
     let v = parse_in_order(
@@ -232,7 +272,7 @@ fn tls_connect_smoke() {
 
 #[test]
 fn tls_connect_fails_its_check_with_the_wrong_ca() {
-    let files = TlsFiles::default();
+    let files = test_files();
     let outcome = run(Workload::TlsConnect(TlsConnectArgs {
         count: 3,
         concurrency: 3,
@@ -258,7 +298,7 @@ fn tls_echo_smoke() {
             bytes,
             chunk: 65536,
             window: 262144,
-            files: TlsFiles::default(),
+            files: test_files(),
             common: common(),
         }));
         let v = parse_in_order(
