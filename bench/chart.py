@@ -45,7 +45,7 @@ CONFIGS = [
 # The implementations in the order drawn, with their names in the legend and colours.
 IMPLS = [
     ("twistctl", "twistctl", "#d9480f"),
-    ("twisted", "Twisted 26.10", "#1c7ed6"),
+    ("twisted", "Twisted 26.10 (recorded)", "#1c7ed6"),
     ("c-limit", "C yardstick", "#868e96"),
 ]
 
@@ -171,8 +171,8 @@ def render(data):
         "</text>" % 8,
     ]
     for i, (impl, label, c) in enumerate(IMPLS):
-        out.append('<rect x="%d" y="26" width="10" height="10" fill="%s"/>' % (LEFT + i * 130, c))
-        out.append('<text x="%d" y="35">%s</text>' % (LEFT + 14 + i * 130, escape(label)))
+        out.append('<rect x="%d" y="26" width="10" height="10" fill="%s"/>' % (LEFT + i * 170, c))
+        out.append('<text x="%d" y="35">%s</text>' % (LEFT + 14 + i * 170, escape(label)))
     # Decade grid lines, the 1.0 line darker.
     decade = low
     while decade <= high * 1.0001:
