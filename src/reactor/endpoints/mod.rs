@@ -20,13 +20,35 @@
 //! ```no_run
 //! use std::rc::Rc;
 //! use twistctl::reactor::endpoints::HostnameEndpoint;
-//! use twistctl::reactor::{Factory, Protocol, Reactor, Step};
-//! # fn factory() -> Rc<dyn Factory> { unimplemented!() }
+//! use twistctl::reactor::{Address, Factory, Protocol, ProtocolResult, Reactor, Step, TransportRef};
+//!
+//! /// Says hello and hangs up.
+//! struct Hello;
+//!
+//! impl Protocol for Hello {
+//!     fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+//!         transport.write(b"hello\r\n");
+//!         transport.lose_connection();
+//!         Ok(())
+//!     }
+//!
+//!     fn data_received(&mut self, _: &TransportRef, _: &[u8]) -> ProtocolResult {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! struct HelloFactory;
+//!
+//! impl Factory for HelloFactory {
+//!     fn build_protocol(&self, _peer: Address) -> Option<Box<dyn Protocol>> {
+//!         Some(Box::new(Hello))
+//!     }
+//! }
 //!
 //! let reactor = Reactor::new()?;
 //! let r = reactor.clone();
 //! HostnameEndpoint::new(&reactor, "localhost", 8000)
-//!     .connect(factory())
+//!     .connect(Rc::new(HelloFactory))
 //!     .add_both(move |outcome| {
 //!         match &outcome {
 //!             Ok(connection) => println!("connected to {}", connection.peer),
