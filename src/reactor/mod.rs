@@ -174,8 +174,8 @@ struct Inner {
     known_ready: RefCell<Vec<IoKey>>,
     /// Write buffers given back by drained connections, for the next one that writes.
     spare_buffers: RefCell<SpareBuffers>,
-    /// The buffer connections read into (see [`Reactor::take_read_buffer`]).
-    read_buffer: Cell<Option<Box<[u8]>>>,
+    /// The buffers connections read into (see [`Reactor::take_read_buffer`]).
+    read_buffers: RefCell<Vec<Box<[u8]>>>,
     /// TCP's own pools (sockets of connects refused at once, for the next connect).
     tcp: tcp::TcpPools,
     triggers: Rc<Triggers>,
@@ -313,7 +313,7 @@ impl Reactor {
                 soon: RefCell::new(VecDeque::new()),
                 known_ready: RefCell::new(Vec::new()),
                 spare_buffers: RefCell::new(SpareBuffers::default()),
-                read_buffer: Cell::new(None),
+                read_buffers: RefCell::new(Vec::new()),
                 tcp: tcp::TcpPools::default(),
                 triggers: Rc::new(Triggers::default()),
                 state: Cell::new(RunState::Idle),
@@ -717,20 +717,27 @@ impl Reactor {
         }
     }
 
-    /// A buffer of `len` bytes to read a socket into: the loop's one, unless it is out
-    /// already. [`Reactor::give_read_buffer`] returns it. Reads happen one at a time, so
-    /// one buffer, zeroed once, serves every connection: a fresh 64 KiB array for each
-    /// read cost more to zero than a short message costs to read.
+    /// A buffer of `len` bytes to read into: one the loop keeps, unless none of that
+    /// size is free. [`Reactor::give_read_buffer`] returns it. Reads happen one at a
+    /// time (a TLS layer decrypting inside a socket read is the one nesting), so a few
+    /// buffers, zeroed once, serve every connection: a fresh 64 KiB array for each read
+    /// cost more to zero than a short message costs to read.
     pub(crate) fn take_read_buffer(&self, len: usize) -> Box<[u8]> {
-        match self.inner.read_buffer.take() {
-            Some(buffer) if buffer.len() == len => buffer,
-            _ => vec![0; len].into_boxed_slice(),
+        let mut spares = self.inner.read_buffers.borrow_mut();
+        match spares.iter().position(|buffer| buffer.len() == len) {
+            Some(at) => spares.swap_remove(at),
+            None => vec![0; len].into_boxed_slice(),
         }
     }
 
-    /// Keeps `buffer` for the next [`Reactor::take_read_buffer`].
+    /// Keeps `buffer` for a later [`Reactor::take_read_buffer`].
     pub(crate) fn give_read_buffer(&self, buffer: Box<[u8]>) {
-        self.inner.read_buffer.set(Some(buffer));
+        let mut spares = self.inner.read_buffers.borrow_mut();
+        // The socket read's buffer and the TLS layer's: more would only be nesting
+        // that does not happen.
+        if spares.len() < 2 {
+            spares.push(buffer);
+        }
     }
 
     /// Takes back a write buffer whose contents are no longer needed, keeping its memory

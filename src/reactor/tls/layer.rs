@@ -357,17 +357,22 @@ impl TlsTransport {
         if !self.has(flag::HANDSHAKEN) {
             return true;
         }
-        let mut buffer = [0u8; PLAINTEXT_CHUNK];
+        // The loop's spare buffer, not a zeroed array on every delivery.
+        let Some(reactor) = self.reactor.upgrade() else {
+            return false;
+        };
+        let mut buffer = reactor.take_read_buffer(PLAINTEXT_CHUNK);
+        let go_on = self.deliver_into(&mut buffer);
+        reactor.give_read_buffer(buffer);
+        go_on
+    }
+
+    fn deliver_into(self: &Rc<Self>, buffer: &mut [u8]) -> bool {
         loop {
             if self.has(flag::READ_PAUSED | flag::ENDED | flag::ABORTED | flag::FAILED) {
                 return false;
             }
-            let read = self
-                .state
-                .borrow_mut()
-                .connection
-                .reader()
-                .read(&mut buffer);
+            let read = self.state.borrow_mut().connection.reader().read(buffer);
             match read {
                 Ok(0) => {
                     self.peer_closed();
