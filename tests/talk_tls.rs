@@ -554,3 +554,59 @@ fn max_line_holds_over_tls() {
     let _ = peer.kill();
     let _ = peer.wait();
 }
+
+#[test]
+fn a_client_that_fails_the_handshake_takes_no_number_and_no_line() {
+    let dir = temp_dir("failed-handshake");
+    let server = Server::start(&[], &dir);
+    let port = server.port.to_string();
+    // Plain text where a ClientHello belongs: the server answers with an alert, closes.
+    let mut plain =
+        std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect in the clear");
+    plain.set_read_timeout(Some(STEP)).expect("a read timeout");
+    plain.write_all(b"hello in the clear\r\n").expect("send");
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    assert!(
+        !text(&answer).contains("hello"),
+        "nothing echoed: {answer:?}"
+    );
+    // A talk-client that refuses the certificate (no terminal, no pin) ends the
+    // handshake from its side.
+    let refused = client(&["--tls", "127.0.0.1", &port], "hi\n", &dir);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    // The next client to complete a handshake is client 1, and it is the first line
+    // after the head.
+    let good = client(
+        &[
+            "--tls",
+            "--fingerprint",
+            &server.fingerprint,
+            "--linger",
+            "1s",
+            "127.0.0.1",
+            &port,
+        ],
+        "hello\n",
+        &dir,
+    );
+    assert!(
+        text(&good.stdout).contains("Server: hello"),
+        "{}",
+        text(&good.stderr)
+    );
+    // SIGTERM ends the server; everything it said about clients is then in.
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let mut said = Vec::new();
+    while let Ok(line) = server.lines.recv_timeout(STEP) {
+        said.push(line);
+    }
+    let connects: Vec<&String> = said.iter().filter(|l| l.contains(" connected")).collect();
+    assert_eq!(connects.len(), 1, "{said:?}");
+    assert!(
+        connects[0].starts_with("* client 1 connected from 127.0.0.1:"),
+        "{said:?}"
+    );
+    assert!(said.iter().all(|l| !l.contains("client 2")), "{said:?}");
+}

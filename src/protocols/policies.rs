@@ -248,6 +248,10 @@ impl Protocol for TimeoutProtocol {
         self.inner.connection_made(transport)
     }
 
+    fn handshake_completed(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.inner.handshake_completed(transport)
+    }
+
     fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
         if let Some(idle) = &self.idle {
             idle.reset();
@@ -453,6 +457,10 @@ impl Drop for Counted {
 impl Protocol for Counted {
     fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
         self.inner.connection_made(transport)
+    }
+
+    fn handshake_completed(&mut self, transport: &TransportRef) -> ProtocolResult {
+        self.inner.handshake_completed(transport)
     }
 
     fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
@@ -704,6 +712,10 @@ mod tests {
             t.write(data);
             Ok(())
         }
+        fn handshake_completed(&mut self, _: &TransportRef) -> ProtocolResult {
+            self.0.borrow_mut().push("handshake".into());
+            Ok(())
+        }
         fn connection_lost(&mut self, _: &CloseReason) {
             self.0.borrow_mut().push("lost".into());
         }
@@ -750,6 +762,29 @@ mod tests {
         driver.lose(CloseReason::Aborted);
         assert_eq!(*log.borrow(), ["made", "lost"]);
         assert!(clock.delayed_calls().is_empty());
+    }
+
+    #[test]
+    fn the_policies_pass_handshake_completed_to_the_protocol_they_wrap() {
+        let clock = Rc::new(FakeClock::new());
+        let log: Rc<RefCell<Vec<String>>> = Rc::default();
+        let timed: Rc<dyn Factory> = Rc::new(TimeoutFactory::new(
+            Rc::new(EchoFactory(log.clone())),
+            clock,
+            secs(10),
+            secs(5),
+        ));
+        let limited = LimitFactory::new(timed, ConnectionLimits::default());
+        let protocol = limited.build_protocol(peer("127.0.0.1:5000")).unwrap();
+        let mut driver =
+            ProtocolDriver::from_box(protocol, StringTransport::with_default_addresses());
+        driver.connect().unwrap();
+        let transport = driver.transport().transport_ref();
+        driver
+            .protocol_mut()
+            .handshake_completed(&transport)
+            .unwrap();
+        assert_eq!(*log.borrow(), ["made", "handshake"]);
     }
 
     #[test]

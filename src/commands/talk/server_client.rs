@@ -147,6 +147,8 @@ pub struct Client {
     idle: RefCell<Option<IdleTimeout>>,
     grace_timer: RefCell<Option<DelayedCall>>,
     ended: Cell<bool>,
+    /// The chat was told of the client (over TLS: once the handshake completed).
+    announced: Cell<bool>,
     /// The peer half-closed: it sends no more, but still reads.
     half_closed: Cell<bool>,
 }
@@ -190,6 +192,7 @@ impl Client {
             idle: RefCell::new(None),
             grace_timer: RefCell::new(None),
             ended: Cell::new(false),
+            announced: Cell::new(false),
             half_closed: Cell::new(false),
         });
         let receiver = LineReceiver::new(ClientHandler {
@@ -398,6 +401,18 @@ impl Client {
         *self.idle.borrow_mut() = Some(idle);
     }
 
+    /// Tells the chat the client is here, once: at connect, or over TLS once the
+    /// handshake completed, so that a peer that fails the handshake (a plain-text
+    /// client, one that refuses the certificate) never takes a number or a line.
+    fn announce(self: &Rc<Self>) {
+        if self.announced.replace(true) || self.ended.get() {
+            return;
+        }
+        if let Some(events) = self.events.upgrade() {
+            events.connected(self);
+        }
+    }
+
     fn heard(&self) {
         if let Some(idle) = self.idle.borrow().as_ref() {
             idle.reset();
@@ -456,6 +471,14 @@ impl Client {
             outgoing.clear();
         }
         let ours = self.reason.borrow_mut().take();
+        if !self.announced.get() {
+            // Never part of the chat: a handshake that failed or was cut short.
+            log::info!(
+                "TLS connection from {} ended before the handshake completed: {reason}",
+                self.peer
+            );
+            return;
+        }
         let reason = ours.unwrap_or_else(|| Disconnect::from_close(reason));
         if let Some(events) = self.events.upgrade() {
             events.disconnected(self, reason);
@@ -473,9 +496,11 @@ impl LineHandler for ClientHandler {
         if self.client.settings.raw {
             lines.set_raw_mode();
         }
-        self.client.attach(lines.transport(), lines.handle());
-        if let Some(events) = self.client.events.upgrade() {
-            events.connected(&self.client);
+        let transport = lines.transport();
+        self.client.attach(transport, lines.handle());
+        // Over TLS the client is announced by `handshake_completed`.
+        if !transport.is_tls() || transport.tls().is_some() {
+            self.client.announce();
         }
         Ok(())
     }
@@ -531,6 +556,11 @@ struct ClientProtocol {
 impl Protocol for ClientProtocol {
     fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
         self.receiver.connection_made(transport)
+    }
+
+    fn handshake_completed(&mut self, _transport: &TransportRef) -> ProtocolResult {
+        self.client.announce();
+        Ok(())
     }
 
     fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
