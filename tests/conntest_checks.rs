@@ -28,6 +28,8 @@ use common::TWISTCTL;
 
 struct Pki {
     dir: PathBuf,
+    /// The CA itself, served as if it were a server's certificate.
+    ca: ServerIdentity,
     leaf: ServerIdentity,
     expired: ServerIdentity,
     other_name: ServerIdentity,
@@ -89,6 +91,7 @@ fn pki() -> &'static Pki {
         let ca_key = KeyPair::generate().expect("key");
         let ca = ca_params().self_signed(&ca_key).expect("CA");
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let ca_identity = identity(&ca, &ca_key);
         let issuer = Issuer::new(ca_params(), ca_key);
         let signed = |params: CertificateParams| {
             let key = KeyPair::generate().expect("key");
@@ -102,6 +105,7 @@ fn pki() -> &'static Pki {
             .self_signed(&self_key)
             .expect("self-signed");
         Pki {
+            ca: ca_identity,
             leaf,
             leaf_pem,
             expired: signed(leaf_params(&local, -60, -31)).0,
@@ -436,6 +440,19 @@ fn cert_days_fails_a_certificate_expiring_sooner_with_cert_expiring() {
     );
     let (code, _) = json(&["--tls", "--ca", &ca, "--cert-days", "5", "localhost", &port]);
     assert_eq!(code, 0);
+}
+
+#[test]
+fn a_ca_certificate_served_as_the_leaf_is_cert_invalid_in_words() {
+    let port = tls_server(&pki().ca).to_string();
+    let (code, v) = json(&["--tls", "--ca", &ca_file(), "127.0.0.1", &port]);
+    assert_eq!(code, 4, "{v}");
+    assert_eq!(v["status"], "cert-invalid");
+    assert_eq!(
+        v["error"],
+        "certificate is a CA certificate, not a server certificate"
+    );
+    assert_eq!(v["cert_subject"], "CN=conntest test CA");
 }
 
 #[test]

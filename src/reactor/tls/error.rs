@@ -39,7 +39,8 @@ pub enum TlsFailure {
     Revoked,
     /// The leaf's fingerprint is not one of the pinned ones.
     NotPinned,
-    /// Any other problem with the certificate (bad encoding, wrong purpose, ...).
+    /// Any other problem with the certificate (bad encoding, wrong purpose, a CA
+    /// certificate as the leaf, ...), in words.
     BadCertificate(String),
     /// The peer presented no certificate.
     NoCertificate,
@@ -77,12 +78,14 @@ impl TlsFailure {
             rustls::Error::DecryptError => {
                 TlsFailure::Protocol("a record did not decrypt".to_string())
             }
-            rustls::Error::PeerIncompatible(why) => {
-                TlsFailure::Protocol(format!("the peer is incompatible: {why:?}"))
-            }
-            rustls::Error::PeerMisbehaved(why) => {
-                TlsFailure::Protocol(format!("the peer misbehaved: {why:?}"))
-            }
+            rustls::Error::PeerIncompatible(why) => TlsFailure::Protocol(format!(
+                "the peer is incompatible: {}",
+                words(&format!("{why:?}"))
+            )),
+            rustls::Error::PeerMisbehaved(why) => TlsFailure::Protocol(format!(
+                "the peer misbehaved: {}",
+                words(&format!("{why:?}"))
+            )),
             other => TlsFailure::Protocol(other.to_string()),
         }
     }
@@ -114,26 +117,108 @@ impl TlsFailure {
             CertificateError::Other(other) if other.0.is::<NotPinnedError>() => {
                 TlsFailure::NotPinned
             }
-            other => TlsFailure::BadCertificate(format!("{other:?}")),
+            other => TlsFailure::BadCertificate(certificate_words(other)),
         }
     }
 }
 
-/// An alert's name as the TLS specification spells it (`handshake_failure`).
-fn alert_name(alert: AlertDescription) -> String {
-    let debug = format!("{alert:?}");
-    let mut name = String::with_capacity(debug.len() + 4);
-    for (i, c) in debug.chars().enumerate() {
+/// What is wrong with a certificate, in words, for the problems rustls has no
+/// `TlsFailure` of its own for. rustls's and webpki's errors print as Rust names
+/// (`Other(OtherError(CaUsedAsEndEntity))`): users get a sentence instead.
+fn certificate_words(error: &CertificateError) -> String {
+    let said = match error {
+        CertificateError::BadEncoding => "certificate is malformed",
+        CertificateError::UnhandledCriticalExtension => {
+            "certificate has a critical extension that is not supported"
+        }
+        CertificateError::UnknownRevocationStatus => "certificate revocation status is unknown",
+        CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => {
+            "certificate revocation list has expired"
+        }
+        #[allow(deprecated)] // still what older verifiers return
+        CertificateError::UnsupportedSignatureAlgorithm
+        | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "certificate is signed with an algorithm that is not supported"
+        }
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "certificate is not for this use (its extended key usage)"
+        }
+        CertificateError::InvalidOcspResponse => "certificate status (OCSP) response is invalid",
+        CertificateError::ApplicationVerificationFailure => {
+            "certificate was refused by the verifier"
+        }
+        CertificateError::Other(other) => {
+            return match other.0.downcast_ref::<webpki::Error>() {
+                Some(error) => webpki_words(error),
+                None => format!("certificate refused: {}", other.0),
+            };
+        }
+        other => return format!("certificate refused: {}", words(&format!("{other:?}"))),
+    };
+    said.to_string()
+}
+
+/// webpki's verdicts on a chain, in words.
+fn webpki_words(error: &webpki::Error) -> String {
+    use webpki::Error as E;
+    let said = match error {
+        E::CaUsedAsEndEntity => "certificate is a CA certificate, not a server certificate",
+        E::EndEntityUsedAsCa => "certificate chain uses a server certificate as a CA",
+        E::BadDer | E::BadDerTime | E::TrailingData(_) => "certificate is malformed",
+        E::CertDistrusted => "certificate is distrusted",
+        E::EmptyEkuExtension => "certificate has an empty extended key usage",
+        E::ExtensionValueInvalid | E::MalformedExtensions => {
+            "certificate has a malformed extension"
+        }
+        E::InvalidCertValidity => "certificate has an invalid validity period",
+        E::InvalidSerialNumber => "certificate has an invalid serial number",
+        E::MaximumPathDepthExceeded | E::PathLenConstraintViolated => {
+            "certificate chain is longer than allowed"
+        }
+        E::NameConstraintViolation => "certificate violates its CA's name constraints",
+        E::SignatureAlgorithmMismatch => {
+            "certificate signature algorithm does not match its issuer's"
+        }
+        E::UnsupportedCertVersion => "certificate version is not supported",
+        E::UnsupportedCriticalExtension => {
+            "certificate has a critical extension that is not supported"
+        }
+        other => return format!("certificate refused: {}", words(&format!("{other:?}"))),
+    };
+    said.to_string()
+}
+
+/// A Rust name as words: `MaximumPathBuildCallsExceeded(..)` becomes "maximum path
+/// build calls exceeded"; what follows the name (its fields) is left out.
+fn words(debug: &str) -> String {
+    let name = debug
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or(debug);
+    split_camel_case(name, ' ')
+}
+
+/// `HandshakeFailure` with `_`: `handshake_failure`.
+fn split_camel_case(name: &str, separator: char) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
         if c.is_ascii_uppercase() {
             if i > 0 {
-                name.push('_');
+                out.push(separator);
             }
-            name.push(c.to_ascii_lowercase());
+            out.push(c.to_ascii_lowercase());
         } else {
-            name.push(c);
+            out.push(c);
         }
     }
-    name
+    out
+}
+
+/// An alert's name as the TLS specification spells it (`handshake_failure`).
+fn alert_name(alert: AlertDescription) -> String {
+    split_camel_case(&format!("{alert:?}"), '_')
 }
 
 fn date(seconds: i64) -> String {
@@ -176,7 +261,7 @@ impl fmt::Display for TlsFailure {
             TlsFailure::NotPinned => {
                 f.write_str("certificate does not match the pinned fingerprint")
             }
-            TlsFailure::BadCertificate(what) => write!(f, "bad certificate: {what}"),
+            TlsFailure::BadCertificate(what) => f.write_str(what),
             TlsFailure::NoCertificate => f.write_str("the peer presented no certificate"),
             TlsFailure::PeerAlert(alert) => {
                 write!(f, "handshake failure: the peer sent alert {alert}")
@@ -278,5 +363,65 @@ pub enum TlsConfigError {
 impl From<TlsConfigError> for crate::reactor::failure::Failure {
     fn from(error: TlsConfigError) -> Self {
         crate::reactor::failure::Failure::new(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn failure_of(error: CertificateError) -> String {
+        TlsFailure::from_rustls(&rustls::Error::InvalidCertificate(error)).to_string()
+    }
+
+    #[test]
+    fn a_ca_served_as_the_leaf_is_said_in_words() {
+        let error = CertificateError::Other(rustls::OtherError(Arc::new(
+            webpki::Error::CaUsedAsEndEntity,
+        )));
+        let failure = TlsFailure::from_rustls(&rustls::Error::InvalidCertificate(error));
+        assert!(failure.is_verification());
+        assert_eq!(
+            failure.to_string(),
+            "certificate is a CA certificate, not a server certificate"
+        );
+    }
+
+    #[test]
+    fn no_certificate_problem_prints_as_a_rust_name() {
+        let cases = [
+            CertificateError::BadEncoding,
+            CertificateError::InvalidPurpose,
+            CertificateError::UnhandledCriticalExtension,
+            CertificateError::Other(rustls::OtherError(Arc::new(
+                webpki::Error::MaximumPathBuildCallsExceeded,
+            ))),
+            CertificateError::Other(rustls::OtherError(Arc::new(webpki::Error::BadDer))),
+        ];
+        for error in cases {
+            let text = failure_of(error);
+            assert!(
+                !text.chars().any(|c| c.is_ascii_uppercase()),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            failure_of(CertificateError::Other(rustls::OtherError(Arc::new(
+                webpki::Error::MaximumPathBuildCallsExceeded
+            )))),
+            "certificate refused: maximum path build calls exceeded"
+        );
+    }
+
+    #[test]
+    fn peer_protocol_failures_are_words_too() {
+        let failure = TlsFailure::from_rustls(&rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::NoCipherSuitesInCommon,
+        ));
+        assert_eq!(
+            failure.to_string(),
+            "TLS protocol error: the peer is incompatible: no cipher suites in common"
+        );
     }
 }
