@@ -800,13 +800,24 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Linux answers ECONNREFUSED for a file that is not a socket; the reactor says
+/// ENOTSOCK, so nobody is told a server has died where there never was a socket.
 #[test]
-fn u05_a_path_that_is_not_a_socket_is_refused() {
+fn u05_a_path_that_is_not_a_socket_fails_with_enotsock() {
     let dir = TempDir::new("notsock");
     let address = dir.socket("file");
     std::fs::write(address.path().unwrap(), b"").unwrap();
     let error = connect_failure(&address);
-    assert_eq!(errno(&error), Some(libc::ECONNREFUSED), "{error:?}");
+    assert!(matches!(error, ConnectError::Other(_)), "{error:?}");
+    assert_eq!(errno(&error), Some(libc::ENOTSOCK), "{error:?}");
+    // A directory, and a symbolic link to the file, are not sockets either.
+    let directory = address.path().unwrap().parent().unwrap().to_path_buf();
+    let error = connect_failure(&UnixAddress::Path(directory));
+    assert_eq!(errno(&error), Some(libc::ENOTSOCK), "{error:?}");
+    let link = dir.socket("link");
+    std::os::unix::fs::symlink(address.path().unwrap(), link.path().unwrap()).unwrap();
+    let error = connect_failure(&link);
+    assert_eq!(errno(&error), Some(libc::ENOTSOCK), "{error:?}");
 }
 
 // ---------------------------------------------------------------------------------------

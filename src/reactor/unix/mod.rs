@@ -127,8 +127,9 @@ impl Reactor {
 
     /// Connects to the UNIX socket at `address` (P-11): the same connector and
     /// factory calls as [`Reactor::connect_tcp`]. A path that does not exist (ENOENT),
-    /// a socket nobody accepts on (refused) or one without permission (EACCES) fail
-    /// the attempt through `client_connection_failed`, from the loop (U-05, P-13).
+    /// a socket nobody accepts on (refused), one without permission (EACCES) or a file
+    /// that is not a socket (ENOTSOCK, where Linux itself says refused) fail the
+    /// attempt through `client_connection_failed`, from the loop (U-05, P-13).
     pub fn connect_unix(
         &self,
         address: UnixAddress,
@@ -168,7 +169,27 @@ pub(crate) fn start_connect(address: &UnixAddress) -> io::Result<StartedConnect>
             socket,
             connected: false,
         }),
-        Err(error) => Err(error),
+        Err(error) => Err(not_a_socket(address, error)),
+    }
+}
+
+/// Linux refuses a connect to a file that is not a socket (a regular file, a
+/// directory) with ECONNREFUSED, as if a dead server had left it: the caller is told
+/// ENOTSOCK instead ("Socket operation on non-socket"), which is what is wrong. Only
+/// a refused connect to a path pays for the `stat`.
+fn not_a_socket(address: &UnixAddress, error: io::Error) -> io::Error {
+    if error.kind() != io::ErrorKind::ConnectionRefused {
+        return error;
+    }
+    // `connect` follows symbolic links, so the file it refused is the target's.
+    let not_socket = address
+        .path()
+        .and_then(|path| std::fs::metadata(path).ok())
+        .is_some_and(|meta| !meta.file_type().is_socket());
+    if not_socket {
+        io::Error::from_raw_os_error(libc::ENOTSOCK)
+    } else {
+        error
     }
 }
 
