@@ -731,6 +731,202 @@ fn unix_targets_report_open_missing_and_refused_like_tcp() {
 }
 
 #[test]
+fn a_unix_target_that_is_not_a_socket_is_an_error_in_the_os_words() {
+    let dir = socket_dir();
+    let file = dir.join("regular-file");
+    std::fs::write(&file, b"not a socket").unwrap();
+    let arg = format!("unix:{}", file.display());
+    let out = run(&[&arg]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let words = std::io::Error::from_raw_os_error(libc::ENOTSOCK).to_string();
+    let words = words.split(" (os error").next().unwrap();
+    assert_eq!(
+        out.stderr.trim(),
+        format!("Error connecting to {arg}: {words}")
+    );
+    let (code, v) = json(&[&arg]);
+    assert_eq!(code, 1);
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["error"], words);
+}
+
+/// A socket file its user may not write to: EACCES. Root passes every permission
+/// check, so as root twistctl runs as nobody (setpriv); without setpriv the test says
+/// why it skipped.
+#[test]
+fn a_unix_target_without_permission_is_an_error_in_the_os_words() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
+    let dir = socket_dir();
+    let path = dir.join("private.sock");
+    let _listener = UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let arg = format!("unix:{}", path.display());
+    let mut command = if is_root() {
+        if std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: running as root, and no setpriv to run twistctl as nobody");
+            return;
+        }
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", TWISTCTL]);
+        command
+    } else {
+        Command::new(TWISTCTL)
+    };
+    let output = command
+        .args(["conntest", "--json", &arg])
+        .timeout(Duration::from_secs(10))
+        .output()
+        .expect("twistctl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout:?} {:?}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(output.status.code(), Some(1), "{v}");
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["error"], "Permission denied");
+}
+
+/// Whether this process runs as root, read from /proc.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn tls_works_over_a_unix_socket() {
+    let path = socket_dir().join("tls.sock");
+    let config = TlsServerConfig::new(&ServerOptions {
+        identities: vec![pki().leaf.clone()],
+        protocols: Protocols::default(),
+        resumption: false,
+    })
+    .expect("server config");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let address = twistctl::reactor::UnixAddress::Path(path.clone());
+    std::thread::spawn(move || {
+        let reactor = Reactor::new().unwrap();
+        let factory = Rc::new(TalkerFactory {
+            script: Script {
+                banner: b"+OK ready\r\n".to_vec(),
+                echo: false,
+            },
+            tls: true,
+        });
+        let tls = twistctl::reactor::tls::server_factory(&reactor, &config, factory);
+        let _port = reactor.listen_unix(address, tls).expect("listen");
+        sender.send(()).unwrap();
+        let _ = reactor.run();
+    });
+    receiver.recv().unwrap();
+    let arg = format!("unix:{}", path.display());
+    let (code, v) = json(&[
+        "--tls",
+        "--ca",
+        &ca_file(),
+        "--sni",
+        "localhost",
+        "--expect",
+        "^\\+OK",
+        &arg,
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["status"], "open");
+    assert_eq!(v["tls_version"], "TLSv1.3");
+    assert_eq!(v["cert_subject"], "CN=localhost");
+    assert_eq!(v["banner"], "+OK ready\\x0d\\x0a");
+    // Verified for the --sni name: another name fails as it would over TCP.
+    let (code, v) = json(&["--tls", "--ca", &ca_file(), "--sni", "other.test", &arg]);
+    assert_eq!(code, 4, "{v}");
+    assert_eq!(v["status"], "cert-invalid");
+    let out = run(&["--tls", "--ca", &ca_file(), "--sni", "localhost", &arg]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with(&format!("Connected to {arg} (TLS 1.3, ")),
+        "{}",
+        out.stdout
+    );
+}
+
+/// --concurrency counts UNIX sockets too: with one slot, the second target is
+/// connected to only once the first one's socket is closed.
+#[test]
+fn unix_targets_wait_for_a_slot_of_the_concurrency_cap() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::mpsc;
+    let dir = socket_dir();
+    let (silent, answering) = (dir.join("silent.sock"), dir.join("answering.sock"));
+    let silent_listener = UnixListener::bind(&silent).unwrap();
+    let answering_listener = UnixListener::bind(&answering).unwrap();
+    let (held_tx, held_rx) = mpsc::channel::<UnixStream>();
+    std::thread::spawn(move || {
+        // Accepts and says nothing: the check waits out its --timeout.
+        for stream in silent_listener.incoming().flatten() {
+            let _ = held_tx.send(stream);
+        }
+    });
+    let (seen_tx, seen_rx) = mpsc::channel::<&'static str>();
+    std::thread::spawn(move || {
+        for stream in answering_listener.incoming().flatten() {
+            let mut stream = stream;
+            // When this connection arrives, has the first target's socket been closed?
+            let verdict = match held_rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(mut first) => {
+                    first.set_nonblocking(true).unwrap();
+                    let mut buf = [0u8; 16];
+                    match first.read(&mut buf) {
+                        Ok(0) => "first closed",
+                        Ok(_) => "first sent data",
+                        Err(_) => "first still open",
+                    }
+                }
+                Err(_) => "first not connected yet",
+            };
+            let _ = seen_tx.send(verdict);
+            let _ = stream.write_all(b"x\n");
+        }
+    });
+    let (silent_arg, answering_arg) = (
+        format!("unix:{}", silent.display()),
+        format!("unix:{}", answering.display()),
+    );
+    let out = run(&[
+        "--concurrency",
+        "1",
+        "--expect",
+        "^x",
+        "--timeout",
+        "500ms",
+        &silent_arg,
+        &answering_arg,
+    ]);
+    assert_eq!(out.code, 124, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("Connected to {answering_arg} (\"x\\x0a\")")
+    );
+    assert_eq!(
+        seen_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "first closed"
+    );
+}
+
+#[test]
 fn abstract_unix_targets_connect() {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixListener};

@@ -128,7 +128,10 @@ impl Check {
         on_done: impl FnOnce(Outcome) + 'static,
     ) -> Check {
         let timeout = ctx.timeout;
-        let endpoint = UnixEndpoint::new(&ctx.reactor, address.clone()).with_timeout(Some(timeout));
+        // One cap for every socket: a UNIX target waits for a slot as a TCP attempt does.
+        let endpoint = UnixEndpoint::new(&ctx.reactor, address.clone())
+            .with_timeout(Some(timeout))
+            .with_limiter(Rc::new(ctx.gate.clone()));
         let findings = Rc::new(RefCell::new(Findings::default()));
         let deferred = match &ctx.probe {
             Some(probe) if !probe.is_plain() => endpoint.connect_checked(probe.factory(

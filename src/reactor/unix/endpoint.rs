@@ -4,13 +4,18 @@
 //! carries the [`ConnectError`] (refused, ENOENT, EACCES, timed out). With
 //! [`UnixEndpoint::connect_checked`] the connection counts as made only once its
 //! protocol's check passed (a TLS handshake, an expected banner), as with a
-//! `HostnameEndpoint`. What `unix:` client descriptions connect with.
+//! `HostnameEndpoint`. What `unix:` client descriptions connect with. With
+//! [`UnixEndpoint::with_limiter`] the connect waits for a slot of an
+//! [`AttemptLimiter`] and holds it until its socket is closed, as a hostname
+//! endpoint's attempts do, so that one cap counts TCP and UNIX sockets alike.
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use crate::reactor::endpoints::{CheckHandle, CheckSink, CheckedFactory, Connection};
+use crate::reactor::endpoints::{
+    AttemptLimiter, CheckHandle, CheckSink, CheckedFactory, Connection, Permit,
+};
 use crate::reactor::stream::{ClientFactory, Connector, DEFAULT_CONNECT_TIMEOUT};
 use crate::reactor::{
     Address, CloseReason, ConnectError, Deferred, Factory, Failure, Protocol, ProtocolResult,
@@ -18,11 +23,22 @@ use crate::reactor::{
 };
 
 /// A UNIX socket to connect to, with a connect timeout.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UnixEndpoint {
     reactor: Reactor,
     address: UnixAddress,
     timeout: Option<Duration>,
+    limiter: Option<Rc<dyn AttemptLimiter>>,
+}
+
+impl std::fmt::Debug for UnixEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnixEndpoint")
+            .field("address", &self.address)
+            .field("timeout", &self.timeout)
+            .field("limited", &self.limiter.is_some())
+            .finish()
+    }
 }
 
 /// A connect to a UNIX socket failed.
@@ -59,7 +75,15 @@ impl UnixEndpoint {
             reactor: reactor.clone(),
             address,
             timeout: Some(DEFAULT_CONNECT_TIMEOUT),
+            limiter: None,
         }
+    }
+
+    /// The same endpoint, connecting only with a slot of `limiter`, held until the
+    /// socket is closed.
+    pub fn with_limiter(mut self, limiter: Rc<dyn AttemptLimiter>) -> UnixEndpoint {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// The same endpoint with another connect timeout (`None`: none).
@@ -91,7 +115,12 @@ impl UnixEndpoint {
     fn start(&self, kind: Kind) -> Deferred<Connection> {
         let connector: Rc<RefCell<Option<Connector>>> = Rc::new(RefCell::new(None));
         let c = connector.clone();
+        // Cancelled while waiting for a slot: the connect never starts. (The Deferred
+        // fails with CancelledError once the canceller returns.)
+        let cancelled = Rc::new(Cell::new(false));
+        let flag = cancelled.clone();
         let deferred = Deferred::with_canceller(move |_| {
+            flag.set(true);
             let connector = c.borrow().clone();
             if let Some(connector) = connector {
                 // Fails the attempt at once, which fires the Deferred (UserAborted);
@@ -109,11 +138,24 @@ impl UnixEndpoint {
             made: RefCell::new(None),
             passed_early: Cell::new(false),
         });
-        let client = Rc::new(EndpointClient { kind, state });
-        let made = self
-            .reactor
-            .connect_unix(self.address.clone(), client, self.timeout);
-        *connector.borrow_mut() = Some(made);
+        let (reactor, address, timeout) =
+            (self.reactor.clone(), self.address.clone(), self.timeout);
+        let begin = move |permit: Permit| {
+            if cancelled.get() {
+                return;
+            }
+            let client = Rc::new(EndpointClient {
+                kind,
+                state,
+                permit: RefCell::new(Some(permit)),
+            });
+            let made = reactor.connect_unix(address, client, timeout);
+            *connector.borrow_mut() = Some(made);
+        };
+        match &self.limiter {
+            Some(limiter) => limiter.acquire(Box::new(begin)),
+            None => begin(Box::new(())),
+        }
         deferred
     }
 }
@@ -179,6 +221,16 @@ impl CheckSink for Connecting {
 struct EndpointClient {
     kind: Kind,
     state: Rc<Connecting>,
+    /// The limiter's slot (or a stand-in), given back once the socket is closed.
+    permit: RefCell<Option<Permit>>,
+}
+
+impl EndpointClient {
+    /// The connector has closed the socket before telling us: the slot is free.
+    fn release(&self) {
+        let permit = self.permit.borrow_mut().take();
+        drop(permit);
+    }
 }
 
 impl Factory for EndpointClient {
@@ -223,6 +275,11 @@ impl ClientFactory for EndpointClient {
             address: self.state.address.clone(),
             error: reason.clone(),
         }));
+        self.release();
+    }
+
+    fn client_connection_lost(&self, _connector: &Connector, _reason: &CloseReason) {
+        self.release();
     }
 }
 
