@@ -401,10 +401,7 @@ mod tests {
         ];
         for error in cases {
             let text = failure_of(error);
-            assert!(
-                !text.chars().any(|c| c.is_ascii_uppercase()),
-                "{text}"
-            );
+            assert!(!text.chars().any(|c| c.is_ascii_uppercase()), "{text}");
         }
         assert_eq!(
             failure_of(CertificateError::Other(rustls::OtherError(Arc::new(
