@@ -118,7 +118,8 @@ pub enum Command {
     /// Line chat, server side: talk with every connected client from this console.
     #[command(
         long_about = "Line chat, server side: talk with every connected client from this \
-                      console. Clients are numbered from 1; their lines print as \
+                      console. Clients are numbered from 1 (a TLS client once its handshake \
+                      completed: one that fails it takes no number); their lines print as \
                       'Client 1: hello', with control characters, bidirectional controls \
                       and invisible characters escaped (\\x1b, \\u{202e}). The first line of \
                       output is 'Listening on ADDRESS:PORT'.\n\n\
@@ -149,6 +150,7 @@ pub enum Command {
     twistctl talk-server --tls 8443
     twistctl talk-server --tls --cert chain.pem --key key.pem 8443
     twistctl talk-server --listen tcp:8000 --listen unix:/run/talk.sock
+    twistctl talk-server --tls 8443 --listen unix:/run/talk.sock:tls=1
 
 ", "EXIT STATUS:
     0    /quit, Ctrl-D or end of input
@@ -477,25 +479,30 @@ pub struct TalkServerArgs {
     #[arg(long)]
     pub tls: bool,
 
-    /// With --tls: the PEM certificate chain to present (leaf first); needs --key.
-    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    /// The PEM certificate chain to present (leaf first) with --tls, and on ssl: and
+    /// unix:...:tls=1 descriptions without their own; needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
 
-    /// With --tls: the PEM private key of --cert.
-    #[arg(long, value_name = "FILE", requires_all = ["tls", "cert"])]
+    /// The PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
 
-    /// With --tls: keep the self-signed certificate in DIR instead.
-    #[arg(long, value_name = "DIR", requires = "tls", conflicts_with = "cert")]
+    /// Keep the self-signed certificate (of --tls, ssl: and unix:...:tls=1) in DIR
+    /// instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "cert")]
     pub cert_dir: Option<PathBuf>,
 
-    /// Listen where the endpoint description DESC says, in place of PORT, --bind and
-    /// --tls; repeat it to listen on several at once: tcp:8000,
-    /// tcp:8000:interface=127.0.0.1, unix:/run/talk.sock[:mode=660], unix:@talk
-    /// (abstract), ssl:8443:privateKey=KEY:certKey=CERT. A socket file left by a server
-    /// that is gone is reused; one a server still accepts on is refused.
-    #[arg(long, value_name = "DESC", value_parser = parse_listen,
-          conflicts_with_all = ["port", "port_option", "bind", "tls"])]
+    /// Listen where the endpoint description DESC says, too; repeat it to listen on
+    /// several at once: tcp:8000, tcp:8000:interface=127.0.0.1,
+    /// unix:/run/talk.sock[:mode=660], unix:@talk (abstract), ssl:8443,
+    /// ssl:8443:privateKey=KEY:certKey=CERT, unix:/run/talk.sock:tls=1 (TLS over the
+    /// socket). ssl: and tls=1 without their own files serve the certificate of --tls
+    /// (--cert/--key, or the kept self-signed one). PORT, --port, --bind and --tls add
+    /// one listener more (--tls makes that one TLS, not the descriptions); with only
+    /// --listen there is none. A socket file left by a server that is gone is reused;
+    /// one a server still accepts on is refused.
+    #[arg(long, value_name = "DESC", value_parser = parse_listen)]
     pub listen: Vec<ServerDescription>,
 }
 
@@ -698,23 +705,7 @@ impl Cli {
                 utc: args.utc,
             }),
             Command::Conntest(args) => commands::Config::Conntest(conntest_config(*args, quiet)?),
-            Command::TalkServer(args) => commands::Config::TalkServer(talk::talk_server::Config {
-                bind: args.bind,
-                port: args.port.or(args.port_option).unwrap_or(8000),
-                server: ServerConfig {
-                    mode: if args.echo { Mode::Echo } else { Mode::Console },
-                    raw: args.raw,
-                    max_clients: args.max_clients,
-                    max_line: args.max_line,
-                    // Zero means no idle timeout, as for ssh's ServerAliveInterval.
-                    idle_timeout: args.idle_timeout.filter(|idle| !idle.is_zero()),
-                },
-                listen: args.listen,
-                tls: args.tls.then_some(match (args.cert, args.key) {
-                    (Some(cert), Some(key)) => talk::talk_server::TlsSource::Files { cert, key },
-                    _ => talk::talk_server::TlsSource::Kept(args.cert_dir),
-                }),
-            }),
+            Command::TalkServer(args) => commands::Config::TalkServer(talk_server_config(args)?),
             Command::TalkClient(args) => commands::Config::TalkClient({
                 let (target, described_tls) = talk_client_target(&args.target)?;
                 let tls_wanted = args.tls || described_tls.is_some();
@@ -755,6 +746,52 @@ impl Cli {
             }
         })
     }
+}
+
+/// talk-server's plain configuration. The short options make one listener (8000 on
+/// every address by default); `--listen` adds more, and alone makes the only ones.
+fn talk_server_config(args: TalkServerArgs) -> Result<talk::talk_server::Config, clap::Error> {
+    let port = args.port.or(args.port_option);
+    let short_given = port.is_some() || args.bind.is_some() || args.tls;
+    let short_form =
+        (short_given || args.listen.is_empty()).then(|| talk::talk_server::ShortForm {
+            bind: args.bind,
+            port: port.unwrap_or(8000),
+            tls: args.tls,
+        });
+    let certificate = match (args.cert, args.key) {
+        (Some(cert), Some(key)) => talk::talk_server::TlsSource::Files { cert, key },
+        _ => talk::talk_server::TlsSource::Kept(args.cert_dir.clone()),
+    };
+    let config = talk::talk_server::Config {
+        short_form,
+        server: ServerConfig {
+            mode: if args.echo { Mode::Echo } else { Mode::Console },
+            raw: args.raw,
+            max_clients: args.max_clients,
+            max_line: args.max_line,
+            // Zero means no idle timeout, as for ssh's ServerAliveInterval.
+            idle_timeout: args.idle_timeout.filter(|idle| !idle.is_zero()),
+        },
+        certificate,
+        listen: args.listen,
+    };
+    let certificate_given = !matches!(config.certificate, talk::talk_server::TlsSource::Kept(None));
+    if certificate_given && !config.uses_certificate() {
+        let given = if args.cert_dir.is_some() {
+            "--cert-dir"
+        } else {
+            "--cert and --key"
+        };
+        return Err(usage_error(
+            "talk-server",
+            format!(
+                "{given} would not be used: give --tls, or --listen ssl:PORT or \
+                 unix:PATH:tls=1 without privateKey=/certKey="
+            ),
+        ));
+    }
+    Ok(config)
 }
 
 /// talk-client's one target (localhost 8000 when none is given), and the CA file of

@@ -287,3 +287,105 @@ fn limits_hold_on_a_unix_socket_max_clients_and_max_line() {
     assert_eq!(read_all(&mut first), "error: line too long\r\n");
     server.expect_line("* client 1 disconnected: line too long");
 }
+
+#[test]
+fn the_short_form_and_listen_combine_and_ssl_without_files_serves_the_cert_option() {
+    let dir = temp_dir("combined");
+    let (cert, key, fingerprint) = write_identity(&dir);
+    let server = Running::start(twistctl().args([
+        "talk-server",
+        "--bind",
+        "127.0.0.1",
+        "0",
+        "--tls",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--listen",
+        "ssl:0:interface=127.0.0.1",
+    ]));
+    // The short form first, then the descriptions in order, then one fingerprint.
+    let short = server.line();
+    let plain = server.line();
+    let described = server.line();
+    assert!(
+        short.starts_with("Listening on 127.0.0.1:") && short.ends_with(" (TLS)"),
+        "{short}"
+    );
+    assert!(
+        plain.starts_with("Listening on 127.0.0.1:") && !plain.ends_with(" (TLS)"),
+        "{plain}"
+    );
+    assert!(described.ends_with(" (TLS)"), "{described}");
+    assert_eq!(server.line(), format!("TLS certificate {fingerprint}"));
+
+    let mut clients = Vec::new();
+    for (n, (line, tls)) in [(&short, true), (&plain, false), (&described, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut args = vec!["talk-client".to_string()];
+        if tls {
+            args.extend(["--tls".into(), "--fingerprint".into(), fingerprint.clone()]);
+        }
+        args.extend(["127.0.0.1".into(), port_of(line)]);
+        let mut client = Running::start(twistctl().args(&args));
+        server.expect_line(&format!("* client {} connected from 127.0.0.1:", n + 1));
+        client.type_line(&format!("hello from {}", n + 1));
+        server.expect_line(&format!("Client {}: hello from {}", n + 1, n + 1));
+        clients.push(client);
+    }
+    assert_eq!(server.finish(), Some(0));
+    for client in clients {
+        assert_eq!(client.finish(), Some(0));
+    }
+}
+
+#[test]
+fn listen_errors_name_the_bad_value() {
+    let run = |args: &[&str]| {
+        assert_cmd::Command::cargo_bin("twistctl")
+            .unwrap()
+            .arg("talk-server")
+            .args(args)
+            .timeout(STEP)
+            .output()
+            .expect("talk-server runs")
+    };
+    let out = run(&["--listen", "ssl:0:certKey=c.pem"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'ssl:0:certKey=c.pem'") && stderr.contains("privateKey is missing"),
+        "{stderr}"
+    );
+
+    let out = run(&["--listen", "unix:/nowhere/t.sock:tls=2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls '2' is not 1 or 0"));
+
+    // A certificate option nothing would serve is a usage error, not silently unused.
+    let out = run(&["--cert-dir", "/tmp", "--listen", "tcp:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cert-dir would not be used"));
+
+    let dir = temp_dir("listen-errors");
+    let missing = dir.join("missing.pem");
+    let described = format!("ssl:0:privateKey={0}:certKey={0}", missing.display());
+    let out = run(&[
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--listen",
+        &described,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("--listen {described}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No such file"), "{stderr}");
+}

@@ -19,7 +19,7 @@ use super::server::{Mode, Next, Operator, ServerConfig, TalkServer};
 use crate::commands::scaffold::{self, Command, CommandError};
 use crate::commands::target::{Host, HostKind};
 use crate::exit::ExitStatus;
-use crate::reactor::endpoints::description::{Listening, ServerDescription};
+use crate::reactor::endpoints::description::{Certificate, Listening, ServerDescription};
 use crate::reactor::tcp::{CannotListenError, ListenOptions, ListeningPort};
 use crate::reactor::tls::{self, Fingerprint, ServerIdentity, ServerOptions, TlsServerConfig};
 use crate::reactor::unix::UnixPort;
@@ -101,18 +101,39 @@ impl Operator for Screen {
 /// What `twistctl talk-server` was asked to do (built by `src/cli.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// The short form (PORT, `--port`, `--bind`, `--tls`): one TCP listener more than
+    /// the descriptions; `None` when only `--listen` was given.
+    pub short_form: Option<ShortForm>,
+    /// The chat's own settings.
+    pub server: ServerConfig,
+    /// The certificate of `--tls`, and of every TLS description without its own
+    /// (`ssl:PORT`, `unix:PATH:tls=1`).
+    pub certificate: TlsSource,
+    /// `--listen`: where else to listen.
+    pub listen: Vec<ServerDescription>,
+}
+
+/// The listener the short options describe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortForm {
     /// `--bind`: an IP literal, or a name whose every address is listened on; `None`:
     /// every IPv4 and IPv6 address.
     pub bind: Option<Host>,
     /// The port; 0 lets the kernel choose.
     pub port: u16,
-    /// The chat's own settings.
-    pub server: ServerConfig,
-    /// `--tls`: serve TLS with this certificate.
-    pub tls: Option<TlsSource>,
-    /// `--listen`: where to listen, in place of `bind`, `port` and `tls` when not
-    /// empty.
-    pub listen: Vec<ServerDescription>,
+    /// `--tls`: serve TLS with [`Config::certificate`].
+    pub tls: bool,
+}
+
+impl Config {
+    /// True when some listener serves the configured (or kept) certificate.
+    pub fn uses_certificate(&self) -> bool {
+        self.short_form.as_ref().is_some_and(|short| short.tls)
+            || self
+                .listen
+                .iter()
+                .any(|d| d.certificate() == Some(&Certificate::Default))
+    }
 }
 
 /// Something listening, to stop at the end.
@@ -131,42 +152,71 @@ impl Port {
     }
 }
 
-/// Listens as each description says; the ports and the lines that announce them
-/// (`Listening on ...` for each, then the fingerprint of each TLS certificate).
-fn listen_described(
-    reactor: &Reactor,
-    descriptions: &[ServerDescription],
-    factory: &Rc<dyn Factory>,
-) -> Result<(Vec<Port>, Vec<String>), CommandError> {
-    let (mut ports, mut lines, mut fingerprints) = (Vec::new(), Vec::new(), Vec::new());
-    for description in descriptions {
-        let listening = description
-            .listen(reactor, factory.clone())
-            .map_err(|error| CommandError::failure(format!("--listen: {error}")))?;
-        match listening {
-            Listening::Tcp(port) => {
-                let tls = if let ServerDescription::Ssl { cert_key, .. } = description {
-                    let chain = tls::read_certificates(cert_key)
-                        .map_err(|error| CommandError::failure(format!("--listen: {error}")))?;
-                    let line = format!("TLS certificate SHA256:{}", Fingerprint::of(&chain[0]));
-                    if !fingerprints.contains(&line) {
-                        fingerprints.push(line);
-                    }
-                    " (TLS)"
-                } else {
-                    ""
-                };
-                lines.push(format!("Listening on {}{tls}", port.host()));
-                ports.push(Port::Tcp(port));
-            }
-            Listening::Unix(port) => {
-                lines.push(format!("Listening on {}", port.host()));
-                ports.push(Port::Unix(port));
+/// What is listening, and the lines that announce it: `Listening on ...` for each
+/// port, then the fingerprint of each TLS certificate served, once.
+#[derive(Default)]
+struct Listeners {
+    ports: Vec<Port>,
+    lines: Vec<String>,
+    fingerprints: Vec<String>,
+}
+
+impl Listeners {
+    fn add(&mut self, port: Port, fingerprint: Option<Fingerprint>) {
+        let host = match &port {
+            Port::Tcp(port) => port.host().to_string(),
+            Port::Unix(port) => port.host().to_string(),
+        };
+        let tls = if fingerprint.is_some() { " (TLS)" } else { "" };
+        self.lines.push(format!("Listening on {host}{tls}"));
+        if let Some(fingerprint) = fingerprint {
+            let line = format!("TLS certificate SHA256:{fingerprint}");
+            if !self.fingerprints.contains(&line) {
+                self.fingerprints.push(line);
             }
         }
+        self.ports.push(port);
     }
-    lines.extend(fingerprints);
-    Ok((ports, lines))
+
+    /// Listens as each description says; a TLS one without its own certificate serves
+    /// `default`. An error names the description.
+    fn listen_described(
+        &mut self,
+        reactor: &Reactor,
+        descriptions: &[ServerDescription],
+        factory: &Rc<dyn Factory>,
+        default: Option<&(TlsServerConfig, Fingerprint)>,
+    ) -> Result<(), CommandError> {
+        for description in descriptions {
+            let failed = |error: &dyn std::fmt::Display| {
+                CommandError::failure(format!("--listen {description}: {error}"))
+            };
+            let listening = description
+                .listen_with(reactor, factory.clone(), default.map(|(config, _)| config))
+                .map_err(|error| failed(&error))?;
+            let fingerprint = match description.certificate() {
+                None => None,
+                Some(Certificate::Default) => default.map(|(_, fingerprint)| *fingerprint),
+                Some(Certificate::Files { cert_key, .. }) => {
+                    let chain = tls::read_certificates(cert_key).map_err(|error| failed(&error))?;
+                    Some(Fingerprint::of(&chain[0]))
+                }
+            };
+            let port = match listening {
+                Listening::Tcp(port) => Port::Tcp(port),
+                Listening::Unix(port) => Port::Unix(port),
+            };
+            self.add(port, fingerprint);
+        }
+        Ok(())
+    }
+
+    /// Every `Listening on` line, then the fingerprints.
+    fn announce(&mut self, screen: &Screen) {
+        for line in self.lines.drain(..).chain(self.fingerprints.drain(..)) {
+            screen.print(&line);
+        }
+    }
 }
 
 /// Where talk-server's TLS certificate comes from.
@@ -297,47 +347,47 @@ impl Command for ServerCommand {
         let scheduler: Rc<dyn Scheduler> = Rc::new(reactor.clone());
         let server = TalkServer::new(config, screen.clone(), scheduler);
         self.server = Some(server.clone());
-        let mut ports = Vec::new();
-        if !self.config.listen.is_empty() {
-            let (described, lines) =
-                listen_described(reactor, &self.config.listen, &server.factory())?;
-            for line in lines {
-                screen.print(&line);
-            }
-            ports = described;
-        }
-        let mut port_number = self.config.port;
-        let (factory, fingerprint, suffix) = match &self.config.tls {
-            None => (server.factory(), None, ""),
-            Some(source) => {
-                let identity = source.identity()?;
-                let fingerprint = identity.fingerprint();
-                let tls_config = TlsServerConfig::new(&ServerOptions {
-                    identities: vec![identity],
-                    resumption: true,
-                    ..ServerOptions::default()
-                })
-                .map_err(|error| CommandError::failure(format!("--tls: {error}")))?;
-                let factory = tls::server_factory(reactor, &tls_config, server.factory());
-                (factory, Some(fingerprint), " (TLS)")
-            }
-        };
-        let short_form = if self.config.listen.is_empty() {
-            bind_addresses(self.config.bind.as_ref())?
+        // The configured (or kept) certificate, loaded once for every listener that
+        // serves it.
+        let certificate = if self.config.uses_certificate() {
+            let identity = self.config.certificate.identity()?;
+            let fingerprint = identity.fingerprint();
+            let tls_config = TlsServerConfig::new(&ServerOptions {
+                identities: vec![identity],
+                resumption: true,
+                ..ServerOptions::default()
+            })
+            .map_err(|error| CommandError::failure(format!("--tls: {error}")))?;
+            Some((tls_config, fingerprint))
         } else {
-            Vec::new()
+            None
         };
-        for bind in short_form {
-            let port = listen(reactor, bind, port_number, factory.clone())
-                .map_err(|error| CommandError::failure(error.to_string()))?;
-            screen.print(&format!("Listening on {}{suffix}", port.host()));
-            // With port 0 and several addresses, all share the port the kernel chose.
-            port_number = port.host().port();
-            ports.push(Port::Tcp(port));
+        let mut listeners = Listeners::default();
+        if let Some(short) = &self.config.short_form {
+            let (factory, fingerprint) = match (&certificate, short.tls) {
+                (Some((tls_config, fingerprint)), true) => (
+                    tls::server_factory(reactor, tls_config, server.factory()),
+                    Some(*fingerprint),
+                ),
+                _ => (server.factory(), None),
+            };
+            let mut port_number = short.port;
+            for bind in bind_addresses(short.bind.as_ref())? {
+                let port = listen(reactor, bind, port_number, factory.clone())
+                    .map_err(|error| CommandError::failure(error.to_string()))?;
+                // With port 0 and several addresses, all share the port the kernel chose.
+                port_number = port.host().port();
+                listeners.add(Port::Tcp(port), fingerprint);
+            }
         }
-        if let Some(fingerprint) = fingerprint {
-            screen.print(&format!("TLS certificate SHA256:{fingerprint}"));
-        }
+        listeners.listen_described(
+            reactor,
+            &self.config.listen,
+            &server.factory(),
+            certificate.as_ref(),
+        )?;
+        listeners.announce(&screen);
+        let ports = std::mem::take(&mut listeners.ports);
 
         let shutting_down = server.clone();
         reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || {

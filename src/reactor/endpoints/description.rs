@@ -2,8 +2,11 @@
 //! `clientFromString`, parsed into typed values.
 //!
 //! Servers: `tcp:PORT[:interface=ADDR][:backlog=N]`, `unix:PATH[:mode=OCTAL]` (a path
-//! starting with `@` is a Linux abstract name, U-04), `ssl:PORT:privateKey=FILE:certKey=FILE`
-//! (with `interface` and `backlog` as for `tcp`). Clients: `tcp:HOST:PORT[:timeout=S]`,
+//! starting with `@` is a Linux abstract name, U-04), `ssl:PORT[:privateKey=FILE:certKey=FILE]`
+//! (with `interface` and `backlog` as for `tcp`). A UNIX socket serves TLS with `tls=1`
+//! or with `privateKey=` and `certKey=`. A TLS description without its own files uses
+//! the default certificate the listener is given ([`ServerDescription::listen_with`]):
+//! a program's configured or generated one. Clients: `tcp:HOST:PORT[:timeout=S]`,
 //! `unix:PATH[:timeout=S]`, `tls:HOST:PORT[:trustRoots=DIR|FILE][:timeout=S]`.
 //! Listening on `unix:PATH` takes over a socket file nobody accepts on any more (as
 //! Twisted's UNIX endpoint does with its default lock file), never a live one.
@@ -41,14 +44,16 @@ pub enum ServerDescription {
         /// The accept queue length, if given.
         backlog: Option<u32>,
     },
-    /// `unix:PATH[:mode=OCTAL]`.
+    /// `unix:PATH[:mode=OCTAL][:tls=1][:privateKey=FILE:certKey=FILE]`.
     Unix {
         /// The socket's address.
         path: UnixAddress,
         /// The permission bits, if given (Twisted's default 0o666).
         mode: Option<u32>,
+        /// TLS over the socket (`tls=1`, or the key and certificate given), if asked.
+        tls: Option<Certificate>,
     },
-    /// `ssl:PORT:privateKey=FILE:certKey=FILE[:interface=ADDR][:backlog=N]`.
+    /// `ssl:PORT[:privateKey=FILE:certKey=FILE][:interface=ADDR][:backlog=N]`.
     Ssl {
         /// The port (0: any free port).
         port: u16,
@@ -56,11 +61,113 @@ pub enum ServerDescription {
         interface: IpAddr,
         /// The accept queue length, if given.
         backlog: Option<u32>,
+        /// The certificate to present.
+        certificate: Certificate,
+    },
+}
+
+/// The certificate a TLS description presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Certificate {
+    /// `privateKey=FILE:certKey=FILE`.
+    Files {
         /// The PEM private key.
         private_key: PathBuf,
-        /// The PEM certificate chain.
+        /// The PEM certificate chain (leaf first).
         cert_key: PathBuf,
     },
+    /// Neither given: the listener's default certificate.
+    Default,
+}
+
+/// A field's value as a description writes it: `\:` for a colon, `\\` for a backslash.
+fn escaped(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+impl fmt::Display for Certificate {
+    /// `:privateKey=FILE:certKey=FILE`, or nothing for the default.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Certificate::Files {
+                private_key,
+                cert_key,
+            } => write!(
+                f,
+                ":privateKey={}:certKey={}",
+                escaped(&private_key.to_string_lossy()),
+                escaped(&cert_key.to_string_lossy())
+            ),
+            Certificate::Default => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for ServerDescription {
+    /// The description as it would be written (parsing it gives the same value).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let network = |f: &mut fmt::Formatter<'_>, interface: &IpAddr, backlog: &Option<u32>| {
+            if !interface.is_unspecified() || interface.is_ipv6() {
+                match interface {
+                    IpAddr::V4(ip) => write!(f, ":interface={ip}")?,
+                    IpAddr::V6(ip) => write!(f, ":interface=[{ip}]")?,
+                }
+            }
+            if let Some(backlog) = backlog {
+                write!(f, ":backlog={backlog}")?;
+            }
+            Ok(())
+        };
+        match self {
+            ServerDescription::Tcp {
+                port,
+                interface,
+                backlog,
+            } => {
+                write!(f, "tcp:{port}")?;
+                network(f, interface, backlog)
+            }
+            ServerDescription::Unix { path, mode, tls } => {
+                match path {
+                    UnixAddress::Path(path) => {
+                        write!(f, "unix:{}", escaped(&path.to_string_lossy()))?
+                    }
+                    UnixAddress::Abstract(name) => {
+                        write!(f, "unix:@{}", escaped(&String::from_utf8_lossy(name)))?
+                    }
+                    UnixAddress::Unnamed => f.write_str("unix:")?,
+                }
+                if let Some(mode) = mode {
+                    write!(f, ":mode={mode:04o}")?;
+                }
+                match tls {
+                    Some(Certificate::Default) => f.write_str(":tls=1"),
+                    Some(files) => write!(f, "{files}"),
+                    None => Ok(()),
+                }
+            }
+            ServerDescription::Ssl {
+                port,
+                interface,
+                backlog,
+                certificate,
+            } => {
+                write!(f, "ssl:{port}{certificate}")?;
+                network(f, interface, backlog)
+            }
+        }
+    }
+}
+
+impl ServerDescription {
+    /// The certificate, for a description that serves TLS.
+    pub fn certificate(&self) -> Option<&Certificate> {
+        match self {
+            ServerDescription::Tcp { .. } => None,
+            ServerDescription::Unix { tls, .. } => tls.as_ref(),
+            ServerDescription::Ssl { certificate, .. } => Some(certificate),
+        }
+    }
 }
 
 /// What to connect to.
@@ -320,6 +427,42 @@ fn file(fields: &Fields, name: &'static str) -> Result<PathBuf, DescriptionProbl
     Ok(PathBuf::from(value))
 }
 
+/// `privateKey=` and `certKey=`: both, or neither (the default certificate).
+fn certificate(fields: &Fields) -> Result<Certificate, DescriptionProblem> {
+    match (fields.get("privateKey"), fields.get("certKey")) {
+        (None, None) => Ok(Certificate::Default),
+        (Some(_), None) => Err(DescriptionProblem::Missing("certKey")),
+        (None, Some(_)) => Err(DescriptionProblem::Missing("privateKey")),
+        (Some(_), Some(_)) => Ok(Certificate::Files {
+            private_key: file(fields, "privateKey")?,
+            cert_key: file(fields, "certKey")?,
+        }),
+    }
+}
+
+/// A UNIX socket's `tls=0|1`, and its certificate: the key and certificate files
+/// mean TLS too.
+fn unix_tls(fields: &Fields) -> Result<Option<Certificate>, DescriptionProblem> {
+    let asked = fields
+        .get("tls")
+        .map(|value| match value {
+            "1" | "yes" | "true" => Ok(true),
+            "0" | "no" | "false" => Ok(false),
+            _ => Err(bad("tls", value, "1 or 0")),
+        })
+        .transpose()?;
+    let certificate = certificate(fields)?;
+    match (asked, certificate) {
+        (Some(false), Certificate::Files { .. }) => Err(bad(
+            "tls",
+            "0",
+            "1 (or no privateKey/certKey): the key and certificate are for TLS",
+        )),
+        (Some(false) | None, Certificate::Default) => Ok(None),
+        (_, certificate) => Ok(Some(certificate)),
+    }
+}
+
 /// Splits off the kind and tokenizes the rest.
 fn kind_and_fields(description: &str) -> Result<(String, Vec<String>), DescriptionProblem> {
     if description.is_empty() {
@@ -350,7 +493,11 @@ fn parse_server_fields(description: &str) -> Result<ServerDescription, Descripti
             })
         }
         "unix" => {
-            let fields = Fields::sort(&fields, &["path"], &["mode"])?;
+            let fields = Fields::sort(
+                &fields,
+                &["path"],
+                &["mode", "tls", "privateKey", "certKey"],
+            )?;
             let mode = fields
                 .get("mode")
                 .map(|value| {
@@ -363,6 +510,7 @@ fn parse_server_fields(description: &str) -> Result<ServerDescription, Descripti
             Ok(ServerDescription::Unix {
                 path: unix_path(&fields)?,
                 mode,
+                tls: unix_tls(&fields)?,
             })
         }
         "ssl" => {
@@ -375,8 +523,7 @@ fn parse_server_fields(description: &str) -> Result<ServerDescription, Descripti
                 port: port(&fields, true)?,
                 interface: interface(&fields)?,
                 backlog: backlog(&fields)?,
-                private_key: file(&fields, "privateKey")?,
-                cert_key: file(&fields, "certKey")?,
+                certificate: certificate(&fields)?,
             })
         }
         _ => Err(DescriptionProblem::UnknownKind(kind)),
@@ -440,6 +587,9 @@ pub enum ListenError {
     /// The TLS certificate or key could not be used (S-13: at listen time).
     #[error(transparent)]
     Tls(#[from] crate::reactor::tls::TlsConfigError),
+    /// A TLS description gave no certificate, and the listener has no default one.
+    #[error("no certificate to serve TLS with: give privateKey=FILE and certKey=FILE")]
+    NoCertificate,
 }
 
 impl ServerDescription {
@@ -449,6 +599,34 @@ impl ServerDescription {
         reactor: &Reactor,
         factory: Rc<dyn Factory>,
     ) -> Result<Listening, ListenError> {
+        self.listen_with(reactor, factory, None)
+    }
+
+    /// Listens as described; a TLS description without its own key and certificate
+    /// serves `default` (fails with [`ListenError::NoCertificate`] without one).
+    pub fn listen_with(
+        &self,
+        reactor: &Reactor,
+        factory: Rc<dyn Factory>,
+        default: Option<&tls::TlsServerConfig>,
+    ) -> Result<Listening, ListenError> {
+        let tls_factory = |certificate: &Certificate| -> Result<Rc<dyn Factory>, ListenError> {
+            let config = match certificate {
+                Certificate::Files {
+                    private_key,
+                    cert_key,
+                } => {
+                    let identity = tls::ServerIdentity::from_pem_files(cert_key, private_key)?;
+                    tls::TlsServerConfig::new(&tls::ServerOptions {
+                        identities: vec![identity],
+                        resumption: true,
+                        ..tls::ServerOptions::default()
+                    })?
+                }
+                Certificate::Default => default.ok_or(ListenError::NoCertificate)?.clone(),
+            };
+            Ok(tls::server_factory(reactor, &config, factory.clone()))
+        };
         match self {
             ServerDescription::Tcp {
                 port,
@@ -464,7 +642,11 @@ impl ServerDescription {
                     reactor.listen_tcp_with(address, factory, options)?,
                 ))
             }
-            ServerDescription::Unix { path, mode } => {
+            ServerDescription::Unix { path, mode, tls } => {
+                let factory = match tls {
+                    Some(certificate) => tls_factory(certificate)?,
+                    None => factory.clone(),
+                };
                 // As Twisted's UNIX server endpoint (its lockfile default): a socket file
                 // left by a server that is gone is taken over, a live one never (U-02).
                 let options = UnixListenOptions {
@@ -482,21 +664,14 @@ impl ServerDescription {
                 port,
                 interface,
                 backlog,
-                private_key,
-                cert_key,
+                certificate,
             } => {
-                let identity = tls::ServerIdentity::from_pem_files(cert_key, private_key)?;
-                let config = tls::TlsServerConfig::new(&tls::ServerOptions {
-                    identities: vec![identity],
-                    resumption: true,
-                    ..tls::ServerOptions::default()
-                })?;
+                let factory = tls_factory(certificate)?;
                 let mut options = ListenOptions::default();
                 if let Some(backlog) = backlog {
                     options.backlog = i32::try_from(*backlog).unwrap_or(i32::MAX);
                 }
                 let address = SocketAddr::new(*interface, *port);
-                let factory = tls::server_factory(reactor, &config, factory);
                 Ok(Listening::Tcp(
                     reactor.listen_tcp_with(address, factory, options)?,
                 ))
@@ -645,6 +820,7 @@ mod tests {
             ServerDescription::Unix {
                 path: UnixAddress::Path("/tmp/a:b.sock".into()),
                 mode: Some(0o660),
+                tls: None,
             }
         );
         assert_eq!(
@@ -652,6 +828,7 @@ mod tests {
             ServerDescription::Unix {
                 path: UnixAddress::Abstract(b"chat"[..].into()),
                 mode: None,
+                tls: None,
             }
         );
         assert_eq!(
@@ -675,12 +852,49 @@ mod tests {
                 port: 443,
                 interface: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 backlog: None,
-                private_key: "key.pem".into(),
-                cert_key: "cert.pem".into(),
+                certificate: Certificate::Files {
+                    private_key: "key.pem".into(),
+                    cert_key: "cert.pem".into(),
+                },
             }
         );
         assert_eq!(
             problem_of_server("ssl:443:certKey=cert.pem"),
+            DescriptionProblem::Missing("privateKey")
+        );
+        assert_eq!(
+            problem_of_server("ssl:443:privateKey=key.pem"),
+            DescriptionProblem::Missing("certKey")
+        );
+        assert_eq!(
+            parse_server("ssl:0").unwrap().certificate(),
+            Some(&Certificate::Default)
+        );
+        // TLS over a UNIX socket: asked for, or implied by the files.
+        assert_eq!(
+            parse_server("unix:/run/t.sock:tls=1")
+                .unwrap()
+                .certificate(),
+            Some(&Certificate::Default)
+        );
+        assert_eq!(
+            parse_server("unix:/run/t.sock:tls=0")
+                .unwrap()
+                .certificate(),
+            None
+        );
+        assert!(matches!(
+            parse_server("unix:/run/t.sock:privateKey=k.pem:certKey=c.pem")
+                .unwrap()
+                .certificate(),
+            Some(Certificate::Files { .. })
+        ));
+        assert_eq!(
+            problem_of_server("unix:/run/t.sock:tls=maybe"),
+            bad("tls", "maybe", "1 or 0")
+        );
+        assert_eq!(
+            problem_of_server("unix:/run/t.sock:certKey=c.pem"),
             DescriptionProblem::Missing("privateKey")
         );
         assert_eq!(
@@ -692,6 +906,24 @@ mod tests {
                 timeout: None,
             }
         );
+    }
+
+    #[test]
+    fn e09_server_descriptions_print_as_they_parse() {
+        for text in [
+            "tcp:8000",
+            "tcp:0:interface=127.0.0.1:backlog=5",
+            "tcp:80:interface=[::1]",
+            r"unix:/tmp/a\:b.sock:mode=0660",
+            "unix:@talk:tls=1",
+            "unix:/run/t.sock:privateKey=k.pem:certKey=c.pem",
+            "ssl:8443",
+            "ssl:8443:privateKey=k.pem:certKey=c.pem:interface=127.0.0.1",
+        ] {
+            let parsed = parse_server(text).unwrap();
+            assert_eq!(parsed.to_string(), text);
+            assert_eq!(parse_server(&parsed.to_string()).unwrap(), parsed);
+        }
     }
 
     #[test]
