@@ -87,7 +87,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__conntest)
-            opts="-4 -6 -q -v -h -V --timeout --wait --interval --watch --count --timestamps --changes --any --open --json --concurrency --tls --starttls --sni --ca --insecure --alpn --cert-days --send --expect --max-bytes --quit --closed --quiet --verbose --help --version"
+            opts="-4 -6 -q -v -h -V --timeout --wait --interval --watch --count --timestamps --changes --any --open --json --nagios --warning --critical --cert-warn-days --concurrency --tls --starttls --sni --ca --insecure --alpn --cert-days --send --expect --max-bytes --quit --closed --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -106,6 +106,18 @@ _twistctl() {
                     return 0
                     ;;
                 --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --warning)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --critical)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert-warn-days)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

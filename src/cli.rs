@@ -94,6 +94,8 @@ pub enum Command {
     twistctl conntest --expect '^SSH-2\\.0' git.example.com:22
     twistctl conntest --closed --wait 30s 127.0.0.1:8080 && ./start-new-server
     twistctl conntest --send 'PING\\r\\n' --expect '^\\+PONG' --quit 'QUIT\\r\\n' cache:6379
+    twistctl conntest --nagios --tls --cert-warn-days 30 --cert-days 7 --warning 500ms \\
+        --critical 1s example.com:443
 
 ", "EXIT STATUS:
     0    every target is up (with --any: at least one) and its check passed
@@ -111,7 +113,11 @@ pub enum Command {
     With several targets: the status of the first failed target in argument order.
     With -- CMD: the status of CMD once it has run.
     With --watch: 0 when every target answered at least once, else 1 (also after
-    Ctrl-C, which is the normal way to end a watch); 143 after SIGTERM; 2 usage.")
+    Ctrl-C, which is the normal way to end a watch); 143 after SIGTERM; 2 usage.
+    With --nagios (the Monitoring Plugins guidelines), instead: 0 OK, 1 WARNING
+    (above --warning, or the certificate expires in fewer than --cert-warn-days),
+    2 CRITICAL (any failure, or above --critical or --cert-days), 3 UNKNOWN (an
+    unresolved name, or a usage error). Several targets: the worst state.")
     )]
     Conntest(Box<ConntestArgs>),
 
@@ -323,6 +329,37 @@ pub struct ConntestArgs {
     /// cert_days_left, cert_sha256, banner.
     #[arg(long)]
     pub json: bool,
+
+    /// Print and exit as a check command of Nagios, Icinga, Naemon, Sensu or Checkmk
+    /// (the Monitoring Plugins guidelines): one line `CONNTEST OK - 127.0.0.1 port 443
+    /// open in 0.41 ms, certificate expires in 61 days|time=0.000410s;0.5;1;0;
+    /// cert_days=61;30;7;;`; with several targets a summary line, then one line per
+    /// target, the worst state winning. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN,
+    /// usage errors included. States: open (and closed with --closed) is OK unless a
+    /// threshold says otherwise; refused, timeout, unreachable, error, tls-error,
+    /// cert-invalid, cert-expiring, starttls-refused, mismatch and still-open are
+    /// CRITICAL; an unresolved name is UNKNOWN (nothing was checked). Not with --json,
+    /// --watch, --wait, --any, --open, -q or -- CMD.
+    #[arg(long, help_heading = "Monitoring",
+          conflicts_with_all = ["json", "watch", "wait", "any", "open", "command"])]
+    pub nagios: bool,
+
+    /// With --nagios: WARNING when the response time (from the start to the verdict:
+    /// lookup, connect and every check on the connection) is above DUR.
+    #[arg(long, value_name = "DUR", requires = "nagios", value_parser = parse_duration,
+          allow_hyphen_values = true, help_heading = "Monitoring")]
+    pub warning: Option<Duration>,
+
+    /// With --nagios: CRITICAL when the response time is above DUR.
+    #[arg(long, value_name = "DUR", requires = "nagios", value_parser = parse_duration,
+          allow_hyphen_values = true, help_heading = "Monitoring")]
+    pub critical: Option<Duration>,
+
+    /// With --nagios and --tls: WARNING when the certificate expires in fewer than N
+    /// days (--cert-days N is the CRITICAL threshold).
+    #[arg(long, value_name = "N", requires_all = ["nagios", "tls_mode"],
+          value_parser = parse_days, help_heading = "Monitoring")]
+    pub cert_warn_days: Option<i64>,
 
     /// At most N connection attempts in flight (never more than the open-file limit
     /// allows).
@@ -642,6 +679,42 @@ fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> clap::Error
     }
 }
 
+/// Reports a command line that did not parse, as [`parse`] returned it, and gives the
+/// exit status: clap's (2 for a usage error, 0 for `--help` and `--version`), except
+/// that a conntest command line with `--nagios` is a monitoring plugin's: a usage
+/// error prints `CONNTEST UNKNOWN - ...` on stdout (clap's full message still goes to
+/// stderr) and exits 3.
+pub fn report_error(error: &clap::Error, args: &[std::ffi::OsString]) -> i32 {
+    use clap::error::ErrorKind;
+    let _ = error.print();
+    let informational = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if informational || !asks_for_nagios(args) {
+        return error.exit_code();
+    }
+    let rendered = error.render().to_string();
+    let message = rendered.trim_start_matches("error: ");
+    println!("{}", conntest::nagios::unknown_line(message));
+    conntest::nagios::State::Unknown.exit_code()
+}
+
+/// Whether `--nagios` follows the `conntest` subcommand (before any `--` that starts
+/// a CMD): looked for in the raw arguments, since a usage error means clap gave none.
+fn asks_for_nagios(args: &[std::ffi::OsString]) -> bool {
+    let mut rest = args
+        .iter()
+        .skip(1)
+        .skip_while(|arg| arg.as_os_str() != "conntest");
+    rest.next().is_some()
+        && rest
+            .take_while(|arg| arg.as_os_str() != "--")
+            .any(|arg| arg.as_os_str() == "--nagios")
+}
+
 /// Parses the command line into the global flags (`-v` count, `-q`) and the chosen
 /// subcommand's configuration. A negative number where a port goes gets a message
 /// about ports, not clap's "unexpected argument '-8'".
@@ -849,6 +922,12 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
         Duration::from_secs(10)
     };
     let timeout = args.timeout.unwrap_or(default_timeout);
+    if args.nagios && quiet {
+        return Err(usage_error(
+            "conntest",
+            "--nagios cannot be used with -q: the status line is what it prints",
+        ));
+    }
     Ok(conntest::Config {
         targets,
         family,
@@ -867,6 +946,12 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
         command: args.command,
         quiet,
         closed: args.closed,
+        nagios: args.nagios.then_some(conntest::nagios::Thresholds {
+            warning: args.warning,
+            critical: args.critical,
+            cert_warn_days: args.cert_warn_days,
+            cert_crit_days: args.cert_days,
+        }),
         probe: Box::new(conntest::probe::ProbeConfig {
             tls: (args.tls || args.starttls.is_some()).then_some(conntest::probe::TlsOptions {
                 sni: args.sni,
@@ -930,5 +1015,30 @@ mod tests {
     #[test]
     fn clap_definitions_are_consistent() {
         command().debug_assert();
+    }
+
+    #[test]
+    fn nagios_is_looked_for_after_conntest_and_before_a_command() {
+        let args = |list: &[&str]| -> Vec<std::ffi::OsString> {
+            list.iter().map(|a| (*a).into()).collect()
+        };
+        assert!(asks_for_nagios(&args(&[
+            "twistctl", "conntest", "--nagios", "h:1"
+        ])));
+        assert!(asks_for_nagios(&args(&[
+            "twistctl", "-v", "conntest", "h:1", "--nagios"
+        ])));
+        assert!(!asks_for_nagios(&args(&["twistctl", "conntest", "h:1"])));
+        assert!(!asks_for_nagios(&args(&[
+            "twistctl", "conntest", "h:1", "--", "x", "--nagios"
+        ])));
+        assert!(!asks_for_nagios(&args(&[
+            "twistctl", "--nagios", "conntest", "h:1"
+        ])));
+        assert!(!asks_for_nagios(&args(&[
+            "twistctl",
+            "talk-client",
+            "--nagios"
+        ])));
     }
 }

@@ -19,13 +19,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let (verbose, quiet, config) = match cli::parse(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let (verbose, quiet, config) = match cli::parse(args.iter()) {
         Ok(parsed) => parsed,
-        Err(error) => {
-            // --help and --version are not errors; clap knows which is which.
-            let _ = error.print();
-            return error.exit_code();
-        }
+        // --help and --version are not errors; clap knows which is which.
+        Err(error) => return cli::report_error(&error, &args),
     };
     logging::init(verbose, quiet);
     commands::run(config).code()

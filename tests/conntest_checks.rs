@@ -1195,3 +1195,300 @@ fn watch_with_tls_reports_the_handshake_time() {
         "{line}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// --nagios
+
+/// A plain server that answers each connection with `banner` only after `delay`: a
+/// response time that is at least `delay` whatever the machine's load.
+fn slow_banner_server(delay: Duration, banner: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                std::thread::sleep(delay);
+                let _ = stream.write_all(banner);
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+            });
+        }
+    });
+    port
+}
+
+/// A port on which nothing listens.
+fn refused_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port().to_string()
+}
+
+fn nagios(args: &[&str]) -> Output {
+    let mut all = vec!["--nagios"];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+#[test]
+fn nagios_ok_is_one_line_with_the_time_and_certificate_days_as_perfdata() {
+    let port = tls_server(&pki().leaf).to_string();
+    let out = nagios(&[
+        "--tls",
+        "--ca",
+        &ca_file(),
+        "--cert-warn-days",
+        "30",
+        "--cert-days",
+        "7",
+        "--warning",
+        "10s",
+        "--critical",
+        "20s",
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    let pattern = format!(
+        r"^CONNTEST OK - 127\.0\.0\.1 port {port} open in ([0-9]+\.[0-9]{{2}}) ms, certificate expires in 61 days\|time=([0-9]+\.[0-9]{{6}})s;10;20;0; cert_days=61;30;7;;$"
+    );
+    let line = out.stdout.trim_end();
+    let caps = regex::Regex::new(&pattern)
+        .unwrap()
+        .captures(line)
+        .unwrap_or_else(|| panic!("{line}"));
+    let ms: f64 = caps[1].parse().unwrap();
+    let seconds: f64 = caps[2].parse().unwrap();
+    assert!(
+        ms > 0.0 && (ms / 1000.0 - seconds).abs() < 0.00001,
+        "{line}"
+    );
+}
+
+#[test]
+fn nagios_without_thresholds_leaves_the_perfdata_fields_empty() {
+    let port = banner_server(b"SSH-2.0-test\r\n", false).to_string();
+    let out = nagios(&["--expect", "^SSH-2\\.0", "127.0.0.1", &port]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let line = out.stdout.trim_end();
+    assert!(
+        line.starts_with(&format!("CONNTEST OK - 127.0.0.1 port {port} open in ")),
+        "{line}"
+    );
+    assert!(
+        line.contains(r#", reply "SSH-2.0-test\x0d\x0a"|time="#),
+        "{line}"
+    );
+    assert!(line.ends_with("s;;;0;"), "{line}");
+}
+
+#[test]
+fn nagios_warns_for_a_certificate_inside_cert_warn_days_and_is_critical_inside_cert_days() {
+    let port = tls_server(&pki().expiring).to_string();
+    let args = |warn: &'static str, crit: &'static str| {
+        let ca = ca_file();
+        let port = port.clone();
+        move || {
+            nagios(&[
+                "--tls",
+                "--ca",
+                &ca,
+                "--cert-warn-days",
+                warn,
+                "--cert-days",
+                crit,
+                "127.0.0.1",
+                &port,
+            ])
+        }
+    };
+    let out = args("30", "2")();
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let line = out.stdout.trim_end();
+    assert!(
+        line.starts_with("CONNTEST WARNING - 127.0.0.1 port "),
+        "{line}"
+    );
+    assert!(
+        line.contains(", certificate expires in 5 days|time="),
+        "{line}"
+    );
+    assert!(line.ends_with(" cert_days=5;30;2;;"), "{line}");
+
+    let out = args("30", "7")();
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    let line = out.stdout.trim_end();
+    assert!(
+        line.starts_with(&format!(
+            "CONNTEST CRITICAL - 127.0.0.1 port {port} cert-expiring: certificate expires in 5 days"
+        )),
+        "{line}"
+    );
+    assert!(line.ends_with("|cert_days=5;30;7;;"), "{line}");
+}
+
+#[test]
+fn nagios_response_time_thresholds_warn_and_go_critical() {
+    // The banner comes after 300 ms, so the response time is above 100 ms on any
+    // machine, however loaded.
+    let port = slow_banner_server(Duration::from_millis(300), b"SSH-2.0-slow\r\n").to_string();
+    let out = nagios(&["--expect", "^SSH", "--warning", "100ms", "127.0.0.1", &port]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let line = out.stdout.trim_end();
+    assert!(
+        line.starts_with("CONNTEST WARNING - 127.0.0.1 port "),
+        "{line}"
+    );
+    assert!(line.contains("s;0.1;;0;"), "{line}");
+    let time: f64 = line
+        .split("|time=")
+        .nth(1)
+        .and_then(|p| p.split('s').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(time >= 0.3, "{line}");
+
+    let out = nagios(&[
+        "--expect",
+        "^SSH",
+        "--warning",
+        "50ms",
+        "--critical",
+        "100ms",
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("CONNTEST CRITICAL - 127.0.0.1 port "),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn nagios_a_refused_port_is_critical() {
+    let port = refused_port();
+    let out = nagios(&["127.0.0.1", &port]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stdout,
+        format!("CONNTEST CRITICAL - 127.0.0.1 port {port} refused: Connection refused\n")
+    );
+}
+
+#[test]
+fn nagios_usage_errors_are_unknown_with_exit_3() {
+    let port = refused_port();
+    for (args, words) in [
+        (
+            vec!["--warning", "5x", "127.0.0.1", &port],
+            "invalid value '5x' for '--warning <DUR>'",
+        ),
+        (
+            vec!["--json", "127.0.0.1", &port],
+            "the argument '--nagios' cannot be used with '--json'",
+        ),
+        (
+            vec!["--wait", "1s", "127.0.0.1", &port],
+            "the argument '--nagios' cannot be used with '--wait <DUR>'",
+        ),
+        (
+            vec!["127.0.0.1", &port, "--", "true"],
+            "the argument '--nagios' cannot be used with '[CMD]...'",
+        ),
+        (vec!["127.0.0.1:0"], "invalid port"),
+        (
+            vec!["--tls", "--ca", "/nonexistent/ca.pem", "127.0.0.1", &port],
+            "cannot read /nonexistent/ca.pem",
+        ),
+    ] {
+        let out = nagios(&args);
+        assert_eq!(out.code, 3, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert_eq!(out.stdout.lines().count(), 1, "{args:?}: {}", out.stdout);
+        assert!(
+            out.stdout.starts_with("CONNTEST UNKNOWN - ") && out.stdout.contains(words),
+            "{args:?}: {}",
+            out.stdout
+        );
+    }
+    // Without --nagios the same mistake is the usual usage error.
+    let out = run(&["--warning", "1s", "127.0.0.1", &port]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn nagios_several_targets_worst_state_wins_with_a_summary_and_a_line_each() {
+    let good = tls_server(&pki().leaf).to_string();
+    let expired = tls_server(&pki().expired).to_string();
+    let refused = refused_port();
+    let targets = [
+        format!("127.0.0.1:{good}"),
+        format!("127.0.0.1:{expired}"),
+        format!("127.0.0.1:{refused}"),
+    ];
+    let out = nagios(&[
+        "--tls",
+        "--ca",
+        &ca_file(),
+        &targets[0],
+        &targets[1],
+        &targets[2],
+    ]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("CONNTEST CRITICAL - 3 targets, 2 critical, 1 ok|"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!("'time 127.0.0.1:{good}'=")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!("'cert_days 127.0.0.1:{expired}'=-")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(&format!("127.0.0.1 port {good}: OK - open in ")),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "127.0.0.1 port {expired}: CRITICAL - cert-invalid: certificate has expired"
+        )),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(
+        lines[3],
+        format!("127.0.0.1 port {refused}: CRITICAL - refused: Connection refused")
+    );
+
+    // Only warnings and passes: WARNING, exit 1.
+    let expiring = tls_server(&pki().expiring).to_string();
+    let out = nagios(&[
+        "--tls",
+        "--ca",
+        &ca_file(),
+        "--cert-warn-days",
+        "30",
+        &targets[0],
+        &format!("127.0.0.1:{expiring}"),
+    ]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("CONNTEST WARNING - 2 targets, 1 warning, 1 ok|"),
+        "{}",
+        out.stdout
+    );
+}

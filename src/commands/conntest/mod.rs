@@ -6,7 +6,8 @@
 //! - [`check`]: one target checked once, through the reactor's hostname endpoint
 //!   (name lookups on worker threads, Happy Eyeballs); [`session`]: all of them, with
 //!   `--wait` and `--any`;
-//! - [`outcome`] and [`output`]: what was found, printed in target order.
+//! - [`outcome`] and [`output`]: what was found, printed in target order (or, with
+//!   `--nagios`, as a monitoring plugin's lines, [`nagios`]).
 //!
 //! Everything runs on one reactor; the only blocking calls (name lookups) run on its
 //! worker threads, and IP literals never touch them.
@@ -76,6 +77,8 @@ pub struct Config {
     pub closed: bool,
     /// What is checked on each connection (`--tls`, `--send`, `--expect`, ...).
     pub probe: Box<probe::ProbeConfig>,
+    /// `--nagios`, with its thresholds: monitoring-plugin output and exit status.
+    pub nagios: Option<nagios::Thresholds>,
 }
 
 /// What `--watch` adds to a [`Config`].
@@ -114,11 +117,21 @@ impl Command for Conntest {
             "{} targets, at most {cap} attempts in flight",
             config.targets.len()
         );
-        let probe =
-            probe::Prepared::new((*config.probe).clone()).map_err(|error| CommandError {
-                message: error.to_string(),
+        let probe = probe::Prepared::new((*config.probe).clone()).map_err(|error| {
+            let message = error.to_string();
+            if config.nagios.is_some() {
+                // A monitoring system reads stdout and the status: UNKNOWN, 3.
+                let _ = writeln!(scaffold::stdout(), "{}", nagios::unknown_line(&message));
+                return CommandError {
+                    message,
+                    status: ExitStatus::Code(nagios::State::Unknown.exit_code()),
+                };
+            }
+            CommandError {
+                message,
                 status: ExitStatus::Usage,
-            })?;
+            }
+        })?;
         let probe = (!probe.is_plain()).then(|| Rc::new(probe));
         let ctx = Rc::new(CheckContext {
             reactor: reactor.clone(),
@@ -138,6 +151,7 @@ impl Command for Conntest {
             quiet: config.quiet,
             single: config.targets.len() == 1,
             any: config.any,
+            nagios: config.nagios,
         };
         // With `-- CMD`, stdout is CMD's alone: everything twistctl says goes to stderr,
         // so `conntest db:5432 -- pg_dump > backup.sql` gets only the dump.

@@ -4,9 +4,18 @@
 //! 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 //!
 //! Pure formatting: the caller passes what each target's check found.
+//!
+//! How a status becomes a state ([`state_of`]): a target that passed (open, or closed
+//! under `--closed`) is OK unless a threshold says otherwise; every failure to connect
+//! or of the check on the connection (refused, timeout, unreachable, error,
+//! tls-error, cert-invalid, cert-expiring, starttls-refused, mismatch, still-open) is
+//! CRITICAL; a name that does not resolve is UNKNOWN, as `check_tcp` has it: the
+//! check could not find what to check, which says nothing about the service.
 
 use std::fmt::Write as _;
 use std::time::Duration;
+
+use super::outcome::Status;
 
 /// A service state of the Monitoring Plugins guidelines; the order is "worse".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,6 +65,25 @@ pub struct Thresholds {
     pub cert_crit_days: Option<i64>,
 }
 
+/// The state a target's status stands for, before any threshold (see the module
+/// documentation).
+pub fn state_of(status: Status) -> State {
+    match status {
+        Status::Open | Status::Closed => State::Ok,
+        Status::Unresolved | Status::Cancelled => State::Unknown,
+        Status::Refused
+        | Status::Timeout
+        | Status::Unreachable
+        | Status::Error
+        | Status::TlsError
+        | Status::CertInvalid
+        | Status::CertExpiring
+        | Status::StarttlsRefused
+        | Status::Mismatch
+        | Status::StillOpen => State::Critical,
+    }
+}
+
 /// What one target's check found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetResult {
@@ -63,8 +91,9 @@ pub struct TargetResult {
     pub label: String,
     /// A short name for performance data labels (`127.0.0.1:443`).
     pub key: String,
-    /// Whether the check passed (connected, and every check on the connection passed).
-    pub passed: bool,
+    /// The state the check's status stands for ([`state_of`]); the thresholds can
+    /// only make an OK result worse.
+    pub base: State,
     /// What happened, in words (`open in 0.41 ms`, `refused`).
     pub text: String,
     /// The response time, when the target answered.
@@ -76,8 +105,8 @@ pub struct TargetResult {
 impl TargetResult {
     /// The state this result has under these thresholds.
     pub fn state(&self, thresholds: &Thresholds) -> State {
-        if !self.passed {
-            return State::Critical;
+        if self.base != State::Ok {
+            return self.base;
         }
         let mut state = State::Ok;
         if let Some(time) = self.time {
@@ -116,7 +145,7 @@ pub fn render(results: &[TargetResult], thresholds: &Thresholds) -> (State, Vec<
         _ => {
             let count = |s: State| states.iter().filter(|&&x| x == s).count();
             let mut text = format!("{} targets", results.len());
-            for state in [State::Critical, State::Warning, State::Ok] {
+            for state in [State::Unknown, State::Critical, State::Warning, State::Ok] {
                 let n = count(state);
                 if n > 0 {
                     let _ = write!(text, ", {n} {}", state.word().to_lowercase());
@@ -126,8 +155,9 @@ pub fn render(results: &[TargetResult], thresholds: &Thresholds) -> (State, Vec<
         }
     };
     let mut lines = vec![format!(
-        "CONNTEST {} - {summary}{}",
+        "CONNTEST {} - {}{}",
         worst.word(),
+        plugin_text(&summary),
         if perfdata.is_empty() {
             String::new()
         } else {
@@ -136,15 +166,28 @@ pub fn render(results: &[TargetResult], thresholds: &Thresholds) -> (State, Vec<
     )];
     if several {
         for (result, state) in results.iter().zip(&states) {
-            lines.push(format!(
+            lines.push(plugin_text(&format!(
                 "{}: {} - {}",
                 result.label,
                 state.word(),
                 result.text
-            ));
+            )));
         }
     }
     (worst, lines)
+}
+
+/// Text as a monitoring system reads it: `|` starts the performance data, so one in a
+/// label or a server's reply is written `\x7c`, as other peer text is escaped.
+fn plugin_text(text: &str) -> String {
+    text.replace('|', "\\x7c")
+}
+
+/// The line for a command line that could not be used (a usage error under
+/// `--nagios`): UNKNOWN, exit 3.
+pub fn unknown_line(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default();
+    format!("CONNTEST UNKNOWN - {}", plugin_text(first))
 }
 
 impl TargetResult {
@@ -201,7 +244,7 @@ mod tests {
         TargetResult {
             label: "127.0.0.1 port 443".into(),
             key: "127.0.0.1:443".into(),
-            passed: true,
+            base: State::Ok,
             text: format!("open in {ms} ms"),
             time: Some(Duration::from_secs_f64(ms / 1000.0)),
             cert_days_left: cert_days,
@@ -263,7 +306,7 @@ mod tests {
     #[test]
     fn a_failed_check_is_critical_with_exit_2() {
         let refused = TargetResult {
-            passed: false,
+            base: State::Critical,
             text: "refused".into(),
             time: None,
             ..open(0.0, None)
@@ -295,6 +338,55 @@ mod tests {
         );
         assert_eq!(lines[1], "127.0.0.1 port 443: OK - open in 0.2 ms");
         assert_eq!(lines[2], "db port 5432: WARNING - open in 3 ms");
+    }
+
+    #[test]
+    fn each_status_has_its_state() {
+        assert_eq!(state_of(Status::Open), State::Ok);
+        assert_eq!(state_of(Status::Closed), State::Ok);
+        for status in [
+            Status::Refused,
+            Status::Timeout,
+            Status::Unreachable,
+            Status::Error,
+            Status::TlsError,
+            Status::CertInvalid,
+            Status::CertExpiring,
+            Status::StarttlsRefused,
+            Status::Mismatch,
+            Status::StillOpen,
+        ] {
+            assert_eq!(state_of(status), State::Critical, "{status:?}");
+        }
+        assert_eq!(state_of(Status::Unresolved), State::Unknown);
+    }
+
+    #[test]
+    fn a_failed_target_stays_failed_whatever_the_thresholds() {
+        let unresolved = TargetResult {
+            base: State::Unknown,
+            time: None,
+            ..open(0.0, None)
+        };
+        let (state, _) = render(&[open(0.1, None), unresolved], &Thresholds::default());
+        assert_eq!((state, state.exit_code()), (State::Unknown, 3));
+    }
+
+    #[test]
+    fn a_bar_in_the_text_cannot_start_the_performance_data() {
+        let mut result = open(1.0, None);
+        result.text = "mismatch: got \"a|b\"".into();
+        result.base = State::Critical;
+        result.time = None;
+        let (_, lines) = render(&[result], &Thresholds::default());
+        assert_eq!(
+            lines,
+            vec!["CONNTEST CRITICAL - 127.0.0.1 port 443 mismatch: got \"a\\x7cb\""]
+        );
+        assert_eq!(
+            unknown_line("invalid value 'x' for '--warning <DUR>'\n\nmore"),
+            "CONNTEST UNKNOWN - invalid value 'x' for '--warning <DUR>'"
+        );
     }
 
     #[test]

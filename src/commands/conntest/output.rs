@@ -1,5 +1,6 @@
 //! Printing results: the classic lines, or one JSON object per target, always in the
-//! order the targets were given although checks finish in any order.
+//! order the targets were given although checks finish in any order; or, with
+//! `--nagios`, the monitoring plugin's lines once every result is in.
 //!
 //! A result is held back until every target before it has one, then printed at once
 //! with those that were waiting for it, so a scan's output streams and stays ordered.
@@ -10,6 +11,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::Duration;
 
+use super::nagios::{self, Thresholds};
 use super::outcome::{Outcome, Status};
 use super::probe::Findings;
 use super::targets::Target;
@@ -30,6 +32,8 @@ pub struct OutputOptions {
     /// failures); what else happened is logged at `-v`. Without a winner, every
     /// failure prints as usual, at the end.
     pub any: bool,
+    /// `--nagios`, with its thresholds: the plugin's lines on stdout, at the end.
+    pub nagios: Option<Thresholds>,
 }
 
 /// One target's final result.
@@ -108,6 +112,52 @@ fn details(found: &Findings) -> String {
         String::new()
     } else {
         format!(" ({})", parts.join("; "))
+    }
+}
+
+/// What `--nagios` reports of a target: its state before thresholds, its words, the
+/// response time (from the start of the run to the result) and the certificate's days.
+pub fn nagios_result(report: &Report) -> nagios::TargetResult {
+    let target = &report.target;
+    let outcome = &report.outcome;
+    let found = &outcome.found;
+    let key = match target.unix() {
+        Some(_) => target.host.text.clone(),
+        None if target.host.text.contains(':') => {
+            format!("[{}]:{}", target.host.text, target.port)
+        }
+        None => format!("{}:{}", target.host.text, target.port),
+    };
+    let open = outcome.status == Status::Open;
+    let text = match outcome.status {
+        Status::Open => {
+            let ms = report.elapsed.as_secs_f64() * 1000.0;
+            let mut text = format!("open in {ms:.2} ms");
+            if let Some(cert) = &found.cert {
+                let _ = write!(text, ", certificate expires in {} days", cert.days_left);
+            }
+            if let Some(banner) = &found.banner {
+                let _ = write!(text, ", reply \"{banner}\"");
+            }
+            text
+        }
+        Status::Closed => match &outcome.reason {
+            Some(reason) => format!("closed ({reason})"),
+            None => "closed".to_string(),
+        },
+        Status::StillOpen => "still open".to_string(),
+        status => match &outcome.reason {
+            Some(reason) => format!("{}: {reason}", status.as_str()),
+            None => status.as_str().to_string(),
+        },
+    };
+    nagios::TargetResult {
+        label: target.place(),
+        key,
+        base: nagios::state_of(outcome.status),
+        text,
+        time: open.then_some(report.elapsed),
+        cert_days_left: found.cert.as_ref().map(|cert| cert.days_left),
     }
 }
 
@@ -200,6 +250,10 @@ pub struct Printer<O: Write, E: Write> {
     /// `--any`: lines held back until it is known whether a target won.
     held: Vec<String>,
     won: bool,
+    /// `--nagios`: every target's result, in target order, until the end.
+    plugin: Vec<nagios::TargetResult>,
+    /// `--nagios`: the state the plugin's lines gave, once printed.
+    plugin_state: Option<nagios::State>,
 }
 
 impl<O: Write, E: Write> std::fmt::Debug for Printer<O, E> {
@@ -222,6 +276,8 @@ impl<O: Write, E: Write> Printer<O, E> {
             next: 0,
             held: Vec::new(),
             won: false,
+            plugin: Vec::new(),
+            plugin_state: None,
         }
     }
 
@@ -242,6 +298,10 @@ impl<O: Write, E: Write> Printer<O, E> {
 
     fn format(&mut self, report: &Report, out: &mut String, err: &mut String) {
         let options = self.options;
+        if options.nagios.is_some() {
+            self.plugin.push(nagios_result(report));
+            return;
+        }
         if options.quiet || (options.open_only && report.outcome.status != Status::Open) {
             return;
         }
@@ -267,6 +327,13 @@ impl<O: Write, E: Write> Printer<O, E> {
     /// Every result is in: with `--any`, the held lines are logged (`-v`) when a
     /// target won, and printed as failures when none did.
     pub fn finish(&mut self) {
+        if let Some(thresholds) = self.options.nagios {
+            let (state, lines) = nagios::render(&self.plugin, &thresholds);
+            self.plugin_state = Some(state);
+            let text: String = lines.into_iter().map(|line| line + "\n").collect();
+            write_or_close(&mut self.out, &text);
+            return;
+        }
         let held = std::mem::take(&mut self.held);
         if self.won {
             for line in held {
@@ -280,6 +347,12 @@ impl<O: Write, E: Write> Printer<O, E> {
             .map(|line| line + "\n")
             .collect();
         write_or_close(&mut self.err, &failures);
+    }
+
+    /// Under `--nagios`, once [`Printer::finish`] has run: the state whose exit code
+    /// the run ends with.
+    pub fn plugin_state(&self) -> Option<nagios::State> {
+        self.plugin_state
     }
 
     /// The writers back (for tests).
@@ -349,6 +422,7 @@ mod tests {
             quiet: false,
             single: false,
             any: false,
+            nagios: None,
         }
     }
 
@@ -511,6 +585,28 @@ mod tests {
             "Error connecting to a port 1: Connection refused\n\
              Error connecting to b port 2: Connection refused\n"
         );
+    }
+
+    #[test]
+    fn nagios_prints_the_plugin_lines_at_the_end_in_target_order() {
+        let nagios = OutputOptions {
+            nagios: Some(Thresholds::default()),
+            ..options()
+        };
+        let mut printer = Printer::new(nagios, 2, Vec::new(), Vec::new());
+        printer.record(1, report("h", 2, refused(2)));
+        printer.record(0, report("h", 1, open(1)));
+        assert_eq!(printer.plugin_state(), None);
+        printer.finish();
+        assert_eq!(printer.plugin_state(), Some(nagios::State::Critical));
+        let (out, err) = printer.into_writers();
+        assert_eq!(
+            String::from_utf8(out.unwrap()).unwrap(),
+            "CONNTEST CRITICAL - 2 targets, 1 critical, 1 ok|'time h:1'=0.001500s;;;0;\n\
+             h port 1: OK - open in 1.50 ms\n\
+             h port 2: CRITICAL - refused: Connection refused\n"
+        );
+        assert_eq!(String::from_utf8(err.unwrap()).unwrap(), "");
     }
 
     use crate::commands::test_support::ClosedPipe;

@@ -126,8 +126,12 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
     }
 
     /// The exit status the results call for: that of the first target in argument
-    /// order that is not up; with `--any`, success if any one is up.
+    /// order that is not up; with `--any`, success if any one is up; under `--nagios`,
+    /// the plugin state's (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
     pub fn exit_status(&self) -> ExitStatus {
+        if let Some(state) = self.inner.printer.borrow().plugin_state() {
+            return ExitStatus::Code(state.exit_code());
+        }
         let slots = self.inner.slots.borrow();
         let mut first_failure = None;
         let mut any_up = false;
