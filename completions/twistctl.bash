@@ -267,7 +267,7 @@ _twistctl() {
             return 0
             ;;
         twistctl__subcmd__talk__subcmd__client)
-            opts="-q -v -h -V --timeout --linger --raw --tls --ca --fingerprint --insecure --quiet --verbose --help --version"
+            opts="-q -v -h -V --timeout --linger --raw --tls --ca --fingerprint --insecure --sni --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -286,6 +286,10 @@ _twistctl() {
                     return 0
                     ;;
                 --fingerprint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sni)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

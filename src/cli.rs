@@ -194,6 +194,7 @@ pub enum Command {
     twistctl talk-client --tls --fingerprint SHA256:AB:CD:... 192.0.2.7 8443
     twistctl talk-client --tls --ca ca.pem localhost 8443
     twistctl talk-client unix:/run/talk.sock
+    twistctl talk-client --tls --fingerprint SHA256:AB:CD:... unix:/run/talk.sock
 
 ", "EXIT STATUS:
     0    the conversation ended (bye, end of input, or the server closed)
@@ -599,6 +600,12 @@ pub struct TalkClientArgs {
     /// could read and change the chat.
     #[arg(long, conflicts_with_all = ["ca", "fingerprint"])]
     pub insecure: bool,
+
+    /// With --tls: the name to verify the server's certificate for and send as SNI
+    /// (default: the host as typed). Over a UNIX socket, which has no host name, it is
+    /// needed unless --fingerprint or --insecure is given.
+    #[arg(long, value_name = "NAME")]
+    pub sni: Option<String>,
 }
 
 /// A SHA-256 fingerprint: 32 hex pairs, with or without colons and `SHA256:`.
@@ -783,24 +790,44 @@ impl Cli {
                 let (target, described_tls) = talk_client_target(&args.target)?;
                 let tls_wanted = args.tls || described_tls.is_some();
                 let ca = args.ca.clone().or(described_tls.flatten());
-                if !tls_wanted && (args.ca.is_some() || args.fingerprint.is_some() || args.insecure)
+                if !tls_wanted
+                    && (args.ca.is_some()
+                        || args.fingerprint.is_some()
+                        || args.insecure
+                        || args.sni.is_some())
                 {
                     return Err(usage_error(
                         "talk-client",
-                        "--ca, --fingerprint and --insecure need --tls (or a tls:HOST:PORT target)",
+                        "--ca, --fingerprint, --insecure and --sni need --tls (or a \
+                         tls:HOST:PORT target)",
                     ));
                 }
-                if tls_wanted && matches!(target, target::Destination::Unix(_)) {
+                if let target::Destination::Unix(address) = &target
+                    && tls_wanted
+                    && args.sni.is_none()
+                    && args.fingerprint.is_none()
+                    && !args.insecure
+                {
                     return Err(usage_error(
                         "talk-client",
-                        "--tls needs a HOST PORT target, not a UNIX socket",
+                        format!(
+                            "--tls to the UNIX socket '{address}' has no host name to verify \
+                             the certificate for: give --sni NAME (the name in the server's \
+                             certificate), or pin it with --fingerprint SHA256:..."
+                        ),
                     ));
+                }
+                if let Some(name) = &args.sni
+                    && let Err(error) = crate::reactor::tls::server_name(name)
+                {
+                    return Err(usage_error("talk-client", format!("--sni: {error}")));
                 }
                 talk::client::Config {
                     target,
                     timeout: args.timeout,
                     raw: args.raw,
                     linger: args.linger,
+                    sni: args.sni,
                     tls: tls_wanted.then_some({
                         if let Some(fingerprint) = args.fingerprint {
                             TlsVerify::Pinned(fingerprint)

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod lifecycle;
+pub mod pki;
+pub mod talk;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};

@@ -32,7 +32,7 @@ use crate::reactor::endpoints::{
     Attempt, AttemptOutcome, Connecting, EndpointError, EndpointErrorKind, EndpointOptions,
     HostnameEndpoint,
 };
-use crate::reactor::unix::UnixEndpoint;
+use crate::reactor::unix::{UnixCheckError, UnixEndpoint};
 use crate::reactor::{
     Address, CloseReason, ConnectError, DelayedCall, Factory, Protocol, ProtocolResult, Reactor,
     Scheduler, Step, StopReason, TransportRef,
@@ -564,7 +564,7 @@ fn dial(
             let checked = crate::reactor::tls::checked_client_factory(
                 &route.reactor,
                 &route.config,
-                endpoint.host(),
+                &route.server_name,
                 factory,
             );
             match checked {
@@ -620,15 +620,42 @@ fn dial(
     connecting
 }
 
-/// Connects the conversation to a UNIX socket.
-fn dial_unix(endpoint: UnixEndpoint, conversation: &Rc<Conversation>) {
+/// Connects the conversation to a UNIX socket, over TLS with `tls` (the same layer
+/// and the same trust decision as over TCP).
+fn dial_unix(endpoint: UnixEndpoint, conversation: &Rc<Conversation>, tls: Option<TlsRoute>) {
     let factory = Rc::new(TalkClientFactory {
         conversation: conversation.clone(),
-        tls: false,
+        tls: tls.is_some(),
     });
+    let (connecting, refused) = match tls {
+        None => (endpoint.connect(factory), None),
+        Some(route) => {
+            let checked = crate::reactor::tls::checked_client_factory(
+                &route.reactor,
+                &route.config,
+                &route.server_name,
+                factory,
+            );
+            match checked {
+                Ok(checked) => (endpoint.connect_checked(checked), Some(route.refused)),
+                Err(error) => return conversation.connect_failed(format!("TLS: {error}")),
+            }
+        }
+    };
     let conversation = conversation.clone();
-    let _ = endpoint.connect(factory).then(move |outcome| {
+    let _ = connecting.then(move |outcome| {
         if let Err(failure) = outcome {
+            // A TLS refusal is the trust decision's to handle (say why, how to pin).
+            if let Some(refused) = &refused
+                && let Some(error) = failure.downcast_ref::<UnixCheckError>()
+                && let Some(CloseReason::Tls(tls_error)) =
+                    error.failure.downcast_ref::<CloseReason>()
+            {
+                if !conversation.is_over() {
+                    refused(tls_error);
+                }
+                return Step::Value(());
+            }
             log::info!("{failure}");
             if !conversation.is_over() {
                 conversation.connect_failed(failure.to_string());
@@ -638,12 +665,27 @@ fn dial_unix(endpoint: UnixEndpoint, conversation: &Rc<Conversation>) {
     });
 }
 
-/// The TLS side of a connect: the configuration, and what to do when the server is
-/// refused (the trust decision).
+/// The TLS side of a connect: the configuration, the name to verify (and send as
+/// SNI), and what to do when the server is refused (the trust decision).
 struct TlsRoute {
     reactor: Reactor,
     config: TlsClientConfig,
+    server_name: String,
     refused: Rc<dyn Fn(&TlsError)>,
+}
+
+/// Where a TLS connect goes.
+#[derive(Debug, Clone)]
+enum TlsTarget {
+    /// A host name or address and a port, through the hostname endpoint.
+    Host {
+        /// As typed.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// A UNIX socket.
+    Unix(UnixEndpoint),
 }
 
 /// The factory of the winning connection: the conversation's protocol.
@@ -728,8 +770,9 @@ impl Protocol for AfterHandshake {
 struct TlsDialer {
     reactor: Reactor,
     trust: RefCell<Trust>,
-    host: String,
-    port: u16,
+    target: TlsTarget,
+    /// The name to verify and send.
+    server_name: String,
     timeout: Duration,
     conversation: Rc<Conversation>,
     view: Rc<ConsoleView>,
@@ -750,10 +793,18 @@ impl TlsDialer {
         let route = TlsRoute {
             reactor: self.reactor.clone(),
             config,
+            server_name: self.server_name.clone(),
             refused: Rc::new(move |error: &TlsError| dialer.refused(error)),
         };
-        let endpoint = HostnameEndpoint::new(&self.reactor, self.host.clone(), self.port);
-        dial(endpoint, &self.conversation, self.timeout, Some(route));
+        match &self.target {
+            TlsTarget::Host { host, port } => {
+                let endpoint = HostnameEndpoint::new(&self.reactor, host.clone(), *port);
+                dial(endpoint, &self.conversation, self.timeout, Some(route));
+            }
+            TlsTarget::Unix(endpoint) => {
+                dial_unix(endpoint.clone(), &self.conversation, Some(route));
+            }
+        }
     }
 
     fn refused(&self, error: &TlsError) {
@@ -883,7 +934,14 @@ pub struct Config {
     pub linger: Option<Duration>,
     /// `--tls`: how the server's certificate is checked; `None`: plain TCP.
     pub tls: Option<TlsVerify>,
+    /// `--sni`: the name to verify the server as and send, instead of the host as
+    /// typed; over a UNIX socket, where there is no host, [`UNIX_SERVER_NAME`] when
+    /// only the fingerprint counts (`--fingerprint`, `--insecure`).
+    pub sni: Option<String>,
 }
+
+/// The name sent over a UNIX socket when no `--sni` is given and no name is checked.
+pub const UNIX_SERVER_NAME: &str = "localhost";
 
 /// Runs `twistctl talk-client`.
 pub fn run(config: Config) -> ExitStatus {
@@ -935,25 +993,20 @@ impl Command for ClientCommand {
         };
         let conversation = Conversation::new(options, view.clone(), scheduler, on_end);
         let (starter, timeout) = (conversation.clone(), self.config.timeout);
-        let target = match &self.config.target {
-            Destination::Tcp(target) => target,
-            Destination::Unix(address) => {
+        match (&self.config.target, &self.config.tls) {
+            (Destination::Unix(address), None) => {
                 let endpoint =
                     UnixEndpoint::new(reactor, address.clone()).with_timeout(Some(timeout));
-                reactor.call_when_running(move || dial_unix(endpoint, &starter));
-                self.parts = Some((view, conversation));
-                return Ok(());
+                reactor.call_when_running(move || dial_unix(endpoint, &starter, None));
             }
-        };
-        match &self.config.tls {
-            None => {
+            (Destination::Tcp(target), None) => {
                 let endpoint =
                     HostnameEndpoint::new(reactor, target.host.text.clone(), target.port);
                 reactor.call_when_running(move || {
                     dial(endpoint, &starter, timeout, None);
                 });
             }
-            Some(verify) => {
+            (destination, Some(verify)) => {
                 if *verify == TlsVerify::Insecure {
                     print_line(
                         "* --insecure: the server's certificate is not verified; anyone on \
@@ -961,13 +1014,36 @@ impl Command for ClientCommand {
                         true,
                     );
                 }
-                let trust = Trust::new(verify.clone(), &target.host.text, target.port)
-                    .map_err(CommandError::failure)?;
+                let (trust, target, server_name) = match destination {
+                    Destination::Tcp(target) => (
+                        Trust::new(verify.clone(), &target.host.text, target.port)
+                            .map_err(CommandError::failure)?,
+                        TlsTarget::Host {
+                            host: target.host.text.clone(),
+                            port: target.port,
+                        },
+                        self.config
+                            .sni
+                            .clone()
+                            .unwrap_or_else(|| target.host.text.clone()),
+                    ),
+                    // No host and port to remember a certificate by: pin it instead.
+                    Destination::Unix(address) => (
+                        Trust::for_socket(verify.clone(), address.to_string()),
+                        TlsTarget::Unix(
+                            UnixEndpoint::new(reactor, address.clone()).with_timeout(Some(timeout)),
+                        ),
+                        self.config
+                            .sni
+                            .clone()
+                            .unwrap_or_else(|| UNIX_SERVER_NAME.to_string()),
+                    ),
+                };
                 let dialer = Rc::new_cyclic(|me| TlsDialer {
                     reactor: reactor.clone(),
                     trust: RefCell::new(trust),
-                    host: target.host.text.clone(),
-                    port: target.port,
+                    target,
+                    server_name,
                     timeout,
                     conversation: starter,
                     view: view.clone(),

@@ -97,6 +97,18 @@ impl Trust {
         }
     }
 
+    /// The decisions for a server with no host and port to remember it by (a UNIX
+    /// socket, named `key`): nothing is remembered, so a certificate no authority
+    /// vouches for is refused with how to pin it, never offered.
+    pub fn for_socket(verify: TlsVerify, key: String) -> Trust {
+        Trust {
+            verify,
+            key,
+            known: None,
+            remembered: Vec::new(),
+        }
+    }
+
     /// `HOST:PORT`.
     pub fn key(&self) -> &str {
         &self.key
