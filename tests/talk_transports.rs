@@ -279,3 +279,42 @@ fn talk_client_speaks_tls_over_a_unix_socket_pinned_or_verified_by_sni() {
         text(&unknown.stderr)
     );
 }
+
+#[test]
+fn piped_input_over_tls_ends_once_the_server_has_been_quiet_without_linger() {
+    for over in [Over::Tls, Over::UnixTls] {
+        let chat = Chat::start(over, &["--echo"], "quiet");
+        let target = match &chat.place {
+            Place::Tcp(port) => vec!["127.0.0.1".to_string(), port.to_string()],
+            Place::Unix(path) => vec![format!("unix:{}", path.display())],
+        };
+        let fingerprint = chat.fingerprint.clone().expect("a fingerprint");
+        let started = std::time::Instant::now();
+        let out = run_with_input(
+            twistctl()
+                .args(["talk-client", "--tls", "--fingerprint", &fingerprint])
+                .args(&target),
+            "hello\nagain\n",
+        );
+        // The echo server cannot learn that the input ended (no half-close over TLS);
+        // the client closes with close_notify once it has been quiet for 2s, and that
+        // is an orderly end.
+        assert_eq!(
+            text(&out.stdout),
+            "Server: hello\nServer: again\nConnection lost - goodbye!\n",
+            "{over:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{over:?}");
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(2),
+            "{over:?}"
+        );
+        chat.server.expect_line("* client 1 connected from ");
+        assert_eq!(
+            chat.server.expect_line("* client 1 disconnected"),
+            "* client 1 disconnected: closed by peer",
+            "{over:?}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use super::address::Address;
 use super::failure::Failure;
 use super::protocol::{CloseReason, Producer, Protocol, ProtocolResult, Transport, TransportRef};
+use super::tls::TlsSession;
 
 /// A fake transport that records writes and every state change a protocol asks for.
 ///
@@ -35,6 +36,8 @@ struct State {
     write_closed: bool,
     paused: bool,
     producer: Option<Rc<dyn Producer>>,
+    /// What [`Transport::tls`] reports: a connection that speaks TLS.
+    tls: Option<Rc<TlsSession>>,
 }
 
 impl StringTransport {
@@ -106,9 +109,18 @@ impl StringTransport {
     }
 
     /// Clears the closing flags and the record, so one transport can serve a test that
-    /// reconnects a protocol.
+    /// reconnects a protocol (a TLS session set stays).
     pub fn reset(&self) {
-        *self.state.borrow_mut() = State::default();
+        let mut state = self.state.borrow_mut();
+        let tls = state.tls.take();
+        *state = State::default();
+        state.tls = tls;
+    }
+
+    /// Makes the transport report `session` from [`Transport::tls`] (and speak TLS by
+    /// [`Transport::is_tls`]), as a TLS connection whose handshake completed.
+    pub fn set_tls(&self, session: TlsSession) {
+        self.state.borrow_mut().tls = Some(Rc::new(session));
     }
 
     fn record(&self, chunks: &[&[u8]]) {
@@ -134,6 +146,14 @@ impl Transport for StringTransport {
 
     fn write_sequence(&self, chunks: &[&[u8]]) {
         self.record(chunks);
+    }
+
+    fn tls(&self) -> Option<Rc<TlsSession>> {
+        self.state.borrow().tls.clone()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.state.borrow().tls.is_some()
     }
 
     fn lose_connection(&self) {
