@@ -1111,14 +1111,24 @@ impl StreamTransport {
         };
         if let Some(mut stream) = self.stream.take() {
             let key = self.key.replace(IoKey::NONE);
-            if let Some(reactor) = self.reactor.upgrade()
+            let reactor = self.reactor.upgrade();
+            if let Some(reactor) = &reactor
                 && key != IoKey::NONE
             {
                 // The socket is closed just below: that takes it out of the poll.
                 reactor.forget_io(key);
             }
             if drain {
-                drain_unread(&mut stream);
+                // Into the loop's spare read buffer: a fresh zeroed one on every close
+                // would cost more than the read (a port probe closes at once).
+                match &reactor {
+                    Some(reactor) => {
+                        let mut buffer = reactor.take_read_buffer(READ_CHUNK);
+                        drain_unread(&mut stream, &mut buffer[..DRAIN_CHUNK]);
+                        reactor.give_read_buffer(buffer);
+                    }
+                    None => drain_unread(&mut stream, &mut [0u8; DRAIN_CHUNK]),
+                }
             }
             // For `host()` after the close: the one system call that keeping the
             // address in every connection from the start would have cost anyway. Only
@@ -1146,13 +1156,15 @@ impl StreamTransport {
     }
 }
 
+/// At most 64 reads of this size (256 KiB) are drained before the socket is closed anyway.
+const DRAIN_CHUNK: usize = 4096;
+
 /// Reads and discards what the peer sent that nobody will read: closing a socket with
 /// unread bytes makes the kernel send a reset instead of a FIN, which would destroy data
 /// still in flight to the peer.
-fn drain_unread(stream: &mut Socket) {
-    let mut sink = [0u8; 4096];
+fn drain_unread(stream: &mut Socket, sink: &mut [u8]) {
     for _ in 0..64 {
-        match stream.read(&mut sink) {
+        match stream.read(sink) {
             Ok(n) if n > 0 => {}
             _ => return,
         }
