@@ -232,6 +232,10 @@ fn rfc3339(at: jiff::Timestamp) -> String {
 
 /// `-v`: every address tried for a target, in conntest's words for a failure.
 pub fn log_attempts(target: &Target, attempts: &[Attempt], timeout: Duration) {
+    // Without -v, not even the place is worded (a watch checks this on every probe).
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
     let place = format!("{} port {}", target.host.text, target.port);
     crate::commands::attempts::log_attempts(&place, attempts, |error| {
         Outcome::connect_failed(None, error, timeout)

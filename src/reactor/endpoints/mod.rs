@@ -380,6 +380,8 @@ pub struct HostnameEndpoint {
     /// Shared with every connect it starts, so starting one copies no string.
     host: Rc<str>,
     port: u16,
+    /// The host as an IP address, when it is one: parsed once, for every connect.
+    literal: Option<IpAddr>,
     options: EndpointOptions,
     addresses: Option<Vec<SocketAddr>>,
     resolver: Option<Resolver>,
@@ -415,6 +417,7 @@ impl HostnameEndpoint {
         };
         HostnameEndpoint {
             reactor: reactor.clone(),
+            literal: host.parse().ok(),
             host,
             port,
             options: EndpointOptions::default(),
@@ -528,6 +531,20 @@ impl HostnameEndpoint {
             inner.race(addresses);
             return connecting;
         }
+        if let Some(ip) = self.literal {
+            // E-02: an IP literal skips the resolver (but not its family filter).
+            let family = self
+                .resolver
+                .as_ref()
+                .map_or(self.options.family, Resolver::family);
+            if family.allows(ip) {
+                inner.race(&[SocketAddr::new(ip, self.port)]);
+            } else {
+                let error = ResolveError::NoAddressOfFamily(family);
+                inner.finish(Err(EndpointErrorKind::DnsLookup(error)));
+            }
+            return connecting;
+        }
         let resolver = self.resolver.clone().unwrap_or_else(|| {
             Resolver::new(
                 &self.reactor,
@@ -535,16 +552,6 @@ impl HostnameEndpoint {
                 self.options.family,
             )
         });
-        if let Ok(ip) = self.host.parse::<IpAddr>() {
-            // E-02: an IP literal skips the resolver.
-            if resolver.family().allows(ip) {
-                inner.race(&[SocketAddr::new(ip, self.port)]);
-            } else {
-                let error = ResolveError::NoAddressOfFamily(resolver.family());
-                inner.finish(Err(EndpointErrorKind::DnsLookup(error)));
-            }
-            return connecting;
-        }
         // The lookup holds the connect (strongly: a caller may drop every handle and
         // still expect its callbacks to run); the resolver's own timeout ends it.
         let pending = inner.clone();
@@ -582,7 +589,20 @@ impl Connecting {
 
     /// The address of the attempt started last, if any has started.
     pub fn last_tried(&self) -> Option<SocketAddr> {
-        self.attempts().last().map(|attempt| attempt.addr)
+        self.inner
+            .with_attempts(|attempts| attempts.last().map(|attempt| attempt.addr))
+    }
+
+    /// How long the attempt that connected took, from its `connect()` to the
+    /// established connection; `None` until one connected. Copies no attempt list (a
+    /// watch asks on every probe).
+    pub fn connect_time(&self) -> Option<Duration> {
+        self.inner.with_attempts(|attempts| {
+            attempts
+                .iter()
+                .find(|attempt| matches!(attempt.outcome, AttemptOutcome::Connected))
+                .and_then(|attempt| attempt.took)
+        })
     }
 
     /// Cancels the connect (E-07): the same as cancelling its Deferred.
@@ -625,10 +645,15 @@ struct ConnectingInner {
 
 impl ConnectingInner {
     fn attempts(&self) -> Vec<Attempt> {
+        self.with_attempts(<[Attempt]>::to_vec)
+    }
+
+    /// Runs `f` on the attempts so far, without copying them.
+    fn with_attempts<R>(&self, f: impl FnOnce(&[Attempt]) -> R) -> R {
         match &*self.phase.borrow() {
-            Phase::Resolving => Vec::new(),
-            Phase::Racing(race) | Phase::Checking { race, .. } => race.attempts(),
-            Phase::Done(attempts) => attempts.clone(),
+            Phase::Resolving => f(&[]),
+            Phase::Racing(race) | Phase::Checking { race, .. } => race.with_attempts(f),
+            Phase::Done(attempts) => f(attempts),
         }
     }
 

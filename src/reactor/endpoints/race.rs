@@ -141,6 +141,11 @@ impl Race {
         self.inner.state.borrow().attempts.clone()
     }
 
+    /// Runs `f` on the attempts so far, without copying them.
+    pub fn with_attempts<R>(&self, f: impl FnOnce(&[Attempt]) -> R) -> R {
+        f(&self.inner.state.borrow().attempts)
+    }
+
     /// The addresses of the attempts under way.
     pub fn in_flight(&self) -> Vec<SocketAddr> {
         let state = self.inner.state.borrow();
