@@ -12,8 +12,8 @@ use super::outcome::{Outcome, Status};
 use super::probe::{Findings, Prepared, ProbeFailure};
 use super::targets::Target;
 use crate::reactor::endpoints::{
-    AttemptOutcome, Connecting, Connection, EndpointError, EndpointErrorKind, EndpointOptions,
-    HostnameEndpoint, Resolver,
+    Connecting, Connection, EndpointError, EndpointErrorKind, EndpointOptions, HostnameEndpoint,
+    Resolver,
 };
 use crate::reactor::unix::{UnixCheckError, UnixConnectError, UnixEndpoint};
 use crate::reactor::{
@@ -60,19 +60,36 @@ impl Check {
         target: &Target,
         on_done: impl FnOnce(Outcome) + 'static,
     ) -> Check {
-        let cancelled = Rc::new(Cell::new(false));
-        let timeout = ctx.timeout;
         if let Some(address) = target.unix() {
-            return Check::start_unix(ctx, address.clone(), cancelled, on_done);
+            return Check::start_unix(ctx, address.clone(), Rc::new(Cell::new(false)), on_done);
         }
+        Check::start_on(ctx, &Check::endpoint(ctx, target), target, on_done)
+    }
+
+    /// The endpoint a check of the TCP `target` connects through: a caller that checks
+    /// one target again and again (a watch) builds it once, and its name or IP literal
+    /// is not taken apart again for every check.
+    pub fn endpoint(ctx: &CheckContext, target: &Target) -> HostnameEndpoint {
         let options = EndpointOptions {
-            attempt_timeout: Some(timeout),
+            attempt_timeout: Some(ctx.timeout),
             ..EndpointOptions::default()
         };
-        let endpoint = HostnameEndpoint::new(&ctx.reactor, target.host.text.clone(), target.port)
+        HostnameEndpoint::new(&ctx.reactor, target.host.text.clone(), target.port)
             .with_options(options)
             .with_resolver(ctx.resolver.clone())
-            .with_limiter(Rc::new(ctx.gate.clone()));
+            .with_limiter(Rc::new(ctx.gate.clone()))
+    }
+
+    /// [`Check::start`] for a TCP `target`, through its `endpoint` (see
+    /// [`Check::endpoint`]).
+    pub fn start_on(
+        ctx: &Rc<CheckContext>,
+        endpoint: &HostnameEndpoint,
+        target: &Target,
+        on_done: impl FnOnce(Outcome) + 'static,
+    ) -> Check {
+        let cancelled = Rc::new(Cell::new(false));
+        let timeout = ctx.timeout;
         let findings = Rc::new(RefCell::new(Findings::default()));
         let connecting = match &ctx.probe {
             Some(probe) if !probe.is_plain() => endpoint.start_checked(probe.factory(
@@ -83,8 +100,7 @@ impl Check {
             )),
             _ => endpoint.start_plain(Rc::new(OpenCheck)),
         };
-        let (flag, host, checked) = (cancelled.clone(), target.host.clone(), target.clone());
-        let (closed, place) = (ctx.closed, target.place());
+        let (flag, checked, closed) = (cancelled.clone(), target.clone(), ctx.closed);
         let _ = connecting.deferred().then(move |result| {
             if !flag.get() {
                 let attempts = match &result {
@@ -102,13 +118,13 @@ impl Check {
                         Address::Unix(_) => Outcome::cancelled(None),
                     },
                     Err(failure) => match failure.downcast_ref::<EndpointError>() {
-                        Some(error) => outcome_of(&host.text, error, timeout),
+                        Some(error) => outcome_of(&checked.host.text, error, timeout),
                         None => Outcome::cancelled(None),
                     },
                 };
                 outcome.found = findings.take();
                 if closed {
-                    outcome = outcome.inverted(&place);
+                    outcome = outcome.inverted(&checked.place());
                 }
                 on_done(outcome);
             }
@@ -186,11 +202,7 @@ impl Check {
         let Attempting::Host(connecting) = &self.connecting else {
             return None;
         };
-        connecting
-            .attempts()
-            .into_iter()
-            .find(|attempt| matches!(attempt.outcome, AttemptOutcome::Connected))
-            .and_then(|attempt| attempt.took)
+        connecting.connect_time()
     }
 
     /// Stops the check; its `on_done` is not called.

@@ -1,6 +1,7 @@
 //! What a watch prints: a line per probe, a line per change of state, and the summary
 //! per target, as text for people and as JSON objects for dashboards. Pure formatting.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use jiff::tz::TimeZone;
@@ -8,13 +9,14 @@ use serde_json::{Map, Value, json};
 
 use super::stats::{Change, Moment, State, Summary};
 
-/// How a finished probe turned out, as the watch reports it.
+/// How a finished probe turned out, as the watch reports it. Borrowed from the watch's
+/// target and the probe's result: nothing is copied to print a line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProbeReport {
+pub struct ProbeReport<'a> {
     /// The target, as people read it (`127.0.0.1 port 80`, `unix:/run/db.sock`).
-    pub label: String,
+    pub label: &'a str,
     /// The host as typed (JSON `host`).
-    pub host: String,
+    pub host: &'a str,
     /// The port (JSON `port`; `None` for UNIX targets).
     pub port: Option<u16>,
     /// The probe's number, from 1 per target.
@@ -22,7 +24,7 @@ pub struct ProbeReport {
     /// When the probe started.
     pub started: Moment,
     /// The status word (`open`, `refused`, `timeout`, `tls-error`, ...).
-    pub status: String,
+    pub status: &'a str,
     /// Whether the probe passed.
     pub passed: bool,
     /// From `connect()` to the connection being established.
@@ -30,12 +32,12 @@ pub struct ProbeReport {
     /// From `connect()` to the end of the TLS handshake, with TLS.
     pub tls_time: Option<Duration>,
     /// For a failure: its words (`timeout after 1s`, `connection refused`).
-    pub error: Option<String>,
+    pub error: Option<&'a str>,
 }
 
-/// Milliseconds with three decimals, as ping prints them.
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
+/// Milliseconds, printed with three decimals as ping prints them.
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// `12:00:03.412` in the given zone.
@@ -58,24 +60,30 @@ fn seconds(d: Duration) -> String {
 /// The text line of one probe; `timestamps` prefixes the local time it started.
 pub fn probe_line(report: &ProbeReport, timestamps: Option<&TimeZone>) -> String {
     let mut line = String::new();
+    write_probe_line(&mut line, report, timestamps);
+    line
+}
+
+/// [`probe_line`], appended to `line` (a watch reuses one buffer for every line).
+pub fn write_probe_line(line: &mut String, report: &ProbeReport, timestamps: Option<&TimeZone>) {
     if let Some(tz) = timestamps {
         line.push_str(&clock(report.started.wall, tz));
         line.push(' ');
     }
-    line.push_str(&report.label);
+    line.push_str(report.label);
     line.push_str(": ");
-    match (&report.error, report.passed) {
+    match (report.error, report.passed) {
         (Some(error), false) => line.push_str(error),
-        _ => line.push_str(&report.status),
+        _ => line.push_str(report.status),
     }
-    line.push_str(&format!(", seq={}", report.seq));
+    // Writing to a String cannot fail.
+    let _ = write!(line, ", seq={}", report.seq);
     if let Some(time) = report.time.filter(|_| report.passed) {
-        line.push_str(&format!(", time={} ms", ms(time)));
+        let _ = write!(line, ", time={:.3} ms", millis(time));
         if let Some(tls) = report.tls_time {
-            line.push_str(&format!(", tls={} ms", ms(tls)));
+            let _ = write!(line, ", tls={:.3} ms", millis(tls));
         }
     }
-    line
 }
 
 /// The JSON object of one probe.
@@ -92,7 +100,7 @@ pub fn probe_json(report: &ProbeReport) -> Value {
         }
     }
     object.insert("timestamp".into(), json!(rfc3339(report.started.wall)));
-    if let Some(error) = report.error.as_ref().filter(|_| !report.passed) {
+    if let Some(error) = report.error.filter(|_| !report.passed) {
         object.insert("error".into(), json!(error));
     }
     Value::Object(object)
@@ -191,18 +199,18 @@ mod tests {
         }
     }
 
-    fn report(seq: u64, passed: bool) -> ProbeReport {
+    fn report(seq: u64, passed: bool) -> ProbeReport<'static> {
         ProbeReport {
-            label: "127.0.0.1 port 80".into(),
-            host: "127.0.0.1".into(),
+            label: "127.0.0.1 port 80",
+            host: "127.0.0.1",
             port: Some(80),
             seq,
             started: at(3412),
-            status: if passed { "open" } else { "refused" }.into(),
+            status: if passed { "open" } else { "refused" },
             passed,
             time: passed.then(|| Duration::from_micros(112)),
             tls_time: None,
-            error: (!passed).then(|| "refused".into()),
+            error: (!passed).then_some("refused"),
         }
     }
 
@@ -217,8 +225,8 @@ mod tests {
             "127.0.0.1 port 80: refused, seq=4"
         );
         let mut timeout = report(5, false);
-        timeout.status = "timeout".into();
-        timeout.error = Some("timeout after 1s".into());
+        timeout.status = "timeout";
+        timeout.error = Some("timeout after 1s");
         assert_eq!(
             probe_line(&timeout, None),
             "127.0.0.1 port 80: timeout after 1s, seq=5"

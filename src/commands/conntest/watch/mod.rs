@@ -63,7 +63,7 @@ pub struct WatchTarget {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeResult {
     /// The status word (`open`, `refused`, `timeout`, ...).
-    pub status: String,
+    pub status: &'static str,
     /// Whether the probe passed.
     pub passed: bool,
     /// From `connect()` to the connection being established.
@@ -113,6 +113,8 @@ struct Inner {
     tz: TimeZone,
     states: RefCell<Vec<TargetState>>,
     out: RefCell<Box<dyn Write>>,
+    /// The line being written, kept for the next one.
+    line: RefCell<String>,
     on_finished: RefCell<Option<Box<dyn FnOnce()>>>,
 }
 
@@ -166,6 +168,7 @@ impl Watch {
                 tz,
                 states: RefCell::new(states),
                 out: RefCell::new(out),
+                line: RefCell::new(String::new()),
                 on_finished: RefCell::new(Some(Box::new(on_finished))),
             }),
         };
@@ -225,7 +228,7 @@ impl Watch {
                 pending.seq,
                 pending.started,
                 ProbeResult {
-                    status: "timeout".to_owned(),
+                    status: "timeout",
                     passed: false,
                     time: None,
                     tls_time: None,
@@ -272,7 +275,7 @@ impl Watch {
                     .stats
                     .record_ok(started, result.time.unwrap_or_default())
             } else {
-                state.stats.record_failed(started, &result.status)
+                state.stats.record_failed(started, result.status)
             };
             if self.inner.options.count == Some(state.stats.probes()) {
                 state.done = true;
@@ -282,8 +285,8 @@ impl Watch {
         };
         let target = &self.inner.targets[index];
         let report = ProbeReport {
-            label: target.label.clone(),
-            host: target.host.clone(),
+            label: &target.label,
+            host: &target.host,
             port: target.port,
             seq,
             started,
@@ -291,7 +294,7 @@ impl Watch {
             passed: result.passed,
             time: result.time,
             tls_time: result.tls_time,
-            error: result.error,
+            error: result.error.as_deref(),
         };
         if self.inner.options.json {
             if !self.inner.options.changes_only || change.is_some() {
@@ -300,7 +303,7 @@ impl Watch {
         } else {
             if !self.inner.options.changes_only {
                 let tz = self.inner.options.timestamps.then_some(&self.inner.tz);
-                self.write(&lines::probe_line(&report, tz));
+                self.write_with(|line| lines::write_probe_line(line, &report, tz));
             }
             if let Some(change) = &change {
                 self.write(&lines::change_line(&target.label, change, &self.inner.tz));
@@ -360,10 +363,21 @@ impl Watch {
     }
 
     fn write(&self, line: &str) {
+        self.write_with(|buffer| buffer.push_str(line));
+    }
+
+    /// Writes the line `fill` puts in a buffer, newline added, with one write and a
+    /// flush (one `write(2)` per line: lines are seen as they are written).
+    fn write_with(&self, fill: impl FnOnce(&mut String)) {
+        let mut line = std::mem::take(&mut *self.inner.line.borrow_mut());
+        line.clear();
+        fill(&mut line);
+        line.push('\n');
         let written = {
             let mut out = self.inner.out.borrow_mut();
-            writeln!(out, "{line}").and_then(|()| out.flush())
+            out.write_all(line.as_bytes()).and_then(|()| out.flush())
         };
+        *self.inner.line.borrow_mut() = line;
         // Output is all a watch is for: once it cannot be written (a closed pipe, a
         // full disk, reported by whoever owns the writer), the watch ends.
         if written.is_err() {

@@ -14,18 +14,34 @@ use super::super::targets::Target;
 use super::{PendingProbe, ProbeResult, Prober};
 use crate::duration;
 use crate::reactor::Reactor;
+use crate::reactor::endpoints::HostnameEndpoint;
 
 /// Probes that connect to conntest's targets.
 pub struct CheckProber {
     ctx: Rc<CheckContext>,
     targets: Vec<Target>,
+    /// Each TCP target's endpoint, built once for all its probes (`None`: UNIX).
+    endpoints: Vec<Option<HostnameEndpoint>>,
 }
 
 impl CheckProber {
     /// Probes for `targets`, sharing the check context (resolver, concurrency gate,
     /// timeout).
     pub fn new(ctx: Rc<CheckContext>, targets: Vec<Target>) -> CheckProber {
-        CheckProber { ctx, targets }
+        let endpoints = targets
+            .iter()
+            .map(|target| {
+                target
+                    .unix()
+                    .is_none()
+                    .then(|| Check::endpoint(&ctx, target))
+            })
+            .collect();
+        CheckProber {
+            ctx,
+            targets,
+            endpoints,
+        }
     }
 }
 
@@ -44,7 +60,7 @@ impl Prober for CheckProber {
         let slot: Rc<RefCell<Option<Check>>> = Rc::new(RefCell::new(None));
         let timeout = self.ctx.timeout;
         let mine = slot.clone();
-        let check = Check::start(&self.ctx, &self.targets[index], move |outcome| {
+        let on_done = move |outcome: Outcome| {
             // The winning attempt's own time: from its connect() to the handshake,
             // without the name lookup or losing attempts.
             let time = mine
@@ -52,7 +68,12 @@ impl Prober for CheckProber {
                 .take()
                 .and_then(|check| check.connect_time());
             done(result_of(&outcome, time, timeout));
-        });
+        };
+        let target = &self.targets[index];
+        let check = match &self.endpoints[index] {
+            Some(endpoint) => Check::start_on(&self.ctx, endpoint, target, on_done),
+            None => Check::start(&self.ctx, target, on_done),
+        };
         *slot.borrow_mut() = Some(check);
         Box::new(PendingCheck(slot))
     }
@@ -72,7 +93,7 @@ fn result_of(outcome: &Outcome, time: Option<Duration>, timeout: Duration) -> Pr
         )),
     };
     ProbeResult {
-        status: outcome.status.as_str().to_owned(),
+        status: outcome.status.as_str(),
         passed,
         time: if passed { time } else { None },
         // With --tls: from the TCP connection to the end of the handshake.

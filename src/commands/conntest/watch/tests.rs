@@ -56,7 +56,7 @@ impl Prober for Scripted {
             Plan::Open(after) => {
                 self.clock.call_later(ms(after), move || {
                     finish(ProbeResult {
-                        status: "open".into(),
+                        status: "open",
                         passed: true,
                         time: Some(ms(after)),
                         tls_time: None,
@@ -67,7 +67,7 @@ impl Prober for Scripted {
             Plan::Refused(after) => {
                 self.clock.call_later(ms(after), move || {
                     finish(ProbeResult {
-                        status: "refused".into(),
+                        status: "refused",
                         passed: false,
                         time: None,
                         tls_time: None,
