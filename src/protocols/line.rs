@@ -59,8 +59,6 @@ use std::fmt;
 use std::ops::Range;
 use std::rc::{Rc, Weak};
 
-use memchr::memmem;
-
 use crate::reactor::{CloseReason, Failure, Producer, Protocol, ProtocolResult, TransportRef};
 
 /// Twisted's `MAX_LENGTH`: the longest line accepted by default, in bytes (L-01).
@@ -245,6 +243,15 @@ struct Outcome {
     extra: Vec<u8>,
 }
 
+impl Outcome {
+    /// True when the callback asked for nothing that changes the framing: the next line
+    /// comes from the same bytes, in the same mode. (A rewind or extra bytes come only
+    /// with a mode switch.)
+    fn is_plain(&self) -> bool {
+        !self.mode_set && !self.cleared
+    }
+}
+
 impl<'a> LineControl<'a> {
     fn new(
         core: &'a Core,
@@ -378,6 +385,24 @@ fn is_tail_of(part: &[u8], whole: &[u8]) -> bool {
         && part.len() <= whole.len()
         && part_start >= whole_start
         && part_start + part.len() == whole_start + whole.len()
+}
+
+/// The first occurrence of `delimiter` in `haystack`. Found by its last byte with
+/// `memchr`, the bytes before it compared in place: for the one- and two-byte delimiters
+/// of line protocols that costs a fraction of a substring search's set-up per line.
+fn find_delimiter(haystack: &[u8], delimiter: &[u8]) -> Option<usize> {
+    let (&last, head) = delimiter.split_last()?;
+    let mut from = head.len();
+    while from < haystack.len() {
+        let end = from + memchr::memchr(last, &haystack[from..])?;
+        let start = end - head.len();
+        // Byte by byte: a slice comparison would call `memcmp` for one or two bytes.
+        if haystack[start..end].iter().zip(head).all(|(a, b)| a == b) {
+            return Some(start);
+        }
+        from = end + 1;
+    }
+    None
 }
 
 /// A cheap, clonable handle on a [`LineReceiver`] for code outside its callbacks. It does
@@ -554,6 +579,12 @@ impl Core {
         transport.lose_connection();
     }
 
+    /// False once delivery must stop: paused, closed, or the transport is closing (L-06,
+    /// L-13). Asked before every item.
+    fn may_deliver(&self, transport: &TransportRef) -> bool {
+        !self.paused.get() && !self.closed.get() && !transport.is_disconnecting()
+    }
+
     fn take_incoming(&self, buf: &mut Vec<u8>) {
         let mut incoming = self.incoming.borrow_mut();
         if !incoming.is_empty() {
@@ -586,15 +617,12 @@ struct Framing {
     delimiter: Box<[u8]>,
     strip_cr: bool,
     allowance: usize,
-    finder: Option<memmem::Finder<'static>>,
     #[cfg(test)]
     searched: usize,
 }
 
 impl Framing {
     fn new(delimiter: &Delimiter) -> Framing {
-        let finder = (delimiter.receive.len() > 1)
-            .then(|| memmem::Finder::new(&delimiter.receive[..]).into_owned());
         Framing {
             buf: Vec::new(),
             pos: 0,
@@ -604,7 +632,6 @@ impl Framing {
             delimiter: delimiter.receive.clone(),
             strip_cr: delimiter.strip_cr,
             allowance: delimiter.allowance(),
-            finder,
             #[cfg(test)]
             searched: 0,
         }
@@ -612,19 +639,66 @@ impl Framing {
 
     /// The first delimiter starting at or after `from`, as an index into `buf`.
     fn find(&mut self, from: usize) -> Option<usize> {
-        let haystack = &self.buf[from..];
-        let found = match &self.finder {
-            Some(finder) => finder.find(haystack),
-            None => memchr::memchr(self.delimiter[0], haystack),
-        };
+        let found = find_delimiter(&self.buf[from..], &self.delimiter);
+        self.count_searched(self.buf.len() - from, found);
+        found.map(|at| from + at)
+    }
+
+    /// Test bookkeeping: how much of a `haystack_len` haystack a search examined.
+    #[cfg_attr(not(test), allow(unused_variables))]
+    fn count_searched(&mut self, haystack_len: usize, found: Option<usize>) {
         #[cfg(test)]
         {
             self.searched += match found {
-                Some(at) => (at + self.delimiter.len()).min(haystack.len()),
-                None => haystack.len(),
+                Some(at) => (at + self.delimiter.len()).min(haystack_len),
+                None => haystack_len,
             };
         }
-        found.map(|at| from + at)
+    }
+
+    /// Where the line that starts at `start` and whose delimiter starts at `at` ends: at
+    /// the delimiter, or before one `\r` in newline mode.
+    fn line_end(&self, bytes: &[u8], start: usize, at: usize) -> usize {
+        if self.strip_cr && at > start && bytes[at - 1] == b'\r' {
+            at - 1
+        } else {
+            at
+        }
+    }
+
+    /// Buffers `data`, searched without finding a delimiter, after the unterminated line
+    /// held so far. True when that line has grown long enough to be rejected (L-08),
+    /// which [`Body::run`] then does.
+    fn hold(&mut self, data: &[u8], max_length: usize) -> bool {
+        self.buf.extend_from_slice(data);
+        let len = self.buf.len();
+        self.scan = self.pos.max(len.saturating_sub(self.delimiter.len() - 1));
+        len - self.pos >= max_length.saturating_add(self.allowance)
+    }
+
+    /// True when every delimiter the buffer could still hold would end in bytes not yet
+    /// received: all but its last `delimiter - 1` bytes have been searched.
+    fn searched_to_end(&self) -> bool {
+        self.buf.len() - self.scan < self.delimiter.len()
+    }
+
+    /// Where the first delimiter in `data` ends (an index into `data`), counting one that
+    /// starts in the bytes buffered before it. Only when [`Framing::searched_to_end`].
+    fn tail_end(&mut self, data: &[u8]) -> Option<usize> {
+        let dlen = self.delimiter.len();
+        let len = self.buf.len();
+        // No delimiter starts before `scan`; one starting in the last bytes of the buffer
+        // ends in `data`.
+        for start in self.scan..len {
+            let held = len - start;
+            let (head, tail) = self.delimiter.split_at(held);
+            if self.buf[start..] == *head && data.starts_with(tail) {
+                return Some(tail.len());
+            }
+        }
+        let found = find_delimiter(data, &self.delimiter);
+        self.count_searched(data.len(), found);
+        found.map(|at| at + dlen)
     }
 
     /// Advances past the next deliverable item. Consumption is committed before the
@@ -664,10 +738,7 @@ impl Framing {
             let limit = max_length.saturating_add(self.allowance);
             return match self.find(self.scan) {
                 Some(at) => {
-                    let mut end = at;
-                    if self.strip_cr && end > start && self.buf[end - 1] == b'\r' {
-                        end -= 1;
-                    }
+                    let end = self.line_end(&self.buf, start, at);
                     self.pos = at + dlen;
                     self.scan = self.pos;
                     if end - start <= max_length {
@@ -761,7 +832,7 @@ impl<H: LineHandler> Body<H> {
         let Body { framing, handler } = self;
         loop {
             core.take_incoming(&mut framing.buf);
-            if core.paused.get() || core.closed.get() || transport.is_disconnecting() {
+            if !core.may_deliver(transport) {
                 return Ok(());
             }
             let event = framing.next_event(core.max_length.get());
@@ -792,6 +863,88 @@ impl<H: LineHandler> Body<H> {
             };
             framing.apply(outcome, raw_start);
             result?;
+        }
+    }
+
+    /// Frames newly received `data` straight from the caller's buffer: each complete line
+    /// is handed to the handler as a slice of `data` (a line begun in an earlier read as
+    /// a slice of the framing buffer, where its start waited), and only what is left when
+    /// this stops is copied into the framing buffer: an unterminated tail, or everything
+    /// after a callback that asked for more than the next line (a mode switch, a clear, a
+    /// pause, a close, an error). The framing buffer then holds what it would hold had all
+    /// of `data` been appended first, and [`Body::run`] carries on from there: it alone
+    /// handles raw mode, over-long lines and the rest, so both paths deliver the same.
+    fn receive(&mut self, core: &Core, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
+        let Body { framing, handler } = self;
+        let direct = !framing.raw
+            && !framing.skipping
+            && framing.searched_to_end()
+            && core.incoming.borrow().is_empty()
+            && core.may_deliver(transport);
+        if !direct {
+            framing.buf.extend_from_slice(data);
+            return self.run(core, transport);
+        }
+        let dlen = framing.delimiter.len();
+        let mut data = data;
+        if framing.pos < framing.buf.len() {
+            // The rest of a line begun in an earlier read.
+            let Some(end) = framing.tail_end(data) else {
+                return match framing.hold(data, core.max_length.get()) {
+                    true => self.run(core, transport),
+                    false => Ok(()),
+                };
+            };
+            framing.buf.extend_from_slice(&data[..end]);
+            data = &data[end..];
+            let start = framing.pos;
+            let at = framing.buf.len() - dlen;
+            let line_end = framing.line_end(&framing.buf, start, at);
+            if line_end - start > core.max_length.get() {
+                framing.scan = at;
+                framing.buf.extend_from_slice(data);
+                return self.run(core, transport);
+            }
+            let mut ctl = LineControl::new(core, transport, data, &[], false);
+            let result = handler.line_received(&framing.buf[start..line_end], &mut ctl);
+            let outcome = ctl.finish();
+            framing.buf.clear();
+            framing.pos = 0;
+            framing.scan = 0;
+            if result.is_err() || !outcome.is_plain() || !core.may_deliver(transport) {
+                framing.buf.extend_from_slice(data);
+                framing.apply(outcome, 0);
+                result?;
+                return self.run(core, transport);
+            }
+        }
+        // Nothing is buffered: lines come straight from `data`.
+        let mut pos = 0;
+        while let Some(found) = find_delimiter(&data[pos..], &framing.delimiter) {
+            framing.count_searched(data.len() - pos, Some(found));
+            let at = pos + found;
+            let line_end = framing.line_end(data, pos, at);
+            if line_end - pos > core.max_length.get() {
+                framing.buf.extend_from_slice(&data[pos..]);
+                framing.scan = at - pos;
+                return self.run(core, transport);
+            }
+            let next = at + dlen;
+            let mut ctl = LineControl::new(core, transport, &data[next..], &[], false);
+            let result = handler.line_received(&data[pos..line_end], &mut ctl);
+            let outcome = ctl.finish();
+            pos = next;
+            if result.is_err() || !outcome.is_plain() || !core.may_deliver(transport) {
+                framing.buf.extend_from_slice(&data[pos..]);
+                framing.apply(outcome, 0);
+                result?;
+                return self.run(core, transport);
+            }
+        }
+        framing.count_searched(data.len() - pos, None);
+        match framing.hold(&data[pos..], core.max_length.get()) {
+            true => self.run(core, transport),
+            false => Ok(()),
         }
     }
 
@@ -1002,14 +1155,15 @@ impl<H: LineHandler> Protocol for LineReceiver<H> {
         if core.transport.borrow().is_none() {
             *core.transport.borrow_mut() = Some(transport.clone());
         }
-        match self.inner.body.try_borrow_mut() {
-            Ok(mut slot) => match slot.as_mut() {
-                Some(body) => body.framing.buf.extend_from_slice(data),
-                None => core.incoming.borrow_mut().extend_from_slice(data),
-            },
-            Err(_) => core.incoming.borrow_mut().extend_from_slice(data),
-        }
-        Target::deliver(&*self.inner, transport)
+        let Some(mut body) = self.inner.take_body() else {
+            // A callback of this receiver is running: its loop takes the bytes next.
+            core.incoming.borrow_mut().extend_from_slice(data);
+            return Ok(());
+        };
+        let result = body.receive(core, transport, data);
+        body.framing.compact();
+        self.inner.put_body(body);
+        result
     }
 
     fn connection_lost(&mut self, reason: &CloseReason) {
@@ -1258,6 +1412,154 @@ mod tests {
         assert_eq!(whole, made_and(&[line(b"a"), line(b"b<"), line(b"=")]));
         let split = events_for_chunks(&delimiter, 100, &[b"a<", b"=", b">b<<", b"=>=<=", b">"]);
         assert_eq!(split, whole);
+    }
+
+    /// Lines are handed over straight from the received chunk; a line begun in one read
+    /// waits in the buffer, and its delimiter may be split between reads.
+    #[test]
+    fn l02_delimiter_split_across_reads_between_lines_read_directly() {
+        let crlf = Delimiter::crlf();
+        let events = events_for_chunks(&crlf, 100, &[b"a\r\nb\r", b"\nc\r\nd", b"\r\n"]);
+        assert_eq!(
+            events,
+            made_and(&[line(b"a"), line(b"b"), line(b"c"), line(b"d")])
+        );
+        // A three-byte delimiter over three reads, the line before it in a fourth.
+        let delimiter = Delimiter::new(b"<=>").unwrap();
+        let events = events_for_chunks(&delimiter, 100, &[b"x<=>y", b"y<", b"=", b">z<=><", b"=>"]);
+        assert_eq!(
+            events,
+            made_and(&[line(b"x"), line(b"yy"), line(b"z"), line(b"")])
+        );
+        // Half a delimiter that turns out not to be one stays part of the line.
+        let events = events_for_chunks(&crlf, 100, &[b"a\r", b"b\r\n"]);
+        assert_eq!(events, made_and(&[line(b"a\rb")]));
+        // Newline mode: the stripped `\r` ends one read, the `\n` begins the next.
+        let events = events_for_chunks(&Delimiter::newline(), 100, &[b"a\nb\r", b"\nc\n"]);
+        assert_eq!(events, made_and(&[line(b"a"), line(b"b"), line(b"c")]));
+    }
+
+    /// Exactly `max_length` is accepted and one more byte is not, whether the line comes
+    /// whole in one read or is put together from several (L-07).
+    #[test]
+    fn l07_line_of_exactly_max_length_in_one_read_and_across_reads() {
+        let crlf = Delimiter::crlf();
+        let whole = events_for_chunks(&crlf, 5, &[b"12345\r\n123456\r\nok\r\n"]);
+        assert_eq!(
+            whole,
+            made_and(&[
+                line(b"12345"),
+                Ev::Exceeded(b"123456\r".to_vec()),
+                line(b"ok")
+            ])
+        );
+        let split = events_for_chunks(&crlf, 5, &[b"12", b"345\r", b"\n1234", b"56\r\nok\r\n"]);
+        assert_eq!(split, whole);
+        // Newline mode counts the line without its stripped `\r`.
+        let newline = events_for_chunks(&Delimiter::newline(), 3, &[b"ab", b"c\r\nabcd\n"]);
+        assert_eq!(
+            newline,
+            made_and(&[line(b"abc"), Ev::Exceeded(b"abcd\n".to_vec())])
+        );
+    }
+
+    /// A switch to raw mode in the middle of a read sends the rest of that read to
+    /// `raw_data_received`, also when the switching line was put together from two reads.
+    #[test]
+    fn l09_raw_mode_mid_read_after_lines_read_directly() {
+        for chunks in [
+            &[&b"a\r\nraw\r\nb\r\nc"[..], b"d"][..],
+            &[b"a\r\nr", b"aw\r\nb\r\nc", b"d"],
+            &[b"a\r\nraw\r", b"\nb\r\nc", b"d"],
+        ] {
+            let (rec, log) = Rec::new();
+            let rec = rec.script(|kind, data, lines| {
+                if kind == Kind::Line && data == b"raw" {
+                    lines.set_raw_mode();
+                }
+                Ok(())
+            });
+            let mut d = drive(LineReceiver::new(rec));
+            for chunk in chunks {
+                d.feed(chunk).unwrap();
+            }
+            let mut events = log.take();
+            // Raw data comes per read; join it to compare the bytes.
+            let raw: Vec<u8> = events
+                .iter()
+                .filter_map(|ev| match ev {
+                    Ev::Raw(data) => Some(data.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            events.retain(|ev| !matches!(ev, Ev::Raw(_)));
+            assert_eq!(events, made_and(&[line(b"a"), line(b"raw")]), "{chunks:?}");
+            assert_eq!(raw, b"b\r\ncd", "{chunks:?}");
+        }
+    }
+
+    /// What a callback asks for in the middle of a read applies to the rest of that read
+    /// in order: extra bytes from `set_line_mode` come after it, a pause holds it, a clear
+    /// takes it, also when the line was put together from two reads.
+    #[test]
+    fn l09_l11_l13_requests_mid_read_apply_to_the_rest_of_the_read() {
+        for first in [&b"x\r\ny\r\n"[..], b"x"] {
+            let (rec, log) = Rec::new();
+            let rec = rec.script(|kind, data, lines| {
+                if kind == Kind::Line && data == b"x" {
+                    lines.set_line_mode(b"extra\r\n");
+                }
+                Ok(())
+            });
+            let mut d = drive(LineReceiver::new(rec));
+            d.feed(first).unwrap();
+            if first == b"x" {
+                d.feed(b"\r\ny\r\n").unwrap();
+            }
+            assert_eq!(
+                lines_of(&log),
+                [b"x".to_vec(), b"y".to_vec(), b"extra".to_vec()]
+            );
+        }
+
+        let (rec, log) = Rec::new();
+        let rec = rec.script(|kind, data, lines| {
+            if kind == Kind::Line && data == b"pause" {
+                lines.pause_producing();
+            }
+            Ok(())
+        });
+        let receiver = LineReceiver::new(rec);
+        let handle = receiver.handle();
+        let mut d = drive(receiver);
+        d.feed(b"a\r\npau").unwrap();
+        d.feed(b"se\r\nb\r\nc").unwrap();
+        assert_eq!(lines_of(&log), [b"a".to_vec(), b"pause".to_vec()]);
+        assert_eq!(d.protocol().buffered_len(), 4);
+        handle.resume_producing();
+        d.feed(b"\r\n").unwrap();
+        let all: Vec<Vec<u8>> = [&b"a"[..], b"pause", b"b", b"c"]
+            .map(|s| s.to_vec())
+            .to_vec();
+        assert_eq!(lines_of(&log), all);
+
+        let cleared = Rc::new(RefCell::new(Vec::new()));
+        let keep = cleared.clone();
+        let (rec, log) = Rec::new();
+        let rec = rec.script(move |kind, data, lines| {
+            if kind == Kind::Line && data == b"abc" {
+                *keep.borrow_mut() = lines.clear_line_buffer();
+            }
+            Ok(())
+        });
+        let mut d = drive(LineReceiver::new(rec));
+        d.feed(b"ab").unwrap();
+        d.feed(b"c\r\nrest\r\nmore").unwrap();
+        assert_eq!(*cleared.borrow(), b"rest\r\nmore");
+        assert_eq!(d.protocol().buffered_len(), 0);
+        d.feed(b"z\r\n").unwrap();
+        assert_eq!(lines_of(&log), [b"abc".to_vec(), b"z".to_vec()]);
     }
 
     #[test]
