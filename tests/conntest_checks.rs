@@ -1401,6 +1401,10 @@ fn nagios_usage_errors_are_unknown_with_exit_3() {
         ),
         (vec!["127.0.0.1:0"], "invalid port"),
         (
+            vec![],
+            "the following required arguments were not provided: <TARGET>...",
+        ),
+        (
             vec!["--tls", "--ca", "/nonexistent/ca.pem", "127.0.0.1", &port],
             "cannot read /nonexistent/ca.pem",
         ),

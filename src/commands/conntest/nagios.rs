@@ -186,8 +186,14 @@ fn plugin_text(text: &str) -> String {
 /// The line for a command line that could not be used (a usage error under
 /// `--nagios`): UNKNOWN, exit 3.
 pub fn unknown_line(message: &str) -> String {
-    let first = message.lines().next().unwrap_or_default();
-    format!("CONNTEST UNKNOWN - {}", plugin_text(first))
+    // The first paragraph, on one line: clap lists missing arguments below its
+    // sentence, and a monitoring system shows only the first line.
+    let first: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    format!("CONNTEST UNKNOWN - {}", plugin_text(&first.join(" ")))
 }
 
 impl TargetResult {
@@ -386,6 +392,12 @@ mod tests {
         assert_eq!(
             unknown_line("invalid value 'x' for '--warning <DUR>'\n\nmore"),
             "CONNTEST UNKNOWN - invalid value 'x' for '--warning <DUR>'"
+        );
+        assert_eq!(
+            unknown_line(
+                "the following required arguments were not provided:\n  <TARGET>...\n\nUsage: ..."
+            ),
+            "CONNTEST UNKNOWN - the following required arguments were not provided: <TARGET>..."
         );
     }
 
