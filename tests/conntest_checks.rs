@@ -1,5 +1,6 @@
 //! conntest's checks on the connection (issue 14): `--tls` and the certificate,
-//! `--send`/`--expect`, against servers on loopback that the tests start, with
+//! `--send`/`--expect`, UNIX targets, `--closed` and `--nagios`, against servers on
+//! loopback (or UNIX sockets in a temp dir) that the tests start, with
 //! certificates the tests generate (a CA, a leaf for localhost/127.0.0.1, an expired
 //! leaf, a leaf for another name, a self-signed leaf, a leaf expiring in 5 days).
 //! Every twistctl run is bounded by a 10 s limit.
