@@ -883,6 +883,8 @@ fn unix_targets_wait_for_a_slot_of_the_concurrency_cap() {
     });
     let (seen_tx, seen_rx) = mpsc::channel::<&'static str>();
     std::thread::spawn(move || {
+        // Kept open here: only conntest closes the first target's connection.
+        let mut kept = Vec::new();
         for stream in answering_listener.incoming().flatten() {
             let mut stream = stream;
             // When this connection arrives, has the first target's socket been closed?
@@ -890,11 +892,13 @@ fn unix_targets_wait_for_a_slot_of_the_concurrency_cap() {
                 Ok(mut first) => {
                     first.set_nonblocking(true).unwrap();
                     let mut buf = [0u8; 16];
-                    match first.read(&mut buf) {
+                    let verdict = match first.read(&mut buf) {
                         Ok(0) => "first closed",
                         Ok(_) => "first sent data",
                         Err(_) => "first still open",
-                    }
+                    };
+                    kept.push(first);
+                    verdict
                 }
                 Err(_) => "first not connected yet",
             };
@@ -916,14 +920,14 @@ fn unix_targets_wait_for_a_slot_of_the_concurrency_cap() {
         &silent_arg,
         &answering_arg,
     ]);
+    assert_eq!(
+        seen_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "first closed"
+    );
     assert_eq!(out.code, 124, "{}", out.stderr);
     assert_eq!(
         out.stdout.trim(),
         format!("Connected to {answering_arg} (\"x\\x0a\")")
-    );
-    assert_eq!(
-        seen_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
-        "first closed"
     );
 }
 
