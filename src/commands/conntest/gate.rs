@@ -77,8 +77,22 @@ impl Gate {
         if self.inner.closed.get() {
             return;
         }
-        self.inner.waiters.borrow_mut().push_back(Box::new(f));
-        GateInner::dispatch(&self.inner);
+        let inner = &self.inner;
+        if inner.free.get() > 0 && !inner.dispatching.get() && inner.waiters.borrow().is_empty() {
+            // A slot is free and nobody is queued: what dispatching would do, without
+            // boxing and queueing `f` first (every connect of a watch or scan asks).
+            inner.dispatching.set(true);
+            inner.free.set(inner.free.get() - 1);
+            f(Permit {
+                gate: inner.clone(),
+            });
+            inner.dispatching.set(false);
+            // Slots given back and callers queued while `f` ran.
+            GateInner::dispatch(inner);
+            return;
+        }
+        inner.waiters.borrow_mut().push_back(Box::new(f));
+        GateInner::dispatch(inner);
     }
 
     /// Hands out no slot any more and forgets every waiter: the run is over, and a
@@ -151,6 +165,28 @@ mod tests {
         held.borrow_mut().clear();
         assert_eq!(gate.free(), 2);
         assert_eq!(gate.waiting(), 0);
+    }
+
+    #[test]
+    fn an_acquire_from_inside_a_grant_is_served_after_the_grant_returns() {
+        let gate = Gate::new(2);
+        let log: Rc<RefCell<Vec<&str>>> = Rc::default();
+        let held: Rc<RefCell<Vec<Permit>>> = Rc::default();
+        let (inner_gate, inner_log, inner_held) = (gate.clone(), log.clone(), held.clone());
+        gate.acquire(move |permit| {
+            inner_log.borrow_mut().push("outer start");
+            let (log, held) = (inner_log.clone(), inner_held.clone());
+            inner_gate.acquire(move |permit| {
+                log.borrow_mut().push("inner");
+                held.borrow_mut().push(permit);
+            });
+            inner_log.borrow_mut().push("outer end");
+            inner_held.borrow_mut().push(permit);
+        });
+        assert_eq!(*log.borrow(), vec!["outer start", "outer end", "inner"]);
+        assert_eq!(gate.free(), 0);
+        held.borrow_mut().clear();
+        assert_eq!(gate.free(), 2);
     }
 
     #[test]
