@@ -816,15 +816,21 @@ impl ConnectingInner {
                 race.attempts()
             }
         };
-        *self.phase.borrow_mut() = Phase::Done(attempts.clone());
         let _ = match result {
-            Ok(connection) => deferred.callback(connection),
-            Err(kind) => deferred.errback(Failure::new(EndpointError {
-                host: self.host.to_string(),
-                port: self.port,
-                kind,
-                attempts,
-            })),
+            Ok(connection) => {
+                // The connection carries its own copy of the attempts.
+                *self.phase.borrow_mut() = Phase::Done(attempts);
+                deferred.callback(connection)
+            }
+            Err(kind) => {
+                *self.phase.borrow_mut() = Phase::Done(attempts.clone());
+                deferred.errback(Failure::new(EndpointError {
+                    host: self.host.to_string(),
+                    port: self.port,
+                    kind,
+                    attempts,
+                }))
+            }
         };
     }
 }
