@@ -90,15 +90,20 @@ impl Check {
     ) -> Check {
         let cancelled = Rc::new(Cell::new(false));
         let timeout = ctx.timeout;
-        let findings = Rc::new(RefCell::new(Findings::default()));
+        // What a probe finds (a certificate, a banner); the open check finds nothing.
+        let mut findings = None;
         let connecting = match &ctx.probe {
-            Some(probe) if !probe.is_plain() => endpoint.start_checked(probe.factory(
-                &ctx.reactor,
-                &target.host.text,
-                timeout,
-                findings.clone(),
-            )),
-            _ => endpoint.start_plain(Rc::new(OpenCheck)),
+            Some(probe) if !probe.is_plain() => {
+                let found = Rc::new(RefCell::new(Findings::default()));
+                findings = Some(found.clone());
+                endpoint.start_checked(probe.factory(
+                    &ctx.reactor,
+                    &target.host.text,
+                    timeout,
+                    found,
+                ))
+            }
+            _ => endpoint.start_plain(OPEN_CHECK.with(Rc::clone)),
         };
         let (flag, checked, closed) = (cancelled.clone(), target.clone(), ctx.closed);
         let _ = connecting.deferred().then(move |result| {
@@ -122,7 +127,9 @@ impl Check {
                         None => Outcome::cancelled(None),
                     },
                 };
-                outcome.found = findings.take();
+                if let Some(findings) = findings {
+                    outcome.found = findings.take();
+                }
                 if closed {
                     outcome = outcome.inverted(&checked.place());
                 }
@@ -247,6 +254,11 @@ fn check_failed(addr: Option<SocketAddr>, failure: &Failure) -> Outcome {
 
 /// The open check: a connection that completes is closed at once, without a byte.
 struct OpenCheck;
+
+thread_local! {
+    /// The one open check every plain connect shares (it has no state).
+    static OPEN_CHECK: Rc<dyn Factory> = Rc::new(OpenCheck);
+}
 
 impl Factory for OpenCheck {
     fn build_protocol(&self, _addr: Address) -> Option<Box<dyn Protocol>> {
