@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 #[path = "../examples/bench.rs"]
 mod bench;
+mod common;
 
 use bench::{
     Common, ConnectArgs, EchoArgs, IdleArgs, LinesArgs, Outcome, TimersArgs, TlsConnectArgs,
@@ -20,34 +21,17 @@ fn test_files() -> TlsFiles {
     static FILES: OnceLock<TlsFiles> = OnceLock::new();
     FILES
         .get_or_init(|| {
-            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
             let dir = std::env::temp_dir().join(format!("bench-smoke-{}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("a temporary folder");
-            let ca_params = || {
-                let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                params
-                    .distinguished_name
-                    .push(DnType::CommonName, "bench smoke CA");
-                params
-            };
-            let ca_key = KeyPair::generate().expect("a key");
-            let ca = ca_params().self_signed(&ca_key).expect("the CA");
-            let issuer = Issuer::new(ca_params(), ca_key);
-            let leaf_key = KeyPair::generate().expect("a key");
-            let leaf = CertificateParams::new(vec!["localhost".to_string()])
-                .expect("params")
-                .signed_by(&leaf_key, &issuer)
-                .expect("the leaf");
-            let files = TlsFiles {
-                ca: dir.join("ca.pem"),
-                cert: dir.join("server.pem"),
-                key: dir.join("server.key"),
-            };
-            std::fs::write(&files.ca, ca.pem()).expect("written");
-            std::fs::write(&files.cert, leaf.pem()).expect("written");
-            std::fs::write(&files.key, leaf_key.serialize_pem()).expect("written");
-            files
+            let ca = common::pki::TestCa::new("bench smoke CA");
+            let (cert, key) = ca
+                .sign(rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params"))
+                .write(&dir, "server");
+            TlsFiles {
+                ca: ca.write(&dir),
+                cert,
+                key,
+            }
         })
         .clone()
 }

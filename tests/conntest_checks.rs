@@ -17,8 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use common::pki::{Signed, TestCa};
 use twistctl::reactor::tls::{Protocols, ServerIdentity, ServerOptions, TlsServerConfig};
 use twistctl::reactor::{Factory, Protocol, ProtocolResult, Reactor, TransportRef};
 
@@ -40,33 +39,10 @@ struct Pki {
     leaf_pem: String,
 }
 
-fn identity(cert: &rcgen::Certificate, key: &KeyPair) -> ServerIdentity {
-    ServerIdentity {
-        chain: vec![cert.der().clone()],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    }
-}
-
-fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "conntest test CA");
-    params
-}
-
-fn leaf_params(names: &[&str], from_days: i64, to_days: i64) -> CertificateParams {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let mut params = CertificateParams::new(names.clone()).expect("params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, names[0].clone());
-    let (y, m, d) = midnight(from_days);
-    params.not_before = rcgen::date_time_ymd(y, m, d);
-    let (y, m, d) = midnight(to_days);
-    params.not_after = rcgen::date_time_ymd(y, m, d);
-    params
+/// A leaf for `names`, valid from midnight of today plus `from_days` to midnight of
+/// today plus `to_days`.
+fn leaf_params(names: &[&str], from_days: i64, to_days: i64) -> rcgen::CertificateParams {
+    common::pki::leaf_params(names, midnight(from_days), midnight(to_days))
 }
 
 /// Midnight (UTC) of today plus `days`: a certificate ending at midnight of today+62
@@ -89,29 +65,22 @@ fn pki() -> &'static Pki {
     PKI.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("conntest-checks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = KeyPair::generate().expect("key");
-        let ca = ca_params().self_signed(&ca_key).expect("CA");
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        let ca_identity = identity(&ca, &ca_key);
-        let issuer = Issuer::new(ca_params(), ca_key);
-        let signed = |params: CertificateParams| {
-            let key = KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &issuer).expect("leaf");
-            (identity(&cert, &key), cert.pem())
+        let ca = TestCa::new("conntest test CA");
+        ca.write(&dir);
+        let signed = |params| {
+            let leaf = ca.sign(params);
+            (leaf.identity(), leaf.cert.pem())
         };
         let local = ["localhost", "127.0.0.1"];
         let (leaf, leaf_pem) = signed(leaf_params(&local, -1, 62));
-        let self_key = KeyPair::generate().expect("key");
-        let self_signed = leaf_params(&local, -1, 62)
-            .self_signed(&self_key)
-            .expect("self-signed");
+        let self_signed = Signed::self_signed(leaf_params(&local, -1, 62));
         Pki {
-            ca: ca_identity,
+            ca: ca.ca.identity(),
             leaf,
             leaf_pem,
             expired: signed(leaf_params(&local, -60, -31)).0,
             other_name: signed(leaf_params(&["other.test"], -1, 62)).0,
-            self_signed: identity(&self_signed, &self_key),
+            self_signed: self_signed.identity(),
             expiring: signed(leaf_params(&local, -1, 6)).0,
             dir,
         }
@@ -763,7 +732,7 @@ fn a_unix_target_without_permission_is_an_error_in_the_os_words() {
     let _listener = UnixListener::bind(&path).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
     let arg = format!("unix:{}", path.display());
-    let mut command = if is_root() {
+    let mut command = if common::is_root() {
         if std::process::Command::new("setpriv")
             .arg("--version")
             .output()
@@ -793,19 +762,6 @@ fn a_unix_target_without_permission_is_an_error_in_the_os_words() {
     assert_eq!(output.status.code(), Some(1), "{v}");
     assert_eq!(v["status"], "error");
     assert_eq!(v["error"], "Permission denied");
-}
-
-/// Whether this process runs as root, read from /proc.
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
 }
 
 #[test]

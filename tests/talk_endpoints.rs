@@ -4,115 +4,16 @@
 //! bounded.
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
-use std::time::Duration;
 
-use assert_cmd::cargo::CommandCargoExt;
 use twistctl::reactor::tls::ServerIdentity;
 
-/// How long any single step may take before the test fails.
-const STEP: Duration = Duration::from_secs(10);
-
-fn twistctl() -> Command {
-    Command::cargo_bin("twistctl").expect("the twistctl binary is built for tests")
-}
+use common::talk::{Running, STEP, port_of, twistctl};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("twistctl-talk-ep-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temporary folder");
-    dir
-}
-
-/// A child with piped stdin and its stdout read line by line on a thread.
-struct Running {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-}
-
-impl Running {
-    fn start(command: &mut Command) -> Running {
-        let mut child = command
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start twistctl");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Running {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn line(&self) -> String {
-        self.lines.recv_timeout(STEP).expect("an output line")
-    }
-
-    /// Waits for an output line containing `wanted`; the lines before it too.
-    fn expect_line(&self, wanted: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(STEP)
-                .unwrap_or_else(|_| panic!("no line with {wanted:?}"));
-            if line.contains(wanted) {
-                return line;
-            }
-        }
-    }
-
-    fn type_line(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{text}").expect("write a line");
-        stdin.flush().expect("flush");
-    }
-
-    /// Ends stdin and waits (bounded) for the exit status.
-    fn finish(mut self) -> Option<i32> {
-        drop(self.stdin.take());
-        for _ in 0..(STEP.as_millis() / 20) {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        panic!("the process did not end");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn port_of(line: &str) -> String {
-    line.trim_end_matches(" (TLS)")
-        .rsplit(':')
-        .next()
-        .expect("a port")
-        .to_string()
+    common::talk::temp_dir("talk-ep", name)
 }
 
 fn write_identity(dir: &Path) -> (PathBuf, PathBuf, String) {

@@ -218,18 +218,7 @@ impl Server {
 
     /// Resident memory in bytes, and its peak, from /proc.
     fn memory(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/PID/status");
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|kb| kb.parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-                .unwrap_or_else(|| panic!("no {name} in {status}"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        common::talk::memory_of(self.pid())
     }
 
     /// CPU time used so far (user + system).

@@ -6,39 +6,40 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use assert_cmd::cargo::CommandCargoExt;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd};
-
+use common::pki::TestCa;
+use common::talk::{Running, STEP, port_of, run_with_input, text, twistctl};
 use common::{spawn_in_pty, type_in_pty};
-
-/// How long any single step may take before the test fails.
-const STEP: Duration = Duration::from_secs(10);
-
-fn twistctl() -> Command {
-    Command::cargo_bin("twistctl").expect("the twistctl binary is built for tests")
-}
 
 /// A fresh temporary folder for one test.
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("twistctl-talk-tls-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temporary folder");
-    dir
+    common::talk::temp_dir("talk-tls", name)
 }
 
 /// A running `talk-server --echo --tls` on 127.0.0.1 and its first output lines.
 struct Server {
-    child: Child,
-    lines: Receiver<String>,
+    run: Running,
     port: u16,
     /// `SHA256:AB:...`, from the second line.
     fingerprint: String,
     head: Vec<String>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.run
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Running {
+        &mut self.run
+    }
 }
 
 impl Server {
@@ -48,180 +49,62 @@ impl Server {
 
     /// With the operator's stdin piped (`console`: no `--echo`).
     fn start_with(mode: &[&str], tls_args: &[&str], state: &Path) -> Server {
-        let mut child = twistctl()
-            .arg("talk-server")
-            .args(mode)
-            .args(["--bind", "127.0.0.1", "0", "--tls"])
-            .args(tls_args)
-            .env("XDG_STATE_HOME", state)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start talk-server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = lines.recv_timeout(STEP).expect("the listening line");
-        let second = lines.recv_timeout(STEP).expect("the certificate line");
+        let run = Running::start(
+            twistctl()
+                .arg("talk-server")
+                .args(mode)
+                .args(["--bind", "127.0.0.1", "0", "--tls"])
+                .args(tls_args)
+                .env("XDG_STATE_HOME", state),
+        );
+        let first = run.line();
+        let second = run.line();
         assert!(first.ends_with(" (TLS)"), "{first}");
-        let port = first
-            .trim_end_matches(" (TLS)")
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a port");
+        let port = port_of(&first).parse().expect("a port");
         let fingerprint = second
             .strip_prefix("TLS certificate ")
             .unwrap_or_else(|| panic!("second line: {second}"))
             .to_string();
         Server {
-            child,
-            lines,
+            run,
             port,
             fingerprint,
             head: vec![first, second],
         }
     }
-
-    /// Resident memory in bytes, and its peak, from /proc.
-    fn memory(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/PID/status");
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|kb| kb.parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-                .unwrap_or_else(|| panic!("no {name} in {status}"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    /// Types a line at the operator's (piped) console.
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().expect("piped stdin");
-        writeln!(stdin, "{line}").expect("type a line");
-    }
-
-    /// Waits for an output line containing `wanted`.
-    fn expect_line(&self, wanted: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(STEP)
-                .unwrap_or_else(|_| panic!("no server line with {wanted:?}"));
-            if line.contains(wanted) {
-                return line;
-            }
-        }
-    }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs talk-client with `input` piped, `config` as its config dir; bounded by a
-/// watchdog that kills it after [`STEP`].
+/// Runs talk-client with `input` piped, `config` as its config dir, bounded in time.
 fn client(args: &[&str], input: &str, config: &Path) -> Output {
-    let mut child = twistctl()
-        .arg("talk-client")
-        .args(args)
-        .env("XDG_CONFIG_HOME", config)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start talk-client");
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    // A client that refused the server may be gone before its input is written.
-    let _ = stdin.write_all(input.as_bytes());
-    drop(stdin);
-    let pid = child.id() as i32;
-    let (done, finished) = mpsc::channel::<()>();
-    thread::spawn(move || {
-        if finished.recv_timeout(STEP).is_err() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    });
-    let output = child.wait_with_output().expect("talk-client ends");
-    let _ = done.send(());
-    output
+    run_with_input(
+        twistctl()
+            .arg("talk-client")
+            .args(args)
+            .env("XDG_CONFIG_HOME", config),
+        input,
+    )
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Certificates made for a test: a CA, and leaves it signed, as PEM files in `dir`.
+/// A CA of the test's, written to `DIR/ca.pem`, and leaves it signs.
 struct Pki {
     ca: PathBuf,
-}
-
-fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "talk test CA");
-    params
+    authority: TestCa,
 }
 
 impl Pki {
-    /// A CA and leaves: `good` (localhost, 127.0.0.1), `expired`, `other` (other.test).
-    fn new(dir: &Path) -> (Pki, Issuer<'static, KeyPair>) {
-        let ca_key = KeyPair::generate().expect("key");
-        let ca = ca_params().self_signed(&ca_key).expect("CA");
-        let ca_path = dir.join("ca.pem");
-        std::fs::write(&ca_path, ca.pem()).expect("write the CA");
-        (Pki { ca: ca_path }, Issuer::new(ca_params(), ca_key))
+    fn new(dir: &Path) -> Pki {
+        let authority = TestCa::new("talk test CA");
+        Pki {
+            ca: authority.write(dir),
+            authority,
+        }
     }
 
     /// A leaf for `names`, valid between the years given; its cert and key files.
-    fn leaf(
-        dir: &Path,
-        issuer: &Issuer<'static, KeyPair>,
-        name: &str,
-        names: &[&str],
-        years: (i32, i32),
-    ) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names.clone()).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names[0].clone());
-        params.not_before = date_time_ymd(years.0, 1, 1);
-        params.not_after = date_time_ymd(years.1, 1, 1);
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, issuer).expect("leaf");
-        let (cert_path, key_path) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).expect("write the cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
-        (
-            cert_path.display().to_string(),
-            key_path.display().to_string(),
-        )
+    fn leaf(&self, dir: &Path, name: &str, names: &[&str], years: (i32, i32)) -> (String, String) {
+        let params = common::pki::leaf_params(names, (years.0, 1, 1), (years.1, 1, 1));
+        let (cert, key) = self.authority.sign(params).write(dir, name);
+        (cert.display().to_string(), key.display().to_string())
     }
 }
 
@@ -299,15 +182,9 @@ fn the_self_signed_certificate_is_kept_with_a_private_key_and_a_stable_fingerpri
 #[test]
 fn tls_chat_verified_with_ca_and_refusals_name_their_reason() {
     let dir = temp_dir("ca");
-    let (pki, issuer) = Pki::new(&dir);
+    let pki = Pki::new(&dir);
     let ca = pki.ca.display().to_string();
-    let (cert, key) = Pki::leaf(
-        &dir,
-        &issuer,
-        "good",
-        &["localhost", "127.0.0.1"],
-        (2020, 2090),
-    );
+    let (cert, key) = pki.leaf(&dir, "good", &["localhost", "127.0.0.1"], (2020, 2090));
     let server = Server::start(&["--cert", &cert, "--key", &key], &dir);
     let port = server.port.to_string();
     let out = client(
@@ -322,13 +199,7 @@ fn tls_chat_verified_with_ca_and_refusals_name_their_reason() {
     );
     drop(server);
 
-    let (cert, key) = Pki::leaf(
-        &dir,
-        &issuer,
-        "old",
-        &["localhost", "127.0.0.1"],
-        (2020, 2021),
-    );
+    let (cert, key) = pki.leaf(&dir, "old", &["localhost", "127.0.0.1"], (2020, 2021));
     let server = Server::start(&["--cert", &cert, "--key", &key], &dir);
     let port = server.port.to_string();
     let out = client(&["--tls", "--ca", &ca, "localhost", &port], "hi\n", &dir);
@@ -338,7 +209,7 @@ fn tls_chat_verified_with_ca_and_refusals_name_their_reason() {
     assert!(!stderr.contains("--fingerprint"), "never offered: {stderr}");
     drop(server);
 
-    let (cert, key) = Pki::leaf(&dir, &issuer, "other", &["other.test"], (2020, 2090));
+    let (cert, key) = pki.leaf(&dir, "other", &["other.test"], (2020, 2090));
     let server = Server::start(&["--cert", &cert, "--key", &key], &dir);
     let port = server.port.to_string();
     let out = client(&["--tls", "--ca", &ca, "localhost", &port], "hi\n", &dir);
@@ -596,12 +467,8 @@ fn a_client_that_fails_the_handshake_takes_no_number_and_no_line() {
         text(&good.stderr)
     );
     // SIGTERM ends the server; everything it said about clients is then in.
-    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let mut said = Vec::new();
-    while let Ok(line) = server.lines.recv_timeout(STEP) {
-        said.push(line);
-    }
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let said = server.rest();
     let connects: Vec<&String> = said.iter().filter(|l| l.contains(" connected")).collect();
     assert_eq!(connects.len(), 1, "{said:?}");
     assert!(

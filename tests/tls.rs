@@ -7,6 +7,9 @@
 //! the wire) it is a blocking rustls peer on a thread. Every run is bounded by a
 //! watchdog that stops the reactor and fails the test after 10 s.
 
+mod common;
+
+use common::pki::{IN_DATE, Signed, TestCa, leaf_params};
 use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdStream};
@@ -14,8 +17,7 @@ use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use twistctl::reactor::tcp::{ClientFactory, HIGH_WATER_MARK, WRITE_BUFFER_LIMIT};
 use twistctl::reactor::tls::{
     CertificateInfo, ClientOptions, Fingerprint, Protocols, ServerIdentity, ServerOptions,
@@ -41,70 +43,23 @@ struct Pki {
     self_signed: ServerIdentity,
 }
 
-fn identity(cert: &rcgen::Certificate, key: &KeyPair) -> ServerIdentity {
-    ServerIdentity {
-        chain: vec![cert.der().clone()],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    }
-}
-
-fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "twistctl test CA");
-    params
-}
-
-fn leaf_params(names: &[&str], from: (i32, u8, u8), to: (i32, u8, u8)) -> CertificateParams {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let mut params = CertificateParams::new(names.clone()).expect("params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, names[0].clone());
-    params.not_before = date_time_ymd(from.0, from.1, from.2);
-    params.not_after = date_time_ymd(to.0, to.1, to.2);
-    params
-}
-
 fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let ca_key = KeyPair::generate().expect("key");
-        let ca = ca_params().self_signed(&ca_key).expect("CA");
-        let issuer = Issuer::new(ca_params(), ca_key);
-        let signed = |params: CertificateParams| {
-            let key = KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &issuer).expect("leaf");
-            identity(&cert, &key)
-        };
-        let valid = ((2020, 1, 1), (2090, 1, 1));
-        let impostor_issuer = Issuer::new(ca_params(), KeyPair::generate().expect("key"));
-        let impostor_key = KeyPair::generate().expect("key");
-        let impostor = leaf_params(&["localhost", "127.0.0.1"], valid.0, valid.1)
-            .signed_by(&impostor_key, &impostor_issuer)
-            .expect("impostor");
-        let self_key = KeyPair::generate().expect("key");
-        let self_signed = leaf_params(&["localhost", "127.0.0.1"], valid.0, valid.1)
-            .self_signed(&self_key)
-            .expect("self-signed");
+        let local = ["localhost", "127.0.0.1"];
+        let valid = IN_DATE;
+        let ca = TestCa::new("twistctl test CA");
+        let signed = |params| ca.sign(params).identity();
+        // A CA of the same name with another key.
+        let impostor = TestCa::new("twistctl test CA").sign(leaf_params(&local, valid.0, valid.1));
         Pki {
-            ca: ca.der().clone(),
-            leaf: signed(leaf_params(&["localhost", "127.0.0.1"], valid.0, valid.1)),
-            expired: signed(leaf_params(
-                &["localhost", "127.0.0.1"],
-                (2020, 1, 1),
-                (2021, 1, 1),
-            )),
-            not_yet_valid: signed(leaf_params(
-                &["localhost", "127.0.0.1"],
-                (2090, 1, 1),
-                (2091, 1, 1),
-            )),
+            ca: ca.ca.der(),
+            leaf: signed(leaf_params(&local, valid.0, valid.1)),
+            expired: signed(leaf_params(&local, (2020, 1, 1), (2021, 1, 1))),
+            not_yet_valid: signed(leaf_params(&local, (2090, 1, 1), (2091, 1, 1))),
             other_name: signed(leaf_params(&["other.test"], valid.0, valid.1)),
-            impostor: identity(&impostor, &impostor_key),
-            self_signed: identity(&self_signed, &self_key),
+            impostor: impostor.identity(),
+            self_signed: Signed::self_signed(leaf_params(&local, valid.0, valid.1)).identity(),
         }
     })
 }

@@ -737,7 +737,7 @@ fn u05_a_path_without_permission_fails_with_eacces() {
         std::fs::Permissions::from_mode(0o000),
     )
     .unwrap();
-    if !is_root() {
+    if !common::is_root() {
         let error = connect_failure(&address);
         assert_eq!(errno(&error), Some(libc::EACCES), "{error:?}");
         return;
@@ -785,19 +785,6 @@ fn u05_eacces_child_process() {
     let error = connect_failure(&UnixAddress::Path(PathBuf::from(path)));
     assert_eq!(errno(&error), Some(libc::EACCES), "{error:?}");
     println!("EACCES-CHILD-OK");
-}
-
-/// Whether this process runs as root, read from /proc (no unsafe call needed).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Linux answers ECONNREFUSED for a file that is not a socket; the reactor says

@@ -115,3 +115,16 @@ pub fn output_within(mut command: Command, limit: std::time::Duration) -> std::p
     done.store(true, Ordering::SeqCst);
     output
 }
+
+/// Whether this process runs as root, read from /proc (no unsafe call needed).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}

@@ -60,6 +60,12 @@ pub fn port_of(line: &str) -> String {
 /// Each line `stream` gives, on a channel, read on a thread.
 pub fn line_channel(stream: impl Read + Send + 'static) -> Receiver<String> {
     let (sender, lines) = mpsc::channel();
+    forward_lines(stream, sender);
+    lines
+}
+
+/// Sends each line `stream` gives to `sender`, from a thread, until either ends.
+fn forward_lines(stream: impl Read + Send + 'static, sender: mpsc::Sender<String>) {
     thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
@@ -68,7 +74,6 @@ pub fn line_channel(stream: impl Read + Send + 'static) -> Receiver<String> {
             }
         }
     });
-    lines
 }
 
 /// A child with piped stdin and its stdout read line by line; killed when dropped.
@@ -82,21 +87,33 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `command` (stderr discarded).
+    /// Starts `command`: its stdout lines arrive, stderr is discarded.
     pub fn start(command: &mut Command) -> Running {
-        Running::start_with_stderr(command, Stdio::null())
+        Running::spawn(command, false)
     }
 
-    /// Starts `command` with its stderr going to `stderr`.
-    pub fn start_with_stderr(command: &mut Command, stderr: Stdio) -> Running {
+    /// Starts `command`: its stdout and stderr lines arrive on the one channel.
+    pub fn start_merged(command: &mut Command) -> Running {
+        Running::spawn(command, true)
+    }
+
+    fn spawn(command: &mut Command, merged: bool) -> Running {
         let mut child = command
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(stderr)
+            .stderr(if merged {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .spawn()
-            .expect("start twistctl");
-        let lines = line_channel(child.stdout.take().expect("piped stdout"));
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", command.get_program()));
+        let (sender, lines) = mpsc::channel();
+        forward_lines(child.stdout.take().expect("piped stdout"), sender.clone());
+        if let Some(stderr) = child.stderr.take() {
+            forward_lines(stderr, sender);
+        }
         let stdin = child.stdin.take();
         Running {
             child,
@@ -140,9 +157,24 @@ impl Running {
 
     /// Types a line at the (piped) console.
     pub fn type_line(&mut self, text: &str) {
+        self.send(&format!("{text}\n"));
+    }
+
+    /// Writes `text` to stdin as it is.
+    pub fn send(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{text}").expect("write a line");
+        stdin.write_all(text.as_bytes()).expect("write to stdin");
         stdin.flush().expect("flush");
+    }
+
+    /// Ends stdin.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    /// Resident memory in bytes, and its peak, from /proc.
+    pub fn memory(&self) -> (u64, u64) {
+        memory_of(self.child.id())
     }
 
     /// Sends the process a signal.
@@ -175,6 +207,22 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The resident memory of process `pid` in bytes, and its peak, from /proc.
+pub fn memory_of(pid: u32) -> (u64, u64) {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Runs `command` with `input` piped to it; killed after [`STEP`], so a hang fails

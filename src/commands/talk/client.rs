@@ -30,13 +30,13 @@ use crate::exit::ExitStatus;
 use crate::protocols::line::{Delimiter, LineControl, LineHandler, LineReceiver};
 use crate::protocols::policies::IdleTimeout;
 use crate::reactor::endpoints::{
-    Attempt, AttemptOutcome, Connecting, EndpointError, EndpointErrorKind, EndpointOptions,
-    HostnameEndpoint,
+    Attempt, AttemptOutcome, CheckedFactory, Connecting, EndpointError, EndpointErrorKind,
+    EndpointOptions, HostnameEndpoint,
 };
 use crate::reactor::unix::{UnixCheckError, UnixEndpoint};
 use crate::reactor::{
-    Address, CloseReason, ConnectError, DelayedCall, Factory, Protocol, ProtocolResult, Reactor,
-    Scheduler, Step, StopReason, TransportRef,
+    Address, CloseReason, ConnectError, DelayedCall, Factory, Failure, Protocol, ProtocolResult,
+    Reactor, Scheduler, Step, StopReason, TransportRef,
 };
 
 use super::console::{Console, ConsoleEvent, Prompt};
@@ -592,22 +592,12 @@ fn dial(
         tls: tls.is_some(),
     });
     let endpoint = endpoint.with_options(options);
-    let (connecting, refused) = match tls {
+    let (connecting, refused) = match tls.map(|route| route.checked(factory.clone())) {
         None => (endpoint.start_plain(factory), None),
-        Some(route) => {
-            let checked = crate::reactor::tls::checked_client_factory(
-                &route.reactor,
-                &route.config,
-                &route.server_name,
-                factory,
-            );
-            match checked {
-                Ok(checked) => (endpoint.start_checked(checked), Some(route.refused)),
-                Err(error) => {
-                    conversation.connect_failed(format!("TLS: {error}"));
-                    return endpoint.start_plain(Rc::new(NoFactory));
-                }
-            }
+        Some(Ok((checked, refused))) => (endpoint.start_checked(checked), Some(refused)),
+        Some(Err(reason)) => {
+            conversation.connect_failed(reason);
+            return endpoint.start_plain(Rc::new(NoFactory));
         }
     };
     let conversation = conversation.clone();
@@ -628,11 +618,8 @@ fn dial(
         match outcome {
             Ok(connection) => log::info!("connected to {}", connection.peer),
             Err(failure) => {
-                // A TLS refusal is the trust decision's to handle (ask, or say why).
                 if let Some(refused) = &refused
-                    && let Some(error) = failure.downcast_ref::<EndpointError>()
-                    && let EndpointErrorKind::Check { failure, .. } = &error.kind
-                    && let Some(CloseReason::Tls(tls_error)) = failure.downcast_ref::<CloseReason>()
+                    && let Some(tls_error) = tls_refusal(&failure)
                 {
                     if !conversation.is_over() {
                         refused(tls_error);
@@ -661,29 +648,16 @@ fn dial_unix(endpoint: UnixEndpoint, conversation: &Rc<Conversation>, tls: Optio
         conversation: conversation.clone(),
         tls: tls.is_some(),
     });
-    let (connecting, refused) = match tls {
+    let (connecting, refused) = match tls.map(|route| route.checked(factory.clone())) {
         None => (endpoint.connect(factory), None),
-        Some(route) => {
-            let checked = crate::reactor::tls::checked_client_factory(
-                &route.reactor,
-                &route.config,
-                &route.server_name,
-                factory,
-            );
-            match checked {
-                Ok(checked) => (endpoint.connect_checked(checked), Some(route.refused)),
-                Err(error) => return conversation.connect_failed(format!("TLS: {error}")),
-            }
-        }
+        Some(Ok((checked, refused))) => (endpoint.connect_checked(checked), Some(refused)),
+        Some(Err(reason)) => return conversation.connect_failed(reason),
     };
     let conversation = conversation.clone();
     let _ = connecting.then(move |outcome| {
         if let Err(failure) = outcome {
-            // A TLS refusal is the trust decision's to handle (say why, how to pin).
             if let Some(refused) = &refused
-                && let Some(error) = failure.downcast_ref::<UnixCheckError>()
-                && let Some(CloseReason::Tls(tls_error)) =
-                    error.failure.downcast_ref::<CloseReason>()
+                && let Some(tls_error) = tls_refusal(&failure)
             {
                 if !conversation.is_over() {
                     refused(tls_error);
@@ -705,7 +679,45 @@ struct TlsRoute {
     reactor: Reactor,
     config: TlsClientConfig,
     server_name: String,
-    refused: Rc<dyn Fn(&TlsError)>,
+    refused: Refused,
+}
+
+/// What a refused TLS server is handed to: the trust decision.
+type Refused = Rc<dyn Fn(&TlsError)>;
+
+impl TlsRoute {
+    /// The factory that puts the TLS layer under `inner` and passes the endpoint's
+    /// check once the server is verified, and the refusal handler; or why not, in words.
+    fn checked(self, inner: Rc<dyn Factory>) -> Result<(Rc<dyn CheckedFactory>, Refused), String> {
+        crate::reactor::tls::checked_client_factory(
+            &self.reactor,
+            &self.config,
+            &self.server_name,
+            inner,
+        )
+        .map(|checked| (checked, self.refused))
+        .map_err(|error| format!("TLS: {error}"))
+    }
+}
+
+/// The TLS refusal a failed connect ended with, over TCP or a UNIX socket: the trust
+/// decision's to handle (ask, or say why and how to pin).
+fn tls_refusal(failure: &Failure) -> Option<&TlsError> {
+    let check = match (
+        failure.downcast_ref::<EndpointError>(),
+        failure.downcast_ref::<UnixCheckError>(),
+    ) {
+        (Some(error), _) => match &error.kind {
+            EndpointErrorKind::Check { failure, .. } => failure,
+            _ => return None,
+        },
+        (None, Some(error)) => &error.failure,
+        (None, None) => return None,
+    };
+    match check.downcast_ref::<CloseReason>() {
+        Some(CloseReason::Tls(error)) => Some(error),
+        _ => None,
+    }
 }
 
 /// Where a TLS connect goes.
