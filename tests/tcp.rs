@@ -1071,6 +1071,51 @@ fn x04_a_flush_sends_a_bounded_amount_per_pass() {
     assert!(all == pattern(0, TOTAL), "all bytes, in order");
 }
 
+/// Writes that arrive while earlier bytes are partly sent (the write buffer then moves
+/// its unsent bytes to the front) reach the peer complete and in order.
+#[test]
+fn x01_x04_writes_between_partial_sends_arrive_in_order() {
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: usize = 8;
+    /// Writes chunk `k` and schedules the next one for the next iteration, after a flush
+    /// pass; loses the connection after the last.
+    fn write_from(reactor: Reactor, transport: TransportRef, k: usize) {
+        transport.write(&pattern(k * CHUNK, CHUNK));
+        if k + 1 == CHUNKS {
+            transport.lose_connection();
+            return;
+        }
+        let r = reactor.clone();
+        reactor.call_later(Duration::ZERO, move || write_from(r, transport, k + 1));
+    }
+    let reactor = Reactor::new().unwrap();
+    let peer: Shared<StdStream> = shared();
+    let reader: Shared<std::thread::JoinHandle<Vec<u8>>> = shared();
+    let (p, rd, r) = (peer.clone(), reader.clone(), reactor.clone());
+    let server = server(&new_log(), move |proto| {
+        let (p, rd, r, r2) = (p.clone(), rd.clone(), r.clone(), r.clone());
+        proto
+            .made(move |t| {
+                let mut stream = p.borrow_mut().take().expect("peer");
+                stream.set_nonblocking(false).unwrap();
+                *rd.borrow_mut() = Some(std::thread::spawn(move || {
+                    let mut all = Vec::new();
+                    let _ = stream.read_to_end(&mut all);
+                    all
+                }));
+                write_from(r.clone(), t.clone(), 0);
+                Ok(())
+            })
+            .lost(stop_on_lost(&r2))
+    });
+    dial_nonblocking(&reactor, server, &peer);
+    run(&reactor);
+    let handle = reader.borrow_mut().take().expect("reader");
+    let all = handle.join().unwrap();
+    assert_eq!(all.len(), CHUNK * CHUNKS);
+    assert!(all == pattern(0, CHUNK * CHUNKS), "all bytes, in order");
+}
+
 #[test]
 fn x05_lose_connection_delivers_buffered_data() {
     const BIG: usize = 10 * 1024 * 1024;

@@ -318,6 +318,15 @@ impl StreamTransport {
             {
                 busy.out = reactor.take_buffer();
             }
+            if busy.sent > 0 && busy.sent >= busy.pending() {
+                // More sent than not: the unsent bytes move to the front before more are
+                // added, so the buffer stays at most twice what is pending, and no byte
+                // moves more often than bytes are sent. Done here, not after each send:
+                // most buffers drain before the next write and need no move at all.
+                let sent = busy.sent;
+                busy.out.drain(..sent);
+                busy.sent = 0;
+            }
             busy.out.extend_from_slice(data);
             Some(
                 if busy.pending() > HIGH_WATER_MARK && !self.has(flag::PRODUCER_PAUSED) {
@@ -979,11 +988,9 @@ impl StreamTransport {
                             // keeps the memory for the next burst of any connection.
                             self.release_buffer(std::mem::take(&mut busy.out));
                             busy.sent = 0;
-                        } else if busy.sent > busy.out.len() / 2 {
-                            let sent = busy.sent;
-                            busy.out.drain(..sent);
-                            busy.sent = 0;
                         }
+                        // A partly sent buffer is compacted by the next write that
+                        // needs the room, if any: most drain before one does.
                     }
                     FlushStep::Wrote(written)
                 })
