@@ -405,6 +405,20 @@ impl<T: 'static> Drop for Inner<T> {
         if let Some(Err(failure)) = &s.result {
             log::error!("Unhandled error in Deferred: {}", failure);
         }
+        // Nothing left that could hold another Deferred (the common end of a fired
+        // one, whose chain has run): dropped in place, without boxing it for the queue.
+        let nothing_nested = s.chain.is_empty()
+            && s.parent.is_none()
+            && s.canceller.is_none()
+            && s.head.is_none()
+            && match &s.result {
+                None => true,
+                Some(Ok(_)) => !std::mem::needs_drop::<T>(),
+                Some(Err(_)) => false,
+            };
+        if nothing_nested {
+            return;
+        }
         let garbage: Box<dyn Any> = Box::new((
             std::mem::take(&mut s.chain),
             s.parent.take(),
