@@ -14,10 +14,10 @@ use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdStream};
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use twistctl::reactor::tcp::{ClientFactory, HIGH_WATER_MARK, WRITE_BUFFER_LIMIT};
 use twistctl::reactor::tls::{
     CertificateInfo, ClientOptions, Fingerprint, Protocols, ServerIdentity, ServerOptions,
@@ -851,20 +851,7 @@ fn blocking_client(
 ) -> std::thread::JoinHandle<()> {
     let ca = pki().ca.clone();
     std::thread::spawn(move || {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).expect("root");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connection = rustls::ClientConnection::new(
-            Arc::new(config),
-            ServerName::try_from("localhost").expect("name"),
-        )
-        .expect("connection");
+        let connection = common::pki::client_connection(ca, "localhost");
         let socket = StdStream::connect(("127.0.0.1", port)).expect("connect");
         socket
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -1243,20 +1230,7 @@ fn s12_start_tls_bytes_before_are_clear_after_are_encrypted() {
         let mut clear = [0u8; 14];
         socket.read_exact(&mut clear).expect("the clear reply");
         assert_eq!(&clear, b"220 go ahead\r\n");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).expect("root");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connection = rustls::ClientConnection::new(
-            Arc::new(config),
-            ServerName::try_from("localhost").expect("name"),
-        )
-        .expect("connection");
+        let connection = common::pki::client_connection(ca, "localhost");
         let mut stream = rustls::StreamOwned::new(connection, socket);
         let mut received = Vec::new();
         stream.read_to_end(&mut received).expect("a clean TLS end");

@@ -2,9 +2,10 @@
 //! identities for in-process servers or as PEM files for the binary.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use twistctl::reactor::tls::ServerIdentity;
 
 /// A day, as `(year, month, day)`.
@@ -112,4 +113,20 @@ impl TestCa {
         std::fs::write(&path, self.ca.cert.pem()).expect("write the CA");
         path
     }
+}
+
+/// A blocking rustls client for `name` that trusts `ca` alone (TLS 1.2 and 1.3, *ring*),
+/// for a test to speak TLS to a server under test over any stream.
+pub fn client_connection(ca: CertificateDer<'static>, name: &str) -> rustls::ClientConnection {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("the CA as a root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from(name.to_string()).expect("a server name");
+    rustls::ClientConnection::new(Arc::new(config), name).expect("a TLS client")
 }

@@ -8,12 +8,11 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 
 /// How long any single step may take before the test fails.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -353,14 +352,7 @@ impl Peer {
     /// A TLS connection to `place` that trusts `ca` and verifies the server as
     /// `localhost`; the handshake completes before this returns.
     pub fn tls(place: &Place, ca: CertificateDer<'static>) -> Peer {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).expect("the CA as a root");
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = ServerName::try_from("localhost").expect("a name");
-        let connection =
-            rustls::ClientConnection::new(Arc::new(config), name).expect("a TLS client");
+        let connection = super::pki::client_connection(ca, "localhost");
         let mut stream = rustls::StreamOwned::new(connection, place.connect());
         while stream.conn.is_handshaking() {
             stream
