@@ -318,3 +318,32 @@ fn piped_input_over_tls_ends_once_the_server_has_been_quiet_without_linger() {
         );
     }
 }
+
+#[test]
+fn a_full_tls_server_tells_the_operator_of_refusals_only_after_the_handshake() {
+    for over in [Over::Tls, Over::UnixTls] {
+        let mut chat = Chat::start(over, &["--max-clients", "1"], "full");
+        let _first = chat.peer(1);
+        // Plain bytes where a ClientHello belongs: refused by the TLS layer, unseen.
+        let mut plain = Peer::plain(&chat.place);
+        plain.send(b"not a handshake\r\n");
+        let alert = plain.read_to_close();
+        assert!(!text(&alert).contains("server full"), "{over:?}: {alert:?}");
+        // A real TLS client is told, after its handshake, and the operator sees it.
+        let mut second = Peer::tls(&chat.place, chat.ca.clone());
+        assert_eq!(
+            text(&second.read_to_close()),
+            "error: server full\r\n",
+            "{over:?}"
+        );
+        chat.server.signal(Signal::SIGTERM);
+        let said = chat.server.rest();
+        let refusals: Vec<&String> = said.iter().filter(|l| l.contains("refused")).collect();
+        assert_eq!(refusals.len(), 1, "{over:?}: {said:?}");
+        assert!(
+            refusals[0].starts_with("* connection from ")
+                && refusals[0].ends_with(" refused: server full"),
+            "{over:?}: {said:?}"
+        );
+    }
+}

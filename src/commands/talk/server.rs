@@ -123,11 +123,14 @@ impl TalkServer {
         let operator = state.operator.clone();
         let raw = config.raw;
         let refused: RefusedProtocol = Rc::new(move |addr: &Address, _why| {
-            operator.print(&format!(
+            let notice = format!(
                 "* connection from {} refused: server full",
                 plain_address(addr.clone())
-            ));
-            Some(Box::new(Refusal { raw }) as Box<dyn Protocol>)
+            );
+            Some(Box::new(Refusal {
+                raw,
+                notice: Some((operator.clone(), notice)),
+            }) as Box<dyn Protocol>)
         });
         let chat = Rc::new(ServerFactory {
             state: state.clone(),
@@ -456,15 +459,36 @@ impl Factory for ServerFactory {
 }
 
 /// The connection of a client that came when the server was full: told so, then closed.
+/// The operator hears of it as of a client: over TLS once the handshake completed, so
+/// that a peer that fails it (a port scan) prints nothing.
 struct Refusal {
     raw: bool,
+    /// The line for the operator, until printed.
+    notice: Option<(Rc<dyn Operator>, String)>,
+}
+
+impl Refusal {
+    fn announce(&mut self) {
+        if let Some((operator, line)) = self.notice.take() {
+            operator.print(&line);
+        }
+    }
 }
 
 impl Protocol for Refusal {
     fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
+        // Over TLS this waits for the handshake, and goes out with close_notify.
         let delimiter: &[u8] = if self.raw { b"" } else { b"\r\n" };
         transport.write_sequence(&[b"error: server full", delimiter]);
         transport.lose_connection();
+        if !transport.is_tls() || transport.tls().is_some() {
+            self.announce();
+        }
+        Ok(())
+    }
+
+    fn handshake_completed(&mut self, _transport: &TransportRef) -> ProtocolResult {
+        self.announce();
         Ok(())
     }
 
