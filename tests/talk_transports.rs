@@ -322,7 +322,7 @@ fn piped_input_over_tls_ends_once_the_server_has_been_quiet_without_linger() {
 #[test]
 fn a_full_tls_server_tells_the_operator_of_refusals_only_after_the_handshake() {
     for over in [Over::Tls, Over::UnixTls] {
-        let mut chat = Chat::start(over, &["--max-clients", "1"], "full");
+        let chat = Chat::start(over, &["--max-clients", "1"], "full");
         let _first = chat.peer(1);
         // Plain bytes where a ClientHello belongs: refused by the TLS layer, unseen.
         let mut plain = Peer::plain(&chat.place);
