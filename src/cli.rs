@@ -125,7 +125,8 @@ pub enum Command {
     #[command(
         long_about = "Line chat, server side: talk with every connected client from this \
                       console. Clients are numbered from 1 (a TLS client once its handshake \
-                      completed: one that fails it takes no number); their lines print as \
+                      completed: one that fails it takes no number, one that has not \
+                      completed it after 10s is dropped); their lines print as \
                       'Client 1: hello', with control characters, bidirectional controls \
                       and invisible characters escaped (\\x1b, \\u{202e}). The first line of \
                       output is 'Listening on ADDRESS:PORT'.\n\n\

@@ -38,6 +38,8 @@ struct State {
     producer: Option<Rc<dyn Producer>>,
     /// What [`Transport::tls`] reports: a connection that speaks TLS.
     tls: Option<Rc<TlsSession>>,
+    /// A TLS connection whose handshake has not completed ([`Transport::is_tls`]).
+    handshaking: bool,
 }
 
 impl StringTransport {
@@ -112,15 +114,31 @@ impl StringTransport {
     /// reconnects a protocol (a TLS session set stays).
     pub fn reset(&self) {
         let mut state = self.state.borrow_mut();
-        let tls = state.tls.take();
+        let (tls, handshaking) = (state.tls.take(), state.handshaking);
         *state = State::default();
-        state.tls = tls;
+        (state.tls, state.handshaking) = (tls, handshaking);
     }
 
-    /// Makes the transport report `session` from [`Transport::tls`] (and speak TLS by
-    /// [`Transport::is_tls`]), as a TLS connection whose handshake completed.
-    pub fn set_tls(&self, session: TlsSession) {
-        self.state.borrow_mut().tls = Some(Rc::new(session));
+    /// Makes the transport a TLS connection whose handshake completed: it speaks TLS
+    /// ([`Transport::is_tls`]) and reports a TLS 1.3 session from [`Transport::tls`].
+    /// (The protocol is not told: a test calls its `handshake_completed` itself.)
+    pub fn complete_handshake(&self) {
+        let mut state = self.state.borrow_mut();
+        state.tls = Some(Rc::new(TlsSession {
+            version: "TLSv1.3".to_string(),
+            cipher: "TLS_AES_128_GCM_SHA256".to_string(),
+            group: Some("x25519".to_string()),
+            alpn: None,
+            peer_chain: Vec::new(),
+            sni: None,
+        }));
+        state.handshaking = false;
+    }
+
+    /// Makes the transport speak TLS ([`Transport::is_tls`]) with its handshake still
+    /// running ([`Transport::tls`] is `None` until [`StringTransport::complete_handshake`]).
+    pub fn set_handshaking(&self) {
+        self.state.borrow_mut().handshaking = true;
     }
 
     fn record(&self, chunks: &[&[u8]]) {
@@ -153,7 +171,8 @@ impl Transport for StringTransport {
     }
 
     fn is_tls(&self) -> bool {
-        self.state.borrow().tls.is_some()
+        let state = self.state.borrow();
+        state.handshaking || state.tls.is_some()
     }
 
     fn lose_connection(&self) {

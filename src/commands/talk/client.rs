@@ -1407,21 +1407,10 @@ mod tests {
         assert_eq!(chat.endings(), [Ending::Closed]);
     }
 
-    fn tls_session() -> crate::reactor::tls::TlsSession {
-        crate::reactor::tls::TlsSession {
-            version: "TLSv1.3".into(),
-            cipher: "TLS_AES_128_GCM_SHA256".into(),
-            group: None,
-            alpn: None,
-            peer_chain: Vec::new(),
-            sni: None,
-        }
-    }
-
     #[test]
     fn s14_over_tls_the_end_of_input_closes_once_the_server_has_been_quiet() {
         let mut chat = Chat::connected(false);
-        chat.transport().set_tls(tls_session());
+        chat.transport().complete_handshake();
         chat.type_line("hello");
         chat.conversation.typed(ConsoleEvent::Eof);
         // No half-close over TLS, and no close yet: the replies are awaited.
@@ -1447,7 +1436,7 @@ mod tests {
         // With --linger, the TCP rule: wait up to that long for the server's close.
         let mut chat = Chat::lingering(false, Some(Duration::from_secs(10)));
         chat.driver.connect().unwrap();
-        chat.transport().set_tls(tls_session());
+        chat.transport().complete_handshake();
         chat.conversation.typed(ConsoleEvent::Eof);
         chat.clock.advance(Duration::from_secs(9));
         assert!(!chat.transport().is_disconnecting());

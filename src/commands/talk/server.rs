@@ -1427,4 +1427,53 @@ mod tests {
         stuck.close();
         assert!(done.is_called());
     }
+
+    #[test]
+    fn a_tls_client_is_announced_after_its_handshake_and_dropped_without_one() {
+        use crate::commands::talk::server_client::HANDSHAKE_TIMEOUT;
+        let h = Harness::new(config());
+        let tls_client = |port: u16| {
+            let peer = SocketAddr::from(([127, 0, 0, 1], port));
+            let protocol = h.factory.build_protocol(peer.into()).expect("a protocol");
+            let host = SocketAddr::from(([127, 0, 0, 1], 8443));
+            let transport = StringTransport::new(peer, host);
+            transport.set_handshaking();
+            let mut driver = ProtocolDriver::from_box(protocol, transport);
+            driver.connect().expect("connection_made");
+            driver
+        };
+        let mut stalled = tls_client(5000);
+        let mut quick = tls_client(5001);
+        assert!(
+            h.out().is_empty(),
+            "nobody is announced before the handshake"
+        );
+        h.typed("/who");
+        assert_eq!(h.out(), ["* no clients connected"]);
+
+        h.clock.advance(Duration::from_secs(5));
+        quick.transport().complete_handshake();
+        let transport = quick.transport_ref().clone();
+        quick
+            .protocol_mut()
+            .handshake_completed(&transport)
+            .unwrap();
+        assert_eq!(h.out(), ["* client 1 connected from 127.0.0.1:5001"]);
+
+        h.clock.advance(HANDSHAKE_TIMEOUT - Duration::from_secs(5));
+        assert!(
+            stalled.transport().aborted(),
+            "no handshake in time: dropped"
+        );
+        assert!(!quick.transport().aborted());
+        stalled.lose(CloseReason::Aborted);
+        assert!(
+            h.out().is_empty(),
+            "a client never announced leaves no line"
+        );
+        assert_eq!(h.server.client_count(), 1);
+        h.typed("/who");
+        let who = h.out();
+        assert!(who[0].contains(" tls TLSv1.3 idle "), "{who:?}");
+    }
 }

@@ -39,6 +39,11 @@ pub const OUTGOING_LIMIT: usize = 1024 * 1024;
 /// does not read must not keep a closed client (or the server's shutdown) waiting.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a TLS client may take to complete its handshake. Until then it is not part
+/// of the chat (no number, not in `/who`, nothing the operator could `/kick`), so one
+/// that never finishes must not hold a place of `--max-clients` for ever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How the connection's outgoing side copes with a peer that reads slowly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -146,6 +151,8 @@ pub struct Client {
     /// When the client was last heard from; closes it after `--idle-timeout`.
     idle: RefCell<Option<IdleTimeout>>,
     grace_timer: RefCell<Option<DelayedCall>>,
+    /// Drops a TLS client that has not completed its handshake in time.
+    handshake_timer: RefCell<Option<DelayedCall>>,
     ended: Cell<bool>,
     /// The chat was told of the client (over TLS: once the handshake completed).
     announced: Cell<bool>,
@@ -191,6 +198,7 @@ impl Client {
             reason: RefCell::new(None),
             idle: RefCell::new(None),
             grace_timer: RefCell::new(None),
+            handshake_timer: RefCell::new(None),
             ended: Cell::new(false),
             announced: Cell::new(false),
             half_closed: Cell::new(false),
@@ -405,12 +413,34 @@ impl Client {
     /// handshake completed, so that a peer that fails the handshake (a plain-text
     /// client, one that refuses the certificate) never takes a number or a line.
     fn announce(self: &Rc<Self>) {
+        if let Some(timer) = self.handshake_timer.borrow_mut().take() {
+            let _ = timer.cancel();
+        }
         if self.announced.replace(true) || self.ended.get() {
             return;
         }
         if let Some(events) = self.events.upgrade() {
             events.connected(self);
         }
+    }
+
+    /// A TLS client: announced once its handshake completes, dropped if that takes
+    /// longer than [`HANDSHAKE_TIMEOUT`].
+    fn await_handshake(&self) {
+        let client = self.me.clone();
+        let timer = self.scheduler.schedule(
+            HANDSHAKE_TIMEOUT,
+            Box::new(move || {
+                if let Some(client) = client.upgrade() {
+                    let why = format!(
+                        "no handshake within {}",
+                        crate::duration::format(HANDSHAKE_TIMEOUT)
+                    );
+                    client.abort(Disconnect::Other(why));
+                }
+            }),
+        );
+        *self.handshake_timer.borrow_mut() = Some(timer);
     }
 
     fn heard(&self) {
@@ -466,15 +496,20 @@ impl Client {
         if let Some(timer) = self.grace_timer.borrow_mut().take() {
             let _ = timer.cancel();
         }
+        if let Some(timer) = self.handshake_timer.borrow_mut().take() {
+            let _ = timer.cancel();
+        }
         self.transport.borrow_mut().take();
         if let Some(outgoing) = self.outgoing.borrow_mut().take() {
             outgoing.clear();
         }
         let ours = self.reason.borrow_mut().take();
         if !self.announced.get() {
-            // Never part of the chat: a handshake that failed or was cut short.
+            // Never part of the chat: a handshake that failed, was cut short or took
+            // too long.
+            let why = ours.map_or_else(|| reason.to_string(), |ours| ours.to_string());
             log::info!(
-                "TLS connection from {} ended before the handshake completed: {reason}",
+                "TLS connection from {} ended before the handshake completed: {why}",
                 self.peer
             );
             return;
@@ -501,6 +536,8 @@ impl LineHandler for ClientHandler {
         // Over TLS the client is announced by `handshake_completed`.
         if !transport.is_tls() || transport.tls().is_some() {
             self.client.announce();
+        } else {
+            self.client.await_handshake();
         }
         Ok(())
     }
