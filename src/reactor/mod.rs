@@ -168,6 +168,9 @@ struct Inner {
     thread_queue: Arc<ThreadQueue>,
     /// Continuations the reactor itself schedules for the next iteration.
     soon: RefCell<VecDeque<Box<dyn FnOnce()>>>,
+    /// The queue `soon` was emptied into last time, kept empty with its memory, so that
+    /// an iteration's continuations do not grow a new queue from nothing each time.
+    soon_spare: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     /// Registry entries whose source is known to be ready without asking the poll (a
     /// connect that completed when it started): told so in the next poll's I/O phase,
     /// where the poll's own event would have told them.
@@ -311,6 +314,7 @@ impl Reactor {
                 io: RefCell::new(IoRegistry::default()),
                 thread_queue: Arc::new(ThreadQueue::new(waker)),
                 soon: RefCell::new(VecDeque::new()),
+                soon_spare: RefCell::new(VecDeque::new()),
                 known_ready: RefCell::new(Vec::new()),
                 spare_buffers: RefCell::new(SpareBuffers::default()),
                 read_buffers: RefCell::new(Vec::new()),
@@ -880,13 +884,15 @@ impl Reactor {
 
     /// R-12 step 1: the calls queued when the iteration began, FIFO.
     fn run_queued_calls(&self) {
-        let soon = std::mem::take(&mut *self.inner.soon.borrow_mut());
-        for f in soon {
+        let spare = std::mem::take(&mut *self.inner.soon_spare.borrow_mut());
+        let mut soon = std::mem::replace(&mut *self.inner.soon.borrow_mut(), spare);
+        for f in soon.drain(..) {
             if self.shutdown_complete() {
                 return;
             }
             f();
         }
+        *self.inner.soon_spare.borrow_mut() = soon;
         if self.shutdown_complete() {
             return;
         }

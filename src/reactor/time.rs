@@ -430,24 +430,32 @@ impl TimerQueue {
     /// Moves calls scheduled since the last admission into the heap, or, for a large
     /// batch while no sorted run is pending, makes them the sorted run.
     pub(crate) fn admit(&self) {
-        let mut incoming = std::mem::take(&mut *self.inner.incoming.borrow_mut());
-        if incoming.is_empty() {
+        let mut slot = self.inner.incoming.borrow_mut();
+        if slot.is_empty() {
             return;
         }
-        if incoming.len() >= SORTED_RUN_MIN {
+        let large = slot.len() >= SORTED_RUN_MIN;
+        if large {
             let mut sorted = self.inner.sorted.borrow_mut();
             if sorted.is_empty() {
+                let mut incoming = std::mem::take(&mut *slot);
                 incoming.sort_unstable_by(|a, b| b.cmp(a));
                 *sorted = incoming;
                 return;
             }
         }
         let mut heap = self.inner.heap.borrow_mut();
-        if heap.is_empty() {
+        if large && heap.is_empty() {
             // Heapify in place: no second copy of a large batch.
+            let incoming = std::mem::take(&mut *slot);
             *heap = BinaryHeap::from(incoming.into_iter().map(Reverse).collect::<Vec<_>>());
-        } else {
-            heap.extend(incoming.into_iter().map(Reverse));
+            return;
+        }
+        // A small batch (a connect's timeout, say, every iteration): the incoming list
+        // keeps its memory for the next one instead of growing from nothing each time.
+        heap.extend(slot.drain(..).map(Reverse));
+        if slot.capacity() > SORTED_RUN_MIN {
+            *slot = Vec::new();
         }
     }
 
