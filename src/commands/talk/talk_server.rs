@@ -239,19 +239,19 @@ impl TlsSource {
     fn identity(&self) -> Result<ServerIdentity, CommandError> {
         match self {
             TlsSource::Files { cert, key } => ServerIdentity::from_pem_files(cert, key)
-                .map_err(|error| CommandError::failure(format!("--tls: {error}"))),
+                .map_err(|error| CommandError::failure(format!("--cert/--key: {error}"))),
             TlsSource::Kept(dir) => {
                 let dir = match dir {
                     Some(dir) => dir.clone(),
                     None => crate::commands::dirs::state_dir().ok_or_else(|| {
                         CommandError::failure(
-                            "--tls: no folder for the certificate (HOME and XDG_STATE_HOME \
+                            "no folder for the TLS certificate (HOME and XDG_STATE_HOME \
                              are unset); give --cert-dir DIR or --cert and --key",
                         )
                     })?,
                 };
                 certificate::load_or_generate(&dir)
-                    .map_err(|error| CommandError::failure(format!("--tls: {error}")))
+                    .map_err(|error| CommandError::failure(format!("TLS certificate: {error}")))
             }
         }
     }
@@ -357,7 +357,7 @@ impl Command for ServerCommand {
                 resumption: true,
                 ..ServerOptions::default()
             })
-            .map_err(|error| CommandError::failure(format!("--tls: {error}")))?;
+            .map_err(|error| CommandError::failure(format!("TLS certificate: {error}")))?;
             Some((tls_config, fingerprint))
         } else {
             None
