@@ -964,8 +964,8 @@ impl Reactor {
                 }
             }
         }
-        let known = std::mem::take(&mut *self.inner.known_ready.borrow_mut());
-        for key in known {
+        let mut known = std::mem::take(&mut *self.inner.known_ready.borrow_mut());
+        for key in known.drain(..) {
             let handler = self.inner.io.borrow().get(key.token());
             if let Some(handler) = handler {
                 let readiness = io::Readiness {
@@ -974,6 +974,12 @@ impl Reactor {
                 };
                 handler.ready(self, readiness);
             }
+        }
+        // Kept for the next connects known to have succeeded (a watch makes one a tick),
+        // unless a handler above queued one already.
+        let mut slot = self.inner.known_ready.borrow_mut();
+        if slot.is_empty() {
+            *slot = known;
         }
         Ok(())
     }
