@@ -85,6 +85,19 @@ fn client(args: &[&str], input: &str, config: &Path) -> Output {
     )
 }
 
+/// talk-client pinned to the server's fingerprint, with `--linger 1s`.
+fn pinned_client(server: &Server, input: &str, config: &Path) -> Output {
+    let port = server.port.to_string();
+    let pin = [
+        "--tls",
+        "--fingerprint",
+        &server.fingerprint,
+        "--linger",
+        "1s",
+    ];
+    client(&[&pin[..], &["127.0.0.1", &port]].concat(), input, config)
+}
+
 /// A CA of the test's, written to `DIR/ca.pem`, and leaves it signs.
 struct Pki {
     ca: PathBuf,
@@ -112,20 +125,7 @@ impl Pki {
 fn tls_chat_with_a_pinned_fingerprint_and_no_close_notify_at_the_end_of_input() {
     let dir = temp_dir("pinned");
     let server = Server::start(&["--cert-dir", dir.join("cert").to_str().unwrap()], &dir);
-    let port = server.port.to_string();
-    let out = client(
-        &[
-            "--tls",
-            "--fingerprint",
-            &server.fingerprint,
-            "--linger",
-            "1s",
-            "127.0.0.1",
-            &port,
-        ],
-        "hello\nagain\n",
-        &dir,
-    );
+    let out = pinned_client(&server, "hello\nagain\n", &dir);
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("Server: hello\nServer: again\n"),
@@ -448,19 +448,7 @@ fn a_client_that_fails_the_handshake_takes_no_number_and_no_line() {
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
     // The next client to complete a handshake is client 1, and it is the first line
     // after the head.
-    let good = client(
-        &[
-            "--tls",
-            "--fingerprint",
-            &server.fingerprint,
-            "--linger",
-            "1s",
-            "127.0.0.1",
-            &port,
-        ],
-        "hello\n",
-        &dir,
-    );
+    let good = pinned_client(&server, "hello\n", &dir);
     assert!(
         text(&good.stdout).contains("Server: hello"),
         "{}",
