@@ -4,8 +4,9 @@
 //! peer credentials) the socket's own answer is used.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
@@ -82,10 +83,10 @@ mod flag {
 /// most of them never write at all.
 #[derive(Default)]
 struct Busy {
-    /// Unsent bytes are `out[sent..]`. Empty until a write: the reactor's spare
-    /// buffers hand one out then, and take it back once it drains.
-    out: Vec<u8>,
-    sent: usize,
+    /// The unsent bytes, a ring: sending takes from the front and writing adds at the
+    /// back, so no byte moves within the buffer. Empty until a write: the reactor's
+    /// spare buffers hand one out then, and take it back once it drains.
+    out: VecDeque<u8>,
     producer: Option<Rc<dyn Producer>>,
     /// The reason to report when the close completes, if not the natural one.
     reason: Option<CloseReason>,
@@ -100,7 +101,7 @@ struct Busy {
 
 impl Busy {
     fn pending(&self) -> usize {
-        self.out.len() - self.sent
+        self.out.len()
     }
 
     /// True when the connection would not miss this state if it were freed.
@@ -309,25 +310,12 @@ impl StreamTransport {
                 }
                 return None;
             }
-            if busy.sent > 0 && busy.sent == busy.out.len() {
-                busy.out.clear();
-                busy.sent = 0;
-            }
             if busy.out.capacity() == 0
                 && let Some(reactor) = self.reactor.upgrade()
             {
-                busy.out = reactor.take_buffer();
+                busy.out = VecDeque::from(reactor.take_buffer());
             }
-            if busy.sent > 0 && busy.sent >= busy.pending() {
-                // More sent than not: the unsent bytes move to the front before more are
-                // added, so the buffer stays at most twice what is pending, and no byte
-                // moves more often than bytes are sent. Done here, not after each send:
-                // most buffers drain before the next write and need no move at all.
-                let sent = busy.sent;
-                busy.out.drain(..sent);
-                busy.sent = 0;
-            }
-            busy.out.extend_from_slice(data);
+            busy.out.extend(data);
             Some(
                 if busy.pending() > HIGH_WATER_MARK && !self.has(flag::PRODUCER_PAUSED) {
                     if busy.producer.is_some() {
@@ -374,10 +362,7 @@ impl StreamTransport {
             return;
         }
         self.raise(flag::ABORTED | flag::DISCONNECTING);
-        let buffer = self.with_busy_if_any(|busy| {
-            busy.sent = 0;
-            std::mem::take(&mut busy.out)
-        });
+        let buffer = self.with_busy_if_any(|busy| Vec::from(std::mem::take(&mut busy.out)));
         if let Some(buffer) = buffer {
             self.release_buffer(buffer);
         }
@@ -973,24 +958,19 @@ impl StreamTransport {
                     if budget == 0 {
                         return FlushStep::BudgetSpent;
                     }
-                    let from = busy.sent;
-                    let to = busy.out.len().min(from + budget);
                     let Some(written) =
-                        self.with_stream(|stream| send(stream, &busy.out[from..to]))
+                        self.with_stream(|stream| send_front(stream, &busy.out, budget))
                     else {
                         return FlushStep::NoSocket;
                     };
                     if let Ok(n) = written {
                         budget = budget.saturating_sub(n);
-                        busy.sent += n;
-                        if busy.sent == busy.out.len() {
+                        busy.out.drain(..n);
+                        if busy.out.is_empty() {
                             // Drained: an idle connection holds no buffer; the reactor
                             // keeps the memory for the next burst of any connection.
-                            self.release_buffer(std::mem::take(&mut busy.out));
-                            busy.sent = 0;
+                            self.release_buffer(Vec::from(std::mem::take(&mut busy.out)));
                         }
-                        // A partly sent buffer is compacted by the next write that
-                        // needs the room, if any: most drain before one does.
                     }
                     FlushStep::Wrote(written)
                 })
@@ -1108,8 +1088,7 @@ impl StreamTransport {
         let mut busy = self.busy.take();
         let (first, producer) = match busy.as_deref_mut() {
             Some(busy) => {
-                self.release_buffer(std::mem::take(&mut busy.out));
-                busy.sent = 0;
+                self.release_buffer(Vec::from(std::mem::take(&mut busy.out)));
                 drop(busy.layer_protocol.take());
                 (busy.reason.take(), busy.producer.take())
             }
@@ -1205,13 +1184,20 @@ fn peer_credentials(_stream: &Socket) -> Option<PeerCredentials> {
     None
 }
 
-/// Sends without raising SIGPIPE when the peer has gone (the error says so instead).
-fn send(stream: &Socket, data: &[u8]) -> io::Result<usize> {
+/// Sends at most `budget` bytes from the front of `out`: both parts of a ring that
+/// wraps in one call. Without raising SIGPIPE when the peer has gone (the error says so
+/// instead).
+fn send_front(stream: &Socket, out: &VecDeque<u8>, budget: usize) -> io::Result<usize> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let flags = libc::MSG_NOSIGNAL;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let flags = 0;
-    stream.send_with_flags(data, flags)
+    let (front, back) = out.as_slices();
+    if back.is_empty() || front.len() >= budget {
+        return stream.send_with_flags(&front[..front.len().min(budget)], flags);
+    }
+    let back = &back[..back.len().min(budget - front.len())];
+    stream.send_vectored_with_flags(&[IoSlice::new(front), IoSlice::new(back)], flags)
 }
 
 fn reason_from_io(error: io::Error) -> CloseReason {
@@ -1250,6 +1236,58 @@ impl Connection for StreamTransport {
 
     fn release(&self) {
         self.release_protocol();
+    }
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use std::collections::VecDeque;
+    use std::io::Read;
+
+    use socket2::{Domain, Socket, Type};
+
+    use super::send_front;
+
+    /// A ring holding `0..len` (as bytes mod 251) whose front part ends at the end of its
+    /// memory and whose back part starts at its beginning.
+    fn wrapped(len: usize, front: usize) -> VecDeque<u8> {
+        let mut out: VecDeque<u8> = VecDeque::with_capacity(len);
+        let capacity = out.capacity();
+        let byte = |i: usize| (i % 251) as u8;
+        out.extend(std::iter::repeat_n(0, capacity - front));
+        out.extend((0..front).map(byte));
+        out.drain(..capacity - front);
+        out.extend((front..len).map(byte));
+        let (a, b) = out.as_slices();
+        assert_eq!((a.len(), b.len()), (front, len - front), "the ring wraps");
+        out
+    }
+
+    /// a send from a ring that wraps takes its front part, then its back
+    /// part, in order, and never more than the budget.
+    #[test]
+    fn x01_x04_a_wrapped_ring_is_sent_in_order_within_the_budget() {
+        for (len, front, budget) in [
+            (100, 40, 1000), // both parts, whole
+            (100, 40, 70),   // all of the front, part of the back
+            (100, 40, 40),   // exactly the front
+            (100, 40, 10),   // part of the front
+            (100, 100, 60),  // not wrapped
+        ] {
+            let (tx, mut rx) = Socket::pair(Domain::UNIX, Type::STREAM, None).unwrap();
+            let out = if front == len {
+                (0..len).map(|i| (i % 251) as u8).collect()
+            } else {
+                wrapped(len, front)
+            };
+            let sent = send_front(&tx, &out, budget).unwrap();
+            assert_eq!(sent, len.min(budget), "{len} {front} {budget}");
+            drop(tx);
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            let want: Vec<u8> = (0..sent).map(|i| (i % 251) as u8).collect();
+            assert_eq!(got, want, "{len} {front} {budget}");
+        }
     }
 }
 
