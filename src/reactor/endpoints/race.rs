@@ -177,6 +177,8 @@ impl Race {
     }
 
     fn begin_attempt(&self, permit: Permit) {
+        // One reading of the clock for both the attempt's record and its timing.
+        let now = self.inner.reactor.seconds();
         let (addr, index) = {
             let mut state = self.inner.state.borrow_mut();
             state.waiting_for_slot = false;
@@ -190,11 +192,7 @@ impl Race {
                 drop(permit);
                 return;
             };
-            let started = self
-                .inner
-                .reactor
-                .seconds()
-                .saturating_sub(self.inner.settings.origin);
+            let started = now.saturating_sub(self.inner.settings.origin);
             state.attempts.push(Attempt {
                 addr,
                 started,
@@ -207,7 +205,7 @@ impl Race {
             race: self.clone(),
             index,
             addr,
-            started_at: self.inner.reactor.seconds(),
+            started_at: now,
             permit: RefCell::new(Some(permit)),
         });
         let connector =
