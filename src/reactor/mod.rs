@@ -46,6 +46,7 @@ pub mod unix;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,7 +194,7 @@ struct Inner {
     /// Receivers of channels, by channel id (see [`Reactor::channel`]).
     channels: RefCell<HashMap<u64, Box<dyn std::any::Any>>>,
     /// How many ports and connectors use each factory, by the factory's address (P-01).
-    factory_users: RefCell<HashMap<usize, usize>>,
+    factory_users: RefCell<HashMap<usize, usize, BuildHasherDefault<AddressHasher>>>,
 }
 
 /// Most bytes of spare write buffers the reactor keeps at once: enough for fifty
@@ -328,7 +329,7 @@ impl Reactor {
                 thread_results: RefCell::new(HashMap::new()),
                 next_job: Cell::new(0),
                 channels: RefCell::new(HashMap::new()),
-                factory_users: RefCell::new(HashMap::new()),
+                factory_users: RefCell::new(HashMap::default()),
             }),
         })
     }
@@ -1003,6 +1004,33 @@ impl Reactor {
     }
 }
 
+/// Hashes the address of a factory, the key of the reactor's count of factory users:
+/// one multiplication instead of SipHash, on every connect and close. The keys are the
+/// program's own pointers, nothing a peer chooses.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        // Fibonacci hashing: the product's top bits are the well-mixed ones, and the
+        // table picks its bucket from the low bits of the hash, so the bytes are
+        // reversed (an allocation's alignment leaves the address's low bits at zero).
+        self.0 = (n as u64 ^ self.0)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .swap_bytes();
+    }
+}
+
 impl Scheduler for Reactor {
     fn seconds(&self) -> Duration {
         Reactor::seconds(self)
@@ -1114,5 +1142,24 @@ mod spare_buffer_tests {
             kept += 1;
         }
         assert_eq!(kept, SPARE_BUFFER_BYTES / SPARE_BUFFER_MAX);
+    }
+}
+
+#[cfg(test)]
+mod address_hasher_tests {
+    use super::*;
+
+    /// Aligned addresses (the keys) still spread over the table's buckets, which are
+    /// chosen by the low bits of the hash.
+    #[test]
+    fn aligned_addresses_spread_over_the_low_bits() {
+        let low_bits: std::collections::HashSet<u64> = (0..64usize)
+            .map(|i| {
+                let mut hasher = AddressHasher::default();
+                hasher.write_usize(0x5555_0000 + i * 16);
+                hasher.finish() & 63
+            })
+            .collect();
+        assert!(low_bits.len() >= 40, "{} buckets of 64", low_bits.len());
     }
 }
