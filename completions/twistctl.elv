@@ -112,12 +112,12 @@ set edit:completion:arg-completer[twistctl] = {|@words|
         }
         &'twistctl;talk-client'= {
             cand --timeout 'Give up connecting after DUR'
-            cand --linger 'Once this side has stopped sending (bye, or the end of input), wait at most DUR for the server to close, then give up with status 124. Default: 2s after bye, no limit after the end of input (over TLS: close once the server has been quiet for 2s, status 0)'
+            cand --linger 'Once this side has stopped sending (bye, or the end of input), wait at most DUR for the server to close, then give up with status 124. Default: 2s after bye, no limit after the end of input'
             cand --ca 'With --tls: trust the CA certificates of this PEM file instead of the system''s'
             cand --fingerprint 'With --tls: accept only the server certificate with this SHA-256 fingerprint (as talk-server prints it: SHA256:AB:CD:...); chain and name are not checked'
             cand --sni 'With --tls: the name to verify the server''s certificate for and send as SNI (default: the host as typed). Over a UNIX socket, which has no host name, it is needed unless --fingerprint or --insecure is given'
             cand --raw 'The classic tutorial''s wire format: no line delimiters'
-            cand --tls 'Speak TLS. The server''s certificate is verified with the system''s trust store (or --ca, --fingerprint, --insecure). One no authority vouches for can be trusted on first use, at a terminal: it is remembered in $XDG_CONFIG_HOME/twistctl/known_hosts (~/.config/twistctl) and a later different one is refused. Over TLS there is no half-close: at the end of piped input nothing is sent, and the client closes once the server has been quiet for 2s (or, with --linger, waits for the server''s close as over TCP)'
+            cand --tls 'Speak TLS. The server''s certificate is verified with the system''s trust store (or --ca, --fingerprint, --insecure). One no authority vouches for can be trusted on first use, at a terminal: it is remembered in $XDG_CONFIG_HOME/twistctl/known_hosts (~/.config/twistctl) and a later different one is refused. Over TLS there is no half-close: at the end of piped input nothing is sent and the server''s close is awaited (see --linger)'
             cand --insecure 'With --tls: do not verify the server at all (said on stderr). Anyone on the path could read and change the chat'
             cand -q 'No log output; the conversation and its notices still print'
             cand --quiet 'No log output; the conversation and its notices still print'

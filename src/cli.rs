@@ -182,10 +182,7 @@ pub enum Command {
                       ('* the server had not closed after 2s; giving up'). When stdin is not \
                       a terminal its lines are sent as typed, and its end half-closes while \
                       replies are still printed until the server closes (with no time \
-                      limit unless --linger is given), so a script loses no reply. Over TLS \
-                      there is no half-close: the server cannot learn that the input ended, \
-                      so without --linger the client closes (close_notify, status 0) once \
-                      the server has sent nothing for 2s.\n\n\
+                      limit unless --linger is given), so a script loses no reply.\n\n\
                       Ctrl-C clears a half-typed line, and on an empty prompt closes at once \
                       (130). A half-typed line when the connection ends is printed back on \
                       stderr ('* not sent: TEXT').",
@@ -573,8 +570,7 @@ pub struct TalkClientArgs {
 
     /// Once this side has stopped sending (bye, or the end of input), wait at most DUR
     /// for the server to close, then give up with status 124. Default: 2s after bye, no
-    /// limit after the end of input (over TLS: close once the server has been quiet
-    /// for 2s, status 0).
+    /// limit after the end of input.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     pub linger: Option<Duration>,
 
@@ -587,8 +583,7 @@ pub struct TalkClientArgs {
     /// trusted on first use, at a terminal: it is remembered in
     /// $XDG_CONFIG_HOME/twistctl/known_hosts (~/.config/twistctl) and a later
     /// different one is refused. Over TLS there is no half-close: at the end of piped
-    /// input nothing is sent, and the client closes once the server has been quiet for
-    /// 2s (or, with --linger, waits for the server's close as over TCP).
+    /// input nothing is sent and the server's close is awaited (see --linger).
     #[arg(long)]
     pub tls: bool,
 

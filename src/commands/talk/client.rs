@@ -28,7 +28,6 @@ use crate::commands::scaffold::{self, Command, CommandError};
 use crate::commands::target::Destination;
 use crate::exit::ExitStatus;
 use crate::protocols::line::{Delimiter, LineControl, LineHandler, LineReceiver};
-use crate::protocols::policies::IdleTimeout;
 use crate::reactor::endpoints::{
     Attempt, AttemptOutcome, CheckedFactory, Connecting, EndpointError, EndpointErrorKind,
     EndpointOptions, HostnameEndpoint,
@@ -56,13 +55,6 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// gives up, unless `--linger` says otherwise: the server closes on `bye`, but one that
 /// does not must not keep the client hanging.
 pub const BYE_GRACE: Duration = Duration::from_secs(2);
-
-/// Over TLS, after the end of input and without `--linger`: the client closes (with
-/// close_notify) once the server has sent nothing for this long. TLS has no half-close
-/// (S-14), so a server cannot learn that the input ended, and one that would close
-/// then (`talk-server --echo`) never does; over TCP it would have closed, and the
-/// client waits for that without a limit.
-pub const TLS_QUIET_CLOSE: Duration = BYE_GRACE;
 
 /// How long an interactive client lets the console thread print what it was already
 /// handed before the terminal is restored. rustyline's printer only queues a message for
@@ -206,9 +198,6 @@ pub struct Conversation {
     /// instead of the close reason the transport gives.
     decided: RefCell<Option<Ending>>,
     bye_timer: RefCell<Option<DelayedCall>>,
-    /// Over TLS after the end of input: closes once the server has been quiet for
-    /// [`TLS_QUIET_CLOSE`].
-    quiet: RefCell<Option<IdleTimeout>>,
     on_end: RefCell<Option<EndCallback>>,
 }
 
@@ -240,7 +229,6 @@ impl Conversation {
             transport: RefCell::new(None),
             decided: RefCell::new(None),
             bye_timer: RefCell::new(None),
-            quiet: RefCell::new(None),
             on_end: RefCell::new(Some(Box::new(on_end))),
         })
     }
@@ -285,9 +273,6 @@ impl Conversation {
     fn received(&self, message: &[u8]) {
         if self.phase.get() == Phase::Ended {
             return;
-        }
-        if let Some(quiet) = self.quiet.borrow().as_ref() {
-            quiet.reset();
         }
         self.view
             .show(&format!("Server: {}", escape_peer_text(message)));
@@ -373,24 +358,9 @@ impl Conversation {
         }
         // Over TLS there is no half-close (S-14): close_notify would end the stream
         // both ways, so nothing is sent and the server's replies and close are awaited
-        // as over TCP; without --linger, until the server has been quiet a while.
+        // as over TCP.
         if transport.tls().is_none() {
             transport.lose_write_connection();
-        } else if !said_bye && self.linger.is_none() {
-            let me = self.me.clone();
-            let quiet =
-                IdleTimeout::new(self.scheduler.clone(), Some(TLS_QUIET_CLOSE), move || {
-                    if let Some(conversation) = me.upgrade()
-                        && let Some(transport) = conversation.current_transport()
-                    {
-                        log::info!(
-                            "the server sent nothing for {} after the end of input; closing",
-                            crate::duration::format(TLS_QUIET_CLOSE)
-                        );
-                        transport.lose_connection();
-                    }
-                });
-            *self.quiet.borrow_mut() = Some(quiet);
         }
         let limit = if said_bye {
             Some(self.linger.unwrap_or(BYE_GRACE))
@@ -432,10 +402,6 @@ impl Conversation {
         let timer = self.bye_timer.borrow_mut().take();
         if let Some(timer) = timer {
             let _ = timer.cancel();
-        }
-        let quiet = self.quiet.borrow_mut().take();
-        if let Some(quiet) = quiet {
-            quiet.cancel();
         }
         let decided = self.decided.borrow_mut().take();
         self.end(decided.unwrap_or_else(|| ending_from(reason)));
@@ -1408,36 +1374,27 @@ mod tests {
     }
 
     #[test]
-    fn s14_over_tls_the_end_of_input_closes_once_the_server_has_been_quiet() {
+    fn s14_over_tls_the_end_of_input_sends_no_close_notify_and_waits_as_over_tcp() {
         let mut chat = Chat::connected(false);
         chat.transport().complete_handshake();
         chat.type_line("hello");
         chat.conversation.typed(ConsoleEvent::Eof);
-        // No half-close over TLS, and no close yet: the replies are awaited.
+        // No half-close over TLS (no close_notify), and no close: without --linger the
+        // replies and the server's close are awaited for as long as they take, as over TCP.
+        chat.clock.advance(Duration::from_secs(3600));
         assert!(!chat.transport().write_closed());
         assert!(!chat.transport().is_disconnecting());
-        chat.clock
-            .advance(TLS_QUIET_CLOSE - Duration::from_millis(1));
         chat.feed(b"a reply\n");
-        chat.clock
-            .advance(TLS_QUIET_CLOSE - Duration::from_millis(1));
-        assert!(
-            !chat.transport().is_disconnecting(),
-            "the reply restarted the wait"
-        );
-        chat.clock.advance(Duration::from_millis(1));
-        // An orderly close: close_notify, not an abort.
-        assert!(chat.transport().lost_connection());
+        assert_eq!(chat.screen.take_shown(), ["Server: a reply"]);
         chat.driver.lose(CloseReason::Done);
         assert_eq!(chat.endings(), [Ending::Closed]);
-        assert_eq!(chat.screen.take_shown(), ["Server: a reply"]);
-        assert!(chat.clock.delayed_calls().is_empty());
 
         // With --linger, the TCP rule: wait up to that long for the server's close.
         let mut chat = Chat::lingering(false, Some(Duration::from_secs(10)));
         chat.driver.connect().unwrap();
         chat.transport().complete_handshake();
         chat.conversation.typed(ConsoleEvent::Eof);
+        assert!(!chat.transport().write_closed());
         chat.clock.advance(Duration::from_secs(9));
         assert!(!chat.transport().is_disconnecting());
         chat.clock.advance(Duration::from_secs(1));
