@@ -903,6 +903,52 @@ fn s09_truncation_is_connection_lost() {
     );
 }
 
+/// S-09 with S-14: an inner protocol that asks for half-close still hears a truncation
+/// as ConnectionLost (TLS has no half-close, so an end without close_notify is never a
+/// "finished sending").
+#[test]
+fn s09_truncation_is_connection_lost_for_a_half_closing_protocol() {
+    let reactor = Reactor::new().expect("reactor");
+    let log = new_log();
+    let servers = Peers::new(
+        "server",
+        &log,
+        &reactor,
+        Script {
+            stop_after_ends: 1,
+            half_close: true,
+            ..Script::default()
+        },
+    );
+    let port = reactor
+        .listen_tls(
+            loopback(),
+            &server_config(&[&pki().leaf], &[]),
+            servers.clone(),
+        )
+        .expect("listening");
+    let peer = blocking_client(port.host().port(), |stream| {
+        stream.write_all(b"partial transfer").expect("write");
+        stream.flush().expect("flush");
+        stream
+            .sock
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        // Wait for the server's end, so it is not a reset that ends the connection.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream.sock, &mut rest);
+    });
+    run(&reactor);
+    peer.join().expect("peer thread");
+    let log = entries(&log);
+    assert!(!log.iter().any(|e| e == "server read closed"), "{log:?}");
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("server lost lost"),
+        "{log:?}"
+    );
+}
+
 /// S-10: `abort_connection` sends no close_notify: the peer sees the stream end
 /// without one.
 #[test]
