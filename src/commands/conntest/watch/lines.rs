@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use jiff::tz::TimeZone;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use super::stats::{Change, Moment, State, Summary};
 
@@ -95,22 +96,50 @@ fn push_millis(line: &mut String, d: Duration) {
 
 /// The JSON object of one probe.
 pub fn probe_json(report: &ProbeReport) -> Value {
-    let mut object = Map::new();
-    object.insert("host".into(), json!(report.host));
-    object.insert("port".into(), json!(report.port));
-    object.insert("seq".into(), json!(report.seq));
-    object.insert("status".into(), json!(report.status));
-    if let Some(time) = report.time.filter(|_| report.passed) {
-        object.insert("time_ms".into(), json!(round3(time)));
-        if let Some(tls) = report.tls_time {
-            object.insert("tls_ms".into(), json!(round3(tls)));
+    // Serializing a plain struct cannot fail.
+    serde_json::to_value(ProbeJson::of(report)).unwrap_or(Value::Null)
+}
+
+/// [`probe_json`] as its line of text, appended to `line`, without building the
+/// object first (a watch writes one per probe).
+pub fn write_probe_json(line: &mut String, report: &ProbeReport) {
+    // Serializing a plain struct cannot fail.
+    if let Ok(text) = serde_json::to_string(&ProbeJson::of(report)) {
+        line.push_str(&text);
+    }
+}
+
+/// A probe's JSON fields. In the order of their names, as a `serde_json` object
+/// prints them, so that both ways of writing it give the same bytes.
+#[derive(Serialize)]
+struct ProbeJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    host: &'a str,
+    port: Option<u16>,
+    seq: u64,
+    status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_ms: Option<f64>,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ms: Option<f64>,
+}
+
+impl<'a> ProbeJson<'a> {
+    fn of(report: &ProbeReport<'a>) -> ProbeJson<'a> {
+        let time = report.time.filter(|_| report.passed);
+        ProbeJson {
+            error: report.error.filter(|_| !report.passed),
+            host: report.host,
+            port: report.port,
+            seq: report.seq,
+            status: report.status,
+            time_ms: time.map(round3),
+            timestamp: rfc3339(report.started.wall),
+            tls_ms: time.and(report.tls_time).map(round3),
         }
     }
-    object.insert("timestamp".into(), json!(rfc3339(report.started.wall)));
-    if let Some(error) = report.error.filter(|_| !report.passed) {
-        object.insert("error".into(), json!(error));
-    }
-    Value::Object(object)
 }
 
 /// Milliseconds rounded to microseconds, the resolution measured.
@@ -273,6 +302,28 @@ mod tests {
         let failed = probe_json(&report(2, false));
         assert_eq!(failed["error"], json!("refused"));
         assert!(failed.get("time_ms").is_none());
+    }
+
+    #[test]
+    fn a_probe_line_in_json_is_the_object_printed() {
+        let mut tls = report(3, true);
+        tls.tls_time = Some(Duration::from_micros(1840));
+        let mut timeout = report(4, false);
+        timeout.status = "timeout";
+        timeout.error = Some("timeout after 1s");
+        let mut unix = report(5, true);
+        unix.port = None;
+        for report in [report(1, true), report(2, false), tls, timeout, unix] {
+            let mut line = String::new();
+            write_probe_json(&mut line, &report);
+            assert_eq!(line, probe_json(&report).to_string());
+        }
+        let mut line = String::new();
+        write_probe_json(&mut line, &report(2, false));
+        assert_eq!(
+            line,
+            r#"{"error":"refused","host":"127.0.0.1","port":80,"seq":2,"status":"refused","timestamp":"2026-12-02T12:00:03.412Z"}"#
+        );
     }
 
     #[test]

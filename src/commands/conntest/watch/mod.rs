@@ -298,7 +298,7 @@ impl Watch {
         };
         if self.inner.options.json {
             if !self.inner.options.changes_only || change.is_some() {
-                self.write(&lines::probe_json(&report).to_string());
+                self.write_with(|line| lines::write_probe_json(line, &report));
             }
         } else {
             if !self.inner.options.changes_only {
