@@ -220,6 +220,31 @@ fn s14_a_tls_clients_close_notify_ends_its_stream_and_the_server_says_so() {
 }
 
 #[test]
+fn a_tls_client_that_ends_without_close_notify_is_reported_as_truncated() {
+    for over in [Over::Tls, Over::UnixTls] {
+        for echo in [false, true] {
+            let args: &[&str] = if echo { &["--echo"] } else { &[] };
+            let chat = Chat::start(over, args, "truncated");
+            let mut peer = chat.peer(1);
+            peer.send(b"hi\n");
+            if echo {
+                peer.read_until(b"hi");
+            } else {
+                chat.server.expect_line("Client 1: hi");
+            }
+            peer.truncate();
+            let line = chat.server.expect_line("* client 1 ");
+            assert_eq!(
+                line,
+                "* client 1 disconnected: the peer closed the connection without a TLS \
+                 close_notify (truncated)",
+                "{over:?}, echo {echo}"
+            );
+        }
+    }
+}
+
+#[test]
 fn talk_client_speaks_tls_over_a_unix_socket_pinned_or_verified_by_sni() {
     let chat = Chat::start(Over::UnixTls, &["--echo"], "client");
     let socket = format!("unix:{}", chat.socket.display());

@@ -949,6 +949,69 @@ fn s09_truncation_is_connection_lost_for_a_half_closing_protocol() {
     );
 }
 
+/// A producer that closes its transport when stopped, as a line receiver does.
+struct CloseOnStop(RefCell<Option<TransportRef>>);
+
+impl Producer for CloseOnStop {
+    fn pause_producing(&self) {}
+
+    fn resume_producing(&self) {}
+
+    fn stop_producing(&self) {
+        if let Some(transport) = self.0.borrow_mut().take() {
+            transport.lose_connection();
+        }
+    }
+}
+
+/// S-09 when the inner protocol's producer closes the connection as the end of stream
+/// stops it: the close_notify the layer then sends does not make the truncation an
+/// orderly close of ours.
+#[test]
+fn s09_truncation_is_connection_lost_when_a_stopped_producer_closes() {
+    let reactor = Reactor::new().expect("reactor");
+    let log = new_log();
+    let servers = Peers::new(
+        "server",
+        &log,
+        &reactor,
+        Script {
+            handshake: hook(|_, t, _| {
+                t.register_producer(Rc::new(CloseOnStop(RefCell::new(Some(t.clone())))));
+            }),
+            stop_after_ends: 1,
+            half_close: true,
+            ..Script::default()
+        },
+    );
+    let port = reactor
+        .listen_tls(
+            loopback(),
+            &server_config(&[&pki().leaf], &[]),
+            servers.clone(),
+        )
+        .expect("listening");
+    let peer = blocking_client(port.host().port(), |stream| {
+        stream.write_all(b"partial transfer").expect("write");
+        stream.flush().expect("flush");
+        stream
+            .sock
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream.sock, &mut rest);
+    });
+    run(&reactor);
+    peer.join().expect("peer thread");
+    assert_eq!(servers.received(), b"partial transfer");
+    let log = entries(&log);
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("server lost lost"),
+        "{log:?}"
+    );
+}
+
 /// S-10: `abort_connection` sends no close_notify: the peer sees the stream end
 /// without one.
 #[test]

@@ -425,6 +425,17 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// Ends the stream under TLS without a close_notify (a truncation, S-09): the
+    /// socket's write side is shut; plain, this is [`Peer::end`].
+    pub fn truncate(&mut self) {
+        match &mut self.io {
+            PeerIo::Plain(stream) => stream.shutdown_write(),
+            PeerIo::Tls(stream) => stream.sock.shutdown_write(),
+        }
+    }
+}
+
 /// Read and Write together, for the peer's two kinds of stream.
 trait ReadWrite: Read + Write {}
 

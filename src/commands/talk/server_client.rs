@@ -101,6 +101,10 @@ impl Disconnect {
             {
                 Disconnect::Reset
             }
+            // A TLS stream cut without close_notify (S-09): the layer's words say so.
+            CloseReason::Lost(Some(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Disconnect::Other(error.to_string())
+            }
             other => Disconnect::Other(other.to_string()),
         }
     }
@@ -652,6 +656,14 @@ mod tests {
         assert_eq!(
             Disconnect::from_close(&CloseReason::Lost(None)).to_string(),
             "connection lost"
+        );
+        let truncated = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection without a TLS close_notify (truncated)",
+        );
+        assert_eq!(
+            Disconnect::from_close(&CloseReason::Lost(Some(Rc::new(truncated)))).to_string(),
+            "the peer closed the connection without a TLS close_notify (truncated)"
         );
         let words: Vec<String> = [
             Disconnect::Bye,

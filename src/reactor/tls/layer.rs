@@ -120,6 +120,10 @@ mod flag {
     pub(super) const ENDED: u16 = 1 << 7;
     /// A delivery of held-back data is scheduled (after a resume).
     pub(super) const DELIVERY_SCHEDULED: u16 = 1 << 8;
+    /// Our close_notify went out while the outer connection was still open: the end
+    /// is ours (S-07). Not raised for one sent while the outer connection was already
+    /// ending on its own, as when its end stops a producer that then closes (S-09).
+    pub(super) const CLOSED_FIRST: u16 = 1 << 9;
 }
 
 struct State {
@@ -462,6 +466,10 @@ impl TlsTransport {
     }
 
     fn send_close(&self) {
+        // Asked before this close_notify starts the outer connection's end.
+        if self.outer().is_some_and(|outer| !outer.is_disconnecting()) {
+            self.raise(flag::CLOSED_FIRST);
+        }
         self.raise(flag::CLOSE_SENT);
         self.state.borrow_mut().connection.send_close_notify();
         self.flush_records();
@@ -485,8 +493,9 @@ impl TlsTransport {
             {
                 CloseReason::Done
             }
-            CloseReason::Done if self.has(flag::CLOSE_SENT) => CloseReason::Done,
-            // S-09: an end of stream without close_notify is a truncation.
+            CloseReason::Done if self.has(flag::CLOSED_FIRST) => CloseReason::Done,
+            // S-09: an end of stream without close_notify is a truncation, also when
+            // the inner protocol answered the end with a close of its own.
             CloseReason::Done => CloseReason::Lost(Some(Rc::new(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 if self.has(flag::HANDSHAKEN) {
