@@ -280,7 +280,15 @@ impl StreamTransport {
             (true, true) => Interest::READABLE | Interest::WRITABLE,
         };
         if let Some(Err(error)) = self.with_stream(|stream| {
-            reactor.reregister_io(&mut SourceFd(&stream.as_raw_fd()), key, interest)
+            let mut fd = SourceFd(&stream.as_raw_fd());
+            match reactor.reregister_io(&mut fd, key, interest) {
+                // Not in the poll yet: a connection its protocol closed from
+                // `connection_made` (see `poll_after_start`) that was written to after.
+                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
+                    reactor.poll_io_under(&mut fd, key, interest)
+                }
+                result => result,
+            }
         }) {
             log::debug!("could not change interest of {}: {error}", self.peer.get());
         }
@@ -800,7 +808,10 @@ impl StreamTransport {
     ///
     /// If the socket cannot be registered, nothing of the protocol has run, so it is
     /// dropped unheard (P-04: no `connection_lost` without `connection_made`), the
-    /// socket is closed, and the caller reports the error.
+    /// socket is closed, and the caller reports the error. A connector's socket that
+    /// connected at once is added to the poll only after `connection_made`
+    /// ([`StreamTransport::poll_after_start`]), so a failure there ends the connection
+    /// with `connection_lost` instead.
     pub(super) fn start(
         self: &Rc<Self>,
         reactor: &Reactor,
@@ -816,17 +827,17 @@ impl StreamTransport {
                 if !reactor.replace_handler(key, Handler::Connection(self.clone())) {
                     Err(io::Error::other("the connection's registration is gone"))
                 } else {
-                    let polled = matches!(registration, Registration::Polled(_));
-                    self.with_stream(|stream| {
-                        let mut fd = SourceFd(&stream.as_raw_fd());
-                        if polled {
-                            reactor.reregister_io(&mut fd, key, Interest::READABLE)
-                        } else {
-                            reactor.poll_io_under(&mut fd, key, Interest::READABLE)
-                        }
-                    })
-                    .unwrap_or_else(|| Err(no_socket()))
-                    .map(|()| key)
+                    match registration {
+                        Registration::Polled(_) => self
+                            .with_stream(|stream| {
+                                let mut fd = SourceFd(&stream.as_raw_fd());
+                                reactor.reregister_io(&mut fd, key, Interest::READABLE)
+                            })
+                            .unwrap_or_else(|| Err(no_socket()))
+                            .map(|()| key),
+                        // Added to the poll after `connection_made` (see below).
+                        _ => Ok(key),
+                    }
                 }
             }
             Registration::New => self
@@ -850,11 +861,33 @@ impl StreamTransport {
         self.key.set(key);
         self.lost_notice.set(lost_notice);
         self.with_protocol(|protocol, transport| protocol.connection_made(transport));
+        if matches!(registration, Registration::Tracked(_)) {
+            self.poll_after_start(reactor, key);
+        }
         // Bytes that arrived before the registration need no read scheduled here: adding
         // a socket to the poll (or changing its interest) reports the readiness it
         // already has, edge-triggered or not, and a read that finds nothing yet would
         // cost a syscall per connection.
         Ok(())
+    }
+
+    /// Adds a connector's socket that connected at once to the poll, now that
+    /// `connection_made` has run: unless the protocol closed the connection there with
+    /// nothing left to send (a port probe), when the poll would only be told to forget
+    /// it again. Should something be written after all, `set_interest` adds it then.
+    fn poll_after_start(self: &Rc<Self>, reactor: &Reactor, key: IoKey) {
+        let closing = self.has(flag::CLOSED)
+            || (self.has(flag::DISCONNECTING) && self.upper().is_none() && self.buffered() == 0);
+        if closing {
+            return;
+        }
+        let added = self.with_stream(|stream| {
+            reactor.poll_io_under(&mut SourceFd(&stream.as_raw_fd()), key, Interest::READABLE)
+        });
+        if let Some(Err(error)) = added {
+            // The protocol has started: it hears of the end like of any other.
+            self.close(CloseReason::Lost(Some(Rc::new(error))));
+        }
     }
 
     /// A socket error as a close reason. After the peer's FIN, a reset only says that
