@@ -177,7 +177,10 @@ fn echo_smoke() {
             window: 262144,
             common: common(),
         }));
-        let v = parse_in_order(&outcome, &["bytes_echoed", "bytes_per_s", "mb_per_s"]);
+        let v = parse_in_order(
+            &outcome,
+            &["bytes_echoed", "bytes_per_s", "mb_per_s", "notes"],
+        );
         assert_ok(&outcome, &v, "echo");
         assert_eq!(v["bytes_echoed"], bytes);
         assert_eq!(v["ops"], bytes);

@@ -1071,8 +1071,8 @@ fn x04_a_flush_sends_a_bounded_amount_per_pass() {
     assert!(all == pattern(0, TOTAL), "all bytes, in order");
 }
 
-/// Writes that arrive while earlier bytes are partly sent (the write buffer then moves
-/// its unsent bytes to the front) reach the peer complete and in order.
+/// Writes that arrive while earlier bytes are partly sent, copied (`write`) and shared
+/// (`write_shared`) in turn, reach the peer complete and in order.
 #[test]
 fn x01_x04_writes_between_partial_sends_arrive_in_order() {
     const CHUNK: usize = 256 * 1024;
@@ -1080,7 +1080,12 @@ fn x01_x04_writes_between_partial_sends_arrive_in_order() {
     /// Writes chunk `k` and schedules the next one for the next iteration, after a flush
     /// pass; loses the connection after the last.
     fn write_from(reactor: Reactor, transport: TransportRef, k: usize) {
-        transport.write(&pattern(k * CHUNK, CHUNK));
+        let chunk = pattern(k * CHUNK, CHUNK);
+        if k % 2 == 1 {
+            transport.write_shared(&Rc::from(chunk));
+        } else {
+            transport.write(&chunk);
+        }
         if k + 1 == CHUNKS {
             transport.lose_connection();
             return;

@@ -85,6 +85,14 @@ pub trait Transport {
     /// after the connection or its write side is closed.
     fn write(&self, data: &[u8]);
 
+    /// [`Transport::write`] of bytes the caller shares instead of lending: the transport
+    /// may keep a reference until they are sent instead of copying them, as Twisted's
+    /// `write` keeps the bytes object. Useful for a payload written many times. Otherwise
+    /// the same as `write` (X-01..X-04, X-19); the default copies.
+    fn write_shared(&self, data: &Rc<[u8]>) {
+        self.write(data);
+    }
+
     /// Writes each chunk in order, as one buffered write.
     fn write_sequence(&self, chunks: &[&[u8]]) {
         for chunk in chunks {

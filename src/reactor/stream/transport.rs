@@ -87,6 +87,11 @@ struct Busy {
     /// back, so no byte moves within the buffer. Empty until a write: the reactor's
     /// spare buffers hand one out then, and take it back once it drains.
     out: VecDeque<u8>,
+    /// Empty unless a shared buffer (`write_shared`) is waiting: then the order of the
+    /// ring's bytes and the shared buffers, front first.
+    queue: VecDeque<Chunk>,
+    /// Unsent bytes of the shared buffers in `queue`.
+    shared: usize,
     producer: Option<Rc<dyn Producer>>,
     /// The reason to report when the close completes, if not the natural one.
     reason: Option<CloseReason>,
@@ -99,14 +104,83 @@ struct Busy {
     layer_protocol: Option<Box<dyn Protocol>>,
 }
 
+/// A stretch of the write queue: bytes of the ring, or a shared buffer and how much of
+/// it was sent.
+enum Chunk {
+    Ring(usize),
+    Shared(Rc<[u8]>, usize),
+}
+
 impl Busy {
     fn pending(&self) -> usize {
-        self.out.len()
+        self.out.len() + self.shared
+    }
+
+    /// Adds `data` to the ring, after everything queued.
+    fn append(&mut self, data: &[u8]) {
+        self.out.extend(data);
+        if self.queue.is_empty() {
+            return;
+        }
+        match self.queue.back_mut() {
+            Some(Chunk::Ring(len)) => *len += data.len(),
+            _ => self.queue.push_back(Chunk::Ring(data.len())),
+        }
+    }
+
+    /// Queues `data` itself, after everything queued.
+    fn append_shared(&mut self, data: &Rc<[u8]>) {
+        if self.queue.is_empty() && !self.out.is_empty() {
+            self.queue.push_back(Chunk::Ring(self.out.len()));
+        }
+        self.shared += data.len();
+        self.queue.push_back(Chunk::Shared(data.clone(), 0));
+    }
+
+    /// Drops the first `n` pending bytes, which were sent.
+    fn consume(&mut self, mut n: usize) {
+        if self.queue.is_empty() {
+            self.out.drain(..n);
+            return;
+        }
+        while n > 0 {
+            let done = match self.queue.front_mut() {
+                Some(Chunk::Ring(len)) => {
+                    let m = n.min(*len);
+                    self.out.drain(..m);
+                    *len -= m;
+                    n -= m;
+                    *len == 0
+                }
+                Some(Chunk::Shared(data, sent)) => {
+                    let m = n.min(data.len() - *sent);
+                    *sent += m;
+                    self.shared -= m;
+                    n -= m;
+                    *sent == data.len()
+                }
+                None => return,
+            };
+            if done {
+                self.queue.pop_front();
+            }
+        }
+        if matches!(self.queue.front(), Some(Chunk::Ring(_))) && self.queue.len() == 1 {
+            self.queue.clear(); // only ring bytes are left: the ring alone says it
+        }
+    }
+
+    /// Forgets everything unsent; returns the ring's memory.
+    fn clear(&mut self) -> Vec<u8> {
+        self.queue.clear();
+        self.shared = 0;
+        Vec::from(std::mem::take(&mut self.out))
     }
 
     /// True when the connection would not miss this state if it were freed.
     fn is_spent(&self) -> bool {
         self.out.capacity() == 0
+            && self.queue.is_empty()
             && self.producer.is_none()
             && self.reason.is_none()
             && self.host.is_none()
@@ -299,7 +373,25 @@ impl StreamTransport {
 /// unless a layer runs over the socket.
 impl StreamTransport {
     fn own_write(&self, data: &[u8]) {
-        if data.is_empty() {
+        self.own_buffer(data.len(), |busy| {
+            if busy.out.capacity() == 0
+                && let Some(reactor) = self.reactor.upgrade()
+            {
+                busy.out = VecDeque::from(reactor.take_buffer());
+            }
+            busy.append(data);
+        });
+    }
+
+    fn own_write_shared(&self, data: &Rc<[u8]>) {
+        self.own_buffer(data.len(), |busy| busy.append_shared(data));
+    }
+
+    /// Buffers `len` bytes with `append`, unless the connection is closing or the
+    /// buffer would pass its limit; pauses the producer past the high-water mark
+    /// and schedules a flush.
+    fn own_buffer(&self, len: usize, append: impl FnOnce(&mut Busy)) {
+        if len == 0 {
             return;
         }
         if self.has(flag::CLOSED | flag::ABORTED) || self.write_side.get() != WriteSide::Open {
@@ -307,7 +399,7 @@ impl StreamTransport {
         }
         // `None`: over the limit, with the reason recorded.
         let buffered = self.with_busy(|busy| {
-            if busy.pending() + data.len() > WRITE_BUFFER_LIMIT {
+            if busy.pending() + len > WRITE_BUFFER_LIMIT {
                 // An earlier cause, a protocol error waiting for its flush, stays first.
                 if busy.reason.is_none() {
                     busy.reason = Some(CloseReason::Lost(Some(Rc::new(io::Error::other(
@@ -318,12 +410,7 @@ impl StreamTransport {
                 }
                 return None;
             }
-            if busy.out.capacity() == 0
-                && let Some(reactor) = self.reactor.upgrade()
-            {
-                busy.out = VecDeque::from(reactor.take_buffer());
-            }
-            busy.out.extend(data);
+            append(busy);
             Some(
                 if busy.pending() > HIGH_WATER_MARK && !self.has(flag::PRODUCER_PAUSED) {
                     if busy.producer.is_some() {
@@ -370,7 +457,7 @@ impl StreamTransport {
             return;
         }
         self.raise(flag::ABORTED | flag::DISCONNECTING);
-        let buffer = self.with_busy_if_any(|busy| Vec::from(std::mem::take(&mut busy.out)));
+        let buffer = self.with_busy_if_any(Busy::clear);
         if let Some(buffer) = buffer {
             self.release_buffer(buffer);
         }
@@ -503,6 +590,13 @@ impl Transport for StreamTransport {
         match self.upper() {
             Some(upper) => upper.write(data),
             None => self.own_write(data),
+        }
+    }
+
+    fn write_shared(&self, data: &Rc<[u8]>) {
+        match self.upper() {
+            Some(upper) => upper.write_shared(data),
+            None => self.own_write_shared(data),
         }
     }
 
@@ -991,18 +1085,22 @@ impl StreamTransport {
                     if budget == 0 {
                         return FlushStep::BudgetSpent;
                     }
-                    let Some(written) =
-                        self.with_stream(|stream| send_front(stream, &busy.out, budget))
-                    else {
+                    let Some(written) = self.with_stream(|stream| {
+                        if busy.queue.is_empty() {
+                            send_front(stream, &busy.out, budget)
+                        } else {
+                            send_queue(stream, busy, budget)
+                        }
+                    }) else {
                         return FlushStep::NoSocket;
                     };
                     if let Ok(n) = written {
                         budget = budget.saturating_sub(n);
-                        busy.out.drain(..n);
-                        if busy.out.is_empty() {
+                        busy.consume(n);
+                        if busy.pending() == 0 {
                             // Drained: an idle connection holds no buffer; the reactor
                             // keeps the memory for the next burst of any connection.
-                            self.release_buffer(Vec::from(std::mem::take(&mut busy.out)));
+                            self.release_buffer(busy.clear());
                         }
                     }
                     FlushStep::Wrote(written)
@@ -1121,7 +1219,7 @@ impl StreamTransport {
         let mut busy = self.busy.take();
         let (first, producer) = match busy.as_deref_mut() {
             Some(busy) => {
-                self.release_buffer(Vec::from(std::mem::take(&mut busy.out)));
+                self.release_buffer(busy.clear());
                 drop(busy.layer_protocol.take());
                 (busy.reason.take(), busy.producer.take())
             }
@@ -1217,20 +1315,62 @@ fn peer_credentials(_stream: &Socket) -> Option<PeerCredentials> {
     None
 }
 
+/// Flags for every send: no SIGPIPE when the peer has gone (the error says so instead).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: libc::c_int = 0;
+
+/// Most slices one send of a mixed queue hands the kernel.
+const SEND_SLICES: usize = 16;
+
 /// Sends at most `budget` bytes from the front of `out`: both parts of a ring that
-/// wraps in one call. Without raising SIGPIPE when the peer has gone (the error says so
-/// instead).
+/// wraps in one call.
 fn send_front(stream: &Socket, out: &VecDeque<u8>, budget: usize) -> io::Result<usize> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let flags = libc::MSG_NOSIGNAL;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let flags = 0;
+    let flags = SEND_FLAGS;
     let (front, back) = out.as_slices();
     if back.is_empty() || front.len() >= budget {
         return stream.send_with_flags(&front[..front.len().min(budget)], flags);
     }
     let back = &back[..back.len().min(budget - front.len())];
     stream.send_vectored_with_flags(&[IoSlice::new(front), IoSlice::new(back)], flags)
+}
+
+/// Sends at most `budget` bytes from the front of a queue of ring bytes and shared
+/// buffers, in order, in one call.
+fn send_queue(stream: &Socket, busy: &Busy, budget: usize) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); SEND_SLICES];
+    let mut count = 0;
+    let mut total = 0;
+    let (mut front, mut back) = busy.out.as_slices();
+    'queue: for chunk in &busy.queue {
+        match chunk {
+            Chunk::Ring(len) => {
+                let mut len = *len;
+                while len > 0 {
+                    if front.is_empty() {
+                        (front, back) = (back, &[]);
+                    }
+                    if total == budget || count == SEND_SLICES {
+                        break 'queue;
+                    }
+                    let m = len.min(front.len()).min(budget - total);
+                    slices[count] = IoSlice::new(&front[..m]);
+                    front = &front[m..];
+                    (count, total, len) = (count + 1, total + m, len - m);
+                }
+            }
+            Chunk::Shared(data, sent) => {
+                if total == budget || count == SEND_SLICES {
+                    break 'queue;
+                }
+                let m = (data.len() - sent).min(budget - total);
+                slices[count] = IoSlice::new(&data[*sent..*sent + m]);
+                (count, total) = (count + 1, total + m);
+            }
+        }
+    }
+    stream.send_vectored_with_flags(&slices[..count], SEND_FLAGS)
 }
 
 fn reason_from_io(error: io::Error) -> CloseReason {
@@ -1279,7 +1419,9 @@ mod ring_tests {
 
     use socket2::{Domain, Socket, Type};
 
-    use super::send_front;
+    use std::rc::Rc;
+
+    use super::{Busy, send_front, send_queue};
 
     /// A ring holding `0..len` (as bytes mod 251) whose front part ends at the end of its
     /// memory and whose back part starts at its beginning.
@@ -1321,6 +1463,59 @@ mod ring_tests {
             let want: Vec<u8> = (0..sent).map(|i| (i % 251) as u8).collect();
             assert_eq!(got, want, "{len} {front} {budget}");
         }
+    }
+
+    /// The next `n` bytes of a numbered stream.
+    fn numbered(next: &mut usize, n: usize) -> Vec<u8> {
+        let bytes = (*next..*next + n).map(|i| (i % 251) as u8).collect();
+        *next += n;
+        bytes
+    }
+
+    /// copied writes and shared buffers (`write_shared`), mixed and
+    /// added while earlier ones are partly sent, leave in the order written, each send
+    /// within its budget, and the pending count stays exact.
+    #[test]
+    fn x01_x04_ring_bytes_and_shared_buffers_are_sent_in_order() {
+        let (tx, mut rx) = Socket::pair(Domain::UNIX, Type::STREAM, None).unwrap();
+        let mut busy = Busy::default();
+        let (mut next, mut written, mut sent) = (0, Vec::new(), 0);
+        let add = |busy: &mut Busy, written: &mut Vec<u8>, next: &mut usize, n, shared| {
+            let data = numbered(next, n);
+            written.extend_from_slice(&data);
+            if shared {
+                busy.append_shared(&Rc::from(data));
+            } else {
+                busy.append(&data);
+            }
+        };
+        for (i, n) in [5, 7, 3, 11, 2, 13, 1, 40, 6].into_iter().enumerate() {
+            add(&mut busy, &mut written, &mut next, n, i % 3 == 1);
+        }
+        for (round, budget) in [4, 9, 1, 6, 17, 2, 30, 3, 1000].into_iter().enumerate() {
+            if round == 3 {
+                // More of both kinds while the front is partly sent.
+                add(&mut busy, &mut written, &mut next, 8, true);
+                add(&mut busy, &mut written, &mut next, 9, false);
+                add(&mut busy, &mut written, &mut next, 4, true);
+            }
+            let n = if busy.queue.is_empty() {
+                send_front(&tx, &busy.out, budget)
+            } else {
+                send_queue(&tx, &busy, budget)
+            }
+            .unwrap();
+            assert!(n <= budget && n > 0, "round {round}: {n} of {budget}");
+            busy.consume(n);
+            sent += n;
+            assert_eq!(busy.pending(), written.len() - sent, "round {round}");
+        }
+        assert_eq!(busy.pending(), 0, "everything sent");
+        assert!(busy.queue.is_empty() && busy.shared == 0);
+        drop(tx);
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).unwrap();
+        assert_eq!(got, written);
     }
 }
 
