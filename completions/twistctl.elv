@@ -59,7 +59,7 @@ set edit:completion:arg-completer[twistctl] = {|@words|
             cand --cert-warn-days 'With --nagios and --tls: WARNING when the certificate expires in fewer than N days (--cert-days N is the CRITICAL threshold)'
             cand --concurrency 'At most N connection attempts in flight (never more than the open-file limit allows)'
             cand --starttls 'Upgrade a plain-text session to TLS first, then check as --tls: smtp (EHLO, STARTTLS), imap (a001 STARTTLS), pop3 (STLS), ftp (AUTH TLS) or postgres (SSLRequest). A server that refuses fails with what it answered'
-            cand --sni 'The TLS server name to send and verify (default: the host as typed; none is sent for an IP address)'
+            cand --sni 'The TLS server name to send and verify (default: the host as typed; none is sent for an IP address). A UNIX socket has no host name: there it is needed, unless --insecure is given'
             cand --ca 'Trust the CA certificates of this PEM file instead of the system''s'
             cand --alpn 'Offer these ALPN protocols (h2,http/1.1); the chosen one is reported'
             cand --cert-days 'Fail (cert-expiring, exit 4) when the certificate expires in fewer than N days (default: only an expired one fails). With --nagios: the critical threshold'

@@ -53,7 +53,7 @@ complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l critical 
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l cert-warn-days -d 'With --nagios and --tls: WARNING when the certificate expires in fewer than N days (--cert-days N is the CRITICAL threshold)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l concurrency -d 'At most N connection attempts in flight (never more than the open-file limit allows)' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l starttls -d 'Upgrade a plain-text session to TLS first, then check as --tls: smtp (EHLO, STARTTLS), imap (a001 STARTTLS), pop3 (STLS), ftp (AUTH TLS) or postgres (SSLRequest). A server that refuses fails with what it answered' -r
-complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l sni -d 'The TLS server name to send and verify (default: the host as typed; none is sent for an IP address)' -r
+complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l sni -d 'The TLS server name to send and verify (default: the host as typed; none is sent for an IP address). A UNIX socket has no host name: there it is needed, unless --insecure is given' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l ca -d 'Trust the CA certificates of this PEM file instead of the system\'s' -r -F
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l alpn -d 'Offer these ALPN protocols (h2,http/1.1); the chosen one is reported' -r
 complete -c twistctl -n "__fish_twistctl_using_subcommand conntest" -l cert-days -d 'Fail (cert-expiring, exit 4) when the certificate expires in fewer than N days (default: only an expired one fails). With --nagios: the critical threshold' -r

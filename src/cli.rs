@@ -383,7 +383,8 @@ pub struct ConntestArgs {
     pub starttls: Option<conntest::starttls::Dialect>,
 
     /// The TLS server name to send and verify (default: the host as typed; none is sent
-    /// for an IP address).
+    /// for an IP address). A UNIX socket has no host name: there it is needed, unless
+    /// --insecure is given.
     #[arg(
         long,
         value_name = "NAME",
@@ -803,20 +804,14 @@ impl Cli {
                          tls:HOST:PORT target)",
                     ));
                 }
-                if let target::Destination::Unix(address) = &target
-                    && tls_wanted
-                    && args.sni.is_none()
-                    && args.fingerprint.is_none()
-                    && !args.insecure
-                {
-                    return Err(usage_error(
-                        "talk-client",
-                        format!(
-                            "--tls to the UNIX socket '{address}' has no host name to verify \
-                             the certificate for: give --sni NAME (the name in the server's \
-                             certificate), or pin it with --fingerprint SHA256:..."
-                        ),
-                    ));
+                if tls_wanted {
+                    target::check_tls_name(
+                        target.unix(),
+                        args.sni.as_deref(),
+                        args.fingerprint.is_none() && !args.insecure,
+                        "or pin it with --fingerprint SHA256:...",
+                    )
+                    .map_err(|error| usage_error("talk-client", error))?;
                 }
                 if let Some(name) = &args.sni
                     && let Err(error) = crate::reactor::tls::server_name(name)
@@ -937,6 +932,17 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
     let targets = target::parse_destinations(&args.targets, family, &services)
         .map(target::with_unix)
         .map_err(|error| usage_error("conntest", error))?;
+    if args.tls || args.starttls.is_some() {
+        for target in &targets {
+            target::check_tls_name(
+                target.unix(),
+                args.sni.as_deref(),
+                !args.insecure,
+                "or --insecure (the certificate is still reported)",
+            )
+            .map_err(|error| usage_error("conntest", error))?;
+        }
+    }
     let default_interval = if args.watch {
         Duration::from_secs(1)
     } else {

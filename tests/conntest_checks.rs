@@ -764,9 +764,10 @@ fn a_unix_target_without_permission_is_an_error_in_the_os_words() {
     assert_eq!(v["error"], "Permission denied");
 }
 
-#[test]
-fn tls_works_over_a_unix_socket() {
-    let path = socket_dir().join("tls.sock");
+/// A TLS server on the UNIX socket `name` (in the test's socket directory) that sends
+/// a POP3-like banner; its certificate is for localhost, signed by the test's CA.
+fn tls_unix_server(name: &str) -> PathBuf {
+    let path = socket_dir().join(name);
     let config = TlsServerConfig::new(&ServerOptions {
         identities: vec![pki().leaf.clone()],
         protocols: Protocols::default(),
@@ -790,6 +791,12 @@ fn tls_works_over_a_unix_socket() {
         let _ = reactor.run();
     });
     receiver.recv().unwrap();
+    path
+}
+
+#[test]
+fn tls_works_over_a_unix_socket() {
+    let path = tls_unix_server("tls.sock");
     let arg = format!("unix:{}", path.display());
     let (code, v) = json(&[
         "--tls",
@@ -818,6 +825,41 @@ fn tls_works_over_a_unix_socket() {
         "{}",
         out.stdout
     );
+}
+
+/// A UNIX socket has no host name to verify the certificate for: without --sni, --tls
+/// (or --starttls) to one is a usage error naming the socket, as in talk-client, and
+/// nothing is connected to; --insecure verifies no name and still reports the
+/// certificate.
+#[test]
+fn tls_over_a_unix_socket_needs_sni_or_insecure() {
+    let path = tls_unix_server("tls-no-sni.sock");
+    let arg = format!("unix:{}", path.display());
+    for args in [
+        vec!["--tls", "--ca", ca_file().as_str(), arg.as_str()],
+        vec!["--starttls", "smtp", arg.as_str()],
+        vec!["--tls", "localhost:1", arg.as_str()],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains(&format!(
+                "--tls to the UNIX socket '{arg}' has no host name to verify the certificate \
+                 for: give --sni NAME (the name in the server's certificate), or --insecure"
+            )),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let (code, v) = json(&["--tls", "--insecure", &arg]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["status"], "open");
+    assert_eq!(v["cert_subject"], "CN=localhost");
+    // Plain checks of a socket need no name.
+    let (code, v) = json(&[&arg]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["status"], "open");
 }
 
 /// --concurrency counts UNIX sockets too: with one slot, the second target is

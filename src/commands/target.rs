@@ -197,6 +197,62 @@ pub fn with_unix(destinations: Vec<Destination>) -> Vec<Target> {
         .collect()
 }
 
+/// The TLS server name sent to a UNIX socket when no `--sni` is given, which
+/// [`check_tls_name`] allows only when the name is not verified (a pinned certificate,
+/// `--insecure`): a socket has no host name, and some name must be sent.
+pub const UNIX_TLS_NAME: &str = "localhost";
+
+impl Destination {
+    /// See [`Target::tls_server_name`].
+    pub fn tls_server_name(&self, sni: Option<&str>) -> String {
+        match self {
+            Destination::Tcp(target) => target.tls_server_name(sni),
+            Destination::Unix(_) => sni.unwrap_or(UNIX_TLS_NAME).to_string(),
+        }
+    }
+
+    /// The UNIX socket this destination is, if it is one.
+    pub fn unix(&self) -> Option<&UnixAddress> {
+        match self {
+            Destination::Tcp(target) => target.unix(),
+            Destination::Unix(address) => Some(address),
+        }
+    }
+}
+
+impl Target {
+    /// The name a TLS client sends as SNI and verifies the server's certificate for,
+    /// one rule for every command that connects: `sni` when given, else the host as
+    /// typed; for a UNIX socket, which has no host name, [`UNIX_TLS_NAME`] (refused
+    /// beforehand by [`check_tls_name`] where the name would be verified).
+    pub fn tls_server_name(&self, sni: Option<&str>) -> String {
+        match (sni, self.unix()) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(_)) => UNIX_TLS_NAME.to_string(),
+            (None, None) => self.host.text.clone(),
+        }
+    }
+}
+
+/// TLS to the UNIX `socket` verifies the server's certificate for a name only
+/// `--sni` can give: without it, and with the name verified (`name_verified`: neither
+/// a pinned certificate nor `--insecure`), a usage error naming the socket and saying
+/// to give `--sni NAME`, or `otherwise` (the command's other ways, "or ...").
+pub fn check_tls_name(
+    socket: Option<&UnixAddress>,
+    sni: Option<&str>,
+    name_verified: bool,
+    otherwise: &str,
+) -> Result<(), UsageError> {
+    match socket {
+        Some(socket) if sni.is_none() && name_verified => Err(UsageError(format!(
+            "--tls to the UNIX socket '{socket}' has no host name to verify the certificate \
+             for: give --sni NAME (the name in the server's certificate), {otherwise}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 const UNIX_PREFIX: &str = "unix:";
 
 fn unix_address(rest: &str, arg: &str) -> Result<UnixAddress, UsageError> {
@@ -738,5 +794,29 @@ mod tests {
         assert!(error.contains("::1") && error.contains("-4"), "{error}");
         assert!(parse_with(&["[::1]:80"], Family::V6).is_ok());
         assert!(parse_with(&["localhost:80"], Family::V4).is_ok());
+    }
+
+    #[test]
+    fn tls_to_a_unix_socket_needs_sni_unless_the_name_is_not_verified() {
+        let socket = UnixAddress::from_arg("/run/app.sock");
+        let error = check_tls_name(Some(&socket), None, true, "or --insecure").unwrap_err();
+        assert_eq!(
+            error.0,
+            "--tls to the UNIX socket 'unix:/run/app.sock' has no host name to verify the \
+             certificate for: give --sni NAME (the name in the server's certificate), or \
+             --insecure"
+        );
+        assert!(check_tls_name(Some(&socket), Some("app.test"), true, "").is_ok());
+        assert!(check_tls_name(Some(&socket), None, false, "").is_ok());
+        assert!(check_tls_name(None, None, true, "").is_ok());
+        let unix = Destination::Unix(socket);
+        assert_eq!(unix.tls_server_name(Some("app.test")), "app.test");
+        assert_eq!(unix.tls_server_name(None), UNIX_TLS_NAME);
+        let targets = with_unix(vec![unix]);
+        assert_eq!(targets[0].tls_server_name(None), UNIX_TLS_NAME);
+        let tcp = parse_destination(&["example.test:443".to_string()], Family::Any, &db()).unwrap();
+        assert_eq!(tcp.unix(), None);
+        assert_eq!(tcp.tls_server_name(None), "example.test");
+        assert_eq!(tcp.tls_server_name(Some("other.test")), "other.test");
     }
 }

@@ -61,7 +61,7 @@ impl Check {
         on_done: impl FnOnce(Outcome) + 'static,
     ) -> Check {
         if let Some(address) = target.unix() {
-            return Check::start_unix(ctx, address.clone(), Rc::new(Cell::new(false)), on_done);
+            return Check::start_unix(ctx, target, address.clone(), on_done);
         }
         Check::start_on(ctx, &Check::endpoint(ctx, target), target, on_done)
     }
@@ -96,12 +96,7 @@ impl Check {
             Some(probe) if !probe.is_plain() => {
                 let found = Rc::new(RefCell::new(Findings::default()));
                 findings = Some(found.clone());
-                endpoint.start_checked(probe.factory(
-                    &ctx.reactor,
-                    &target.host.text,
-                    timeout,
-                    found,
-                ))
+                endpoint.start_checked(probe.factory(&ctx.reactor, target, timeout, found))
             }
             _ => endpoint.start_plain(OPEN_CHECK.with(Rc::clone)),
         };
@@ -146,10 +141,11 @@ impl Check {
     /// Checks a UNIX socket: one connect (no lookup, no race), then the same probe.
     fn start_unix(
         ctx: &Rc<CheckContext>,
+        target: &Target,
         address: UnixAddress,
-        cancelled: Rc<Cell<bool>>,
         on_done: impl FnOnce(Outcome) + 'static,
     ) -> Check {
+        let cancelled = Rc::new(Cell::new(false));
         let timeout = ctx.timeout;
         // One cap for every socket: a UNIX target waits for a slot as a TCP attempt does.
         let endpoint = UnixEndpoint::new(&ctx.reactor, address.clone())
@@ -159,7 +155,7 @@ impl Check {
         let deferred = match &ctx.probe {
             Some(probe) if !probe.is_plain() => endpoint.connect_checked(probe.factory(
                 &ctx.reactor,
-                "localhost",
+                target,
                 timeout,
                 findings.clone(),
             )),

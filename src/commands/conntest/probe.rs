@@ -18,6 +18,7 @@ use super::expect::{Expectation, MismatchCause, Verdict};
 use super::outcome::Status;
 use super::starttls::{Action, Dialect, Exchange};
 use crate::commands::escape::escape_peer_text;
+use crate::commands::target::Target;
 use crate::reactor::endpoints::{CheckHandle, CheckedFactory};
 use crate::reactor::tls::{
     CertificateInfo, ClientOptions, Protocols, StartTls, TlsClientConfig, TlsConfigError, TlsError,
@@ -221,21 +222,17 @@ impl Prepared {
         self.config.is_plain()
     }
 
-    /// The factory for one check of `host` (the name verified and sent as SNI unless
-    /// `--sni` says otherwise); the probe reports into `findings`.
+    /// The factory for one check of `target` (verified and sent as SNI by
+    /// [`Target::tls_server_name`]); the probe reports into `findings`.
     pub fn factory(
         self: &Rc<Self>,
         reactor: &Reactor,
-        host: &str,
+        target: &Target,
         timeout: Duration,
         findings: Rc<RefCell<Findings>>,
     ) -> Rc<dyn CheckedFactory> {
-        let server_name = self
-            .config
-            .tls
-            .as_ref()
-            .and_then(|tls| tls.sni.clone())
-            .unwrap_or_else(|| host.to_string());
+        let sni = self.config.tls.as_ref().and_then(|tls| tls.sni.as_deref());
+        let server_name = target.tls_server_name(sni);
         Rc::new(ProbeFactory {
             prepared: self.clone(),
             reactor: reactor.clone(),

@@ -947,13 +947,9 @@ pub struct Config {
     /// `--tls`: how the server's certificate is checked; `None`: plain TCP.
     pub tls: Option<TlsVerify>,
     /// `--sni`: the name to verify the server as and send, instead of the host as
-    /// typed; over a UNIX socket, where there is no host, [`UNIX_SERVER_NAME`] when
-    /// only the fingerprint counts (`--fingerprint`, `--insecure`).
+    /// typed (see [`Destination::tls_server_name`]).
     pub sni: Option<String>,
 }
-
-/// The name sent over a UNIX socket when no `--sni` is given and no name is checked.
-pub const UNIX_SERVER_NAME: &str = "localhost";
 
 /// Runs `twistctl talk-client`.
 pub fn run(config: Config) -> ExitStatus {
@@ -1026,7 +1022,8 @@ impl Command for ClientCommand {
                         true,
                     );
                 }
-                let (trust, target, server_name) = match destination {
+                let server_name = destination.tls_server_name(self.config.sni.as_deref());
+                let (trust, target) = match destination {
                     Destination::Tcp(target) => (
                         Trust::new(verify.clone(), &target.host.text, target.port)
                             .map_err(CommandError::failure)?,
@@ -1034,10 +1031,6 @@ impl Command for ClientCommand {
                             host: target.host.text.clone(),
                             port: target.port,
                         },
-                        self.config
-                            .sni
-                            .clone()
-                            .unwrap_or_else(|| target.host.text.clone()),
                     ),
                     // No host and port to remember a certificate by: pin it instead.
                     Destination::Unix(address) => (
@@ -1045,10 +1038,6 @@ impl Command for ClientCommand {
                         TlsTarget::Unix(
                             UnixEndpoint::new(reactor, address.clone()).with_timeout(Some(timeout)),
                         ),
-                        self.config
-                            .sni
-                            .clone()
-                            .unwrap_or_else(|| UNIX_SERVER_NAME.to_string()),
                     ),
                 };
                 let dialer = Rc::new_cyclic(|me| TlsDialer {
