@@ -958,7 +958,7 @@ impl Factory for CountLinesFactory {
 struct BatchProducer {
     transport: TransportRef,
     line: Rc<Vec<u8>>,
-    full_batch: Rc<Vec<u8>>,
+    full_batch: Rc<[u8]>,
     batch: u64,
     left: Cell<u64>,
     paused: Cell<bool>,
@@ -973,7 +973,7 @@ impl BatchProducer {
         }
         if left >= self.batch {
             self.left.set(left - self.batch);
-            self.transport.write(&self.full_batch);
+            self.transport.write_shared(&self.full_batch);
         } else {
             self.left.set(0);
             self.transport.write(&self.line.repeat(left as usize));
@@ -1005,7 +1005,7 @@ struct Sender {
     reactor: Reactor,
     counts: Rc<LineCounts>,
     line: Rc<Vec<u8>>,
-    full_batch: Rc<Vec<u8>>,
+    full_batch: Rc<[u8]>,
     n: u64,
     batch: u64,
 }
@@ -1040,7 +1040,7 @@ struct SenderFactory {
     reactor: Reactor,
     counts: Rc<LineCounts>,
     line: Rc<Vec<u8>>,
-    full_batch: Rc<Vec<u8>>,
+    full_batch: Rc<[u8]>,
     n: u64,
     batch: u64,
 }
@@ -1077,7 +1077,7 @@ fn run_lines(ctx: &Ctx, a: &LinesArgs) -> Outcome {
     };
     let mut line = vec![b'x'; l];
     line.extend_from_slice(b"\r\n");
-    let full_batch = Rc::new(line.repeat(batch as usize));
+    let full_batch: Rc<[u8]> = Rc::from(line.repeat(batch as usize));
     let line = Rc::new(line);
     let reply = format!("ok {n}\r\n").into_bytes();
     let counts = Rc::new(LineCounts::default());
@@ -1126,7 +1126,9 @@ fn run_lines(ctx: &Ctx, a: &LinesArgs) -> Outcome {
         "notes",
         "the batch writer is a push producer (the transport has no pull producers): it \
          writes batches until paused, and is resumed once the buffer drains below 32 KiB; \
-         one default batch passes the 64 KiB high-water mark, so each resume writes one",
+         one default batch passes the 64 KiB high-water mark, so each resume writes one; \
+         a full batch is written with write_shared (the transport keeps a reference to it \
+         instead of copying it, as Twisted's write keeps the bytes object)",
     );
     emit(ctx, Some(&watch), n, &check, extra)
 }
