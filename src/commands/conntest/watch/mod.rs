@@ -6,7 +6,8 @@
 //! - [`probe`]: the real probes, and the requests for a summary (Ctrl-\\, Enter);
 //! - this module: the grid. Each target has a [`LoopingCall`] started at once; a tick
 //!   starts a probe, unless the previous one is still pending within its timeout, in
-//!   which case the tick is skipped and counted. A pending probe whose timeout has
+//!   which case the tick is skipped and counted (as are grid points that passed
+//!   while the process was not scheduled). A pending probe whose timeout has
 //!   passed by the time of the next tick is ended there as a timeout, so a timeout
 //!   equal to the interval (the default) never costs a tick.
 //!
@@ -174,12 +175,17 @@ impl Watch {
         };
         for index in 0..watch.inner.targets.len() {
             let weak = Rc::downgrade(&watch.inner);
-            let looping =
-                LoopingCall::new(SchedulerRef(watch.inner.scheduler.clone()), move || {
+            // With the count of grid points since the previous call: points the loop
+            // could not keep (the process was not scheduled in time) are skipped ticks
+            // too, so a late machine shows in the summary instead of stretching it.
+            let looping = LoopingCall::with_count(
+                SchedulerRef(watch.inner.scheduler.clone()),
+                move |points: u64| {
                     if let Some(inner) = weak.upgrade() {
-                        Watch { inner }.tick(index);
+                        Watch { inner }.tick(index, points);
                     }
-                });
+                },
+            );
             watch.inner.states.borrow_mut()[index].looping = Some(looping.clone());
             // A fresh LoopingCall always starts.
             let _ = looping.start(watch.inner.options.interval, true);
@@ -203,12 +209,15 @@ impl Watch {
         Moment { offset, wall }
     }
 
-    fn tick(&self, index: usize) {
+    fn tick(&self, index: usize, points: u64) {
         let now = self.now();
         let timeout = self.inner.options.timeout;
         let overdue = {
             let mut states = self.inner.states.borrow_mut();
             let state = &mut states[index];
+            for _ in 1..points {
+                state.stats.record_skipped();
+            }
             match &state.pending {
                 Some(p) if now.offset.saturating_sub(p.started.offset) >= timeout => {
                     state.pending.take()

@@ -216,6 +216,19 @@ fn a_tick_while_a_probe_is_pending_within_its_timeout_is_skipped_and_counted() {
 }
 
 #[test]
+fn grid_points_the_loop_could_not_keep_are_counted_as_skipped() {
+    // The process is not scheduled from 0.5 s to 3.5 s: the points at 1, 2 and 3 s are
+    // missed, the loop resumes on the grid at 4 s, and the summary says so.
+    let r = run(vec![vec![Plan::Open(1)]], options(1000, 1000, None));
+    r.advance(500);
+    r.clock.advance(ms(3000));
+    r.advance(1_000);
+    assert_eq!(r.start_times(0), vec![0, 3500, 4000]);
+    let summary = r.summary(0);
+    assert_eq!((summary.probes, summary.skipped), (3, 2));
+}
+
+#[test]
 fn a_probe_past_its_timeout_ends_at_the_next_tick_without_skipping_it() {
     let r = run(vec![vec![Plan::Hang]], options(1000, 1000, None));
     r.advance(3_000);
