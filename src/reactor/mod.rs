@@ -656,6 +656,15 @@ impl Reactor {
         self.inner.io.borrow_mut().insert(io::Handler::Dyn(handler))
     }
 
+    /// [`Reactor::track_io`] for any kind of registry entry: an accepted connection
+    /// holds its key before it is added to the poll (see `StreamTransport::start`).
+    pub(crate) fn track_handler(
+        &self,
+        handler: io::Handler<StreamConnection>,
+    ) -> std::io::Result<IoKey> {
+        self.inner.io.borrow_mut().insert(handler)
+    }
+
     /// Frees the slot of a source that is about to be closed, without telling the poll:
     /// closing the descriptor removes it from epoll anyway, and that saves a syscall
     /// per short-lived socket (a port scan closes thousands). The caller must close

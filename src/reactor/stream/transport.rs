@@ -74,6 +74,9 @@ mod flag {
     pub(super) const LAYERED: u16 = 1 << 8;
     /// The layer's protocol waits to take the protocol's place once its callback returns.
     pub(super) const LAYER_PENDING: u16 = 1 << 9;
+    /// The socket holds its registry key but is not in the poll yet: it is added once
+    /// `connection_made` and a flush it asked for have run (see `poll_after_start`).
+    pub(super) const UNPOLLED: u16 = 1 << 10;
 }
 
 /// What only a connection that writes, has a producer, or has a close reason recorded
@@ -309,6 +312,11 @@ impl StreamTransport {
         self.schedule(|this| {
             this.lower(flag::FLUSH_SCHEDULED);
             this.flush();
+            if this.has(flag::UNPOLLED) {
+                // Written to from `connection_made`: polled now, unless that flush
+                // finished the connection (see `poll_after_start`).
+                this.poll_after_start();
+            }
         });
     }
 
@@ -353,19 +361,32 @@ impl StreamTransport {
             (false, true) => Interest::WRITABLE,
             (true, true) => Interest::READABLE | Interest::WRITABLE,
         };
-        if let Some(Err(error)) = self.with_stream(|stream| {
-            let mut fd = SourceFd(&stream.as_raw_fd());
-            match reactor.reregister_io(&mut fd, key, interest) {
-                // Not in the poll yet: a connection its protocol closed from
-                // `connection_made` (see `poll_after_start`) that was written to after.
-                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
-                    reactor.poll_io_under(&mut fd, key, interest)
-                }
-                result => result,
-            }
-        }) {
+        if let Some(Err(error)) = self.try_set_interest(&reactor, key, interest) {
             log::debug!("could not change interest of {}: {error}", self.peer.get());
         }
+    }
+
+    /// Changes the poll's interest in the socket, or adds the socket to the poll if it
+    /// is not in it yet (see `poll_after_start`). `None` without a socket.
+    fn try_set_interest(
+        &self,
+        reactor: &Reactor,
+        key: IoKey,
+        interest: Interest,
+    ) -> Option<io::Result<()>> {
+        let unpolled = self.has(flag::UNPOLLED);
+        let result = self.with_stream(|stream| {
+            let mut fd = SourceFd(&stream.as_raw_fd());
+            if unpolled {
+                reactor.poll_io_under(&mut fd, key, interest)
+            } else {
+                reactor.reregister_io(&mut fd, key, interest)
+            }
+        });
+        if unpolled && matches!(result, Some(Ok(()))) {
+            self.lower(flag::UNPOLLED);
+        }
+        result
     }
 }
 
@@ -902,10 +923,10 @@ impl StreamTransport {
     ///
     /// If the socket cannot be registered, nothing of the protocol has run, so it is
     /// dropped unheard (P-04: no `connection_lost` without `connection_made`), the
-    /// socket is closed, and the caller reports the error. A connector's socket that
-    /// connected at once is added to the poll only after `connection_made`
-    /// ([`StreamTransport::poll_after_start`]), so a failure there ends the connection
-    /// with `connection_lost` instead.
+    /// socket is closed, and the caller reports the error. An accepted socket, and a
+    /// connector's socket that connected at once, are added to the poll only after
+    /// `connection_made` ([`StreamTransport::poll_after_start`]), so a failure there
+    /// ends the connection with `connection_lost` instead.
     pub(super) fn start(
         self: &Rc<Self>,
         reactor: &Reactor,
@@ -934,15 +955,8 @@ impl StreamTransport {
                     }
                 }
             }
-            Registration::New => self
-                .with_stream(|stream| {
-                    reactor.register_handler(
-                        &mut SourceFd(&stream.as_raw_fd()),
-                        Interest::READABLE,
-                        Handler::Connection(self.clone()),
-                    )
-                })
-                .unwrap_or_else(|| Err(no_socket())),
+            // Added to the poll after `connection_made` (see below).
+            Registration::New => reactor.track_handler(Handler::Connection(self.clone())),
         };
         let key = match registered {
             Ok(key) => key,
@@ -954,9 +968,14 @@ impl StreamTransport {
         };
         self.key.set(key);
         self.lost_notice.set(lost_notice);
+        if !matches!(registration, Registration::Polled(_)) {
+            self.raise(flag::UNPOLLED);
+        }
         self.with_protocol(|protocol, transport| protocol.connection_made(transport));
-        if matches!(registration, Registration::Tracked(_)) {
-            self.poll_after_start(reactor, key);
+        if self.has(flag::UNPOLLED) && !self.has(flag::FLUSH_SCHEDULED) {
+            // With a flush scheduled, the flush adds it (`schedule_flush`): it runs
+            // before the next poll, and may well finish the connection.
+            self.poll_after_start();
         }
         // Bytes that arrived before the registration need no read scheduled here: adding
         // a socket to the poll (or changing its interest) reports the readiness it
@@ -965,19 +984,28 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// Adds a connector's socket that connected at once to the poll, now that
-    /// `connection_made` has run: unless the protocol closed the connection there with
-    /// nothing left to send (a port probe), when the poll would only be told to forget
-    /// it again. Should something be written after all, `set_interest` adds it then.
-    fn poll_after_start(self: &Rc<Self>, reactor: &Reactor, key: IoKey) {
+    /// Adds a started socket to the poll, now that `connection_made` (and the flush of
+    /// what it wrote, if anything) has run: unless the connection ended there, or is
+    /// closing with nothing left to send (a port probe; a server that greets and
+    /// closes), when the poll would only be told to forget it again. Should something
+    /// be written after all, `set_interest` adds it then. Nothing is polled meanwhile:
+    /// the flush runs before the next poll, and adding a socket to the poll reports the
+    /// readiness it already has.
+    fn poll_after_start(self: &Rc<Self>) {
         let closing = self.has(flag::CLOSED)
             || (self.has(flag::DISCONNECTING) && self.upper().is_none() && self.buffered() == 0);
         if closing {
             return;
         }
-        let added = self.with_stream(|stream| {
-            reactor.poll_io_under(&mut SourceFd(&stream.as_raw_fd()), key, Interest::READABLE)
-        });
+        let Some(reactor) = self.reactor.upgrade() else {
+            return;
+        };
+        let interest = if self.has(flag::WRITE_INTEREST) {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let added = self.try_set_interest(&reactor, self.key.get(), interest);
         if let Some(Err(error)) = added {
             // The protocol has started: it hears of the end like of any other.
             self.close(CloseReason::Lost(Some(Rc::new(error))));
