@@ -1180,6 +1180,46 @@ fn x05_lose_connection_delivers_buffered_data() {
     assert!(biggest.get() <= 64 * 1024, "chunk of {}", biggest.get());
 }
 
+/// A server that greets from `connection_made` and stays open still hears its peer: its
+/// socket joins the poll once the greeting is flushed, and a reply that arrives
+/// after that flush is read.
+#[test]
+fn x02_a_greeting_server_reads_the_reply() {
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let heard = bytes();
+    let h = heard.clone();
+    let server = server(&server_log, move |p| {
+        let h = h.clone();
+        p.made(sending(b"hello")).data(move |t, data| {
+            h.borrow_mut().extend_from_slice(data);
+            if h.borrow().ends_with(b"\n") {
+                t.lose_connection();
+            }
+            Ok(())
+        })
+    });
+    let log = new_log();
+    let received = bytes();
+    let rcv = received.clone();
+    let client = client(&log, move |p| {
+        let rcv = rcv.clone();
+        p.data(move |t, data| {
+            rcv.borrow_mut().extend_from_slice(data);
+            if rcv.borrow().as_slice() == b"hello" {
+                t.write(b"hello back\n");
+            }
+            Ok(())
+        })
+    })
+    .lost(stop_on_client_lost(&reactor));
+    converse(&reactor, server, client);
+    assert_eq!(received.borrow().as_slice(), b"hello");
+    assert_eq!(heard.borrow().as_slice(), b"hello back\n");
+    assert_eq!(events(&server_log), server_life(&["srv:data"], "Done"));
+    assert_eq!(events(&log), client_life(&["cli:data"], "Done"));
+}
+
 #[test]
 fn x08_x09_abort_drops_buffered_data_and_peer_sees_reset() {
     let reactor = Reactor::new().unwrap();
