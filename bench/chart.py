@@ -45,7 +45,7 @@ CONFIGS = [
 # The implementations in the order drawn, with their names in the legend and colours.
 IMPLS = [
     ("twistctl", "twistctl", "#d9480f"),
-    ("twisted", "Twisted 26.10 (recorded)", "#1c7ed6"),
+    ("twisted", "Twisted 26.10", "#1c7ed6"),
     ("c-limit", "C yardstick", "#868e96"),
 ]
 
