@@ -903,23 +903,13 @@ fn s09_truncation_is_connection_lost() {
     );
 }
 
-/// S-09 with S-14: an inner protocol that asks for half-close still hears a truncation
-/// as ConnectionLost (TLS has no half-close, so an end without close_notify is never a
-/// "finished sending").
-#[test]
-fn s09_truncation_is_connection_lost_for_a_half_closing_protocol() {
+/// A TLS server following `script` meets a peer that sends some bytes, then ends its
+/// TCP stream without close_notify and reads until the server closes (so no reset ends
+/// the connection). Returns what the server received and its log.
+fn truncated_by_a_peer_that_still_reads(script: Script) -> (Vec<u8>, Vec<String>) {
     let reactor = Reactor::new().expect("reactor");
     let log = new_log();
-    let servers = Peers::new(
-        "server",
-        &log,
-        &reactor,
-        Script {
-            stop_after_ends: 1,
-            half_close: true,
-            ..Script::default()
-        },
-    );
+    let servers = Peers::new("server", &log, &reactor, script);
     let port = reactor
         .listen_tls(
             loopback(),
@@ -934,13 +924,25 @@ fn s09_truncation_is_connection_lost_for_a_half_closing_protocol() {
             .sock
             .shutdown(std::net::Shutdown::Write)
             .expect("shutdown");
-        // Wait for the server's end, so it is not a reset that ends the connection.
         let mut rest = Vec::new();
         let _ = std::io::Read::read_to_end(&mut stream.sock, &mut rest);
     });
     run(&reactor);
     peer.join().expect("peer thread");
-    let log = entries(&log);
+    (servers.received(), entries(&log))
+}
+
+/// S-09 with S-14: an inner protocol that asks for half-close still hears a truncation
+/// as ConnectionLost (TLS has no half-close, so an end without close_notify is never a
+/// "finished sending").
+#[test]
+fn s09_truncation_is_connection_lost_for_a_half_closing_protocol() {
+    let (received, log) = truncated_by_a_peer_that_still_reads(Script {
+        stop_after_ends: 1,
+        half_close: true,
+        ..Script::default()
+    });
+    assert_eq!(received, b"partial transfer");
     assert!(!log.iter().any(|e| e == "server read closed"), "{log:?}");
     assert_eq!(
         log.last().map(String::as_str),
@@ -969,42 +971,15 @@ impl Producer for CloseOnStop {
 /// orderly close of ours.
 #[test]
 fn s09_truncation_is_connection_lost_when_a_stopped_producer_closes() {
-    let reactor = Reactor::new().expect("reactor");
-    let log = new_log();
-    let servers = Peers::new(
-        "server",
-        &log,
-        &reactor,
-        Script {
-            handshake: hook(|_, t, _| {
-                t.register_producer(Rc::new(CloseOnStop(RefCell::new(Some(t.clone())))));
-            }),
-            stop_after_ends: 1,
-            half_close: true,
-            ..Script::default()
-        },
-    );
-    let port = reactor
-        .listen_tls(
-            loopback(),
-            &server_config(&[&pki().leaf], &[]),
-            servers.clone(),
-        )
-        .expect("listening");
-    let peer = blocking_client(port.host().port(), |stream| {
-        stream.write_all(b"partial transfer").expect("write");
-        stream.flush().expect("flush");
-        stream
-            .sock
-            .shutdown(std::net::Shutdown::Write)
-            .expect("shutdown");
-        let mut rest = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stream.sock, &mut rest);
+    let (received, log) = truncated_by_a_peer_that_still_reads(Script {
+        handshake: hook(|_, t, _| {
+            t.register_producer(Rc::new(CloseOnStop(RefCell::new(Some(t.clone())))));
+        }),
+        stop_after_ends: 1,
+        half_close: true,
+        ..Script::default()
     });
-    run(&reactor);
-    peer.join().expect("peer thread");
-    assert_eq!(servers.received(), b"partial transfer");
-    let log = entries(&log);
+    assert_eq!(received, b"partial transfer");
     assert_eq!(
         log.last().map(String::as_str),
         Some("server lost lost"),
