@@ -244,6 +244,15 @@ fn a_write_error_never_hides_a_worse_conntest_status() {
 }
 
 #[test]
+fn conntest_nagios_that_cannot_write_its_status_line_is_unknown() {
+    // An open port would be OK (0); a monitor that got no line must see UNKNOWN (3).
+    let (_listener, port) = common::loopback_listener();
+    let (code, stderr) = to_full_disk(&["conntest", "--nagios", "127.0.0.1", &port.to_string()]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.ends_with(FULL_DISK), "{stderr}");
+}
+
+#[test]
 fn a_closed_pipe_is_silent_and_keeps_the_status() {
     use std::process::Stdio;
     let (_a, first) = common::loopback_listener();

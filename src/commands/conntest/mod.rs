@@ -206,6 +206,11 @@ impl Command for Conntest {
             .session
             .as_ref()
             .map_or(ExitStatus::Failure, Session::exit_status);
+        if self.config.nagios.is_some() && scaffold::stdout_gone() {
+            // A monitor that got no status line must not read the exit code as OK,
+            // WARNING or CRITICAL: the plugin guidelines' UNKNOWN.
+            return ExitStatus::Code(nagios::State::Unknown.exit_code());
+        }
         match self.config.command.split_first() {
             // A failed write is a failure too: CMD runs only after a clean check.
             Some((program, rest)) if status == ExitStatus::Success && !scaffold::stdout_gone() => {
