@@ -117,7 +117,8 @@ pub enum Command {
     With --nagios (the Monitoring Plugins guidelines), instead: 0 OK, 1 WARNING
     (above --warning, or the certificate expires in fewer than --cert-warn-days),
     2 CRITICAL (any failure, or above --critical or --cert-days), 3 UNKNOWN (an
-    unresolved name, or a usage error). Several targets: the worst state.")
+    unresolved name, a usage error, or a status line that could not be written).
+    Several targets: the worst state.")
     )]
     Conntest(Box<ConntestArgs>),
 
