@@ -182,7 +182,7 @@ fn output_follows_argument_order_even_when_completion_order_differs() {
 /// Ten consecutive ports, all held by this test: listeners at the given offsets, bound
 /// but silent sockets (refusing) at the others, so no other test can take one.
 fn port_block(open_offsets: &[u16]) -> (u16, Vec<TcpListener>, Vec<Socket>) {
-    'search: for _ in 0..50 {
+    'search: for _ in 0..200 {
         let (first, base) = loopback_listener();
         if base > 65535 - 10 {
             continue;
@@ -197,6 +197,9 @@ fn port_block(open_offsets: &[u16]) -> (u16, Vec<TcpListener>, Vec<Socket>) {
                 }
             } else {
                 let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                // As std's listeners do: a port whose earlier connections linger in
+                // TIME_WAIT (a busy machine has thousands) can still be held.
+                socket.set_reuse_address(true).unwrap();
                 if socket.bind(&addr.into()).is_err() {
                     continue 'search;
                 }
