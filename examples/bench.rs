@@ -533,12 +533,15 @@ fn run_timers(ctx: &Ctx, a: &TimersArgs) -> Outcome {
 // ---------------------------------------------------------------------------------------
 // connect
 
+/// What `connect` and `tls-connect` count.
 #[derive(Default)]
 struct ConnectCounts {
     server_made: Cell<u64>,
     started: Cell<u64>,
     completed: Cell<u64>,
     bad: Cell<u64>,
+    /// TLS only: connections that ended without the peer's close_notify.
+    unclean: Cell<u64>,
     failed: Cell<u64>,
 }
 

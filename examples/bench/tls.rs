@@ -20,8 +20,8 @@ use twistctl::reactor::{
 };
 
 use super::{
-    BACKLOG, Common, Ctx, EchoClients, EchoFactory, HELLO, Obj, Outcome, Stopwatch, bump, emit,
-    fail, loopback_any, rate, stop,
+    BACKLOG, Common, ConnectCounts, Ctx, EchoClients, EchoFactory, HELLO, HelloServerFactory, Obj,
+    Outcome, Stopwatch, bump, emit, fail, loopback_any, rate, stop,
 };
 
 /// What every connection must negotiate, spelled as OpenSSL (and the JSON line) does.
@@ -222,53 +222,12 @@ fn listen_tls(
 // ---------------------------------------------------------------------------------------
 // tls-connect
 
-#[derive(Default)]
-struct Counts {
-    server_made: Cell<u64>,
-    started: Cell<u64>,
-    completed: Cell<u64>,
-    bad: Cell<u64>,
-    unclean: Cell<u64>,
-    failed: Cell<u64>,
-}
-
-/// Writes the hello at TCP accept, before the handshake; the layer sends it once the
-/// handshake is done, then close_notify.
-struct HelloServer {
-    counts: Rc<Counts>,
-}
-
-impl Protocol for HelloServer {
-    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
-        bump(&self.counts.server_made);
-        transport.write(HELLO);
-        transport.lose_connection();
-        Ok(())
-    }
-
-    fn data_received(&mut self, _: &TransportRef, _: &[u8]) -> ProtocolResult {
-        Ok(())
-    }
-}
-
-struct HelloServers {
-    counts: Rc<Counts>,
-}
-
-impl Factory for HelloServers {
-    fn build_protocol(&self, _: Address) -> Option<Box<dyn Protocol>> {
-        Some(Box::new(HelloServer {
-            counts: self.counts.clone(),
-        }))
-    }
-}
-
 struct Clients {
     me: Weak<Clients>,
     reactor: Reactor,
     port: std::net::SocketAddr,
     total: u64,
-    counts: Rc<Counts>,
+    counts: Rc<ConnectCounts>,
     negotiated: Negotiated,
     /// The TLS client factory over this one, made once.
     tls: RefCell<Option<Rc<dyn ClientFactory>>>,
@@ -354,8 +313,10 @@ pub(super) fn run_tls_connect(ctx: &Ctx, a: &TlsConnectArgs) -> Outcome {
         Ok(r) => r,
         Err(e) => return fail(ctx, &e.to_string()),
     };
-    let counts = Rc::new(Counts::default());
-    let servers = Rc::new(HelloServers {
+    let counts = Rc::new(ConnectCounts::default());
+    // connect's hello server: under TLS its hello, written at TCP accept, goes out once
+    // the handshake is done, then close_notify.
+    let servers = Rc::new(HelloServerFactory {
         counts: counts.clone(),
     });
     let port = match listen_tls(&reactor, &server_config, servers) {
