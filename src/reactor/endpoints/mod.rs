@@ -411,10 +411,7 @@ impl HostnameEndpoint {
     /// default options.
     pub fn new(reactor: &Reactor, host: impl Into<String>, port: u16) -> HostnameEndpoint {
         let host: String = host.into();
-        let host: Rc<str> = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(bare) => Rc::from(bare),
-            None => Rc::from(host),
-        };
+        let host: Rc<str> = Rc::from(bare_host(&host));
         HostnameEndpoint {
             reactor: reactor.clone(),
             literal: host.parse().ok(),
@@ -801,7 +798,7 @@ impl ConnectingInner {
             Phase::Resolving | Phase::Done(_) => Vec::new(),
             Phase::Racing(race) => {
                 race.cancel();
-                race.attempts()
+                race.take_attempts()
             }
             Phase::Checking {
                 race, transport, ..
@@ -813,7 +810,7 @@ impl ConnectingInner {
                     }
                     (Err(_), Some(transport)) => transport.abort_connection(),
                 }
-                race.attempts()
+                race.take_attempts()
             }
         };
         let _ = match result {

@@ -141,6 +141,12 @@ impl Race {
         self.inner.state.borrow().attempts.clone()
     }
 
+    /// Moves the attempts out, for a race that has ended (what happens after is not
+    /// kept).
+    pub fn take_attempts(&self) -> Vec<Attempt> {
+        std::mem::take(&mut self.inner.state.borrow_mut().attempts)
+    }
+
     /// Runs `f` on the attempts so far, without copying them.
     pub fn with_attempts<R>(&self, f: impl FnOnce(&[Attempt]) -> R) -> R {
         f(&self.inner.state.borrow().attempts)

@@ -650,10 +650,6 @@ impl Transport for StreamTransport {
     }
 
     fn is_disconnecting(&self) -> bool {
-        // Asked before every line a line receiver delivers: the flag test comes first.
-        if !self.has(flag::LAYERED) {
-            return self.own_is_disconnecting();
-        }
         match self.upper() {
             Some(upper) => upper.is_disconnecting(),
             None => self.own_is_disconnecting(),

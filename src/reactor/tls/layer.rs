@@ -262,6 +262,10 @@ impl TlsTransport {
     /// Sends every record rustls has queued to the outer transport. The records pass
     /// through one of the reactor's spare buffers, so an idle connection keeps none.
     pub(super) fn flush_records(&self) {
+        // Called after every read and write: most calls have nothing to send.
+        if !self.state.borrow().connection.wants_write() {
+            return;
+        }
         let reactor = self.reactor.upgrade();
         let mut wire = reactor
             .as_ref()
