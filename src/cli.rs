@@ -708,8 +708,7 @@ pub fn report_error(error: &clap::Error, args: &[std::ffi::OsString]) -> i32 {
     }
     let rendered = error.render().to_string();
     let message = rendered.trim_start_matches("error: ");
-    println!("{}", conntest::nagios::unknown_line(message));
-    conntest::nagios::State::Unknown.exit_code()
+    conntest::nagios::report_unknown(message).code()
 }
 
 /// Whether `--nagios` follows the `conntest` subcommand (before any `--` that starts

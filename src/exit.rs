@@ -41,7 +41,7 @@ impl ExitStatus {
     /// timeout or a signal).
     pub fn or_failure(self) -> ExitStatus {
         match self {
-            ExitStatus::Success | ExitStatus::Code(0) => ExitStatus::Failure,
+            ExitStatus::Success => ExitStatus::Failure,
             other => other,
         }
     }
@@ -65,7 +65,6 @@ mod tests {
     #[test]
     fn a_later_failure_replaces_only_success() {
         assert_eq!(ExitStatus::Success.or_failure(), ExitStatus::Failure);
-        assert_eq!(ExitStatus::Code(0).or_failure(), ExitStatus::Failure);
         assert_eq!(ExitStatus::Code(2).or_failure(), ExitStatus::Code(2));
         assert_eq!(ExitStatus::TimedOut.or_failure(), ExitStatus::TimedOut);
         assert_eq!(ExitStatus::Unresolved.or_failure(), ExitStatus::Unresolved);

@@ -121,11 +121,8 @@ impl Command for Conntest {
             let message = error.to_string();
             if config.nagios.is_some() {
                 // A monitoring system reads stdout and the status: UNKNOWN, 3.
-                let _ = writeln!(scaffold::stdout(), "{}", nagios::unknown_line(&message));
-                return CommandError {
-                    message,
-                    status: ExitStatus::Code(nagios::State::Unknown.exit_code()),
-                };
+                let status = nagios::report_unknown(&message);
+                return CommandError { message, status };
             }
             CommandError {
                 message,
@@ -209,7 +206,7 @@ impl Command for Conntest {
         if self.config.nagios.is_some() && scaffold::stdout_gone() {
             // A monitor that got no status line must not read the exit code as OK,
             // WARNING or CRITICAL: the plugin guidelines' UNKNOWN.
-            return ExitStatus::Code(nagios::State::Unknown.exit_code());
+            return nagios::State::Unknown.exit_status();
         }
         match self.config.command.split_first() {
             // A failed write is a failure too: CMD runs only after a clean check.

@@ -16,6 +16,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::outcome::Status;
+use crate::commands::scaffold;
+use crate::exit::ExitStatus;
 
 /// A service state of the Monitoring Plugins guidelines; the order is "worse".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,6 +52,22 @@ impl State {
             State::Unknown => 3,
         }
     }
+
+    /// This state as the command's exit status: OK is plain success, so the shared
+    /// rules for success (a failed write turns it into a failure) apply to it.
+    pub fn exit_status(self) -> ExitStatus {
+        match self {
+            State::Ok => ExitStatus::Success,
+            other => ExitStatus::Code(other.exit_code()),
+        }
+    }
+}
+
+/// Prints the `CONNTEST UNKNOWN - MESSAGE` line of a check that could not run (a usage
+/// error, an unreadable file) on the policed stdout, and gives the UNKNOWN status.
+pub fn report_unknown(message: &str) -> ExitStatus {
+    let _ = scaffold::print_line(&unknown_line(message));
+    State::Unknown.exit_status()
 }
 
 /// The thresholds given on the command line; `None` where none was given.
@@ -406,5 +424,9 @@ mod tests {
         assert!(State::Ok < State::Warning && State::Warning < State::Critical);
         assert!(State::Critical < State::Unknown);
         assert_eq!(State::Unknown.exit_code(), 3);
+        // OK is plain success, so a failed write can still turn it into a failure.
+        assert_eq!(State::Ok.exit_status(), ExitStatus::Success);
+        assert_eq!(State::Ok.exit_status().or_failure(), ExitStatus::Failure);
+        assert_eq!(State::Critical.exit_status(), ExitStatus::Code(2));
     }
 }

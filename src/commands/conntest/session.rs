@@ -130,7 +130,7 @@ impl<O: Write + 'static, E: Write + 'static> Session<O, E> {
     /// the plugin state's (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
     pub fn exit_status(&self) -> ExitStatus {
         if let Some(state) = self.inner.printer.borrow().plugin_state() {
-            return ExitStatus::Code(state.exit_code());
+            return state.exit_status();
         }
         let slots = self.inner.slots.borrow();
         let mut first_failure = None;
