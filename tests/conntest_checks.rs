@@ -991,6 +991,28 @@ fn closed_passes_when_nothing_accepts_and_fails_while_open() {
 }
 
 #[test]
+fn closed_with_any_and_every_target_still_open_says_so_for_each() {
+    let (a, b) = (
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let ports = [
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    ];
+    let targets = ports.map(|p| format!("127.0.0.1:{p}"));
+    let out = run(&["--closed", "--any", &targets[0], &targets[1]]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        ports.map(|p| format!("127.0.0.1 port {p} is still open")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn closed_with_wait_waits_until_the_listener_has_gone() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();

@@ -251,8 +251,9 @@ pub struct Printer<O: Write, E: Write> {
     err: Option<E>,
     waiting: Vec<Option<Report>>,
     next: usize,
-    /// `--any`: lines held back until it is known whether a target won.
-    held: Vec<String>,
+    /// `--any`: lines held back until it is known whether a target won, each with the
+    /// stream its failure goes to (`None`: a target cancelled because another won).
+    held: Vec<(Option<bool>, String)>,
     won: bool,
     /// `--nagios`: every target's result, in target order, until the end.
     plugin: Vec<nagios::TargetResult>,
@@ -315,8 +316,8 @@ impl<O: Write, E: Write> Printer<O, E> {
             } else {
                 let place = report.target.place();
                 self.held.push(match human_line(report, false) {
-                    Some((_, line)) => line,
-                    None => format!("Not needed: {place} (another target was up)"),
+                    Some((to_stdout, line)) => (Some(to_stdout), line),
+                    None => (None, format!("Not needed: {place} (another target was up)")),
                 });
                 return;
             }
@@ -340,17 +341,21 @@ impl<O: Write, E: Write> Printer<O, E> {
         }
         let held = std::mem::take(&mut self.held);
         if self.won {
-            for line in held {
+            for (_, line) in held {
                 log::info!("{line}");
             }
             return;
         }
-        let failures: String = held
-            .into_iter()
-            .filter(|line| line.starts_with("Error"))
-            .map(|line| line + "\n")
-            .collect();
-        write_or_close(&mut self.err, &failures);
+        // Nobody won: every failure prints where it would have without --any (a
+        // `--closed` target's "is still open" as much as an "Error connecting").
+        let (mut out, mut err) = (String::new(), String::new());
+        for (stream, line) in held {
+            if let Some(to_stdout) = stream {
+                let _ = writeln!(if to_stdout { &mut out } else { &mut err }, "{line}");
+            }
+        }
+        write_or_close(&mut self.out, &out);
+        write_or_close(&mut self.err, &err);
     }
 
     /// Under `--nagios`, once [`Printer::finish`] has run: the state whose exit code
