@@ -2,8 +2,6 @@
 //! took, one log line each. Shared by the commands that connect to a name (conntest,
 //! talk-client), each giving its own words for a failure.
 
-use std::time::Duration;
-
 use crate::reactor::ConnectError;
 use crate::reactor::endpoints::{Attempt, AttemptOutcome};
 
@@ -25,16 +23,12 @@ pub fn log_attempts(place: &str, attempts: &[Attempt], failure: impl Fn(&Connect
         };
         let took = attempt
             .took
-            .map(|took| format!(" after {}", format_duration(took)))
+            .map(|took| format!(" after {}", crate::duration::format(took)))
             .unwrap_or_default();
         log::info!(
             "{place}: trying {} at +{}: {how}{took}",
             attempt.addr,
-            format_duration(attempt.started)
+            crate::duration::format(attempt.started)
         );
     }
-}
-
-fn format_duration(d: Duration) -> String {
-    crate::duration::format(d)
 }

@@ -7,9 +7,6 @@ pub mod completions;
 pub mod conntest;
 pub mod dirs;
 pub mod escape;
-// Moved below the commands so the reactor's messages use it too; kept here for paths
-// written before the move.
-pub use crate::duration;
 pub mod scaffold;
 pub mod services;
 pub mod talk;
