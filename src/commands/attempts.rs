@@ -2,8 +2,19 @@
 //! took, one log line each. Shared by the commands that connect to a name (conntest,
 //! talk-client), each giving its own words for a failure.
 
-use crate::reactor::ConnectError;
-use crate::reactor::endpoints::{Attempt, AttemptOutcome};
+use crate::reactor::endpoints::{Attempt, AttemptOutcome, Connection, EndpointError};
+use crate::reactor::{ConnectError, Outcome};
+
+/// The attempts a finished hostname connect made: its connection's, or its failure's
+/// (none when the failure is not the endpoint's).
+pub fn tried(outcome: &Outcome<Connection>) -> Option<&[Attempt]> {
+    match outcome {
+        Ok(connection) => Some(&connection.attempts),
+        Err(failure) => failure
+            .downcast_ref::<EndpointError>()
+            .map(|error| &error.attempts[..]),
+    }
+}
 
 /// Logs `attempts` at the info level (shown with `-v`) under `place`
 /// (`db port 5432`); `failure` words a failed attempt.

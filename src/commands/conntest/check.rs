@@ -103,13 +103,7 @@ impl Check {
         let (flag, checked, closed) = (cancelled.clone(), target.clone(), ctx.closed);
         let _ = connecting.deferred().then(move |result| {
             if !flag.get() {
-                let attempts = match &result {
-                    Ok(connection) => Some(&connection.attempts),
-                    Err(failure) => failure
-                        .downcast_ref::<EndpointError>()
-                        .map(|error| &error.attempts),
-                };
-                if let Some(attempts) = attempts {
+                if let Some(attempts) = crate::commands::attempts::tried(&result) {
                     super::output::log_attempts(&checked, attempts, timeout);
                 }
                 let mut outcome = match result {

@@ -14,7 +14,9 @@
 //!   `StringTransport` and a `FakeClock`.
 //! - `dial`: connects through the reactor's hostname endpoint (the lookup on a worker
 //!   thread, Happy Eyeballs over the addresses, `--timeout` bounding it all) and, when
-//!   nothing connected, says what became of every address tried.
+//!   nothing connected, says what became of every address tried; `dial_unix` connects
+//!   to a UNIX socket. Both go through `connect`, the one path that puts TLS under the
+//!   conversation and hands a failure to it (or a TLS refusal to the trust decision).
 //! - [`run`]: wires both to the reactor and the console, and on every exit path restores
 //!   the terminal before printing the last message.
 
@@ -29,13 +31,13 @@ use crate::commands::target::Destination;
 use crate::exit::ExitStatus;
 use crate::protocols::line::{Delimiter, LineControl, LineHandler, LineReceiver};
 use crate::reactor::endpoints::{
-    Attempt, AttemptOutcome, CheckedFactory, Connecting, EndpointError, EndpointErrorKind,
+    Attempt, AttemptOutcome, CheckedFactory, Connection, EndpointError, EndpointErrorKind,
     EndpointOptions, HostnameEndpoint,
 };
 use crate::reactor::unix::{UnixCheckError, UnixEndpoint};
 use crate::reactor::{
-    Address, CloseReason, ConnectError, DelayedCall, Factory, Failure, Protocol, ProtocolResult,
-    Reactor, Scheduler, Step, StopReason, TransportRef,
+    Address, CloseReason, ConnectError, Deferred, DelayedCall, Factory, Failure, Protocol,
+    ProtocolResult, Reactor, Scheduler, Step, StopReason, TransportRef,
 };
 
 use super::console::{Console, ConsoleEvent, Prompt};
@@ -546,81 +548,85 @@ fn dial(
     conversation: &Rc<Conversation>,
     timeout: Duration,
     tls: Option<TlsRoute>,
-) -> Connecting {
+) {
     let options = EndpointOptions {
         attempt_timeout: Some(timeout),
         resolve_timeout: timeout,
         deadline: Some(timeout),
         ..EndpointOptions::default()
     };
-    let factory = Rc::new(TalkClientFactory {
-        conversation: conversation.clone(),
-        tls: tls.is_some(),
-    });
     let endpoint = endpoint.with_options(options);
-    let (connecting, refused) = match tls.map(|route| route.checked(factory.clone())) {
-        None => (endpoint.start_plain(factory), None),
-        Some(Ok((checked, refused))) => (endpoint.start_checked(checked), Some(refused)),
-        Some(Err(reason)) => {
-            conversation.connect_failed(reason);
-            return endpoint.start_plain(Rc::new(NoFactory));
-        }
-    };
-    let conversation = conversation.clone();
-    let place = format!("{} port {}", endpoint.host(), endpoint.port());
-    let _ = connecting.deferred().then(move |outcome| {
-        let attempts = match &outcome {
-            Ok(connection) => Some(&connection.attempts),
-            Err(failure) => failure
-                .downcast_ref::<EndpointError>()
-                .map(|error| &error.attempts),
+    let start = move |factory| {
+        let connecting = match factory {
+            TalkFactory::Plain(factory) => endpoint.start_plain(factory),
+            TalkFactory::Checked(checked) => endpoint.start_checked(checked),
         };
-        if let Some(attempts) = attempts {
-            // -v: each address tried, in the words of the failure message.
-            crate::commands::attempts::log_attempts(&place, attempts, |error| {
-                describe_failure_words(error, timeout)
-            });
-        }
-        match outcome {
-            Ok(connection) => log::info!("connected to {}", connection.peer),
-            Err(failure) => {
-                if let Some(refused) = &refused
-                    && let Some(tls_error) = tls_refusal(&failure)
-                {
-                    if !conversation.is_over() {
-                        refused(tls_error);
-                    }
-                    return Step::Value(());
-                }
-                let reason = match failure.downcast_ref::<EndpointError>() {
-                    Some(error) => describe_endpoint_error(error, timeout),
-                    None => failure.to_string(),
-                };
-                log::info!("{reason}");
-                if !conversation.is_over() {
-                    conversation.connect_failed(reason);
-                }
+        let place = format!("{} port {}", endpoint.host(), endpoint.port());
+        let deferred = connecting.deferred();
+        deferred.add_both(move |outcome| {
+            if let Some(attempts) = crate::commands::attempts::tried(&outcome) {
+                // -v: each address tried, in the words of the failure message.
+                crate::commands::attempts::log_attempts(&place, attempts, |error| {
+                    describe_failure_words(error, timeout)
+                });
             }
-        }
-        Step::Value(())
-    });
-    connecting
+            if let Ok(connection) = &outcome {
+                log::info!("connected to {}", connection.peer);
+            }
+            outcome.into()
+        });
+        deferred
+    };
+    connect(
+        conversation,
+        tls,
+        start,
+        move |failure| match failure.downcast_ref::<EndpointError>() {
+            Some(error) => describe_endpoint_error(error, timeout),
+            None => failure.to_string(),
+        },
+    );
 }
 
 /// Connects the conversation to a UNIX socket, over TLS with `tls` (the same layer
 /// and the same trust decision as over TCP).
 fn dial_unix(endpoint: UnixEndpoint, conversation: &Rc<Conversation>, tls: Option<TlsRoute>) {
+    let start = move |factory| match factory {
+        TalkFactory::Plain(factory) => endpoint.connect(factory),
+        TalkFactory::Checked(checked) => endpoint.connect_checked(checked),
+    };
+    connect(conversation, tls, start, Failure::to_string);
+}
+
+/// What a connect starts with: the conversation's factory, plain or under the TLS
+/// layer that checks the server.
+enum TalkFactory {
+    Plain(Rc<dyn Factory>),
+    Checked(Rc<dyn CheckedFactory>),
+}
+
+/// The one connect path of `dial` and `dial_unix`: builds the conversation's factory
+/// (under TLS with `tls`) and hands it to `start`. When the connect fails, a TLS
+/// refusal goes to the trust decision and any other failure, in the words of
+/// `describe`, ends the conversation. A TLS configuration that cannot be built ends
+/// the conversation before anything is started.
+fn connect(
+    conversation: &Rc<Conversation>,
+    tls: Option<TlsRoute>,
+    start: impl FnOnce(TalkFactory) -> Deferred<Connection>,
+    describe: impl FnOnce(&Failure) -> String + 'static,
+) {
     let factory = Rc::new(TalkClientFactory {
         conversation: conversation.clone(),
         tls: tls.is_some(),
     });
-    let (connecting, refused) = match tls.map(|route| route.checked(factory.clone())) {
-        None => (endpoint.connect(factory), None),
-        Some(Ok((checked, refused))) => (endpoint.connect_checked(checked), Some(refused)),
+    let (factory, refused) = match tls.map(|route| route.checked(factory.clone())) {
+        None => (TalkFactory::Plain(factory), None),
+        Some(Ok((checked, refused))) => (TalkFactory::Checked(checked), Some(refused)),
         Some(Err(reason)) => return conversation.connect_failed(reason),
     };
     let conversation = conversation.clone();
-    let _ = connecting.then(move |outcome| {
+    let _ = start(factory).then(move |outcome| {
         if let Err(failure) = outcome {
             if let Some(refused) = &refused
                 && let Some(tls_error) = tls_refusal(&failure)
@@ -630,9 +636,10 @@ fn dial_unix(endpoint: UnixEndpoint, conversation: &Rc<Conversation>, tls: Optio
                 }
                 return Step::Value(());
             }
-            log::info!("{failure}");
+            let reason = describe(&failure);
+            log::info!("{reason}");
             if !conversation.is_over() {
-                conversation.connect_failed(failure.to_string());
+                conversation.connect_failed(reason);
             }
         }
         Step::Value(())
@@ -720,15 +727,6 @@ impl Factory for TalkClientFactory {
             }));
         }
         Some(protocol)
-    }
-}
-
-/// A factory that builds nothing (a connect that must not start).
-struct NoFactory;
-
-impl Factory for NoFactory {
-    fn build_protocol(&self, _addr: Address) -> Option<Box<dyn Protocol>> {
-        None
     }
 }
 
@@ -1092,8 +1090,9 @@ impl Command for ClientCommand {
 mod tests {
     use super::*;
     use crate::reactor::testing::{ProtocolDriver, StringTransport};
-    use crate::reactor::{FakeClock, Transport};
+    use crate::reactor::{FakeClock, Transport, UnixAddress};
     use std::io;
+    use std::os::linux::net::SocketAddrExt;
 
     /// Records what the conversation shows, instead of a console.
     #[derive(Default)]
@@ -1551,6 +1550,17 @@ mod tests {
     /// Runs a real reactor until the conversation connects or ends; returns the endings
     /// and whether it connected.
     fn dial(addresses: Vec<SocketAddr>, timeout: Duration) -> (Vec<Ending>, bool) {
+        talk_over(move |reactor, conversation| {
+            let endpoint =
+                HostnameEndpoint::new(reactor, "server.test", 1).with_addresses(addresses);
+            super::dial(endpoint, conversation, timeout, None);
+        })
+    }
+
+    /// Runs a real reactor, with `start` connecting the conversation once it runs,
+    /// until the conversation connects or ends; returns the endings and whether it
+    /// connected.
+    fn talk_over(start: impl FnOnce(&Reactor, &Rc<Conversation>) + 'static) -> (Vec<Ending>, bool) {
         struct StopOnConnect(Reactor, Rc<Cell<bool>>);
         impl ChatView for StopOnConnect {
             fn start_input(&self, _deliver: Box<dyn FnMut(ConsoleEvent)>) {
@@ -1575,10 +1585,8 @@ mod tests {
                 let _ = stopper.stop();
             },
         );
-        let endpoint = HostnameEndpoint::new(&reactor, "server.test", 1).with_addresses(addresses);
-        reactor.call_when_running(move || {
-            super::dial(endpoint, &conversation, timeout, None);
-        });
+        let starter = reactor.clone();
+        reactor.call_when_running(move || start(&starter, &conversation));
         // A bound on the test: no attempt on loopback takes this long.
         let guard = reactor.clone();
         reactor.call_later(Duration::from_secs(10), move || {
@@ -1633,6 +1641,61 @@ mod tests {
             [Ending::ConnectFailed(format!(
                 "timed out after 0s ({open}: no answer)"
             ))]
+        );
+    }
+
+    /// A TLS route whose factory cannot be built: its server name is none.
+    fn unbuildable_route(reactor: &Reactor) -> TlsRoute {
+        let options = crate::reactor::tls::ClientOptions {
+            verify: crate::reactor::tls::Verify::Off,
+            ..Default::default()
+        };
+        TlsRoute {
+            reactor: reactor.clone(),
+            config: TlsClientConfig::new(&options).expect("a client configuration"),
+            server_name: "a..b".to_string(),
+            refused: Rc::new(|error: &TlsError| panic!("nothing connected to refuse: {error}")),
+        }
+    }
+
+    #[test]
+    fn a_tls_route_that_cannot_be_built_ends_the_talk_before_any_connect() {
+        let failed = [Ending::ConnectFailed(
+            "TLS: invalid TLS server name \"a..b\"".to_string(),
+        )];
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        tcp.set_nonblocking(true).expect("non-blocking");
+        let open = tcp.local_addr().expect("an address");
+        let (endings, connected) = talk_over(move |reactor, conversation| {
+            let endpoint =
+                HostnameEndpoint::new(reactor, "server.test", 1).with_addresses(vec![open]);
+            let route = unbuildable_route(reactor);
+            super::dial(endpoint, conversation, Duration::from_secs(5), Some(route));
+        });
+        assert!(!connected);
+        assert_eq!(endings, failed);
+        // A connect would wait in the backlog even after the reactor stopped.
+        let accepted = tcp.accept().map(|_| ());
+        assert_eq!(
+            accepted.map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+
+        let name = format!("twistctl-talk-unbuildable-{}", std::process::id());
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(&name).expect("a name");
+        let unix = std::os::unix::net::UnixListener::bind_addr(&address).expect("bind");
+        unix.set_nonblocking(true).expect("non-blocking");
+        let socket = UnixAddress::Abstract(name.into_bytes().into_boxed_slice());
+        let (endings, connected) = talk_over(move |reactor, conversation| {
+            let endpoint = UnixEndpoint::new(reactor, socket);
+            dial_unix(endpoint, conversation, Some(unbuildable_route(reactor)));
+        });
+        assert!(!connected);
+        assert_eq!(endings, failed);
+        let accepted = unix.accept().map(|_| ());
+        assert_eq!(
+            accepted.map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
         );
     }
 }
