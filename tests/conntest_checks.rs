@@ -991,6 +991,33 @@ fn closed_passes_when_nothing_accepts_and_fails_while_open() {
 }
 
 #[test]
+fn closed_names_a_unix_socket_as_written_while_open_and_passes_once_refused() {
+    use std::os::unix::net::UnixListener;
+    let path = socket_dir().join("closed.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let arg = format!("unix:{}", path.display());
+    let out = run(&["--closed", &arg]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.stderr.trim(), format!("{arg} is still open"));
+    let (code, v) = json(&["--closed", &arg]);
+    assert_eq!(code, 1);
+    assert_eq!(v["status"], "still-open");
+    assert_eq!(v["error"], format!("{arg} is still open"));
+    // The socket file stays: a connect to it is refused.
+    drop(listener);
+    let out = run(&["--closed", &arg]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("Closed: {arg} (Connection refused)")
+    );
+    let (code, v) = json(&["--closed", &arg]);
+    assert_eq!(code, 0);
+    assert_eq!(v["status"], "closed");
+}
+
+#[test]
 fn closed_with_any_and_every_target_still_open_says_so_for_each() {
     let (a, b) = (
         TcpListener::bind("127.0.0.1:0").unwrap(),

@@ -12,8 +12,8 @@ use super::outcome::{Outcome, Status};
 use super::probe::{Findings, Prepared, ProbeFailure};
 use super::targets::Target;
 use crate::reactor::endpoints::{
-    Connecting, Connection, EndpointError, EndpointErrorKind, EndpointOptions, HostnameEndpoint,
-    Resolver,
+    CheckedFactory, Connecting, Connection, EndpointError, EndpointErrorKind, EndpointOptions,
+    HostnameEndpoint, Resolver,
 };
 use crate::reactor::unix::{UnixCheckError, UnixConnectError, UnixEndpoint};
 use crate::reactor::{
@@ -52,6 +52,22 @@ enum Attempting {
     Unix(Deferred<Connection>),
 }
 
+impl Attempting {
+    /// The connect's Deferred (another handle on it).
+    fn deferred(&self) -> Deferred<Connection> {
+        match self {
+            Attempting::Host(connecting) => connecting.deferred(),
+            Attempting::Unix(deferred) => deferred.clone(),
+        }
+    }
+}
+
+/// What a check connects with: the open check, or the probe's checked factory.
+enum CheckFactory {
+    Open(Rc<dyn Factory>),
+    Probe(Rc<dyn CheckedFactory>),
+}
+
 impl Check {
     /// Starts checking `target`; `on_done` gets the outcome from the reactor loop,
     /// unless the check is cancelled first.
@@ -88,34 +104,89 @@ impl Check {
         target: &Target,
         on_done: impl FnOnce(Outcome) + 'static,
     ) -> Check {
-        let cancelled = Rc::new(Cell::new(false));
         let timeout = ctx.timeout;
+        let connect = |factory| {
+            Attempting::Host(match factory {
+                CheckFactory::Open(open) => endpoint.start_plain(open),
+                CheckFactory::Probe(probe) => endpoint.start_checked(probe),
+            })
+        };
+        let judge = move |result: Result<Connection, Failure>, target: &Target| {
+            if let Some(attempts) = crate::commands::attempts::tried(&result) {
+                super::output::log_attempts(target, attempts, timeout);
+            }
+            match result {
+                Ok(connection) => match connection.peer {
+                    Address::Tcp(addr) => Outcome::open(addr),
+                    Address::Unix(_) => Outcome::cancelled(None),
+                },
+                Err(failure) => match failure.downcast_ref::<EndpointError>() {
+                    Some(error) => outcome_of(&target.host.text, error, timeout),
+                    None => Outcome::cancelled(None),
+                },
+            }
+        };
+        Check::start_with(ctx, target, connect, judge, on_done)
+    }
+
+    /// Checks a UNIX socket: one connect (no lookup, no race), then the same probe.
+    fn start_unix(
+        ctx: &Rc<CheckContext>,
+        target: &Target,
+        address: UnixAddress,
+        on_done: impl FnOnce(Outcome) + 'static,
+    ) -> Check {
+        let timeout = ctx.timeout;
+        // One cap for every socket: a UNIX target waits for a slot as a TCP attempt does.
+        let endpoint = UnixEndpoint::new(&ctx.reactor, address)
+            .with_timeout(Some(timeout))
+            .with_limiter(Rc::new(ctx.gate.clone()));
+        let connect = |factory| {
+            Attempting::Unix(match factory {
+                CheckFactory::Open(open) => endpoint.connect(open),
+                CheckFactory::Probe(probe) => endpoint.connect_checked(probe),
+            })
+        };
+        let judge = move |result: Result<Connection, Failure>, _: &Target| match result {
+            Ok(_) => Outcome::open_unix(),
+            Err(failure) => {
+                if let Some(error) = failure.downcast_ref::<UnixConnectError>() {
+                    Outcome::connect_failed(None, &error.error, timeout)
+                } else if let Some(error) = failure.downcast_ref::<UnixCheckError>() {
+                    check_failed(None, &error.failure)
+                } else {
+                    Outcome::cancelled(None)
+                }
+            }
+        };
+        Check::start_with(ctx, target, connect, judge, on_done)
+    }
+
+    /// The one way a check runs, over TCP or a UNIX socket: `connect` starts with the
+    /// open check or the probe, `judge` says what the connect's result stands for, and
+    /// what the probe found and `--closed` are applied here, before `on_done`.
+    fn start_with(
+        ctx: &Rc<CheckContext>,
+        target: &Target,
+        connect: impl FnOnce(CheckFactory) -> Attempting,
+        judge: impl FnOnce(Result<Connection, Failure>, &Target) -> Outcome + 'static,
+        on_done: impl FnOnce(Outcome) + 'static,
+    ) -> Check {
+        let cancelled = Rc::new(Cell::new(false));
         // What a probe finds (a certificate, a banner); the open check finds nothing.
         let mut findings = None;
-        let connecting = match &ctx.probe {
+        let connecting = connect(match &ctx.probe {
             Some(probe) if !probe.is_plain() => {
                 let found = Rc::new(RefCell::new(Findings::default()));
                 findings = Some(found.clone());
-                endpoint.start_checked(probe.factory(&ctx.reactor, target, timeout, found))
+                CheckFactory::Probe(probe.factory(&ctx.reactor, target, ctx.timeout, found))
             }
-            _ => endpoint.start_plain(OPEN_CHECK.with(Rc::clone)),
-        };
+            _ => CheckFactory::Open(OPEN_CHECK.with(Rc::clone)),
+        });
         let (flag, checked, closed) = (cancelled.clone(), target.clone(), ctx.closed);
         let _ = connecting.deferred().then(move |result| {
             if !flag.get() {
-                if let Some(attempts) = crate::commands::attempts::tried(&result) {
-                    super::output::log_attempts(&checked, attempts, timeout);
-                }
-                let mut outcome = match result {
-                    Ok(connection) => match connection.peer {
-                        Address::Tcp(addr) => Outcome::open(addr),
-                        Address::Unix(_) => Outcome::cancelled(None),
-                    },
-                    Err(failure) => match failure.downcast_ref::<EndpointError>() {
-                        Some(error) => outcome_of(&checked.host.text, error, timeout),
-                        None => Outcome::cancelled(None),
-                    },
-                };
+                let mut outcome = judge(result, &checked);
                 if let Some(findings) = findings {
                     outcome.found = findings.take();
                 }
@@ -128,60 +199,7 @@ impl Check {
         });
         Check {
             cancelled,
-            connecting: Attempting::Host(connecting),
-        }
-    }
-
-    /// Checks a UNIX socket: one connect (no lookup, no race), then the same probe.
-    fn start_unix(
-        ctx: &Rc<CheckContext>,
-        target: &Target,
-        address: UnixAddress,
-        on_done: impl FnOnce(Outcome) + 'static,
-    ) -> Check {
-        let cancelled = Rc::new(Cell::new(false));
-        let timeout = ctx.timeout;
-        // One cap for every socket: a UNIX target waits for a slot as a TCP attempt does.
-        let endpoint = UnixEndpoint::new(&ctx.reactor, address.clone())
-            .with_timeout(Some(timeout))
-            .with_limiter(Rc::new(ctx.gate.clone()));
-        let findings = Rc::new(RefCell::new(Findings::default()));
-        let deferred = match &ctx.probe {
-            Some(probe) if !probe.is_plain() => endpoint.connect_checked(probe.factory(
-                &ctx.reactor,
-                target,
-                timeout,
-                findings.clone(),
-            )),
-            _ => endpoint.connect(Rc::new(OpenCheck)),
-        };
-        let flag = cancelled.clone();
-        let (closed, place) = (ctx.closed, address.to_string());
-        let _ = deferred.clone().then(move |result| {
-            if !flag.get() {
-                let mut outcome = match result {
-                    Ok(_) => Outcome::open_unix(),
-                    Err(failure) => {
-                        if let Some(error) = failure.downcast_ref::<UnixConnectError>() {
-                            Outcome::connect_failed(None, &error.error, timeout)
-                        } else if let Some(error) = failure.downcast_ref::<UnixCheckError>() {
-                            check_failed(None, &error.failure)
-                        } else {
-                            Outcome::cancelled(None)
-                        }
-                    }
-                };
-                outcome.found = findings.take();
-                if closed {
-                    outcome = outcome.inverted(&place);
-                }
-                on_done(outcome);
-            }
-            Step::Value(())
-        });
-        Check {
-            cancelled,
-            connecting: Attempting::Unix(deferred),
+            connecting,
         }
     }
 
