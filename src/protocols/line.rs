@@ -59,6 +59,7 @@ use std::fmt;
 use std::ops::Range;
 use std::rc::{Rc, Weak};
 
+use super::byte_scan::ByteScan;
 use crate::reactor::{CloseReason, Failure, Producer, Protocol, ProtocolResult, TransportRef};
 
 /// Twisted's `MAX_LENGTH`: the longest line accepted by default, in bytes (L-01).
@@ -84,7 +85,7 @@ pub enum LineError {
 /// `send_line`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delimiter {
-    receive: Box<[u8]>,
+    receive: Rc<[u8]>,
     send: Rc<[u8]>,
     strip_cr: bool,
 }
@@ -105,7 +106,7 @@ impl Delimiter {
     /// `max_length` counts the line without the stripped `\r`.
     pub fn newline() -> Delimiter {
         Delimiter {
-            receive: Box::from(&b"\n"[..]),
+            receive: Rc::from(&b"\n"[..]),
             send: Rc::from(&b"\r\n"[..]),
             strip_cr: true,
         }
@@ -142,7 +143,7 @@ impl Delimiter {
 
     fn same(bytes: &[u8]) -> Delimiter {
         Delimiter {
-            receive: Box::from(bytes),
+            receive: Rc::from(bytes),
             send: Rc::from(bytes),
             strip_cr: false,
         }
@@ -405,6 +406,44 @@ fn find_delimiter(haystack: &[u8], delimiter: &[u8]) -> Option<usize> {
     None
 }
 
+/// Successive searches for a delimiter in one slice, each starting after the last line.
+/// Finds what [`find_delimiter`] finds, but scans each byte once for all the lines of a
+/// read instead of setting up a search per line.
+struct DelimiterScan<'a> {
+    haystack: &'a [u8],
+    head: &'a [u8],
+    last: ByteScan<'a>,
+}
+
+impl<'a> DelimiterScan<'a> {
+    fn new(haystack: &'a [u8], delimiter: &'a [u8]) -> DelimiterScan<'a> {
+        let (&last, head) = delimiter.split_last().unwrap_or((&0, &[])); // unreachable: a delimiter is never empty
+        DelimiterScan {
+            haystack,
+            head,
+            last: ByteScan::new(haystack, last),
+        }
+    }
+
+    /// Where the first delimiter that starts at or after `from` starts.
+    fn find_from(&mut self, from: usize) -> Option<usize> {
+        let mut end_from = from + self.head.len();
+        loop {
+            let end = self.last.find_from(end_from)?;
+            let start = end - self.head.len();
+            // Byte by byte: a slice comparison would call `memcmp` for one or two bytes.
+            if self.haystack[start..end]
+                .iter()
+                .zip(self.head)
+                .all(|(a, b)| a == b)
+            {
+                return Some(start);
+            }
+            end_from = end + 1;
+        }
+    }
+}
+
 /// A cheap, clonable handle on a [`LineReceiver`] for code outside its callbacks. It does
 /// not keep the receiver alive: once the reactor drops the protocol every method does
 /// nothing. It is also a [`Producer`], like Twisted's LineReceiver, so it can be
@@ -614,7 +653,9 @@ struct Framing {
     scan: usize,
     skipping: bool,
     raw: bool,
-    delimiter: Box<[u8]>,
+    /// Shared with the delimiter it came from, and with a scan under way (which the
+    /// framing state is changed beside).
+    delimiter: Rc<[u8]>,
     strip_cr: bool,
     allowance: usize,
     #[cfg(test)]
@@ -918,11 +959,13 @@ impl<H: LineHandler> Body<H> {
                 return self.run(core, transport);
             }
         }
-        // Nothing is buffered: lines come straight from `data`.
+        // Nothing is buffered: lines come straight from `data`, their ends found by one
+        // scan that moves forward through it.
         let mut pos = 0;
-        while let Some(found) = find_delimiter(&data[pos..], &framing.delimiter) {
-            framing.count_searched(data.len() - pos, Some(found));
-            let at = pos + found;
+        let delimiter = framing.delimiter.clone();
+        let mut scan = DelimiterScan::new(data, &delimiter);
+        while let Some(at) = scan.find_from(pos) {
+            framing.count_searched(data.len() - pos, Some(at - pos));
             let line_end = framing.line_end(data, pos, at);
             if line_end - pos > core.max_length.get() {
                 framing.buf.extend_from_slice(&data[pos..]);

@@ -1,4 +1,5 @@
 //! Reusable protocols built on the reactor's [`Protocol`](crate::reactor::Protocol) trait.
+mod byte_scan;
 pub mod line;
 pub mod policies;
 

@@ -578,10 +578,17 @@ impl StreamTransport {
 
 impl StreamTransport {
     /// The layer the protocol's calls go to, if one runs over the socket.
+    // Inline: asked on every call the protocol makes, and a line receiver asks once per
+    // line whether the connection is closing; without a layer it is one flag test.
+    #[inline]
     fn upper(&self) -> Option<Rc<TlsTransport>> {
         if !self.has(flag::LAYERED) {
             return None;
         }
+        self.layer()
+    }
+
+    fn layer(&self) -> Option<Rc<TlsTransport>> {
         self.with_busy_if_any(|busy| busy.upper.clone()).flatten()
     }
 
