@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::commands::conntest::expect::{Escaped, Pattern};
 use crate::commands::services::{SERVICES_PATH, ServiceDb};
 use crate::commands::talk::server::{Mode, ServerConfig};
 use crate::commands::talk::trust::TlsVerify;
@@ -427,16 +428,16 @@ pub struct ConntestArgs {
 
     /// Send STR once connected (after the TLS handshake with --tls). Escapes: \r \n
     /// \t \\ \xHH; nothing is appended.
-    #[arg(long, value_name = "STR", value_parser = parse_send, allow_hyphen_values = true,
+    #[arg(long, value_name = "STR", value_parser = Escaped::parse, allow_hyphen_values = true,
           help_heading = "Checks")]
-    pub send: Option<String>,
+    pub send: Option<Escaped>,
 
     /// The reply (UTF-8, invalid bytes replaced) must match REGEX within --timeout;
     /// without --send, waits for the server's banner. No match by close, --max-bytes or
     /// --timeout: mismatch (exit 4); nothing at all by --timeout: 124.
-    #[arg(long, value_name = "REGEX", value_parser = parse_regex, allow_hyphen_values = true,
+    #[arg(long, value_name = "REGEX", value_parser = Pattern::parse, allow_hyphen_values = true,
           help_heading = "Checks")]
-    pub expect: Option<String>,
+    pub expect: Option<Pattern>,
 
     /// With --expect: read at most N bytes of the reply [default: 65536].
     #[arg(long, value_name = "N", requires = "expect", value_parser = parse_count,
@@ -444,9 +445,9 @@ pub struct ConntestArgs {
     pub max_bytes: Option<usize>,
 
     /// Send STR before closing (QUIT\r\n), escapes as for --send.
-    #[arg(long, value_name = "STR", value_parser = parse_send, allow_hyphen_values = true,
+    #[arg(long, value_name = "STR", value_parser = Escaped::parse, allow_hyphen_values = true,
           help_heading = "Checks")]
-    pub quit: Option<String>,
+    pub quit: Option<Escaped>,
 
     /// Invert the check: a target passes when nothing accepts (refused, unreachable,
     /// timed out) and fails when it is still open (status still-open, exit 1). With
@@ -995,22 +996,14 @@ fn conntest_config(args: ConntestArgs, quiet: bool) -> Result<conntest::Config, 
                 cert_days: args.cert_days,
             }),
             starttls: args.starttls,
-            send: escaped(args.send)?,
+            send: args.send.map(|send| send.0),
             expect: args.expect,
             max_bytes: args
                 .max_bytes
                 .unwrap_or(conntest::expect::DEFAULT_MAX_BYTES),
-            quit: escaped(args.quit)?,
+            quit: args.quit.map(|quit| quit.0),
         }),
     })
-}
-
-/// The bytes of a `--send`/`--quit` value (checked by [`parse_send`] already).
-fn escaped(value: Option<String>) -> Result<Option<Vec<u8>>, clap::Error> {
-    value
-        .map(|text| conntest::expect::parse_escapes(&text))
-        .transpose()
-        .map_err(|error| usage_error("conntest", error))
 }
 
 /// `--starttls`: one of the dialects conntest knows.
@@ -1018,20 +1011,6 @@ fn parse_dialect(value: &str) -> Result<conntest::starttls::Dialect, String> {
     value
         .parse()
         .map_err(|error: conntest::starttls::UnknownDialect| error.to_string())
-}
-
-/// `--send` / `--quit`: a string whose escapes are all known.
-fn parse_send(value: &str) -> Result<String, String> {
-    conntest::expect::parse_escapes(value)
-        .map(|_| value.to_string())
-        .map_err(|error| error.to_string())
-}
-
-/// `--expect`: a pattern that compiles.
-fn parse_regex(value: &str) -> Result<String, String> {
-    regex::Regex::new(value)
-        .map(|_| value.to_string())
-        .map_err(|error| format!("bad regular expression: {error}"))
 }
 
 /// `--cert-days`: a whole number of days, 0 or more.

@@ -645,8 +645,19 @@ fn quit_is_sent_before_closing() {
 #[test]
 fn bad_check_options_are_usage_errors_naming_the_value() {
     for (args, words) in [
-        (vec!["--expect", "(", "127.0.0.1", "1"], "("),
-        (vec!["--send", "\\q", "127.0.0.1", "1"], "\\q"),
+        (
+            vec!["--expect", "(", "127.0.0.1", "1"],
+            "invalid value '(' for '--expect <REGEX>': bad regular expression: ",
+        ),
+        (
+            vec!["--send", "\\q", "127.0.0.1", "1"],
+            "invalid value '\\q' for '--send <STR>': invalid value '\\q': unknown escape '\\q'",
+        ),
+        (
+            vec!["--quit", "\\x4", "127.0.0.1", "1"],
+            "invalid value '\\x4' for '--quit <STR>': invalid value '\\x4': '\\x4' is not \\x \
+             followed by two hex digits",
+        ),
         (vec!["--sni", "x", "127.0.0.1", "1"], "--sni"),
         (vec!["--starttls", "gopher", "127.0.0.1", "1"], "gopher"),
         (

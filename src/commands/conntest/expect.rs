@@ -31,6 +31,54 @@ impl fmt::Display for EscapeError {
 
 impl std::error::Error for EscapeError {}
 
+/// The bytes of a `--send` (or `--quit`) string, parsed once, where the command line
+/// is read ([`Escaped::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escaped(pub Vec<u8>);
+
+impl Escaped {
+    /// The bytes `value` stands for (see [`parse_escapes`]), or why not, in words.
+    pub fn parse(value: &str) -> Result<Escaped, String> {
+        parse_escapes(value)
+            .map(Escaped)
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// An `--expect` pattern, compiled once, where the command line is read
+/// ([`Pattern::parse`]). Two patterns are equal when they are written alike.
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::Regex);
+
+impl Pattern {
+    /// `value` compiled, or why not, in words.
+    pub fn parse(value: &str) -> Result<Pattern, String> {
+        regex::Regex::new(value)
+            .map(Pattern)
+            .map_err(|error| format!("bad regular expression: {error}"))
+    }
+
+    /// True when the pattern matches somewhere in `text`.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.0.is_match(text)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for Pattern {}
+
+impl fmt::Display for Pattern {
+    /// As written.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
 /// The bytes a `--send` (or `--quit`) string stands for: `\r`, `\n`, `\t`, `\\` and
 /// `\xHH` are replaced, everything else is sent as written, and nothing is appended.
 pub fn parse_escapes(value: &str) -> Result<Vec<u8>, EscapeError> {
@@ -202,6 +250,23 @@ mod tests {
         assert_eq!(parse_escapes(r"\x00\xfF!").unwrap(), vec![0, 0xff, b'!']);
         assert_eq!(parse_escapes("héllo").unwrap(), "héllo".as_bytes().to_vec());
         assert_eq!(parse_escapes("").unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn send_and_expect_values_are_parsed_once_into_what_the_probe_uses() {
+        assert_eq!(
+            Escaped::parse("QUIT\\r\\n"),
+            Ok(Escaped(b"QUIT\r\n".to_vec()))
+        );
+        let error = Escaped::parse("\\q").unwrap_err();
+        assert!(error.contains("unknown escape '\\q'"), "{error}");
+        let pattern = Pattern::parse("^\\+PONG").expect("a pattern");
+        assert!(pattern.is_match("+PONG\r\n") && !pattern.is_match("-ERR"));
+        assert_eq!(pattern.to_string(), "^\\+PONG");
+        assert_eq!(pattern, Pattern::parse("^\\+PONG").expect("a pattern"));
+        assert_ne!(pattern, Pattern::parse("^\\+PONG$").expect("a pattern"));
+        let error = Pattern::parse("(").unwrap_err();
+        assert!(error.starts_with("bad regular expression: "), "{error}");
     }
 
     #[test]

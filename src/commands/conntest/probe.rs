@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::expect::{Expectation, MismatchCause, Verdict};
+use super::expect::{Expectation, MismatchCause, Pattern, Verdict};
 use super::outcome::Status;
 use super::starttls::{Action, Dialect, Exchange};
 use crate::commands::escape::escape_peer_text;
@@ -55,8 +55,8 @@ pub struct ProbeConfig {
     pub starttls: Option<Dialect>,
     /// `--send`: bytes written once connected (after the handshake with TLS).
     pub send: Option<Vec<u8>>,
-    /// `--expect`: the pattern the reply must match (already checked to compile).
-    pub expect: Option<String>,
+    /// `--expect`: the pattern the reply must match.
+    pub expect: Option<Pattern>,
     /// `--max-bytes`: how much of the reply is read at most.
     pub max_bytes: usize,
     /// `--quit`: bytes written before closing.
@@ -155,11 +155,10 @@ impl fmt::Display for ProbeFailure {
 impl std::error::Error for ProbeFailure {}
 
 /// The configuration built once per run: the TLS client configuration (the CA file
-/// read now) and the compiled pattern.
+/// read now).
 pub struct Prepared {
     config: ProbeConfig,
     tls: Option<TlsClientConfig>,
-    expect: Option<regex::Regex>,
 }
 
 impl fmt::Debug for Prepared {
@@ -176,13 +175,10 @@ pub enum PrepareError {
     /// The TLS configuration (the CA file above all) was refused.
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
-    /// The `--expect` pattern does not compile.
-    #[error("bad --expect pattern: {0}")]
-    Regex(#[from] regex::Error),
 }
 
 impl Prepared {
-    /// Reads the CA file (or the system's trust store) and compiles the pattern.
+    /// Reads the CA file (or the system's trust store).
     pub fn new(config: ProbeConfig) -> Result<Prepared, PrepareError> {
         let tls = match &config.tls {
             None => None,
@@ -205,16 +201,7 @@ impl Prepared {
                 })?)
             }
         };
-        let expect = config
-            .expect
-            .as_deref()
-            .map(regex::Regex::new)
-            .transpose()?;
-        Ok(Prepared {
-            config,
-            tls,
-            expect,
-        })
+        Ok(Prepared { config, tls })
     }
 
     /// True when connecting is all there is to check.
@@ -370,13 +357,13 @@ impl Probe {
         if let Some(send) = &s.prepared.config.send {
             transport.write(send);
         }
-        let Some(regex) = s.prepared.expect.clone() else {
+        let Some(pattern) = s.prepared.config.expect.clone() else {
             drop(s);
             return Probe::end(state, End::Pass);
         };
         let max = s.prepared.config.max_bytes;
         s.expectation = Some(Expectation::new(
-            Box::new(move |text: &str| regex.is_match(text)) as Matcher,
+            Box::new(move |text: &str| pattern.is_match(text)) as Matcher,
             max,
         ));
         Probe::arm_timer(state, &mut s);
@@ -424,7 +411,6 @@ impl Probe {
 impl State {
     /// The end a verdict of `--expect` stands for; the banner is recorded.
     fn judge(&mut self, verdict: Verdict) -> End {
-        let pattern = self.prepared.config.expect.clone().unwrap_or_default();
         match verdict {
             Verdict::Match { got } => {
                 self.findings.borrow_mut().banner = Some(banner(&got));
@@ -438,6 +424,8 @@ impl State {
                     MismatchCause::TooMuch => " in the first --max-bytes",
                     MismatchCause::TimedOut => "",
                 };
+                let pattern = self.prepared.config.expect.as_ref();
+                let pattern = pattern.map(Pattern::to_string).unwrap_or_default();
                 End::Fail(ProbeFailure {
                     status: Status::Mismatch,
                     reason: format!("expected /{pattern}/{after}, got \"{shown}\""),
