@@ -64,6 +64,7 @@
 pub mod description;
 mod race;
 mod resolve;
+mod watched;
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -80,6 +81,7 @@ pub use race::interleave;
 pub use resolve::{Family, Resolution, ResolveError, Resolver};
 
 use race::{Race, RaceSettings};
+pub(crate) use watched::{Watch, Watched};
 
 use super::tcp::DEFAULT_CONNECT_TIMEOUT;
 use super::{
@@ -708,27 +710,22 @@ impl ConnectingInner {
                 transport: None,
             };
         }
-        let (protocol, plain) = match &self.factory {
-            EndpointFactory::Plain(factory) => (factory.build_protocol(Address::Tcp(peer)), true),
+        let protocol = match &self.factory {
+            EndpointFactory::Plain(factory) => factory.build_protocol(Address::Tcp(peer)),
             EndpointFactory::Checked(factory) => {
                 let sink: Weak<dyn CheckSink> = Rc::downgrade(self) as Weak<ConnectingInner>;
-                let check = CheckHandle::new(sink);
-                (factory.build_protocol(Address::Tcp(peer), check), false)
+                factory.build_protocol(Address::Tcp(peer), CheckHandle::new(sink))
             }
         };
         let Some(protocol) = protocol else {
             self.finish(Err(EndpointErrorKind::NoProtocol { addr: peer }));
             return None;
         };
-        Some(Box::new(Winner {
-            inner: protocol,
-            connecting: Some(self.clone()),
-            plain,
-        }))
+        Some(Box::new(Watched::new(protocol, self.clone())))
     }
 
-    /// The winner's `connection_made` ran: its transport is known.
-    fn made(self: &Rc<Self>, transport: &TransportRef) {
+    /// The winner's connection is made: its transport is known.
+    fn record_transport(self: &Rc<Self>, transport: &TransportRef) {
         if let Phase::Checking {
             transport: slot, ..
         } = &mut *self.phase.borrow_mut()
@@ -832,58 +829,24 @@ impl ConnectingInner {
     }
 }
 
-/// The winning connection's protocol: the caller's, plus the endpoint's view of its
-/// start (the transport, and for plain factories the "check") and of an end before the
-/// check passed.
-struct Winner {
-    inner: Box<dyn Protocol>,
-    /// Until the connect is over.
-    connecting: Option<Rc<ConnectingInner>>,
-    plain: bool,
-}
+/// The winning connection's protocol reports to its connect: the transport, for a plain
+/// factory the "check" (its `connection_made` returned), and an end before the check
+/// passed.
+impl Watch for ConnectingInner {
+    fn making(self: &Rc<Self>, transport: &TransportRef) {
+        self.record_transport(transport);
+    }
 
-impl Protocol for Winner {
-    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
-        if let Some(connecting) = &self.connecting {
-            connecting.made(transport);
+    fn made(self: &Rc<Self>, _transport: &TransportRef, result: &ProtocolResult) -> bool {
+        if matches!(self.factory, EndpointFactory::Plain(_)) && result.is_ok() {
+            self.check_passed();
+            return false;
         }
-        let result = self.inner.connection_made(transport);
-        if self.plain
-            && result.is_ok()
-            && let Some(connecting) = self.connecting.take()
-        {
-            connecting.check_passed();
-        }
-        result
+        true
     }
 
-    fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
-        self.inner.data_received(transport, data)
-    }
-
-    // A TLS layer started under the connection later (S-12, STARTTLS) reports its
-    // handshake to this, the transport's protocol: the caller's protocol must hear it.
-    fn handshake_completed(&mut self, transport: &TransportRef) -> ProtocolResult {
-        self.inner.handshake_completed(transport)
-    }
-
-    fn connection_lost(&mut self, reason: &CloseReason) {
-        self.inner.connection_lost(reason);
-        if let Some(connecting) = self.connecting.take() {
-            // Ended before the check passed (nothing happens if it had).
-            connecting.check_failed(Failure::new(reason.clone()));
-        }
-    }
-
-    fn wants_half_close(&self) -> bool {
-        self.inner.wants_half_close()
-    }
-
-    fn read_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
-        self.inner.read_connection_lost(transport)
-    }
-
-    fn write_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
-        self.inner.write_connection_lost(transport)
+    fn lost(self: &Rc<Self>, reason: &CloseReason) {
+        // Ended before the check passed (nothing happens if it had).
+        self.check_failed(Failure::new(reason.clone()));
     }
 }

@@ -14,7 +14,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use crate::reactor::endpoints::{
-    AttemptLimiter, CheckHandle, CheckSink, CheckedFactory, Connection, Permit,
+    AttemptLimiter, CheckHandle, CheckSink, CheckedFactory, Connection, Permit, Watch, Watched,
 };
 use crate::reactor::stream::{ClientFactory, Connector, DEFAULT_CONNECT_TIMEOUT};
 use crate::reactor::{
@@ -137,6 +137,8 @@ impl UnixEndpoint {
             started_at: self.reactor.seconds(),
             made: RefCell::new(None),
             passed_early: Cell::new(false),
+            checked: matches!(kind, Kind::Checked(_)),
+            peer: RefCell::new(None),
         });
         let (reactor, address, timeout) =
             (self.reactor.clone(), self.address.clone(), self.timeout);
@@ -176,6 +178,10 @@ struct Connecting {
     made: RefCell<Option<(TransportRef, Address)>>,
     /// The check passed before `connection_made` had run.
     passed_early: Cell<bool>,
+    /// A checked connect: it counts once the check passed.
+    checked: bool,
+    /// The peer of the connection's protocol, until its `connection_made`.
+    peer: RefCell<Option<Address>>,
 }
 
 impl Connecting {
@@ -235,12 +241,11 @@ impl EndpointClient {
 
 impl Factory for EndpointClient {
     fn build_protocol(&self, addr: Address) -> Option<Box<dyn Protocol>> {
-        let (inner, checked) = match &self.kind {
-            Kind::Plain(factory) => (factory.build_protocol(addr.clone()), false),
+        let inner = match &self.kind {
+            Kind::Plain(factory) => factory.build_protocol(addr.clone()),
             Kind::Checked(factory) => {
                 let sink: Weak<dyn CheckSink> = Rc::downgrade(&self.state) as Weak<Connecting>;
-                let check = CheckHandle::new(sink);
-                (factory.build_protocol(addr.clone(), check), true)
+                factory.build_protocol(addr.clone(), CheckHandle::new(sink))
             }
         };
         let Some(inner) = inner else {
@@ -248,12 +253,8 @@ impl Factory for EndpointClient {
                 .fail(Failure::new(NoProtocol(self.state.address.clone())));
             return None;
         };
-        Some(Box::new(Announcing {
-            inner,
-            peer: Some(addr),
-            checked,
-            state: self.state.clone(),
-        }))
+        *self.state.peer.borrow_mut() = Some(addr);
+        Some(Box::new(Watched::new(inner, self.state.clone())))
     }
 
     fn start_factory(&self) {
@@ -283,61 +284,32 @@ impl ClientFactory for EndpointClient {
     }
 }
 
-/// The caller's protocol; fires the Deferred once it is made (and checked).
-struct Announcing {
-    inner: Box<dyn Protocol>,
-    /// Until `connection_made`.
-    peer: Option<Address>,
-    checked: bool,
-    state: Rc<Connecting>,
-}
+/// The connection's protocol reports to its connect: the Deferred fires once the
+/// connection is made (and checked), and an end before the check passed fails it.
+impl Watch for Connecting {
+    fn making(self: &Rc<Self>, _transport: &TransportRef) {}
 
-impl Protocol for Announcing {
-    fn connection_made(&mut self, transport: &TransportRef) -> ProtocolResult {
-        let result = self.inner.connection_made(transport);
-        if let Some(peer) = self.peer.take() {
-            if !self.checked || self.state.passed_early.get() {
-                self.state.fire(transport, peer);
+    fn made(self: &Rc<Self>, transport: &TransportRef, _result: &ProtocolResult) -> bool {
+        let peer = self.peer.borrow_mut().take();
+        if let Some(peer) = peer {
+            if !self.checked || self.passed_early.get() {
+                self.fire(transport, peer);
             } else {
-                *self.state.made.borrow_mut() = Some((transport.clone(), peer));
+                *self.made.borrow_mut() = Some((transport.clone(), peer));
             }
         }
-        result
+        true
     }
 
-    fn data_received(&mut self, transport: &TransportRef, data: &[u8]) -> ProtocolResult {
-        self.inner.data_received(transport, data)
-    }
-
-    fn connection_lost(&mut self, reason: &CloseReason) {
-        // The protocol hears first, as behind a HostnameEndpoint: a check may give its
-        // verdict as its own orderly close completes (so that what it wrote last is
-        // sent before the caller acts on the verdict).
-        self.inner.connection_lost(reason);
-        self.state.made.borrow_mut().take();
+    fn lost(self: &Rc<Self>, reason: &CloseReason) {
+        self.made.borrow_mut().take();
         if self.checked {
             // Ended before the check passed: that is the check's failure (a no-op once
             // the Deferred has fired).
-            self.state.fail(Failure::new(UnixCheckError {
-                address: self.state.address.clone(),
+            self.fail(Failure::new(UnixCheckError {
+                address: self.address.clone(),
                 failure: Failure::new(reason.clone()),
             }));
         }
-    }
-
-    fn wants_half_close(&self) -> bool {
-        self.inner.wants_half_close()
-    }
-
-    fn read_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
-        self.inner.read_connection_lost(transport)
-    }
-
-    fn write_connection_lost(&mut self, transport: &TransportRef) -> ProtocolResult {
-        self.inner.write_connection_lost(transport)
-    }
-
-    fn handshake_completed(&mut self, transport: &TransportRef) -> ProtocolResult {
-        self.inner.handshake_completed(transport)
     }
 }
