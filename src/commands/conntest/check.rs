@@ -251,13 +251,7 @@ fn check_failed(addr: Option<SocketAddr>, failure: &Failure) -> Outcome {
         Some(probe) => (probe.status, probe.reason.clone()),
         None => (Status::Error, failure.error_message()),
     };
-    Outcome {
-        status,
-        addr,
-        reason: Some(reason),
-        gave_up_waiting: false,
-        found: Findings::default(),
-    }
+    Outcome::new(status, addr, Some(reason))
 }
 
 /// The open check: a connection that completes is closed at once, without a byte.

@@ -105,37 +105,30 @@ pub struct Outcome {
 pub const CHECK_FAILED: ExitStatus = ExitStatus::Code(4);
 
 impl Outcome {
-    /// The target is up.
-    pub fn open(addr: SocketAddr) -> Outcome {
+    /// One attempt's outcome: nothing found (yet), not given up waiting.
+    pub fn new(status: Status, addr: Option<SocketAddr>, reason: Option<String>) -> Outcome {
         Outcome {
-            status: Status::Open,
-            addr: Some(addr),
-            reason: None,
+            status,
+            addr,
+            reason,
             gave_up_waiting: false,
             found: Findings::default(),
         }
+    }
+
+    /// The target is up.
+    pub fn open(addr: SocketAddr) -> Outcome {
+        Outcome::new(Status::Open, Some(addr), None)
     }
 
     /// The UNIX socket accepted (and its check passed).
     pub fn open_unix() -> Outcome {
-        Outcome {
-            status: Status::Open,
-            addr: None,
-            reason: None,
-            gave_up_waiting: false,
-            found: Findings::default(),
-        }
+        Outcome::new(Status::Open, None, None)
     }
 
     /// Checking stopped because another target was up.
     pub fn cancelled(addr: Option<SocketAddr>) -> Outcome {
-        Outcome {
-            status: Status::Cancelled,
-            addr,
-            reason: None,
-            gave_up_waiting: false,
-            found: Findings::default(),
-        }
+        Outcome::new(Status::Cancelled, addr, None)
     }
 
     /// A connection attempt failed; `timeout` is the attempt timeout, for the message.
@@ -159,13 +152,7 @@ impl Outcome {
             ConnectError::UserAborted => return Outcome::cancelled(addr),
             ConnectError::Bind(e) | ConnectError::Other(e) => (Status::Error, os_words(e)),
         };
-        Outcome {
-            status,
-            addr,
-            reason: Some(reason),
-            gave_up_waiting: false,
-            found: Findings::default(),
-        }
+        Outcome::new(status, addr, Some(reason))
     }
 
     /// The host name gave no address. A lookup that twistctl's own `--timeout` cut
@@ -185,13 +172,7 @@ impl Outcome {
                 format!("could not resolve host '{host}': {error}"),
             ),
         };
-        Outcome {
-            status,
-            addr: None,
-            reason: Some(reason),
-            gave_up_waiting: false,
-            found: Findings::default(),
-        }
+        Outcome::new(status, None, Some(reason))
     }
 
     /// The `--wait` deadline passed with the target down; `last` is what its last
@@ -216,11 +197,12 @@ impl Outcome {
                 ..last
             },
             None => Outcome {
-                status: Status::Timeout,
-                addr: trying,
-                reason: Some(format!("No answer within the --wait time of {waited}")),
                 gave_up_waiting: true,
-                found: Findings::default(),
+                ..Outcome::new(
+                    Status::Timeout,
+                    trying,
+                    Some(format!("No answer within the --wait time of {waited}")),
+                )
             },
         }
     }

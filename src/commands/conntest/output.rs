@@ -411,13 +411,12 @@ mod tests {
     }
 
     fn refused(port: u16) -> Outcome {
-        Outcome {
-            status: Status::Refused,
-            addr: Some(format!("127.0.0.1:{port}").parse().unwrap()),
-            reason: Some("Connection refused".into()),
-            gave_up_waiting: false,
-            found: Default::default(),
-        }
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        Outcome::new(
+            Status::Refused,
+            Some(addr),
+            Some("Connection refused".into()),
+        )
     }
 
     fn open(port: u16) -> Outcome {
