@@ -1420,6 +1420,35 @@ fn x12_peer_half_close_still_gets_the_reply_before_done() {
     assert_eq!(reply, b"REQUEST");
 }
 
+/// A read stops short at an urgent mark with bytes behind it. When the peer's FIN had
+/// already been reported, that short read must not be taken for the end of the stream:
+/// the bytes after the mark still arrive, then the EOF. (The urgent byte itself is out
+/// of band: without SO_OOBINLINE it is not part of the stream.)
+#[test]
+fn x12_bytes_after_an_urgent_mark_arrive_before_the_eof() {
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (r, into) = (reactor.clone(), received.clone());
+    let server = server(&log, move |p| p.into_received(&into).lost(stop_on_lost(&r)));
+    let mut peer = dial(&reactor, server);
+    peer.set_nodelay(true).unwrap();
+    peer.write_all(b"before").unwrap();
+    socket2::SockRef::from(&peer)
+        .send_out_of_band(b"!")
+        .unwrap();
+    peer.write_all(b"after").unwrap();
+    peer.shutdown(Shutdown::Write).unwrap();
+    run(&reactor);
+    assert_eq!(String::from_utf8_lossy(&received.borrow()), "beforeafter");
+    assert_eq!(events(&log).last().map(String::as_str), Some("srvf:stop"));
+    assert!(
+        events(&log).contains(&"srv:lost(Done)".to_string()),
+        "{:?}",
+        events(&log)
+    );
+}
+
 #[test]
 fn x13_read_connection_lost_error_closes_completely() {
     let reactor = Reactor::new().unwrap();

@@ -274,6 +274,35 @@ fn u01_x11_x12_half_close_both_ways() {
     );
 }
 
+/// An out-of-band byte (Linux 5.15 on) stops a read short with bytes behind it, as an
+/// urgent mark does over TCP: the bytes after it still arrive before the EOF.
+#[test]
+fn u01_x12_bytes_after_an_out_of_band_byte_arrive_before_the_eof() {
+    let dir = TempDir::new("oob");
+    let address = dir.socket("s");
+    let reactor = Reactor::new().unwrap();
+    let log = new_log();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (r, into) = (reactor.clone(), received.clone());
+    let server = server(&log, move |p| p.into_received(&into).lost(stop_on_lost(&r)));
+    let _port = listen(&reactor, &address, server);
+    let mut peer = StdStream::connect(dir.path("s")).unwrap();
+    peer.write_all(b"before").unwrap();
+    if let Err(error) = socket2::SockRef::from(&peer).send_out_of_band(b"!") {
+        eprintln!("skipped: this kernel has no out-of-band data on UNIX sockets: {error}");
+        return;
+    }
+    peer.write_all(b"after").unwrap();
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    run(&reactor);
+    assert_eq!(String::from_utf8_lossy(&received.borrow()), "beforeafter");
+    assert!(
+        events(&log).contains(&"srv:lost(Done)".to_string()),
+        "{:?}",
+        events(&log)
+    );
+}
+
 #[test]
 fn u01_x18_pause_producing_holds_data_until_resume() {
     let dir = TempDir::new("pause");

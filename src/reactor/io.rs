@@ -22,6 +22,9 @@ pub struct Readiness {
     pub write_closed: bool,
     /// The socket has an error pending.
     pub error: bool,
+    /// Urgent (out-of-band) data is pending: a read may stop short at its mark with
+    /// more bytes behind it. Reported only to sources registered for it (Linux).
+    pub priority: bool,
 }
 
 impl Readiness {
@@ -32,6 +35,7 @@ impl Readiness {
             read_closed: event.is_read_closed(),
             write_closed: event.is_write_closed(),
             error: event.is_error(),
+            priority: event.is_priority(),
         }
     }
 }

@@ -357,9 +357,9 @@ impl StreamTransport {
             return;
         }
         let interest = match (readable, writable) {
-            (_, false) => Interest::READABLE,
+            (_, false) => reading_interest(),
             (false, true) => Interest::WRITABLE,
-            (true, true) => Interest::READABLE | Interest::WRITABLE,
+            (true, true) => reading_interest() | Interest::WRITABLE,
         };
         if let Some(Err(error)) = self.try_set_interest(&reactor, key, interest) {
             log::debug!("could not change interest of {}: {error}", self.peer.get());
@@ -541,7 +541,7 @@ impl StreamTransport {
         }
         self.lower(flag::READ_PAUSED);
         // Edge-triggered: bytes that arrived while paused raise no new event, so look now.
-        self.schedule(|this| this.read_ready());
+        self.schedule(|this| this.read_ready(AfterShortRead::ReadAgain));
     }
 
     fn own_register_producer(&self, producer: Rc<dyn Producer>) {
@@ -949,7 +949,7 @@ impl StreamTransport {
                         Registration::Polled(_) => self
                             .with_stream(|stream| {
                                 let mut fd = SourceFd(&stream.as_raw_fd());
-                                reactor.reregister_io(&mut fd, key, Interest::READABLE)
+                                reactor.reregister_io(&mut fd, key, reading_interest())
                             })
                             .unwrap_or_else(|| Err(no_socket()))
                             .map(|()| key),
@@ -1004,9 +1004,9 @@ impl StreamTransport {
             return;
         };
         let interest = if self.has(flag::WRITE_INTEREST) {
-            Interest::READABLE | Interest::WRITABLE
+            reading_interest() | Interest::WRITABLE
         } else {
-            Interest::READABLE
+            reading_interest()
         };
         let added = self.try_set_interest(&reactor, self.key.get(), interest);
         if let Some(Err(error)) = added {
@@ -1029,7 +1029,7 @@ impl StreamTransport {
     }
 
     /// Reads until `WouldBlock`, or a budget, handing each chunk to the protocol.
-    fn read_ready(self: &Rc<Self>) {
+    fn read_ready(self: &Rc<Self>, short_read: AfterShortRead) {
         if !self.may_read() {
             return;
         }
@@ -1037,12 +1037,12 @@ impl StreamTransport {
             return;
         };
         let mut buffer = reactor.take_read_buffer(READ_CHUNK);
-        self.read_into(&mut buffer);
+        self.read_into(&mut buffer, short_read);
         reactor.give_read_buffer(buffer);
     }
 
     /// [`StreamTransport::read_ready`] with its buffer.
-    fn read_into(self: &Rc<Self>, buffer: &mut [u8]) {
+    fn read_into(self: &Rc<Self>, buffer: &mut [u8], short_read: AfterShortRead) {
         for _ in 0..READS_PER_EVENT {
             if !self.may_read() {
                 return;
@@ -1052,16 +1052,28 @@ impl StreamTransport {
             };
             match read {
                 Ok(0) => return self.read_eof(),
-                Ok(n) => self.with_protocol(|protocol, transport| {
-                    protocol.data_received(transport, &buffer[..n])
-                }),
+                Ok(n) => {
+                    self.with_protocol(|protocol, transport| {
+                        protocol.data_received(transport, &buffer[..n])
+                    });
+                    if n < buffer.len() {
+                        match short_read {
+                            AfterShortRead::ReadAgain => {}
+                            AfterShortRead::Drained => return,
+                            AfterShortRead::AtEof if self.may_read() => {
+                                return self.read_eof();
+                            }
+                            AfterShortRead::AtEof => return,
+                        }
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.close(reason_from_io(e)),
             }
         }
         // Budget spent with data perhaps left: go on next iteration, after the others.
-        self.schedule(|this| this.read_ready());
+        self.schedule(|this| this.read_ready(AfterShortRead::ReadAgain));
     }
 
     /// The peer shut down its write side.
@@ -1323,6 +1335,55 @@ fn drain_unread(stream: &mut Socket, sink: &mut [u8]) {
     }
 }
 
+/// The poll interest of a socket that is read: urgent data included where the poll
+/// reports it, so that an event says whether a short read can have stopped at an urgent
+/// mark (see [`AfterShortRead`]).
+fn reading_interest() -> Interest {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        Interest::READABLE | Interest::PRIORITY
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        Interest::READABLE
+    }
+}
+
+/// What a read that returned fewer bytes than asked for says about the socket, given the
+/// event that prompted the reading. Each conclusion saves the read that would only have
+/// confirmed it.
+///
+/// On Linux a stream socket's read stops short only when its receive queue is empty, at
+/// the peer's FIN, or at an urgent mark (TCP) or out-of-band byte (UNIX). Bytes or a FIN
+/// that arrive after the read wake the poll again, so an emptied queue needs no further
+/// read; and when the event already said the peer had shut its write side, every byte
+/// before the FIN was queued then, so a short read has reached the end. Urgent data and
+/// errors make no such promise: then the socket is read until it says `WouldBlock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterShortRead {
+    /// Nothing is known: read again.
+    ReadAgain,
+    /// The queue is empty; more bytes will come with an event of their own.
+    Drained,
+    /// The queue is empty and the peer's FIN is next: the end of the stream.
+    AtEof,
+}
+
+impl AfterShortRead {
+    fn after(readiness: Readiness) -> AfterShortRead {
+        if !cfg!(any(target_os = "linux", target_os = "android"))
+            || readiness.error
+            || readiness.priority
+        {
+            AfterShortRead::ReadAgain
+        } else if readiness.read_closed {
+            AfterShortRead::AtEof
+        } else {
+            AfterShortRead::Drained
+        }
+    }
+}
+
 /// SO_PEERCRED: who connected, as the kernel recorded it at connect time.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn peer_credentials(stream: &Socket) -> Option<PeerCredentials> {
@@ -1428,8 +1489,8 @@ impl Connection for StreamTransport {
         if readiness.writable {
             self.flush();
         }
-        if readiness.readable || readiness.read_closed {
-            self.read_ready();
+        if readiness.readable || readiness.read_closed || readiness.priority {
+            self.read_ready(AfterShortRead::after(readiness));
         }
     }
 
