@@ -507,6 +507,85 @@ fn p13_client_failure_order() {
     assert_eq!(reactor.io_source_count(), 0, "the attempt's socket is gone");
 }
 
+/// An address of this host off loopback (Linux: a local /32 route in
+/// `/proc/net/fib_trie`), if it has one: the connector treats it as it treats a remote
+/// destination (no second `connect()`; the first poll event tells how the connect went),
+/// though the kernel answers it locally.
+fn off_loopback() -> Option<SocketAddr> {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").ok()?;
+    let mut last = None;
+    for line in trie.lines() {
+        let line = line.trim();
+        if let Some(ip) = line.strip_prefix("|-- ") {
+            last = ip.parse::<std::net::Ipv4Addr>().ok();
+        } else if line == "/32 host LOCAL"
+            && let Some(ip) = last
+            && !ip.is_loopback()
+        {
+            return Some(SocketAddr::from((ip, 0)));
+        }
+    }
+    eprintln!("skipped: this host has no IPv4 address off loopback");
+    None
+}
+
+#[test]
+fn p12_a_connect_off_loopback_completes_from_its_poll_event() {
+    let Some(address) = off_loopback() else {
+        return;
+    };
+    let reactor = Reactor::new().unwrap();
+    let server_log = new_log();
+    let port = listen(&reactor, address, echo_once(&server_log).rc());
+    let log = new_log();
+    let received = bytes();
+    let peer: Shared<Address> = shared();
+    let (rcv, pr, r) = (received.clone(), peer.clone(), reactor.clone());
+    let client = client(&log, move |p| {
+        let pr = pr.clone();
+        p.into_received(&rcv).made(move |t| {
+            *pr.borrow_mut() = Some(t.peer());
+            t.write(b"ping");
+            Ok(())
+        })
+    })
+    .lost(move |_, _| stop(&r));
+    connect(&reactor, port.host(), client.rc());
+    run(&reactor);
+    assert_eq!(events(&log), client_life(&["cli:data"], "Done"));
+    assert_eq!(&*received.borrow(), b"ping");
+    assert_eq!(peer.borrow().clone(), Some(Address::Tcp(port.host())));
+    assert_eq!(events(&server_log), server_life(&["srv:data"], "Done"));
+}
+
+#[test]
+fn p15_a_refused_connect_off_loopback_is_connect_error_refused() {
+    let Some(address) = off_loopback() else {
+        return;
+    };
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&address.into()).unwrap();
+    let refused = socket.local_addr().unwrap().as_socket().unwrap();
+    let reactor = Reactor::new().unwrap();
+    let got: Shared<ConnectError> = shared();
+    let (g, r) = (got.clone(), reactor.clone());
+    let factory = Fac::new("cf", &new_log(), |_| panic!("no protocol is built"))
+        .failed(move |_, why| {
+            *g.borrow_mut() = Some(why.clone());
+            stop(&r);
+        })
+        .rc();
+    connect(&reactor, refused, factory);
+    run(&reactor);
+    match got.borrow().as_ref() {
+        Some(ConnectError::Refused(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused)
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert_eq!(reactor.io_source_count(), 0, "the attempt's socket is gone");
+}
+
 /// A listener that completes no more handshakes: backlog 0, never accepting, its queue
 /// filled by a connection made first; the kernel then drops new SYNs.
 fn black_hole() -> (socket2::Socket, Vec<StdStream>, socket2::Socket, SocketAddr) {

@@ -18,7 +18,7 @@ use socket2::Socket;
 use super::transport::{LostNotice, Registration, StreamTransport};
 use super::{
     AlreadyConnectingError, ClientFactory, CompactAddr, NotConnectingError, StartedConnect,
-    factory_do_start, factory_do_stop,
+    factory_do_start, factory_do_stop, reading_interest,
 };
 use crate::reactor::address::Address;
 use crate::reactor::io::{IoHandler, IoKey, Readiness};
@@ -270,10 +270,14 @@ impl Connector {
                 reactor.ready_next_poll(key);
                 (Some(socket), key, None, false)
             }),
+            // Polled for writing, which says the connect finished, and already for what
+            // the connection will want (reading): the first event can then both tell a
+            // TCP connect's success and report bytes that came with it.
             Ok(StartedConnect { socket, .. }) => {
                 let fd = socket.as_raw_fd();
+                let interest = reading_interest() | Interest::WRITABLE;
                 reactor
-                    .register_io(&mut SourceFd(&fd), Interest::WRITABLE, handler())
+                    .register_io(&mut SourceFd(&fd), interest, handler())
                     .map(|key| (Some(socket), key, None, true))
             }
             // The wait is registered (without a socket) so that the reactor's shutdown
@@ -390,12 +394,21 @@ impl Connector {
     }
 
     /// The socket is writable (or in error): find out how the connect went.
-    fn attempt_ready(&self) {
+    fn attempt_ready(&self, readiness: Readiness) {
         // A socket outside the poll is told once, when it had connected at the start.
         let known_connected =
             self.with_attempt(|a| a.is_some_and(|a| a.stream.is_some() && !a.polled));
         if known_connected {
             return self.completed();
+        }
+        // A TCP socket is not reported writable while its handshake is under way, and a
+        // failed one is reported in error or hung up: writable alone is success.
+        if readiness.writable
+            && !readiness.error
+            && !readiness.write_closed
+            && let Some(peer) = self.peer_as_destination()
+        {
+            return self.connected(Address::Tcp(peer));
         }
         match self.outcome() {
             Some(Ok(peer)) => self.connected(peer),
@@ -425,21 +438,29 @@ impl Connector {
         })
     }
 
-    /// A connect that had succeeded when it started (see `try_connect`).
-    fn completed(&self) {
+    /// The destination, when it is what `getpeername` would answer for the connected
+    /// socket: a TCP address with no flow label and no scope (those the kernel may
+    /// rewrite). A UNIX peer is named as the listener bound itself, which may differ
+    /// from the path connected to.
+    fn peer_as_destination(&self) -> Option<SocketAddr> {
         match self.inner.destination.get() {
-            // The peer is the destination: the kernel's answer to `getpeername` would be
-            // the same address (no flow label, no scope: those the kernel may rewrite).
             Address::Tcp(peer)
                 if matches!(peer, SocketAddr::V4(_))
                     || matches!(peer, SocketAddr::V6(v6) if v6.flowinfo() == 0 && v6.scope_id() == 0) =>
             {
-                self.connected(Address::Tcp(peer));
+                Some(peer)
             }
-            // A UNIX peer is named as the listener bound itself, which may differ from
-            // the path connected to: ask. The socket is not polled, so there is no
-            // later event to wait for: a connected socket that cannot say so failed.
-            _ => match self.outcome() {
+            _ => None,
+        }
+    }
+
+    /// A connect that had succeeded when it started (see `try_connect`).
+    fn completed(&self) {
+        match self.peer_as_destination() {
+            Some(peer) => self.connected(Address::Tcp(peer)),
+            // Ask. The socket is not polled, so there is no later event to wait for: a
+            // connected socket that cannot say so failed.
+            None => match self.outcome() {
                 Some(Ok(peer)) => self.connected(peer),
                 Some(Err(error)) => self.fail(ConnectError::from_io(error)),
                 None => {
@@ -511,10 +532,10 @@ struct AttemptHandler {
 }
 
 impl IoHandler for AttemptHandler {
-    fn ready(&self, _reactor: &Reactor, _readiness: Readiness) {
+    fn ready(&self, _reactor: &Reactor, readiness: Readiness) {
         if self.connector.generation.get() == self.generation {
             let inner = self.connector.clone();
-            Connector { inner }.attempt_ready();
+            Connector { inner }.attempt_ready(readiness);
         }
     }
 

@@ -53,6 +53,20 @@ pub(crate) struct StartedConnect {
     pub(crate) connected: bool,
 }
 
+/// The poll interest of a stream socket that is read: urgent data included where the
+/// poll reports it, so that an event says whether a short read can have stopped at an
+/// urgent mark (see the transport's `AfterShortRead`).
+pub(crate) fn reading_interest() -> mio::Interest {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        mio::Interest::READABLE | mio::Interest::PRIORITY
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        mio::Interest::READABLE
+    }
+}
+
 /// The default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 

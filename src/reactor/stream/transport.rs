@@ -18,7 +18,7 @@ use socket2::Socket;
 
 use super::connect::Connector;
 use super::listen::PortInner;
-use super::{CompactAddr, HIGH_WATER_MARK, WRITE_BUFFER_LIMIT};
+use super::{CompactAddr, HIGH_WATER_MARK, WRITE_BUFFER_LIMIT, reading_interest};
 use crate::reactor::address::Address;
 use crate::reactor::failure::Failure;
 use crate::reactor::io::{Connection, Handler, IoKey, Readiness};
@@ -1332,20 +1332,6 @@ fn drain_unread(stream: &mut Socket, sink: &mut [u8]) {
             Ok(n) if n > 0 => {}
             _ => return,
         }
-    }
-}
-
-/// The poll interest of a socket that is read: urgent data included where the poll
-/// reports it, so that an event says whether a short read can have stopped at an urgent
-/// mark (see [`AfterShortRead`]).
-fn reading_interest() -> Interest {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        Interest::READABLE | Interest::PRIORITY
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        Interest::READABLE
     }
 }
 

@@ -16,7 +16,14 @@
 //! same address family. Only a socket that was never registered with the poll and never
 //! connected is kept; anything unexpected from a reused socket makes a fresh one.
 //!
-//! Elsewhere the socket's pending error is read instead, and nothing is reused.
+//! The second call is made only for loopback destinations (and the unspecified address,
+//! which means this host): elsewhere the answer takes a round trip, the call would only
+//! ever say "in progress", and the socket goes straight to the poll, whose first event
+//! tells success from failure. This host's other addresses are answered inside the call
+//! too, but cannot be told apart without asking the system; they take the poll's way.
+//!
+//! On systems other than Linux the socket's pending error is read instead of the second
+//! call, and nothing is reused.
 
 use std::io;
 use std::net::SocketAddr;
@@ -110,7 +117,20 @@ fn begin(
         Err(error) if is_in_progress(&error) => {}
         Err(error) => return Err(error),
     }
+    if !answered_locally(destination) {
+        return Ok(in_progress(socket));
+    }
     check(spares, socket, destination, address)
+}
+
+/// Whether the kernel answers a connect to `destination` itself, inside the call.
+fn answered_locally(destination: &SocketAddr) -> bool {
+    let ip = destination.ip();
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    ip.is_loopback() || ip.is_unspecified()
 }
 
 fn connected(socket: Socket) -> StartedConnect {
@@ -275,6 +295,30 @@ mod tests {
             .socket;
         outcome(&stream).expect("handshake completes");
         assert_eq!(spares.len(), 0);
+    }
+
+    #[test]
+    fn only_destinations_this_host_answers_itself_get_the_second_connect() {
+        for local in [
+            "127.0.0.1:1",
+            "127.9.9.9:1",
+            "0.0.0.0:1",
+            "[::1]:1",
+            "[::]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            let address: SocketAddr = local.parse().expect("address");
+            assert!(answered_locally(&address), "{local}");
+        }
+        for remote in [
+            "192.0.2.1:1",
+            "10.0.0.1:1",
+            "[2001:db8::1]:1",
+            "[::ffff:192.0.2.1]:1",
+        ] {
+            let address: SocketAddr = remote.parse().expect("address");
+            assert!(!answered_locally(&address), "{remote}");
+        }
     }
 
     /// Linux answers a loopback connect inside the call, so the second `connect()` says
