@@ -18,7 +18,7 @@ use socket2::Socket;
 use super::transport::{LostNotice, Registration, StreamTransport};
 use super::{
     AlreadyConnectingError, ClientFactory, CompactAddr, NotConnectingError, StartedConnect,
-    factory_do_start, factory_do_stop, reading_interest,
+    factory_do_start, factory_do_stop,
 };
 use crate::reactor::address::Address;
 use crate::reactor::io::{IoHandler, IoKey, Readiness};
@@ -270,14 +270,12 @@ impl Connector {
                 reactor.ready_next_poll(key);
                 (Some(socket), key, None, false)
             }),
-            // Polled for writing, which says the connect finished, and already for what
-            // the connection will want (reading): the first event can then both tell a
-            // TCP connect's success and report bytes that came with it.
+            // Polled for writing, which says the connect finished (see `attempt_ready`);
+            // the connection changes the interest to reading once it starts.
             Ok(StartedConnect { socket, .. }) => {
                 let fd = socket.as_raw_fd();
-                let interest = reading_interest() | Interest::WRITABLE;
                 reactor
-                    .register_io(&mut SourceFd(&fd), interest, handler())
+                    .register_io(&mut SourceFd(&fd), Interest::WRITABLE, handler())
                     .map(|key| (Some(socket), key, None, true))
             }
             // The wait is registered (without a socket) so that the reactor's shutdown
