@@ -64,6 +64,9 @@ fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("conntest-checks-{}", std::process::id()));
+        // A process id comes round again: what an earlier run of the same id left (its
+        // socket files above all, which a bind refuses to replace) goes first.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let ca = TestCa::new("conntest test CA");
         ca.write(&dir);

@@ -1472,6 +1472,8 @@ fn s14_no_half_close_over_tls() {
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("twistctl-tls-{name}-{}", std::process::id()));
+    // What an earlier run with the same process id left goes first.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
