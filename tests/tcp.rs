@@ -45,10 +45,40 @@ fn v6() -> Option<SocketAddr> {
 /// A local port nobody listens on, kept that way while the socket lives: it is bound, so
 /// no one else can take it, but not listening, so connects to it are refused.
 fn refusing_port() -> (socket2::Socket, SocketAddr) {
+    refusing_port_on(v4())
+}
+
+/// [`refusing_port`] on the IPv4 address of `address` (its port is ignored).
+fn refusing_port_on(address: SocketAddr) -> (socket2::Socket, SocketAddr) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&v4().into()).unwrap();
+    socket
+        .bind(&SocketAddr::new(address.ip(), 0).into())
+        .unwrap();
     let address = socket.local_addr().unwrap().as_socket().unwrap();
     (socket, address)
+}
+
+/// Connects to `refused` and checks that the attempt fails with `Refused` (P-15) and
+/// leaves no registry entry behind.
+fn assert_connect_refused(refused: SocketAddr) {
+    let reactor = Reactor::new().unwrap();
+    let got: Shared<ConnectError> = shared();
+    let (g, r) = (got.clone(), reactor.clone());
+    let factory = Fac::new("cf", &new_log(), |_| panic!("no protocol is built"))
+        .failed(move |_, why| {
+            *g.borrow_mut() = Some(why.clone());
+            stop(&r);
+        })
+        .rc();
+    connect(&reactor, refused, factory);
+    run(&reactor);
+    match got.borrow().as_ref() {
+        Some(ConnectError::Refused(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused)
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert_eq!(reactor.io_source_count(), 0, "the attempt's socket is gone");
 }
 
 fn listen(reactor: &Reactor, address: SocketAddr, factory: Rc<Fac>) -> ListeningPort {
@@ -563,27 +593,8 @@ fn p15_a_refused_connect_off_loopback_is_connect_error_refused() {
     let Some(address) = off_loopback() else {
         return;
     };
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&address.into()).unwrap();
-    let refused = socket.local_addr().unwrap().as_socket().unwrap();
-    let reactor = Reactor::new().unwrap();
-    let got: Shared<ConnectError> = shared();
-    let (g, r) = (got.clone(), reactor.clone());
-    let factory = Fac::new("cf", &new_log(), |_| panic!("no protocol is built"))
-        .failed(move |_, why| {
-            *g.borrow_mut() = Some(why.clone());
-            stop(&r);
-        })
-        .rc();
-    connect(&reactor, refused, factory);
-    run(&reactor);
-    match got.borrow().as_ref() {
-        Some(ConnectError::Refused(e)) => {
-            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused)
-        }
-        other => panic!("expected Refused, got {other:?}"),
-    }
-    assert_eq!(reactor.io_source_count(), 0, "the attempt's socket is gone");
+    let (_refusing, refused) = refusing_port_on(address);
+    assert_connect_refused(refused);
 }
 
 /// A listener that completes no more handshakes: backlog 0, never accepting, its queue
@@ -666,24 +677,8 @@ fn p21_x14_timeout_none_sets_no_timer_and_default_is_30s() {
 
 #[test]
 fn p15_refused_connect_is_connect_error_refused() {
-    let reactor = Reactor::new().unwrap();
     let (_refusing, refused) = refusing_port();
-    let got: Shared<ConnectError> = shared();
-    let (g, r) = (got.clone(), reactor.clone());
-    let factory = Fac::new("cf", &new_log(), |_| None)
-        .failed(move |_, why| {
-            *g.borrow_mut() = Some(why.clone());
-            stop(&r);
-        })
-        .rc();
-    connect(&reactor, refused, factory);
-    run(&reactor);
-    match got.borrow().as_ref() {
-        Some(ConnectError::Refused(e)) => {
-            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused)
-        }
-        other => panic!("expected Refused, got {other:?}"),
-    }
+    assert_connect_refused(refused);
 }
 
 /// Calls `again` for the first ended attempt and stops the reactor on the next turn
